@@ -1,0 +1,60 @@
+"""The store's typed errors.
+
+Every mistake a user can make with a store raises one of these, with a message that says
+what to do next. Commands catch :class:`StoreError`, print its message on one line and exit
+with status 2.
+"""
+
+from __future__ import annotations
+
+
+class StoreError(Exception):
+    """Base class of every error the store raises for a user's mistake or a damaged store."""
+
+
+class StoreNotFound(StoreError):
+    """The path holds no feature store."""
+
+
+class StoreExists(StoreError):
+    """A store already exists where a new one was to be created."""
+
+
+class ReadOnlyStore(StoreError):
+    """A write was attempted on a store opened with ``mode="r"``."""
+
+
+class SchemaMismatch(StoreError):
+    """The store's layout or a given table/array does not match the schema."""
+
+
+class ClassMismatch(SchemaMismatch):
+    """A class list or label id does not match the store's classes."""
+
+
+class DuplicateVideoId(StoreError):
+    """A video id is already in the store, or repeated in the appended table."""
+
+
+class VideoNotFound(StoreError):
+    """No video with the given id is in the store."""
+
+
+class FeatureSetNotFound(StoreError):
+    """No feature set of the given name exists."""
+
+
+class FeatureSetExists(StoreError):
+    """A feature set of that name exists with a different specification."""
+
+
+class PredictionRunNotFound(StoreError):
+    """No prediction run of the given name exists."""
+
+
+class ShapeMismatch(StoreError):
+    """An array given to the store has the wrong shape, dtype or row count."""
+
+
+class StoreLocked(StoreError):
+    """Another live writer holds the lock on the feature set (or on overlapping rows)."""
