@@ -1,0 +1,197 @@
+"""TSN-style frame backbones: torchvision ResNet-18/50/101 applied to single frames.
+
+Temporal Segment Networks (Wang et al. 2016) sample K frames per video and run a 2D net on
+each; the store keeps one feature per sampled frame (the K axis), so these backbones are
+``kind="frame2d"`` with ``clip_len=1``. Given ``(B, C, T, H, W)`` with ``T > 1`` they return
+the mean of the T per-frame features (a TSN consensus inside one clip).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from torch import Tensor, nn
+from torchvision.models import resnet as tv_resnet
+
+from extract.backbones._narrow import NarrowResNet
+from extract.backbones.registry import (
+    IMAGENET_MEAN,
+    IMAGENET_STD,
+    Backbone,
+    BackboneInfo,
+    register_backbone,
+)
+
+__all__ = ["FrameResNet", "resnet18", "resnet50", "resnet101", "resnet_tiny", "resnet_trunk"]
+
+_TRUNK_NAMES = (
+    "conv1",
+    "bn1",
+    "relu",
+    "maxpool",
+    "layer1",
+    "layer2",
+    "layer3",
+    "layer4",
+    "avgpool",
+)
+#: Widths of the tiny test variant (BasicBlock, one block per stage).
+TINY_WIDTHS = (8, 16, 32, 64)
+TINY_INPUT_SIZE = 32
+
+_TORCHVISION_RESNETS: dict[str, Callable[..., tv_resnet.ResNet]] = {
+    "resnet18": tv_resnet.resnet18,
+    "resnet50": tv_resnet.resnet50,
+    "resnet101": tv_resnet.resnet101,
+}
+
+
+def resnet_trunk(arch: str) -> tuple[dict[str, nn.Module], int]:
+    """The modules of a randomly initialised torchvision ResNet, without its classifier.
+
+    Args:
+        arch: ``"resnet18"``, ``"resnet50"``, ``"resnet101"`` or ``"tiny"`` (BasicBlock,
+            one block per stage, widths :data:`TINY_WIDTHS`).
+
+    Returns:
+        The modules by torchvision name (``conv1`` ... ``avgpool``) and the feature dim.
+    """
+    if arch == "tiny":
+        net: tv_resnet.ResNet = NarrowResNet(tv_resnet.BasicBlock, [1, 1, 1, 1], TINY_WIDTHS)
+    elif arch in _TORCHVISION_RESNETS:
+        net = _TORCHVISION_RESNETS[arch](weights=None)  # never downloads
+    else:
+        raise ValueError(f"unknown ResNet {arch!r}; use one of {[*_TORCHVISION_RESNETS, 'tiny']}")
+    trunk = {name: getattr(net, name) for name in _TRUNK_NAMES}
+    block = net.layer4[-1]
+    feature_dim = block.bn3.num_features if hasattr(block, "bn3") else block.bn2.num_features
+    return trunk, feature_dim
+
+
+class FrameResNet(Backbone):
+    """A 2D ResNet run on every frame; features averaged over the frames of a clip."""
+
+    stage_names = (
+        ("conv1", "bn1", "relu", "maxpool"),
+        ("layer1",),
+        ("layer2",),
+        ("layer3",),
+        ("layer4",),
+    )
+
+    def frame_features(self, frames: Tensor) -> Tensor:
+        """``(N, C, H, W)`` normalised frames -> ``(N, D)`` pooled features."""
+        x = self.maxpool(self.relu(self.bn1(self.conv1(frames))))
+        x = self.layer4(self.layer3(self.layer2(self.layer1(x))))
+        return self.avgpool(x).flatten(1)  # (N, D, h, w) -> (N, D)
+
+    def forward_features(self, x: Tensor) -> Tensor:
+        """``(B, C, T, H, W)`` -> ``(B, D)``: per-frame features, mean over T."""
+        self.check_input(x)
+        b, c, t, h, w = x.shape
+        frames = x.transpose(1, 2).reshape(b * t, c, h, w)  # (B, C, T, H, W) -> (B*T, C, H, W)
+        feats = self.frame_features(frames)  # (B*T, C, H, W) -> (B*T, D)
+        return feats.view(b, t, -1).mean(dim=1)  # (B*T, D) -> (B, D)
+
+
+def _frame_resnet(
+    name: str,
+    arch: str,
+    input_size: int,
+    *,
+    in_channels: int,
+    num_classes: int | None,
+    dropout: float,
+    modality: str | None,
+) -> FrameResNet:
+    trunk, feature_dim = resnet_trunk(arch)
+    info = BackboneInfo(
+        name=name,
+        kind="frame2d",
+        feature_dim=feature_dim,
+        clip_len=1,
+        input_size=input_size,
+        mean=IMAGENET_MEAN,
+        std=IMAGENET_STD,
+    ).with_input_channels(in_channels, modality)
+    return FrameResNet(info, trunk, num_classes=num_classes, dropout=dropout)
+
+
+@register_backbone("resnet18")
+def resnet18(
+    *,
+    in_channels: int = 3,
+    num_classes: int | None = None,
+    dropout: float = 0.5,
+    modality: str | None = None,
+) -> FrameResNet:
+    """ResNet-18 per frame (TSN), D=512, 224 px crops, ImageNet normalisation."""
+    return _frame_resnet(
+        "resnet18",
+        "resnet18",
+        224,
+        in_channels=in_channels,
+        num_classes=num_classes,
+        dropout=dropout,
+        modality=modality,
+    )
+
+
+@register_backbone("resnet50")
+def resnet50(
+    *,
+    in_channels: int = 3,
+    num_classes: int | None = None,
+    dropout: float = 0.5,
+    modality: str | None = None,
+) -> FrameResNet:
+    """ResNet-50 per frame (TSN), D=2048, 224 px crops, ImageNet normalisation."""
+    return _frame_resnet(
+        "resnet50",
+        "resnet50",
+        224,
+        in_channels=in_channels,
+        num_classes=num_classes,
+        dropout=dropout,
+        modality=modality,
+    )
+
+
+@register_backbone("resnet101")
+def resnet101(
+    *,
+    in_channels: int = 3,
+    num_classes: int | None = None,
+    dropout: float = 0.5,
+    modality: str | None = None,
+) -> FrameResNet:
+    """ResNet-101 per frame (TSN), D=2048, 224 px crops, ImageNet normalisation."""
+    return _frame_resnet(
+        "resnet101",
+        "resnet101",
+        224,
+        in_channels=in_channels,
+        num_classes=num_classes,
+        dropout=dropout,
+        modality=modality,
+    )
+
+
+@register_backbone("resnet_tiny")
+def resnet_tiny(
+    *,
+    in_channels: int = 3,
+    num_classes: int | None = None,
+    dropout: float = 0.5,
+    modality: str | None = None,
+) -> FrameResNet:
+    """Test / CPU-smoke variant: the ResNet code path with widths 8..64, D=64, 32 px crops."""
+    return _frame_resnet(
+        "resnet_tiny",
+        "tiny",
+        TINY_INPUT_SIZE,
+        in_channels=in_channels,
+        num_classes=num_classes,
+        dropout=dropout,
+        modality=modality,
+    )

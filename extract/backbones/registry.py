@@ -1,0 +1,339 @@
+"""The backbone registry, the :class:`BackboneInfo` record and the :class:`Backbone` interface.
+
+A registry in the torchvision style: one dict, one decorator over plain builder functions,
+``get_backbone(name, **kw)`` and ``list_backbones()``. Every backbone carries a frozen
+:class:`BackboneInfo` that says what it expects (frames per clip, crop size, normalisation,
+channels) and what it returns (feature dim), so the sampler, the transforms and the store's
+attrs read one record.
+
+Input layout, for every backbone: ``x`` is ``(B, C, T, H, W)`` float, already normalised
+with ``info.mean`` / ``info.std``.
+
+- ``kind="frame2d"`` (TSN-style frame models, ``clip_len == 1``): upstream, each sampled
+  frame is its own clip on the store's K axis, so they are normally fed ``T == 1``. Given
+  ``T > 1`` they run every frame through the 2D net and return the mean feature over T.
+- ``kind="clip3d"`` (3D nets, and TSM whose convolutions are 2D but which mixes the T
+  frames of one clip): a clip of ``info.clip_len`` frames gives one feature.
+"""
+
+from __future__ import annotations
+
+import abc
+import dataclasses
+import logging
+import os
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any, Literal
+
+from torch import Tensor, nn
+
+from extract.backbones.weights import adapt_first_conv, load_weights
+
+logger = logging.getLogger(__name__)
+
+__all__ = [
+    "IMAGENET_MEAN",
+    "IMAGENET_STD",
+    "KINETICS_MEAN",
+    "KINETICS_STD",
+    "Backbone",
+    "BackboneInfo",
+    "get_backbone",
+    "list_backbones",
+    "register_backbone",
+]
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+# torchvision's Kinetics-400 video models (R(2+1)D, R3D, MC3) were trained with these.
+KINETICS_MEAN = (0.43216, 0.394666, 0.37645)
+KINETICS_STD = (0.22803, 0.22145, 0.216989)
+# Non-RGB inputs adapted from an RGB net (flow stacks): values in [0, 1] centred on 0.5,
+# scaled by the mean RGB std, as TSN/TSM normalise their flow images.
+NON_RGB_MEAN = 0.5
+
+BackboneKind = Literal["frame2d", "clip3d"]
+_KINDS = ("frame2d", "clip3d")
+
+
+@dataclass(frozen=True)
+class BackboneInfo:
+    """What a backbone expects and returns.
+
+    Attributes:
+        name: registry name of the backbone.
+        kind: ``"frame2d"`` (one frame per clip, TSN style) or ``"clip3d"`` (a clip of
+            ``clip_len`` frames per feature: 3D nets and TSM).
+        feature_dim: D, the size of ``forward_features``' output.
+        clip_len: frames per clip: 1 for frame models, T for TSM / 3D nets.
+        input_size: side of the square crop in pixels.
+        mean: per-channel mean subtracted from inputs in [0, 1]; its length is the number
+            of input channels.
+        std: per-channel standard deviation (same length as ``mean``).
+        modality: what the input channels hold: ``"rgb"``, ``"flow"``, ...
+    """
+
+    name: str
+    kind: BackboneKind
+    feature_dim: int
+    clip_len: int
+    input_size: int
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+    modality: str = "rgb"
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "mean", tuple(float(v) for v in self.mean))
+        object.__setattr__(self, "std", tuple(float(v) for v in self.std))
+        if not self.name:
+            raise ValueError("BackboneInfo.name must be a non-empty string")
+        if self.kind not in _KINDS:
+            raise ValueError(f"BackboneInfo.kind must be one of {_KINDS}, got {self.kind!r}")
+        if self.feature_dim < 1 or self.input_size < 1 or self.clip_len < 1:
+            raise ValueError(
+                "BackboneInfo.feature_dim, input_size and clip_len must be positive, got "
+                f"{self.feature_dim}, {self.input_size}, {self.clip_len}"
+            )
+        if self.kind == "frame2d" and self.clip_len != 1:
+            raise ValueError(
+                f"a frame2d backbone takes one frame per clip (clip_len=1), got {self.clip_len}; "
+                "use kind='clip3d' for models that mix the frames of a clip"
+            )
+        if not self.mean or len(self.mean) != len(self.std):
+            raise ValueError(
+                f"BackboneInfo.mean and std need one value per input channel, got "
+                f"{len(self.mean)} and {len(self.std)}"
+            )
+        if min(self.std) <= 0:
+            raise ValueError(f"BackboneInfo.std must be positive, got {self.std}")
+        if not self.modality:
+            raise ValueError("BackboneInfo.modality must be a non-empty string such as 'rgb'")
+
+    @property
+    def in_channels(self) -> int:
+        """Number of input channels (the length of ``mean``)."""
+        return len(self.mean)
+
+    def with_input_channels(self, in_channels: int, modality: str | None = None) -> BackboneInfo:
+        """The same record for an RGB net whose first conv is adapted to ``in_channels``.
+
+        Args:
+            in_channels: new channel count; 3 keeps the RGB normalisation.
+            modality: defaults to ``"rgb"`` for 3 channels and ``"flow"`` otherwise.
+
+        Returns:
+            A copy with ``mean``/``std``/``modality`` for that input. Non-RGB inputs use
+            mean 0.5 and the mean of the RGB stds for every channel (TSN/TSM flow images).
+        """
+        if in_channels < 1:
+            raise ValueError(f"in_channels must be positive, got {in_channels}")
+        if modality is None:
+            modality = "rgb" if in_channels == 3 else "flow"
+        if in_channels == self.in_channels:
+            return dataclasses.replace(self, modality=modality)
+        std = sum(self.std) / len(self.std)
+        return dataclasses.replace(
+            self,
+            mean=(NON_RGB_MEAN,) * in_channels,
+            std=(std,) * in_channels,
+            modality=modality,
+        )
+
+    def to_dict(self) -> dict[str, Any]:
+        """A JSON-ready dict (for the store's attrs)."""
+        out = dataclasses.asdict(self)
+        out["mean"], out["std"] = list(self.mean), list(self.std)
+        return out
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> BackboneInfo:
+        """Inverse of :meth:`to_dict`."""
+        return cls(**{**data, "mean": tuple(data["mean"]), "std": tuple(data["std"])})
+
+
+class Backbone(nn.Module, abc.ABC):
+    """Common interface of every backbone.
+
+    The trunk's modules are attributes of the backbone itself, named as in torchvision
+    (``conv1``, ``layer1``, ``stem``, ...), so ``state_dict()`` has torchvision's layout and
+    a torchvision checkpoint loads directly. The optional classifier is ``dropout`` + ``fc``
+    (``fc.weight``/``fc.bias``, as in torchvision).
+
+    Subclasses set :attr:`stage_names` and implement :meth:`forward_features`.
+
+    Attributes:
+        info: what the backbone expects and returns.
+        weights_sha256: sha256 of the checkpoint loaded by :func:`get_backbone`, or None
+            when randomly initialised.
+        fc: the classifier ``Linear(D, num_classes)``, or None without ``num_classes``.
+    """
+
+    #: Trunk module names grouped into stages, in forward order (stem first).
+    stage_names: tuple[tuple[str, ...], ...] = ()
+
+    def __init__(
+        self,
+        info: BackboneInfo,
+        trunk: Mapping[str, nn.Module],
+        *,
+        num_classes: int | None = None,
+        dropout: float = 0.5,
+    ) -> None:
+        """Adopt the trunk modules, add the head, adapt the first conv to the input channels.
+
+        Args:
+            info: the record; ``info.in_channels`` != 3 rebuilds the first conv with
+                :func:`adapt_first_conv` (trunks are always built for RGB).
+            trunk: modules by name, in forward order, built for 3 input channels.
+            num_classes: size of the classifier; None for a features-only backbone.
+            dropout: dropout probability before ``fc``.
+        """
+        super().__init__()
+        if num_classes is not None and num_classes < 1:
+            raise ValueError(f"num_classes must be positive or None, got {num_classes}")
+        if not 0.0 <= dropout < 1.0:
+            raise ValueError(f"dropout must be in [0, 1), got {dropout}")
+        self.info = info
+        for name, module in trunk.items():
+            self.add_module(name, module)
+        self.dropout = nn.Dropout(dropout)
+        self.fc: nn.Linear | None = None
+        if num_classes is not None:
+            self.fc = nn.Linear(info.feature_dim, num_classes)
+            nn.init.normal_(self.fc.weight, 0.0, 0.01)
+            nn.init.zeros_(self.fc.bias)
+        if info.in_channels != 3:
+            adapt_first_conv(self, info.in_channels)
+        self.weights_sha256: str | None = None
+
+    @property
+    def input_channels(self) -> int:
+        """Channels of the input ``x`` (3 for RGB, 2 for a flow pair, ...)."""
+        return self.info.in_channels
+
+    @property
+    def num_classes(self) -> int | None:
+        """Size of the classifier, or None for a features-only backbone."""
+        return None if self.fc is None else self.fc.out_features
+
+    def check_input(self, x: Tensor) -> None:
+        """Raise a clear error unless ``x`` is ``(B, C, T, H, W)`` with this model's C."""
+        if x.ndim != 5 or x.shape[1] != self.input_channels:
+            raise ValueError(
+                f"{self.info.name} expects (B, {self.input_channels}, T, H, W) clips, got shape "
+                f"{tuple(x.shape)}; add a time axis with x.unsqueeze(2) for single frames"
+            )
+
+    @abc.abstractmethod
+    def forward_features(self, x: Tensor) -> Tensor:
+        """Clip features.
+
+        Args:
+            x: ``(B, C, T, H, W)`` normalised clips.
+
+        Returns:
+            ``(B, D)`` features, ``D = info.feature_dim``.
+        """
+
+    def forward_head(self, features: Tensor) -> Tensor:
+        """Classifier logits ``(B, num_classes)``; the features unchanged without a classifier."""
+        if self.fc is None:
+            return features
+        return self.fc(self.dropout(features))  # (B, D) -> (B, num_classes)
+
+    def forward(self, x: Tensor) -> Tensor:
+        """``forward_head(forward_features(x))``: logits, or features without a classifier."""
+        return self.forward_head(self.forward_features(x))
+
+    def stages(self) -> list[nn.Module]:
+        """Stages in forward order: stem, layer1..layer4, then the head if there is one.
+
+        Training freezes all but the last k of them. A stage of several modules (the 2D
+        stem: conv1, bn1, relu, maxpool) is an ``nn.Sequential`` view sharing the modules.
+        """
+        out: list[nn.Module] = []
+        for names in self.stage_names:
+            modules = [self.get_submodule(n) for n in names]
+            out.append(modules[0] if len(modules) == 1 else nn.Sequential(*modules))
+        if self.fc is not None:
+            out.append(nn.Sequential(self.dropout, self.fc))
+        return out
+
+
+BackboneBuilder = Callable[..., Backbone]
+_BACKBONES: dict[str, BackboneBuilder] = {}
+
+
+def register_backbone(name: str) -> Callable[[BackboneBuilder], BackboneBuilder]:
+    """Register a builder under ``name``.
+
+    A builder takes keyword arguments ``in_channels``, ``num_classes`` (and its own extras)
+    and returns a randomly initialised :class:`Backbone`.
+
+    Raises:
+        ValueError: when ``name`` is already registered.
+    """
+
+    def wrap(builder: BackboneBuilder) -> BackboneBuilder:
+        if name in _BACKBONES:
+            raise ValueError(
+                f"a backbone named {name!r} is already registered "
+                f"(by {_BACKBONES[name].__module__}); pick another name"
+            )
+        _BACKBONES[name] = builder
+        return builder
+
+    return wrap
+
+
+def list_backbones() -> list[str]:
+    """Names of all registered backbones, sorted."""
+    return sorted(_BACKBONES)
+
+
+def get_backbone(
+    name: str,
+    *,
+    weights: str | os.PathLike[str] | None = None,
+    in_channels: int = 3,
+    num_classes: int | None = None,
+    **kwargs: Any,
+) -> Backbone:
+    """Build a registered backbone, randomly initialised or from a local checkpoint.
+
+    Args:
+        name: a name from :func:`list_backbones`.
+        weights: path of a local state_dict (torchvision layout, or a checkpoint dict with
+            a ``"model"``/``"state_dict"`` entry), loaded with ``weights_only=True``; see
+            :func:`extract.backbones.weights.load_weights`. Its sha256 ends up in
+            ``backbone.weights_sha256``. None leaves the backbone randomly initialised (and
+            logs a warning saying so).
+        in_channels: input channels; != 3 adapts the first conv (cross-modality init), also
+            when loading an RGB checkpoint.
+        num_classes: add a dropout + ``fc`` classifier of this size (for training).
+        **kwargs: builder options (``dropout``, ``modality``, ``clip_len``, ``shift_div``...).
+
+    Returns:
+        The backbone, in training mode as built (call ``.eval()`` for extraction).
+
+    Raises:
+        ValueError: unknown name.
+        WeightsError: the checkpoint cannot be read or does not fit the backbone.
+    """
+    if name not in _BACKBONES:
+        raise ValueError(
+            f"unknown backbone {name!r}; available: {', '.join(list_backbones())} "
+            "(or register one with @register_backbone)"
+        )
+    model = _BACKBONES[name](in_channels=in_channels, num_classes=num_classes, **kwargs)
+    if weights is None:
+        logger.warning(
+            "backbone %s is randomly initialised (no weights given): its features carry no "
+            "pretrained knowledge; pass --weights PATH for a local checkpoint",
+            name,
+        )
+    else:
+        model.weights_sha256 = load_weights(model, weights)
+        logger.info("backbone %s loaded %s (sha256 %s)", name, weights, model.weights_sha256)
+    return model
