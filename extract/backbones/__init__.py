@@ -16,7 +16,15 @@ Registered (``list_backbones()``):
 Importing this package registers all of them.
 """
 
-from extract.backbones import frame2d, tsm, video3d  # noqa: F401  (registers the builders)
+from extract.backbones import (  # noqa: F401  (registers the builders)
+    audio_cnn,
+    frame2d,
+    i3d_nonlocal,
+    slowfast,
+    tin,
+    tsm,
+    video3d,
+)
 from extract.backbones.registry import (
     Backbone,
     BackboneInfo,

@@ -53,8 +53,8 @@ KINETICS_STD = (0.22803, 0.22145, 0.216989)
 # scaled by the mean RGB std, as TSN/TSM normalise their flow images.
 NON_RGB_MEAN = 0.5
 
-BackboneKind = Literal["frame2d", "clip3d"]
-_KINDS = ("frame2d", "clip3d")
+BackboneKind = Literal["frame2d", "clip3d", "audio2d", "audio1d"]
+_KINDS = ("frame2d", "clip3d", "audio2d", "audio1d")
 
 
 @dataclass(frozen=True)
@@ -296,7 +296,7 @@ def get_backbone(
     name: str,
     *,
     weights: str | os.PathLike[str] | None = None,
-    in_channels: int = 3,
+    in_channels: int | None = None,
     num_classes: int | None = None,
     **kwargs: Any,
 ) -> Backbone:
@@ -309,8 +309,9 @@ def get_backbone(
             :func:`extract.backbones.weights.load_weights`. Its sha256 ends up in
             ``backbone.weights_sha256``. None leaves the backbone randomly initialised (and
             logs a warning saying so).
-        in_channels: input channels; != 3 adapts the first conv (cross-modality init), also
-            when loading an RGB checkpoint.
+        in_channels: input channels; None takes the builder's own (3 for video, 1 for
+            audio). Another count adapts the first conv (cross-modality init), also when
+            loading an RGB checkpoint.
         num_classes: add a dropout + ``fc`` classifier of this size (for training).
         **kwargs: builder options (``dropout``, ``modality``, ``clip_len``, ``shift_div``...).
 
@@ -326,7 +327,9 @@ def get_backbone(
             f"unknown backbone {name!r}; available: {', '.join(list_backbones())} "
             "(or register one with @register_backbone)"
         )
-    model = _BACKBONES[name](in_channels=in_channels, num_classes=num_classes, **kwargs)
+    if in_channels is not None:
+        kwargs["in_channels"] = in_channels
+    model = _BACKBONES[name](num_classes=num_classes, **kwargs)
     if weights is None:
         logger.warning(
             "backbone %s is randomly initialised (no weights given): its features carry no "

@@ -38,7 +38,18 @@ DECLARED = {
     "r2plus1d_18": ("clip3d", 16, 112, 512),
     "r3d_18": ("clip3d", 16, 112, 512),
     "mc3_18": ("clip3d", 16, 112, 512),
+    "slowfast_r50": ("clip3d", 32, 224, 2304),
+    "slowfast_r101": ("clip3d", 32, 224, 2304),
+    "i3d_nl_r50": ("clip3d", 8, 224, 2048),
+    "tin_resnet50": ("clip3d", 8, 224, 2048),
+    "resnet18_audio": ("audio2d", 198, 64, 512),
+    "resnet34_audio": ("audio2d", 198, 64, 512),
+    "vggish": ("audio2d", 96, 64, 128),
+    "envnet_v2": ("audio1d", 32000, 1, 4096),
 }
+# Builder options for the generic tests: zero-initialised non-local blocks pass no
+# gradient to their inner convs at init (the paper's design), so start them at gamma 1.
+TEST_KWARGS: dict[str, dict[str, object]] = {"i3d_nl_tiny": {"nl_zero_init": False}}
 
 
 @pytest.fixture(autouse=True)
@@ -60,6 +71,10 @@ def clip_for(
     info = model.info
     t = frames if frames is not None else info.clip_len
     g = torch.Generator().manual_seed(seed)
+    if info.kind == "audio2d":  # (B, 1, F frames, M mels)
+        return torch.randn(batch, 1, info.clip_len, info.input_size, generator=g)
+    if info.kind == "audio1d":  # (B, 1, S samples)
+        return torch.randn(batch, 1, info.clip_len, generator=g)
     return torch.randn(
         batch, model.input_channels, t, info.input_size, info.input_size, generator=g
     )
@@ -126,16 +141,20 @@ def test_full_size_backbones_build_and_run(name: str) -> None:
     model = get_backbone(name).eval()
     info = model.info
     assert (info.kind, info.clip_len, info.input_size, info.feature_dim) == DECLARED[name]
-    assert info.name == name and info.in_channels == 3
-    frames = 1 if model.info.kind == "frame2d" else 4
+    assert info.name == name and info.in_channels == (1 if info.kind.startswith("audio") else 3)
+    if info.kind.startswith("audio"):
+        x = clip_for(model, batch=1)
+    else:  # TIN needs its clip_len frames
+        frames = 1 if info.kind == "frame2d" else min(info.clip_len, 8)
+        x = torch.randn(1, 3, frames, 32, 32)
     with torch.no_grad():
-        out = model(torch.randn(1, 3, frames, 32, 32))
+        out = model(x)
     assert out.shape == (1, model.info.feature_dim) and torch.isfinite(out).all()
 
 
 @pytest.mark.parametrize("name", TINY)
 def test_tiny_shapes_gradients_and_no_nans(name: str) -> None:
-    model = tiny(name, num_classes=5)
+    model = tiny(name, num_classes=5, **TEST_KWARGS.get(name, {}))
     x = clip_for(model)
     feats = model.forward_features(x)
     assert feats.shape == (2, model.info.feature_dim)
