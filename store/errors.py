@@ -58,3 +58,15 @@ class ShapeMismatch(StoreError):
 
 class StoreLocked(StoreError):
     """Another live writer holds the lock on the feature set (or on overlapping rows)."""
+
+
+class InvalidIndexSpec(StoreError):
+    """An index setting is out of range, or cannot be met for this feature set."""
+
+
+class IndexNotFound(StoreError):
+    """The feature set has no saved index."""
+
+
+class StaleIndex(StoreError):
+    """The saved index no longer matches its feature set (rebuild it with --rebuild)."""
