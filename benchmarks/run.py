@@ -13,6 +13,7 @@ import sys
 import time
 from pathlib import Path
 
+import benchmarks.heads_bench  # noqa: F401  (registers "heads")
 import benchmarks.store_bench  # noqa: F401  (registers "store")
 from benchmarks.registry import describe, get_benchmark, list_benchmarks
 

@@ -1,0 +1,257 @@
+"""heads.trainer / heads.train / heads.swa on tiny synthetic stores (300 videos, K=4, D=16)."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from heads._masking import MaskedBatchNorm1d
+from heads.swa import make_averager, update_bn
+from heads.train import main
+from heads.trainer import FeatureCache, TrainConfig, assign_folds, build_head, train_head
+from store import FeatureSetSpec
+from store.testing import make_synthetic_store
+
+FAST = {"features": ("synthetic",), "epochs": 3, "batch_size": 32, "lr": 1e-2, "warmup": 0.5, "device": "cpu"}
+NETVLAD = {"head": "netvlad", "head_kwargs": {"num_clusters": 4, "hidden_dim": 16}}
+
+
+@pytest.fixture(scope="module")
+def store(tmp_path_factory):
+    fs = make_synthetic_store(tmp_path_factory.mktemp("train") / "s.zarr", n_videos=300, n_classes=5, clips=4,
+                              dim=16, chunk_rows=32, noise=0.5, short_fraction=0.3)
+    rng = np.random.default_rng(1)
+    n = fs.n_videos
+    extra = fs.create_feature_set("extra", FeatureSetSpec(clips=4, dim=3, chunk_rows=32))
+    done = np.flatnonzero(rng.random(n) > 0.2)
+    with extra.writer() as w:
+        w.write_rows(done, rng.standard_normal((len(done), 4, 3)))
+    k3 = fs.create_feature_set("k3", FeatureSetSpec(clips=3, dim=4, chunk_rows=32))
+    with k3.writer() as w:
+        w.write_rows(np.arange(n), rng.standard_normal((n, 3, 4)))
+    val_only = fs.create_feature_set("valonly", FeatureSetSpec(clips=4, dim=16, chunk_rows=32))
+    with val_only.writer() as w:
+        rows = fs.split_rows("val")
+        w.write_rows(rows, rng.standard_normal((len(rows), 4, 16)))
+    return fs
+
+
+def test_config_round_trip_hash_and_checks():
+    cfg = TrainConfig(features=["a", "b"], head="mean_mlp", head_kwargs={"hidden_dim": 8}, lr=0.01, folds=3)
+    assert cfg.features == ("a", "b")
+    again = TrainConfig.from_dict(json.loads(json.dumps(cfg.to_dict())))
+    assert again == cfg and again.config_hash() == cfg.config_hash()
+    assert TrainConfig.from_dict({**cfg.to_dict(), "device": "cuda"}).config_hash() == cfg.config_hash()
+    assert TrainConfig.from_dict({**cfg.to_dict(), "lr": 0.02}).config_hash() != cfg.config_hash()
+    assert cfg.default_run_name() == f"mean_mlp-bce-a.b-{cfg.config_hash()[:8]}"
+    assert TrainConfig(features=("a",), swa="swa", epochs=8).resolved_swa_start() == 6
+    bad = [{"head": "nope"}, {"loss": "nope"}, {"lr": 0}, {"folds": 1}, {"swa": "x"}, {"batch_size": 1},
+           {"head": "mean_mlp", "head_kwargs": {"num_clusters": 3}}, {"head_kwargs": {"dropout": 0.1}},
+           {"loss": "focal", "loss_kwargs": {"bogus": 1}}, {"swa_start": 20}, {"features": ()},
+           {"device": "tpu"}, {"reader": "disk"}, {"mixup_alpha": -1.0}]
+    for kw in bad:
+        with pytest.raises(ValueError):
+            TrainConfig(**{"features": ("a",), **kw})
+    with pytest.raises(ValueError, match="unknown TrainConfig field"):
+        TrainConfig.from_dict({"features": ["a"], "learning_rate": 1})
+
+
+@pytest.mark.parametrize("head, kw", [("mean_mlp", {"hidden_dim": 16}), ("netvlad", NETVLAD["head_kwargs"])])
+def test_head_learns_a_separable_task_and_writes_every_row(store, tmp_path, head, kw):
+    cfg = TrainConfig(**{**FAST, "epochs": 5}, head=head, head_kwargs=kw)
+    res = train_head(store, cfg, out_dir=tmp_path / "run", progress=False)
+    assert res.metrics["val"]["class_map"] > 0.9 and res.metrics["test"]["class_map"] > 0.9
+    scores, attrs = store.read_predictions(res.run_name)
+    np.testing.assert_array_equal(scores, res.scores)
+    assert scores.shape == (store.n_videos, 5) and ((scores > 0) & (scores < 1)).all()
+    assert attrs["score_type"] == "sigmoid" and attrs["config_hash"] == cfg.config_hash()
+    assert attrs["features"] == ["synthetic"] and attrs["missing_rows"] == 0 and attrs["folds"] == 0
+    assert (store.read_prediction_folds(res.run_name) == -1).all()
+    files = sorted(p.name for p in (tmp_path / "run").iterdir())
+    assert files == ["checkpoint.pt", "config.json", "metrics.json"]
+    metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
+    assert len(metrics["folds"][0]["history"]) == 5 and 0 <= metrics["timing"]["data_wait_fraction"] < 1
+    ckpt = torch.load(tmp_path / "run" / "checkpoint.pt", weights_only=True)
+    model = build_head(TrainConfig.from_dict(ckpt["config"]), ckpt["in_dim"], 5)
+    model.load_state_dict(ckpt["models"][0])
+
+
+def test_same_seed_same_predictions_other_seed_differs(store):
+    cfg = TrainConfig(**FAST, **NETVLAD, dropout=0.2, mixup_alpha=0.4, swa="ema", ema_decay=0.9)
+    rng_before = torch.get_rng_state()
+    a = train_head(store, cfg, write_predictions=False, progress=False)
+    assert torch.equal(torch.get_rng_state(), rng_before), "train_head must not consume the global RNG"
+    assert not torch.are_deterministic_algorithms_enabled()
+    b = train_head(store, cfg, write_predictions=False, progress=False)
+    np.testing.assert_array_equal(a.scores, b.scores)
+    c = train_head(store, TrainConfig(**{**cfg.to_dict(), "seed": 1}), write_predictions=False, progress=False)
+    assert not np.array_equal(a.scores, c.scores)
+
+
+def test_resume_gives_the_uninterrupted_result(store, tmp_path):
+    cfg = TrainConfig(**FAST, **NETVLAD, folds=2, swa="swa", swa_start=1, mixup_alpha=0.3, dropout=0.1, patience=0)
+    full = train_head(store, cfg, out_dir=tmp_path / "full", write_predictions=False, progress=False)
+
+    class Stop(Exception):
+        pass
+
+    def interrupt(record):
+        if record["fold"] == 1 and record["epoch"] == 0:
+            raise Stop
+
+    with pytest.raises(Stop):
+        train_head(store, cfg, out_dir=tmp_path / "cut", write_predictions=False, progress=False,
+                   on_epoch_end=interrupt)
+    assert (tmp_path / "cut" / "state.pt").is_file()
+    resumed = train_head(store, cfg, out_dir=tmp_path / "cut", resume=True, write_predictions=False, progress=False)
+    np.testing.assert_array_equal(resumed.scores, full.scores)
+    for f, r in zip(full.metrics["folds"], resumed.metrics["folds"]):
+        assert [h["loss"] for h in f["history"]] == [h["loss"] for h in r["history"]]
+    assert not (tmp_path / "cut" / "state.pt").exists()
+    other = TrainConfig(**{**cfg.to_dict(), "lr": 0.1})
+    with pytest.raises(Stop):
+        train_head(store, cfg, out_dir=tmp_path / "x", write_predictions=False, progress=False, on_epoch_end=interrupt)
+    with pytest.raises(ValueError, match="another configuration"):
+        train_head(store, other, out_dir=tmp_path / "x", resume=True, write_predictions=False, progress=False)
+
+
+def test_folds_give_out_of_fold_train_scores_and_averaged_val_scores(store):
+    cfg = TrainConfig(**FAST, head="mean_mlp", head_kwargs={"hidden_dim": 16}, folds=3)
+    res = train_head(store, cfg, run_name="oof", progress=False)
+    train = store.split_rows("train")
+    fold = store.read_prediction_folds("oof")
+    assert set(fold[train]) == {0, 1, 2} and (np.delete(fold, train) == -1).all()
+    np.testing.assert_array_equal(fold[train], assign_folds(len(train), 3, cfg.seed))
+    models = []
+    for state in res.model_states:
+        m = build_head(cfg, 16, 5).eval()
+        m.load_state_dict(state)
+        models.append(m)
+    data, valid = store.feature_set("synthetic").read()
+    with torch.no_grad():
+        probs = [torch.sigmoid(m(torch.from_numpy(data), torch.from_numpy(valid))).numpy() for m in models]
+    for j in range(3):
+        rows = train[fold[train] == j]
+        np.testing.assert_allclose(res.scores[rows], probs[j][rows], atol=1e-5)
+    rest = np.setdiff1d(np.arange(store.n_videos), train)
+    np.testing.assert_allclose(res.scores[rest], np.mean(probs, axis=0)[rest], atol=1e-5)
+    assert res.metrics["train_oof"]["class_map"] > 0.85
+
+
+def test_assign_folds_is_a_balanced_seeded_partition():
+    f = assign_folds(103, 4, seed=7)
+    assert sorted(np.bincount(f)) == [25, 26, 26, 26]
+    np.testing.assert_array_equal(f, assign_folds(103, 4, seed=7))
+    assert not np.array_equal(f, assign_folds(103, 4, seed=8))
+
+
+def test_stream_reader_and_shared_cache(store):
+    base = {**FAST, "head": "mean_mlp", "head_kwargs": {"hidden_dim": 16}}
+    mem = train_head(store, TrainConfig(**base, reader="memory"), write_predictions=False, progress=False)
+    cache = FeatureCache.load(store, ["synthetic"])
+    shared = train_head(store, TrainConfig(**base), data=cache, write_predictions=False, progress=False)
+    np.testing.assert_array_equal(mem.scores, shared.scores)
+    assert shared.metrics["reader"] == "memory"
+    stream = train_head(store, TrainConfig(**base, reader="stream"), write_predictions=False, progress=False)
+    assert stream.metrics["reader"] == "stream" and stream.metrics["val"]["class_map"] > 0.8
+    with pytest.raises(ValueError, match="feature sets"):
+        train_head(store, TrainConfig(**{**base, "features": ("synthetic", "extra")}), data=cache, progress=False)
+
+
+def test_concatenated_sets_and_rows_not_done_score_zero(store):
+    cfg = TrainConfig(**{**FAST, "features": ("synthetic", "extra"), "epochs": 2}, head="mean_mlp")
+    res = train_head(store, cfg, run_name="concat", progress=False)
+    done = store.feature_set("extra").done()
+    assert res.metrics["rows"]["missing"] == int((~done).sum()) > 0
+    assert (res.scores[~done] == 0).all() and (res.scores[done] > 0).all()
+    assert store.read_predictions("concat")[1]["missing_rows"] == int((~done).sum())
+    assert res.model_states[0]["mlp.layers.1.weight"].shape == (512, 19)  # D = 16 + 3
+
+
+def test_early_stopping_keeps_the_best_epoch(store):
+    cfg = TrainConfig(**{**FAST, "epochs": 10, "lr": 1e-12, "warmup": 0}, head="mean_mlp", patience=2)
+    res = train_head(store, cfg, write_predictions=False, progress=False)
+    assert res.metrics["folds"][0]["epochs_run"] == 3 and res.metrics["folds"][0]["best_epoch"] == 0
+
+
+class _TwoNorms(nn.Module):
+    def __init__(self, d):
+        super().__init__()
+        self.clip_bn = MaskedBatchNorm1d(d)
+        self.video_bn = nn.BatchNorm1d(d)
+
+    def forward(self, x, mask):
+        return self.video_bn(self.clip_bn(x, mask).sum(1))
+
+
+def test_update_bn_is_mask_aware_and_averages_batches():
+    rng = np.random.default_rng(0)
+    model = _TwoNorms(3)
+    model.clip_bn.momentum = 0.3
+    batches, means, variances = [], [], []
+    for n in (5, 7):
+        x = rng.standard_normal((n, 4, 3)).astype(np.float32) + 2
+        mask = rng.random((n, 4)) > 0.4
+        mask[:, 0] = True
+        x[~mask] = 1e6  # garbage in the padding must not count
+        valid = x[mask]
+        means.append(valid.mean(0))
+        variances.append(valid.var(0, ddof=1))
+        batches.append({"features": torch.from_numpy(x), "mask": torch.from_numpy(mask)})
+    assert update_bn(model, batches) == 2
+    np.testing.assert_allclose(model.clip_bn.running_mean.numpy(), np.mean(means, 0), rtol=1e-5)
+    np.testing.assert_allclose(model.clip_bn.running_var.numpy(), np.mean(variances, 0), rtol=1e-4)
+    assert model.clip_bn.momentum == 0.3 and model.training
+    # the video-level norm saw, per batch, the sums of clips normalised with that batch's statistics
+    video_means, video_vars = [], []
+    for b, mean in zip(batches, means):
+        x, m = b["features"].numpy(), b["mask"].numpy()
+        var = x[m].var(0)  # biased, as batch norm normalises
+        z = np.where(m[..., None], (x - mean) / np.sqrt(var + 1e-5), 0).sum(1)
+        video_means.append(z.mean(0))
+        video_vars.append(z.var(0, ddof=1))
+    np.testing.assert_allclose(model.video_bn.running_mean.numpy(), np.mean(video_means, 0), atol=1e-5)
+    np.testing.assert_allclose(model.video_bn.running_var.numpy(), np.mean(video_vars, 0), rtol=1e-4)
+
+
+def test_averager_swa_is_the_mean_and_ema_the_recursion():
+    net = nn.Linear(2, 1, bias=False)
+    swa, ema = make_averager(net, "swa"), make_averager(net, "ema", ema_decay=0.5)
+    values = [1.0, 2.0, 6.0]
+    for v in values:
+        with torch.no_grad():
+            net.weight.fill_(v)
+        swa.update_parameters(net)
+        ema.update_parameters(net)
+    assert torch.allclose(swa.module.weight, torch.full((1, 2), 3.0))
+    assert torch.allclose(ema.module.weight, torch.full((1, 2), 0.5 * (0.5 * 1 + 0.5 * 2) + 0.5 * 6))
+
+
+def test_cli_toml_defaults_flags_win_and_summary(store, tmp_path, capsys):
+    toml = tmp_path / "c.toml"
+    toml.write_text(f'store = "{store.path}"\nfeatures = ["synthetic"]\nhead = "mean_mlp"\nepochs = 2\n'
+                    'batch_size = 32\ndevice = "cpu"\n[head_kwargs]\nhidden_dim = 8\n')
+    out = tmp_path / "run"
+    assert main(["--config", str(toml), "--epochs", "3", "--out", str(out), "--run-name", "cli", "--quiet"]) == 0
+    text = capsys.readouterr().out
+    assert "class mAP" in text and "top-5" in text and "val" in text and "data wait" in text
+    cfg = json.loads((out / "config.json").read_text())["config"]
+    assert cfg["epochs"] == 3 and cfg["head_kwargs"] == {"hidden_dim": 8} and cfg["batch_size"] == 32
+    assert store.read_predictions("cli")[1]["config"]["epochs"] == 3
+
+
+@pytest.mark.parametrize("args, words", [
+    (["--features", "synthetic", "--head", "nope"], "unknown head"),
+    (["--features", "synthetic", "--loss", "nope"], "unknown loss"),
+    (["--features", "nope"], "no feature set"),
+    (["--features", "synthetic", "--features", "k3"], "same number of clips"),
+    (["--features", "valonly"], "train row"),
+    (["--features", "synthetic", "--run-name", "bad name"], "invalid run name"),
+])
+def test_cli_errors_are_one_line_and_exit_2(store, tmp_path, capsys, args, words):
+    assert main(["--store", str(store.path), "--out", str(tmp_path / "r"), "--quiet", *args]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: ") and words in err and len(err.splitlines()) == 1
+    assert not (tmp_path / "r").exists()
