@@ -8,7 +8,7 @@ Public API::
     ChunkShuffleDataset                         torch reader for training (store.readers)
     verify_store                                the checks behind ``python -m store.verify``
     IndexSpec, FeatureIndex, ensure_index, ...  faiss indexes over feature sets (store.index)
-    neighbours, search_by_rows, ...             nearest-neighbour search (store.search)
+    store.search.neighbours, ...                nearest-neighbour search (import store.search)
 """
 
 from store.errors import StoreError
@@ -16,10 +16,8 @@ from store.feature_set import FeatureSet, FeatureWriter
 from store.feature_store import FeatureStore
 from store.index import FeatureIndex, IndexSpec, build_index, ensure_index, open_index, update_index
 from store.schema import SCHEMA_VERSION, FeatureSetSpec
-from store.search import neighbours, propagate_labels, search_by_rows, search_by_vectors
 
 __all__ = [
     "SCHEMA_VERSION", "FeatureIndex", "FeatureSet", "FeatureSetSpec", "FeatureStore", "FeatureWriter",
-    "IndexSpec", "StoreError", "build_index", "ensure_index", "neighbours", "open_index", "propagate_labels",
-    "search_by_rows", "search_by_vectors", "update_index",
+    "IndexSpec", "StoreError", "build_index", "ensure_index", "open_index", "update_index",
 ]

@@ -304,10 +304,26 @@ def _query(fs: FeatureStore, args: argparse.Namespace, dim: int) -> tuple[dict[s
     return {"vectors": vector[None, :]}, f"neighbours of the vector in {args.vector}"
 
 
-def _label_names(classes: list[str], multi_hot: np.ndarray) -> str:
-    names = [classes[c] for c in np.flatnonzero(multi_hot)]
-    text = ", ".join(names) or "-"
-    return text if len(text) <= 60 else text[:57] + "..."
+def label_names(classes: Sequence[str], multi_hot: np.ndarray, width: int = 60) -> str:
+    """Comma-separated names of a multi-hot row, shortened to ``width`` characters."""
+    text = ", ".join(classes[c] for c in np.flatnonzero(multi_hot)) or "-"
+    return text if len(text) <= width else text[: width - 3] + "..."
+
+
+def format_neighbours(fs: FeatureStore, result: Neighbours, title: str, *, temperature: float,
+                      top_labels: int = 5, query: int = 0) -> str:
+    """The neighbour table (rank, id, similarity, labels) and the propagated label scores."""
+    ids, labels, classes = fs.video_ids(), fs.labels(), fs.classes
+    lines = [title, f"{'rank':>4}  {'id':<24} {'similarity':>10}  labels"]
+    for rank, (sim, row) in enumerate(zip(result.sims[query], result.rows[query], strict=True), start=1):
+        if row < 0:
+            break
+        lines.append(f"{rank:>4}  {ids[row]!s:<24} {sim:>10.4f}  {label_names(classes, labels[row])}")
+    scores = result.scores[query]
+    top = [c for c in np.argsort(-scores, kind="stable")[:top_labels] if scores[c] > 0]
+    lines.append(f"propagated label scores (T={temperature:g}): "
+                 + (", ".join(f"{classes[c]} {scores[c]:.3f}" for c in top) or "none"))
+    return "\n".join(lines)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -335,29 +351,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     except StoreError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    ids, labels, classes = fs.video_ids(), fs.labels(), fs.classes
     print(f"index: {index.describe()}")
-    print(
-        title
-        + (
-            f"; its labels: {_label_names(classes, labels[query['rows'][0]])}"
-            if "rows" in query
-            else ""
-        )
-    )
-    print(f"{'rank':>4}  {'id':<24} {'similarity':>10}  labels")
-    for rank, (sim, row) in enumerate(zip(result.sims[0], result.rows[0], strict=True), start=1):
-        if row < 0:
-            break
-        print(f"{rank:>4}  {ids[row]!s:<24} {sim:>10.4f}  {_label_names(classes, labels[row])}")
-    scores = result.scores[0]
-    top = [c for c in np.argsort(-scores, kind="stable")[: args.top_labels] if scores[c] > 0]
-    print(
-        f"propagated label scores (T={args.temperature:g}): "
-        + (", ".join(f"{classes[c]} {scores[c]:.3f}" for c in top) or "none")
-    )
+    if "rows" in query:
+        title += f"; its labels: {label_names(fs.classes, fs.labels(query['rows'][:1])[0])}"
+    print(format_neighbours(fs, result, title, temperature=args.temperature, top_labels=args.top_labels))
     return 0
-
 
 if __name__ == "__main__":
     sys.exit(main())
