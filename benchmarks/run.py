@@ -13,6 +13,7 @@ import sys
 import time
 from pathlib import Path
 
+import benchmarks.extract_bench  # noqa: F401  (registers "extract")
 import benchmarks.heads_bench  # noqa: F401  (registers "heads")
 import benchmarks.search_bench  # noqa: F401  (registers "search")
 import benchmarks.store_bench  # noqa: F401  (registers "store")

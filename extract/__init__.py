@@ -7,6 +7,7 @@ Public API::
     probe_video, decode_video                   single-pass PyAV decoding (extract.decode)
     ClipSampling, ViewSpec, clip_frame_indices  sampling and spatial views (extract.sampling)
     get_backbone, list_backbones                the backbone registry (extract.backbones)
+    extract(), ExtractSettings                  the feature dump behind python -m extract.run (extract.pipeline)
     ExtractError and subclasses                 user-facing errors (extract.errors)
 """
 

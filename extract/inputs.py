@@ -365,7 +365,7 @@ def read_video_list(
     root = Path(os.path.abspath(root if root is not None else
                                 (source if source.is_dir() else source.parent)))
     if source.is_dir():
-        rows, fmt = _scan_folder(source), "folder"
+        rows, fmt = _scan_folder(Path(os.path.abspath(source))), "folder"
         if not rows:
             raise EmptyListError(f"no video files ({', '.join(VIDEO_EXTENSIONS)}) in this "
                                  "folder or below", source)

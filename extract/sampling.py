@@ -267,3 +267,16 @@ def union_frame_indices(*indices: np.ndarray) -> np.ndarray:
         raise ValueError("union_frame_indices needs at least one index array")
     flat = [np.asarray(a, dtype=np.int64).ravel() for a in indices]
     return np.unique(np.concatenate(flat))
+
+
+def short_side_size(height: int, width: int, short_side: int) -> tuple[int, int]:
+    """Output ``(height, width)`` when the short side becomes ``short_side``.
+
+    The long side is scaled by the same factor and rounded half up (at least 1 pixel).
+    The decoder uses the same rule, so decoder and numpy resizes agree on shapes.
+    """
+    if min(height, width) < 1 or short_side < 1:
+        raise ValueError(f"sizes must be >= 1, got {height}x{width} -> short side {short_side}")
+    short, long_ = min(height, width), max(height, width)
+    new_long = max((2 * long_ * short_side + short) // (2 * short), 1)  # round half up, exact
+    return (short_side, new_long) if height <= width else (new_long, short_side)

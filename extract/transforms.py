@@ -18,24 +18,11 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from extract.sampling import CROP_MODES, ViewSpec
+from extract.sampling import CROP_MODES, ViewSpec, short_side_size  # noqa: F401  (re-exported)
 
 # ImageNet statistics (torchvision / Kinetics backbones), RGB order, for [0, 1] inputs.
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
-
-
-def short_side_size(height: int, width: int, short_side: int) -> tuple[int, int]:
-    """Output ``(height, width)`` when the short side becomes ``short_side``.
-
-    The long side is scaled by the same factor and rounded half up (at least 1 pixel).
-    The decoder uses the same rule, so decoder and numpy resizes agree on shapes.
-    """
-    if min(height, width) < 1 or short_side < 1:
-        raise ValueError(f"sizes must be >= 1, got {height}x{width} -> short side {short_side}")
-    short, long_ = min(height, width), max(height, width)
-    new_long = max((2 * long_ * short_side + short) // (2 * short), 1)  # round half up, exact
-    return (short_side, new_long) if height <= width else (new_long, short_side)
 
 
 def short_side_resize(frames: np.ndarray, short_side: int) -> np.ndarray:

@@ -1,0 +1,423 @@
+"""``python -m extract.run``: decode videos once, run a backbone, write clip features to a store.
+
+With no arguments it uses the demo set (``./demo``, generated if missing), a randomly
+initialised ResNet-18 TSN at 112 px with 8 segments, and writes ``demo.zarr``; then it
+prints a summary and the ``store.verify`` result. Rerunning resumes: rows already done are
+skipped. ``--shard i/n`` lets n processes fill disjoint chunk-aligned row ranges of one store.
+
+Examples::
+
+    python -m extract.run
+    python -m extract.run --videos trainingSet.csv --classes moments_categories.txt \\
+        --store mit.zarr --backbone r2plus1d_18 --weights r2plus1d_18.pth --crops three
+    python -m extract.run --videos clips/ --store clips.zarr --shard 0/4     # on 4 machines
+
+Exit status: 0 done (rows that could not be decoded are recorded, not fatal), 1 the store
+failed verification, 2 a usage error (one ``error: ...`` line), 130 interrupted.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+import time
+import tomllib
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from extract.errors import DemoError, ExtractError
+from extract.settings import DEVICES, ExtractSettings, parse_shard
+from store.errors import StoreError
+
+if TYPE_CHECKING:
+    from extract.pipeline import RunStats
+
+log = logging.getLogger("extract.run")
+
+DEFAULT_STORE = Path("demo.zarr")
+DEFAULT_DEMO_DIR = Path("demo")
+DEMO_CROP = 112  # the demo's frames are 112 px
+_D = ExtractSettings()
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="python -m extract.run",
+        description=__doc__.split("\n\n")[0].replace("``", ""),
+        epilog="\n\n".join(__doc__.split("\n\n")[1:]).replace("``", "").replace("::", ":"),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument(
+        "--config",
+        type=Path,
+        metavar="FILE.toml",
+        help="TOML file of defaults for these flags (keys as flag names, e.g. batch_size = 32); "
+        "flags on the command line win",
+    )
+    g = p.add_argument_group("input and output")
+    g.add_argument(
+        "--videos",
+        type=Path,
+        metavar="CSV|DIR",
+        help="label CSV (Multi-MiT path,label,...; MiT; Kinetics; or a table with a path column) or "
+        "a folder of videos (unlabelled). Default: the demo set in --demo-dir, made if missing",
+    )
+    g.add_argument(
+        "--root",
+        type=Path,
+        help="folder the CSV's paths are relative to (default: the CSV's folder)",
+    )
+    g.add_argument(
+        "--classes",
+        type=Path,
+        metavar="FILE",
+        help="class list, one name per line or name,index lines (default: classes.txt / "
+        "moments_categories.txt beside the CSV, else the store's classes, else the labels "
+        "found; an unlabelled folder gets the single placeholder class 'unlabelled')",
+    )
+    g.add_argument(
+        "--store",
+        type=Path,
+        default=DEFAULT_STORE,
+        help=f"feature store (NAME.zarr); created if missing, else the list's new videos are "
+        f"appended (default: {DEFAULT_STORE})",
+    )
+    g.add_argument(
+        "--set",
+        dest="set_name",
+        metavar="NAME",
+        help="feature set name (default: <modality>_<backbone>, e.g. rgb_resnet18)",
+    )
+    g.add_argument(
+        "--demo-dir",
+        type=Path,
+        default=DEFAULT_DEMO_DIR,
+        help=f"where the demo set lives when --videos is not given (default: {DEFAULT_DEMO_DIR})",
+    )
+    g = p.add_argument_group("model")
+    g.add_argument(
+        "--backbone",
+        default=_D.backbone,
+        help=f"registered backbone (default: {_D.backbone}); see extract.backbones.list_backbones()",
+    )
+    g.add_argument(
+        "--weights",
+        type=Path,
+        metavar="PATH",
+        help="local checkpoint (torchvision state_dict layout); default: random init from --seed",
+    )
+    g.add_argument(
+        "--seed", type=int, default=_D.seed, help=f"seed of a random init (default: {_D.seed})"
+    )
+    g = p.add_argument_group("clips and views")
+    g.add_argument(
+        "--sampling",
+        choices=("uniform", "tsn", "dense"),
+        help="clip placement (default: tsn for frame backbones, uniform for clip backbones)",
+    )
+    g.add_argument(
+        "--clips",
+        type=int,
+        default=_D.clips,
+        help=f"clips (TSN segments) per video (default: {_D.clips})",
+    )
+    g.add_argument(
+        "--frames",
+        type=int,
+        help="frames per clip (default: the backbone's clip length, 1 for frame nets)",
+    )
+    g.add_argument(
+        "--stride",
+        type=int,
+        default=_D.stride,
+        help=f"frame step inside a clip (default: {_D.stride})",
+    )
+    g.add_argument(
+        "--crop",
+        type=int,
+        help=f"square crop side in px (default: the backbone's input size; {DEMO_CROP} on the demo set)",
+    )
+    g.add_argument(
+        "--short-side", type=int, help="resize the short side to this first (default: crop * 8/7)"
+    )
+    g.add_argument(
+        "--crops",
+        choices=("center", "three", "five", "ten"),
+        default=_D.crops,
+        help=f"crop positions per clip (default: {_D.crops}); K = clips x views",
+    )
+    g.add_argument(
+        "--scales",
+        default="",
+        metavar="S1,S2",
+        help="extra short sides for multi-scale views (default: none)",
+    )
+    g = p.add_argument_group("run")
+    g.add_argument(
+        "--device",
+        choices=DEVICES,
+        default=_D.device,
+        help=f"where the model runs (default: {_D.device}: CUDA if torch sees a GPU)",
+    )
+    g.add_argument(
+        "--amp",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="float16 autocast on CUDA (default: on with CUDA; never on CPU)",
+    )
+    g.add_argument(
+        "--batch-size",
+        type=int,
+        default=_D.batch_size,
+        help=f"clips per model batch, gathered across videos (default: {_D.batch_size})",
+    )
+    g.add_argument(
+        "--workers",
+        type=int,
+        help="decode processes; 0 decodes in the main process (default: max(1, cores // 4) on CPU, "
+        "cores - 1 with CUDA; measured by benchmarks.run --only extract)",
+    )
+    g.add_argument(
+        "--threads",
+        type=int,
+        help="torch threads of the model (default: max(1, cores - workers) on CPU, 1 with CUDA)",
+    )
+    g.add_argument(
+        "--timeout",
+        dest="timeout_s",
+        type=float,
+        default=_D.timeout_s,
+        help=f"seconds one video may take to decode; a worker past it is killed and the row gets a "
+        f"'decode timed out' error (default: {_D.timeout_s:g})",
+    )
+    g.add_argument(
+        "--shard",
+        metavar="i/n",
+        help="fill only the i-th of n chunk-aligned row ranges (default: all)",
+    )
+    g.add_argument("--limit", type=int, help="process at most N pending rows (default: all)")
+    g.add_argument(
+        "--retry-errors", action="store_true", help="also retry rows that failed in an earlier run"
+    )
+    g.add_argument(
+        "--chunk-rows",
+        type=int,
+        default=_D.chunk_rows,
+        help=f"rows per storage chunk of a new feature set (default: {_D.chunk_rows})",
+    )
+    g.add_argument(
+        "--flush-every",
+        dest="flush_s",
+        type=float,
+        default=_D.flush_s,
+        help=f"write finished rows at least every this many seconds (default: {_D.flush_s:g})",
+    )
+    g.add_argument(
+        "--verify",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="run store.verify on the store at the end (default: on)",
+    )
+    g.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
+    g.add_argument("-v", "--verbose", action="store_true", help="log INFO messages")
+    return p
+
+
+def _config_defaults(parser: argparse.ArgumentParser, path: Path) -> None:
+    """Apply a TOML file's keys as parser defaults (unknown keys are an error)."""
+    try:
+        with open(path, "rb") as f:
+            cfg = tomllib.load(f)
+    except FileNotFoundError:
+        raise ExtractError(f"{path}: config file not found") from None
+    except tomllib.TOMLDecodeError as err:
+        raise ExtractError(f"{path}: not valid TOML ({err})") from None
+    dests = {a.dest: a for a in parser._actions if a.dest not in ("help", "config")}
+    aliases = {
+        s.lstrip("-").replace("-", "_"): a.dest for a in parser._actions for s in a.option_strings
+    }
+    values = {}
+    for key, value in cfg.items():
+        dest = aliases.get(key.replace("-", "_"), key.replace("-", "_"))
+        if dest not in dests:
+            raise ExtractError(
+                f"{path}: unknown key {key!r}; keys are the flag names: {', '.join(sorted(aliases))}"
+            )
+        action = dests[dest]
+        if action.type is Path and value is not None:
+            value = Path(value)
+        values[dest] = value
+    parser.set_defaults(**values)
+
+
+def _settings(args: argparse.Namespace, demo: bool) -> ExtractSettings:
+    raw = (
+        args.scales if isinstance(args.scales, list) else str(args.scales).split(",")
+    )  # TOML: a list
+    try:
+        scales = tuple(int(s) for s in raw if str(s).strip())
+    except ValueError:
+        raise ValueError(
+            f"--scales must be comma-separated integers, got {args.scales!r}"
+        ) from None
+    return ExtractSettings(
+        backbone=args.backbone,
+        weights=str(args.weights) if args.weights else None,
+        seed=args.seed,
+        set_name=args.set_name,
+        sampling=args.sampling,
+        clips=args.clips,
+        frames=args.frames,
+        stride=args.stride,
+        short_side=args.short_side,
+        crop=args.crop or (DEMO_CROP if demo else None),
+        crops=args.crops,
+        scales=scales,
+        device=args.device,
+        amp=args.amp,
+        batch_size=args.batch_size,
+        workers=args.workers,
+        threads=args.threads,
+        timeout_s=args.timeout_s,
+        chunk_rows=args.chunk_rows,
+        flush_s=args.flush_s,
+        retry_errors=args.retry_errors,
+        limit=args.limit,
+        shard=parse_shard(args.shard) if args.shard else None,
+    )
+
+
+def _summary(stats: RunStats, elapsed: float) -> str:
+    """The end-of-run report: what was written, what failed and why, how fast."""
+    lines = []
+    for name, spec in zip(stats.set_names, stats.specs):
+        made = f"weights {spec.weights_sha256[:12]}" if spec.weights_sha256 else "random init"
+        lines.append(
+            f"extract: {stats.store} features/{name}: K={spec.clips} x D={spec.dim} {spec.dtype}, "
+            f"backbone {spec.backbone} ({made})"
+        )
+    reasons = ", ".join(f"{r}: {n}" for r, n in stats.failed_by_reason.most_common())
+    lines.append(
+        f"  done {stats.videos_done}, failed {stats.videos_failed}{f' ({reasons})' if reasons else ''}; "
+        f"skipped {stats.skipped_done} already done, {stats.skipped_failed_before} failed before "
+        f"(--retry-errors), {stats.outside_shard} outside this shard"
+    )
+    if stats.planned:
+        n, dt = stats.videos_done + stats.videos_failed, max(stats.seconds, 1e-9)
+        lines.append(
+            f"  {stats.clips} clips from {n} videos in {dt:.1f} s: {n / dt:.2f} videos/s, "
+            f"{stats.clips / dt:.1f} clips/s; {stats.decodes_per_video:.2f} decodes per video"
+        )
+        lines.append(
+            f"  {stats.workers} decode worker(s), {stats.threads} model thread(s) on {stats.device}; "
+            f"busy: decode {stats.decode_seconds:.1f} s (workers), model {stats.model_seconds:.1f} s, "
+            f"writes {stats.write_seconds:.1f} s ({stats.writes} writes)"
+        )
+    lines.append(f"  total {elapsed:.1f} s")
+    return "\n".join(lines)
+
+
+def run(args: argparse.Namespace) -> int:
+    """Run the command on parsed arguments; returns the exit status."""
+    from tqdm import tqdm
+    from tqdm.contrib.logging import logging_redirect_tqdm
+
+    from extract import pipeline
+    from extract.demo import load_demo, make_demo
+
+    t0 = time.perf_counter()
+    demo = args.videos is None
+    try:
+        settings = _settings(args, demo)
+    except ValueError as err:  # a flag value the settings refuse
+        raise ExtractError(str(err)) from None
+    if settings.amp and settings.resolved_device() != "cuda":
+        log.warning("--amp is for CUDA; running in float32 on the CPU")
+    if demo:
+        try:
+            manifest = load_demo(args.demo_dir)
+        except DemoError:
+            print(f"making the demo set in {args.demo_dir} ...", file=sys.stderr)
+            manifest = make_demo(args.demo_dir, progress=not args.quiet)
+        source, classes = manifest.videos_csv, manifest.classes_path
+    else:
+        source, classes = args.videos, args.classes
+    with logging_redirect_tqdm():
+        probe_bar = tqdm(
+            desc="reading video headers", unit="video", disable=args.quiet, leave=False
+        )
+        bar = tqdm(
+            desc="extracting", unit="video", disable=args.quiet, dynamic_ncols=True, delay=0.5
+        )
+        t_run: list[float] = []  # when the first video came back
+
+        def probed(done: int, total: int) -> None:
+            probe_bar.total, probe_bar.n = total, done
+            probe_bar.update(0)
+
+        def progress(stats: RunStats) -> None:
+            bar.total, bar.n = stats.planned, stats.videos_done + stats.videos_failed
+            t_run[:] = t_run or [time.perf_counter()]
+            dt = max(time.perf_counter() - t_run[0], 1e-9)
+            bar.set_postfix(
+                clips_s=f"{stats.clips / dt:.1f}",
+                failed=stats.videos_failed,
+                written=stats.rows_written,
+                refresh=False,
+            )
+            bar.update(0)
+
+        try:
+            stats = pipeline.extract(
+                source,
+                args.store,
+                settings,
+                root=args.root,
+                classes=classes,
+                on_probe=probed,
+                on_progress=progress,
+            )
+        finally:
+            probe_bar.close()
+            bar.close()
+    print(_summary(stats, time.perf_counter() - t0))
+    if not args.verify:
+        return 0
+    from store.verify import verify_store
+
+    report = verify_store(stats.store)
+    print(
+        f"verify: {stats.store}: " + ("OK" if report.ok else f"{len(report.problems)} problem(s)")
+    )
+    for problem in report.problems:
+        print(f"  - {problem}")
+    return 0 if report.ok else 1
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Command-line entry point; returns the exit status."""
+    parser = _parser()
+    try:
+        known, _ = parser.parse_known_args(argv)
+        if known.config:
+            _config_defaults(parser, known.config)
+        args = parser.parse_args(argv)
+        logging.basicConfig(
+            level=logging.INFO if args.verbose else logging.WARNING,
+            format="%(levelname)s %(name)s: %(message)s",
+        )
+        return run(args)
+    except (StoreError, ExtractError) as err:
+        print("error: " + " ".join(str(err).split()), file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(
+            "interrupted: finished rows were written; rerun the same command to resume",
+            file=sys.stderr,
+        )
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,229 @@
+"""Search by example: the stored videos most like a new video file, and the labels they vote for.
+
+::
+
+    python -m extract.search --store demo.zarr --features rgb_resnet18 --video clip.mp4 [-k 10]
+    python -m extract.search --store mit.zarr --features rgb_r2plus1d_18 --video x.mp4 --weights r2plus1d_18.pth
+
+The file is embedded exactly as ``extract.run`` embedded the feature set: the producer is
+rebuilt from the set's recorded spec (backbone, random-init seed or weights checksum, clip
+sampling, views, chunking) through :func:`extract.pipeline.build_producers`, the file is
+decoded by the same worker function and embedded in the same model, and the features are
+rounded to the set's storage dtype. The per-video vector is the mean of the valid clips
+(:func:`store.index.pool_video_vectors`, what the index holds), and the search is
+:func:`store.search.neighbours`. A set extracted with weights needs ``--weights PATH`` to
+that checkpoint; its sha256 must equal the recorded one (the path itself is not recorded).
+
+Exit status: 0 found, 2 a usage error (one ``error: ...`` line).
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from extract._worker import DecodeTask, process_task
+from extract.backbones import file_sha256
+from extract.errors import ExtractError
+from extract.pipeline import build_producers
+from extract.producers import FeatureProducer
+from extract.sampling import ClipSampling, ViewSpec
+from extract.settings import DEVICES, ExtractSettings
+from store.errors import StoreError
+from store.feature_set import FeatureSet
+from store.feature_store import FeatureStore
+from store.index import FeatureIndex, IndexSpec, ensure_index, pool_video_vectors
+from store.search import Neighbours, format_neighbours, neighbours
+
+__all__ = ["VideoEmbedding", "embed_video", "producer_for", "search_video"]
+
+log = logging.getLogger(__name__)
+
+
+def _settings_from_spec(fset: FeatureSet, weights: str | os.PathLike | None, device: str,
+                        batch_size: int) -> ExtractSettings:
+    """The :class:`ExtractSettings` that made ``fset`` (as far as they shape the features)."""
+    spec = fset.spec
+    sampling = spec.sampling if isinstance(spec.sampling, dict) else {}
+    if spec.modality != "rgb" or "clips" not in sampling or "views" not in sampling:
+        raise ExtractError(f"feature set {fset.name!r} (backbone {spec.backbone!r}, modality {spec.modality!r}) was"
+                           " not written by extract.run's RGB producer, so its embedding cannot be rebuilt; search"
+                           " it by id or vector with `python -m store.search`")
+    clips, views = ClipSampling.from_dict(sampling["clips"]), ViewSpec.from_dict(sampling["views"])
+    if spec.weights_sha256 is None and weights is not None:
+        raise ExtractError(f"feature set {fset.name!r} was extracted from a random init (seed "
+                           f"{spec.extra.get('random_init_seed', 0)}), not from a checkpoint; drop --weights")
+    if spec.weights_sha256 is not None:
+        if weights is None:
+            raise ExtractError(f"feature set {fset.name!r} was extracted with the checkpoint of sha256 "
+                               f"{spec.weights_sha256[:16]}...; pass --weights PATH to that file")
+        if not Path(weights).is_file():
+            raise ExtractError(f"--weights {weights}: file not found")
+        digest = file_sha256(weights)
+        if digest != spec.weights_sha256:
+            raise ExtractError(f"--weights {weights} has sha256 {digest[:16]}... but feature set {fset.name!r} was"
+                               f" extracted with {spec.weights_sha256[:16]}...; pass the checkpoint it was made with")
+    return ExtractSettings(
+        backbone=spec.backbone, weights=None if weights is None else str(weights),
+        seed=int(spec.extra.get("random_init_seed", 0)), sampling=clips.mode, clips=clips.num_clips,
+        frames=clips.frames_per_clip, stride=clips.stride, short_side=views.short_side, crop=views.crop,
+        crops=views.crops, scales=views.scales, amp=spec.extra.get("precision") == "amp", device=device,
+        batch_size=batch_size, chunk_rows=spec.chunk_rows)
+
+
+def producer_for(fset: FeatureSet, *, weights: str | os.PathLike | None = None, device: str = "auto",
+                 batch_size: int = 64) -> FeatureProducer:
+    """Rebuild the producer (model, clip sampling, views) that filled ``fset``.
+
+    Args:
+        fset: A feature set written by ``extract.run``.
+        weights: The checkpoint it was extracted with (its sha256 must match); None for a
+            random-init set (rebuilt from the recorded seed).
+        device: ``auto``, ``cpu`` or ``cuda``.
+        batch_size: Clips per model batch.
+
+    Raises:
+        ExtractError: the set was not made by ``extract.run``, ``weights`` is missing, not
+            wanted or not the recorded checkpoint, or the rebuilt producer would make
+            features with another provenance.
+    """
+    settings = _settings_from_spec(fset, weights, device, batch_size)
+    try:
+        resolved = settings.resolved_device()
+        producer = build_producers(settings, resolved)[0]
+    except ExtractError:
+        raise
+    except ValueError as err:  # unknown backbone, bad settings: the store is from another version
+        raise ExtractError(f"cannot rebuild the producer of feature set {fset.name!r}: {err}") from None
+    made, wanted = producer.spec.provenance(), fset.spec.provenance()
+    if made.get("extra", {}).get("precision") != wanted.get("extra", {}).get("precision"):
+        log.warning("feature set %r was extracted with %s precision, this search runs %s on %s: similarities may"
+                    " differ slightly", fset.name, wanted["extra"].get("precision"), made["extra"].get("precision"),
+                    resolved)
+        made["extra"] = {**made["extra"], "precision": wanted["extra"].get("precision")}
+    if made != wanted:
+        changed = sorted(k for k in set(made) | set(wanted) if made.get(k) != wanted.get(k))
+        raise ExtractError(f"the rebuilt producer of feature set {fset.name!r} differs from the recorded one in"
+                           f" {', '.join(changed)}; the set was made by another version of extract.run")
+    return producer
+
+
+@dataclass(frozen=True, eq=False)
+class VideoEmbedding:
+    """One video file's features, as ``extract.run`` would store them.
+
+    Attributes:
+        data: ``(K, D)`` float32 clip features (rounded to the set's storage dtype).
+        valid: ``(K,)`` bool, real clips.
+        times: ``(K, 2)`` clip start/end seconds.
+    """
+
+    data: np.ndarray
+    valid: np.ndarray
+    times: np.ndarray
+
+    def vector(self, metric: str = "ip") -> np.ndarray:
+        """``(1, D)`` mean of the valid clips, L2-normalised for ``ip``: the vector an index holds."""
+        vectors, _ = pool_video_vectors(self.data[None], self.valid[None], metric)  # (1, K, D) -> (1, D)
+        return vectors
+
+
+def embed_video(producer: FeatureProducer, path: str | os.PathLike, *, dtype: str = "float16",
+                batch_size: int = 64, timeout_s: float = 120.0) -> VideoEmbedding:
+    """Decode ``path`` once and embed its K clips with the producer, as ``extract.run`` does.
+
+    Raises:
+        ExtractError: the file is missing or cannot be decoded, or has no valid clip.
+    """
+    res = process_task(DecodeTask(0, str(path), makers=(0,)), [producer.maker], timeout_s)
+    if res.error:
+        raise ExtractError(res.error)
+    item = res.inputs[0]
+    if not item.valid.any():
+        raise ExtractError(f"{path}: no valid clip could be sampled; the video is too short for this feature set")
+    feats = np.concatenate([producer.embed(item.inputs[s:s + batch_size])  # (B, ...) -> (B, D)
+                            for s in range(0, len(item.inputs), batch_size)])
+    data = feats.astype(dtype).astype(np.float32)  # what the store would hand back
+    return VideoEmbedding(data, item.valid.astype(bool), item.times)
+
+
+def search_video(fs: FeatureStore, features: str, path: str | os.PathLike, *, k: int = 10,
+                 temperature: float = 0.1, weights: str | os.PathLike | None = None, device: str = "auto",
+                 index: FeatureIndex | None = None) -> tuple[Neighbours, VideoEmbedding]:
+    """The ``k`` stored videos most similar to a video file, with their label votes.
+
+    Args:
+        fs: The store.
+        features: Feature set name (written by ``extract.run``).
+        path: The video file.
+        k: Neighbours.
+        temperature: Of the label votes (:func:`store.search.propagate_labels`).
+        weights: The checkpoint the set was extracted with (see :func:`producer_for`).
+        device: Where the backbone runs.
+        index: The set's index if already open (default :func:`store.index.ensure_index`).
+    """
+    fset = fs.feature_set(features)
+    embedding = embed_video(producer_for(fset, weights=weights, device=device), path, dtype=fset.spec.dtype)
+    index = index if index is not None else ensure_index(fset)
+    result = neighbours(fs, features, vectors=embedding.vector(index.spec.metric), k=k, temperature=temperature,
+                        index=index)
+    return result, embedding
+
+
+# ---------------------------------------------------------------------- command line
+def _parser() -> argparse.ArgumentParser:
+    doc = __doc__.split("\n\n")
+    p = argparse.ArgumentParser(prog="python -m extract.search", description=doc[0],
+                                epilog="\n\n".join(part for part in doc[1:] if part.strip() != "::"),
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--store", required=True, help="the NAME.zarr store")
+    p.add_argument("--features", required=True, help="feature set to search (written by extract.run)")
+    p.add_argument("--video", required=True, type=Path, help="the video file to search by")
+    p.add_argument("--weights", type=Path, help="the checkpoint the set was extracted with (sha256 is checked)")
+    p.add_argument("-k", type=int, default=10, help="neighbours to show (default 10)")
+    p.add_argument("--temperature", type=float, default=0.1, help="softmax temperature of the votes (default 0.1)")
+    p.add_argument("--top-labels", type=int, default=5, help="propagated label scores to show (default 5)")
+    p.add_argument("--device", choices=DEVICES, default="auto", help="where the backbone runs (default auto)")
+    p.add_argument("--index", choices=("auto", "flat", "ivf_flat", "ivf_sq8", "ivf_pq", "hnsw"),
+                   help="index kind (default: the saved one, else auto)")
+    p.add_argument("--rebuild", action="store_true", help="build the index afresh (after the features changed)")
+    p.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    from tqdm import tqdm
+
+    try:
+        if args.k < 1 or args.temperature <= 0 or args.top_labels < 0:
+            raise ExtractError("need -k >= 1, --temperature > 0 and --top-labels >= 0")
+        if not args.video.is_file():
+            raise ExtractError(f"--video {args.video}: file not found")
+        fs = FeatureStore.open(args.store, "a" if os.access(args.store, os.W_OK) else "r")
+        fset = fs.feature_set(args.features)
+        producer = producer_for(fset, weights=args.weights, device=args.device)  # fails before any index work
+        spec = None if args.index is None else IndexSpec(kind=args.index)
+        index = ensure_index(fset, spec, rebuild=args.rebuild, progress=None if args.quiet else tqdm)
+        embedding = embed_video(producer, args.video, dtype=fset.spec.dtype)
+        result = neighbours(fs, args.features, vectors=embedding.vector(index.spec.metric), k=args.k,
+                            temperature=args.temperature, index=index)
+    except (StoreError, ExtractError) as err:
+        print("error: " + " ".join(str(err).split()), file=sys.stderr)
+        return 2
+    print(f"index: {index.describe()}")
+    title = (f"neighbours of {args.video} ({int(embedding.valid.sum())} of {len(embedding.valid)} clips valid, "
+             f"embedded with {fset.spec.backbone})")
+    print(format_neighbours(fs, result, title, temperature=args.temperature, top_labels=args.top_labels))
+    return 0
+
+if __name__ == "__main__":
+    sys.exit(main())
