@@ -51,6 +51,7 @@ class FeatureSet:
         self.group: zarr.Group = store.root[f"features/{name}"]
         self.spec = FeatureSetSpec.from_dict(self.group.attrs["spec"])
         self.arrays: dict[str, zarr.Array] = {a: self.group[a] for a in ARRAYS}
+        self._raw_dir = self._raw_chunk_path()
 
     # ------------------------------------------------------------------ properties
     @property
@@ -158,6 +159,42 @@ class FeatureSet:
             return np.asarray(self.arrays["times"][sel])
         return np.asarray(self.arrays["times"].get_orthogonal_selection((np.asarray(sel),)))
 
+    def _raw_chunk_path(self) -> Path | None:
+        """Directory of ``data`` chunks if they can be read as plain files, else None.
+
+        An uncompressed Zarr v3 chunk with the ``bytes`` codec (little-endian), default
+        ``c/`` key encoding and no sharding is exactly the C-order array bytes, so
+        ``np.fromfile`` reads it ~3x faster than zarr-python's codec pipeline. Anything
+        else goes through zarr.
+        """
+        meta = self.arrays["data"].metadata
+        codecs = [c.to_dict() for c in meta.codecs]
+        plain = (len(codecs) == 1 and codecs[0].get("name") == "bytes"
+                 and codecs[0].get("configuration", {}).get("endian", "little") == "little"
+                 and meta.chunk_key_encoding.to_dict().get("name") == "default"
+                 and meta.chunk_key_encoding.to_dict().get("configuration", {}).get("separator", "/") == "/")
+        return self.path / "data" / "c" if plain and np.little_endian else None
+
+    def read_data_chunk(self, c: int) -> np.ndarray:
+        """Stored ``data`` of chunk ``c`` (``(rows, K, D)``, storage dtype), whatever ``done`` says.
+
+        Chunk files are replaced atomically, so this sees a whole old or a whole new chunk.
+        """
+        start = c * self.chunk_rows
+        stop = min(start + self.chunk_rows, self.n_rows)
+        raw = self._raw_dir
+        if raw is None:
+            return np.asarray(self.arrays["data"][start:stop])
+        shape = (self.chunk_rows, self.spec.clips, self.spec.dim)
+        try:
+            full = np.fromfile(raw / str(c) / "0" / "0", dtype=np.dtype(self.spec.dtype).newbyteorder("<"))
+        except FileNotFoundError:  # never written: the fill value
+            return np.zeros((stop - start,) + shape[1:], dtype=self.spec.dtype)
+        if full.size != np.prod(shape):
+            raise StoreError(f"chunk {c} of feature set {self.name!r} is damaged ({full.size * full.itemsize} "
+                             f"bytes); run python -m store.verify")
+        return full.reshape(shape)[: stop - start]
+
     def iter_chunks(self, chunks: Sequence[int] | None = None, *,
                     dtype: np.dtype | type | None = np.float32) -> Iterator[tuple[int, np.ndarray, np.ndarray]]:
         """Yield ``(first_row, data, valid)`` a whole storage chunk at a time.
@@ -171,7 +208,7 @@ class FeatureSet:
         for c in range(self.n_chunks) if chunks is None else chunks:
             start = c * self.chunk_rows
             stop = min(start + self.chunk_rows, n)
-            data = self.arrays["data"][start:stop]
+            data = self.read_data_chunk(c)
             data = np.asarray(data, dtype=dtype or data.dtype)
             d = done[start:stop]
             if not d.all():

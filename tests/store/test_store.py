@@ -190,3 +190,24 @@ def test_writer_locks(store):
     assert ranges[0][0] == 0 and ranges[-1][1] == 10
     assert all(a[1] == b[0] for a, b in zip(ranges, ranges[1:]))
     assert all(r[0] % 4 == 0 for r in ranges)
+
+
+@pytest.mark.parametrize("compressor", ["none", "lz4"])
+def test_raw_chunk_reads_equal_zarr_reads(store, compressor):
+    fset = store.create_feature_set("f", FeatureSetSpec(clips=3, dim=5, chunk_rows=4, compressor=compressor))
+    assert (fset._raw_dir is not None) == (compressor == "none")
+    data = np.random.default_rng(2).standard_normal((10, 3, 5))
+    with fset.writer() as w:
+        w.write_rows(np.arange(0, 4), data[:4])
+        w.write_rows([9], data[[9]])  # chunk 1 never written, chunk 2 is the short edge chunk
+    for c in range(fset.n_chunks):
+        got = fset.read_data_chunk(c)
+        np.testing.assert_array_equal(got, fset.arrays["data"][c * 4:min(c * 4 + 4, 10)])
+    assert fset.read_data_chunk(2).shape == (2, 3, 5) and (fset.read_data_chunk(1) == 0).all()
+    rows = [r for start, d, v in fset.iter_chunks() for r in range(start, start + len(d))]
+    assert rows == list(range(10))
+    if compressor == "none":
+        chunk = fset.path / "data" / "c" / "0" / "0" / "0"
+        chunk.write_bytes(chunk.read_bytes()[:10])
+        with pytest.raises(E.StoreError, match="damaged"):
+            fset.read_data_chunk(0)
