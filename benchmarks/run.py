@@ -14,6 +14,7 @@ import time
 from pathlib import Path
 
 import benchmarks.extract_bench  # noqa: F401  (registers "extract")
+import benchmarks.fusion_bench  # noqa: F401  (registers "fusion")
 import benchmarks.heads_bench  # noqa: F401  (registers "heads")
 import benchmarks.search_bench  # noqa: F401  (registers "search")
 import benchmarks.store_bench  # noqa: F401  (registers "store")

@@ -10,12 +10,22 @@ Public API::
 See heads/README.md for the equations and references.
 """
 
-from heads.losses import class_weights, get_loss, list_losses, register_loss
-from heads.metrics import class_map, evaluate, gap, per_class_ap_table, sample_map
-from heads.registry import get_head, list_heads, register_head
-from heads.trainer import FeatureCache, TrainConfig, TrainResult, train_head
+import importlib
+from typing import Any
 
-__all__ = [
-    "FeatureCache", "TrainConfig", "TrainResult", "train_head", "class_map", "class_weights", "evaluate", "gap", "get_head", "get_loss", "list_heads", "list_losses",
-    "per_class_ap_table", "register_head", "register_loss", "sample_map",
-]
+# Lazy exports (PEP 562): `import heads.metrics` (fusion's only need) must not pay for torch.
+_EXPORTS = {
+    "class_weights": "heads.losses", "get_loss": "heads.losses", "list_losses": "heads.losses",
+    "register_loss": "heads.losses", "class_map": "heads.metrics", "evaluate": "heads.metrics",
+    "gap": "heads.metrics", "per_class_ap_table": "heads.metrics", "sample_map": "heads.metrics",
+    "get_head": "heads.registry", "list_heads": "heads.registry", "register_head": "heads.registry",
+    "FeatureCache": "heads.trainer", "TrainConfig": "heads.trainer", "TrainResult": "heads.trainer",
+    "train_head": "heads.trainer",
+}
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _EXPORTS:
+        raise AttributeError(f"module 'heads' has no attribute {name!r}")
+    return getattr(importlib.import_module(_EXPORTS[name]), name)

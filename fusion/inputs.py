@@ -1,0 +1,192 @@
+"""Input prediction runs as one stack: probabilities, availability, and what the leakage rule needs.
+
+A run's scores become probabilities (``attrs["score_type"]``: ``sigmoid`` / ``softmax`` /
+``probability`` are kept, ``logit`` goes through a sigmoid; a run without it is inferred from
+its range, with a warning). A run is *unavailable* on a row when its prediction there means
+nothing:
+
+- the score row holds a NaN;
+- the run names its feature sets (``attrs["features"]``, as ``heads.train`` writes) and none of
+  them has a written row with a valid clip there (``heads.train`` writes 0 for such rows);
+- the run is an audio run (``attrs["modality"]``, or the modality of all its feature sets, is
+  ``audio``) and the video has no audio track (``has_audio`` is False).
+
+How methods treat unavailable entries: ``xgboost`` sees them as missing values (NaN) plus one
+0/1 availability column per run; ``mean``, ``weighted`` and ``logistic`` use what is there (an
+unavailable entry is replaced by the mean of the available runs' probabilities on that row and
+class; a row with no available run keeps its raw scores). A single input is evaluated on its
+raw scores (NaN counted as 0), i.e. as it would be used alone.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from fusion.errors import InputMismatch
+from fusion.leakage import DEFAULT_TRAIN_SPLITS, RunRecord, check_runs
+from store.errors import FeatureSetNotFound
+from store.feature_store import FeatureStore
+
+log = logging.getLogger(__name__)
+
+PROBABILITY_TYPES = ("sigmoid", "softmax", "probability")
+LOGIT_TYPES = ("logit",)
+EPS = 1e-6
+
+
+@dataclass(frozen=True, eq=False)
+class StackInputs:
+    """Per-run class probabilities of some rows, ready for a stacker.
+
+    Attributes:
+        probs: ``(n, M, C)`` float32 probabilities as the runs wrote them (NaN where a run wrote NaN).
+        available: ``(n, M)`` bool, where each run's prediction is usable.
+        names: The M run names.
+    """
+
+    probs: np.ndarray
+    available: np.ndarray
+    names: tuple[str, ...]
+
+    def __post_init__(self) -> None:
+        if self.probs.ndim != 3 or self.available.shape != self.probs.shape[:2] or len(self.names) != self.probs.shape[1]:
+            raise InputMismatch(f"probs {self.probs.shape}, available {self.available.shape} and {len(self.names)} "
+                                "names do not describe the same (rows, runs, classes)")
+
+    @property
+    def n_models(self) -> int:
+        return self.probs.shape[1]
+
+    @property
+    def n_classes(self) -> int:
+        return self.probs.shape[2]
+
+    def __len__(self) -> int:
+        return self.probs.shape[0]
+
+    def take(self, rows: np.ndarray) -> StackInputs:
+        """The same runs on a subset of rows."""
+        return StackInputs(self.probs[rows], self.available[rows], self.names)
+
+    def single(self, m: int) -> np.ndarray:
+        """``(n, C)`` run ``m`` alone, as it would be used alone (NaN -> 0)."""
+        return np.nan_to_num(self.probs[:, m, :], nan=0.0)
+
+    def masked(self) -> np.ndarray:
+        """``(n, M, C)`` probabilities with NaN wherever the run is unavailable (for trees)."""
+        return np.where(self.available[:, :, None], self.probs, np.nan).astype(np.float32)
+
+    def filled(self) -> np.ndarray:
+        """``(n, M, C)`` probabilities with each unavailable entry replaced by the mean of the
+        available runs on that row (rows with no available run keep their raw scores, NaN -> 0.5)."""
+        avail = self.available[:, :, None]  # (n, M) -> (n, M, 1)
+        raw = np.nan_to_num(self.probs, nan=0.5)
+        count = avail.sum(axis=1, keepdims=True)  # (n, 1, 1)
+        mean = np.where(avail, raw, 0.0).sum(axis=1, keepdims=True) / np.maximum(count, 1)  # (n, M, C) -> (n, 1, C)
+        return np.where(avail | (count == 0), raw, mean).astype(np.float32)
+
+    def filled_logits(self) -> np.ndarray:
+        """``(n, M, C)`` log-odds of :meth:`filled` (probabilities clipped to [1e-6, 1 - 1e-6])."""
+        return to_logit(self.filled())
+
+    def masked_logits(self) -> np.ndarray:
+        """``(n, M, C)`` log-odds with NaN where unavailable."""
+        return to_logit(self.masked())
+
+
+def to_logit(p: np.ndarray) -> np.ndarray:
+    """Log-odds of probabilities clipped to ``[EPS, 1 - EPS]`` (NaN stays NaN)."""
+    q = np.clip(p, EPS, 1 - EPS)
+    return np.log(q / (1 - q)).astype(np.float32)
+
+
+def to_probability(scores: np.ndarray, score_type: str | None, run: str) -> np.ndarray:
+    """Scores of a run as probabilities, following its ``score_type``."""
+    if score_type is None:
+        finite = scores[np.isfinite(scores)]
+        inside = finite.size == 0 or (finite.min() >= 0 and finite.max() <= 1)
+        score_type = "probability" if inside else "logit"
+        log.warning("run %r records no score_type; its scores are %s [0, 1], so they are read as %s",
+                    run, "inside" if inside else "outside", score_type)
+    if score_type in PROBABILITY_TYPES:
+        finite = scores[np.isfinite(scores)]
+        if finite.size and (finite.min() < 0 or finite.max() > 1):
+            raise InputMismatch(f"run {run!r} says score_type={score_type!r} but has scores outside [0, 1]; "
+                                "fix its attrs (score_type 'logit' for raw outputs)")
+        return scores.astype(np.float32)
+    if score_type in LOGIT_TYPES:
+        with np.errstate(over="ignore"):
+            return (1.0 / (1.0 + np.exp(-scores.astype(np.float64)))).astype(np.float32)
+    raise InputMismatch(f"run {run!r} has score_type={score_type!r}; known: "
+                        f"{', '.join(PROBABILITY_TYPES + LOGIT_TYPES)}")
+
+
+def _as_list(value: Any) -> list[str]:
+    if value is None:
+        return []
+    return [value] if isinstance(value, str) else [str(v) for v in value]
+
+
+def run_availability(fs: FeatureStore, run: str, scores: np.ndarray, attrs: dict[str, Any],
+                     has_audio: np.ndarray | None) -> np.ndarray:
+    """``(N,)`` bool: rows where ``run`` has a usable prediction (rules in the module docstring)."""
+    avail = ~np.isnan(scores).any(axis=1)
+    modalities = _as_list(attrs.get("modality"))
+    sets = _as_list(attrs.get("features"))
+    covered = np.zeros(len(scores), dtype=bool)
+    found = False
+    for name in sets:
+        try:
+            fset = fs.feature_set(name)
+        except FeatureSetNotFound:
+            log.warning("run %r names feature set %r, which is not in the store; its rows count as available",
+                        run, name)
+            continue
+        found = True
+        valid = np.asarray(fset.arrays["valid"][: fs.n_videos], dtype=bool).any(axis=1)
+        covered |= fset.done() & valid
+        if "modality" not in attrs:
+            modalities.append(fset.spec.modality)
+    if found:
+        avail &= covered
+    if modalities and all(m == "audio" for m in modalities) and has_audio is not None:
+        avail &= has_audio
+    return avail
+
+
+def load_inputs(fs: FeatureStore, runs: Sequence[str]) -> tuple[StackInputs, list[RunRecord], list[dict[str, Any]]]:
+    """Read the runs of a store as one stack over all its rows.
+
+    Returns:
+        ``(inputs over all N rows, one RunRecord per run for the leakage rule, the runs' attrs)``.
+
+    Raises:
+        PredictionRunNotFound: a run is not in the store.
+        InputMismatch: no runs, a run named twice, a run's shape or score type does not fit.
+    """
+    videos = fs.videos()
+    has_audio = videos["has_audio"].to_numpy(dtype=bool) if "has_audio" in videos.columns else None
+    n, c = fs.n_videos, len(fs.classes)
+    records, all_attrs, all_scores = [], [], []
+    for run in runs:
+        scores, attrs = fs.read_predictions(run)
+        fold = fs.read_prediction_folds(run)
+        train_splits = tuple(_as_list(attrs.get("train_splits"))) or DEFAULT_TRAIN_SPLITS
+        records.append(RunRecord(run, tuple(scores.shape), fold, train_splits))
+        all_attrs.append(attrs)
+        all_scores.append(scores)
+    check_runs(records, n, c)
+    probs, avail = [], []
+    for i, (run, scores, attrs) in enumerate(zip(runs, all_scores, all_attrs)):
+        a = run_availability(fs, run, scores, attrs, has_audio)
+        records[i] = dataclasses.replace(records[i], available=a)
+        probs.append(to_probability(scores, attrs.get("score_type"), run))
+        avail.append(a)
+        log.info("run %r: available on %d of %d rows", run, int(a.sum()), n)
+    return StackInputs(np.stack(probs, axis=1), np.stack(avail, axis=1), tuple(runs)), records, all_attrs
