@@ -18,6 +18,7 @@ import benchmarks.fusion_bench  # noqa: F401  (registers "fusion")
 import benchmarks.heads_bench  # noqa: F401  (registers "heads")
 import benchmarks.search_bench  # noqa: F401  (registers "search")
 import benchmarks.store_bench  # noqa: F401  (registers "store")
+import benchmarks.sweep_bench  # noqa: F401  (registers "sweep")
 from benchmarks.registry import describe, get_benchmark, list_benchmarks
 
 

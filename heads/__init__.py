@@ -6,6 +6,7 @@ Public API::
     get_loss, list_losses, register_loss     heads.losses (BCE, scaled BCE, focal, LSEP, WARP, ...)
     evaluate, class_map, sample_map, gap     heads.metrics
     TrainConfig, train_head, FeatureCache    heads.trainer (python -m heads.train)
+    run_sweep                                heads.sweep (python -m heads.sweep, on Dask)
 
 See heads/README.md for the equations and references.
 """
@@ -20,7 +21,7 @@ _EXPORTS = {
     "gap": "heads.metrics", "per_class_ap_table": "heads.metrics", "sample_map": "heads.metrics",
     "get_head": "heads.registry", "list_heads": "heads.registry", "register_head": "heads.registry",
     "FeatureCache": "heads.trainer", "TrainConfig": "heads.trainer", "TrainResult": "heads.trainer",
-    "train_head": "heads.trainer",
+    "train_head": "heads.trainer", "run_sweep": "heads.sweep",
 }
 __all__ = sorted(_EXPORTS)
 
