@@ -16,8 +16,23 @@ On demo videos (112 px, 3 s at 25 fps) with the TSN ResNet-18 frame backbone at 
 
 Then a sweep of decode workers x model threads (the evidence behind
 ``extract.settings.default_parallelism``) and the same four figures for R(2+1)D-18
-(16 x 112 x 112 clips) on a few videos. Throughputs are the best of ``REPEATS`` tries
-(the figures of a shared machine move a lot between tries).
+(16 x 112 x 112 clips) on a few videos. Then the other modalities:
+
+* ``flow_farneback_pairs_per_s`` / ``flow_tvl1_pairs_per_s``: ``compute_flow`` on demo
+  frames at 112 px, one OpenCV thread (what one decode worker gives);
+* ``audio_logmel_windows_per_s`` (``AudioWindows.make`` on decoded tracks: 2 s windows,
+  log-mel), ``audio_model_windows_per_s`` (ResNet-18 on log-mel) and
+  ``audio_windows_per_s`` (the two one after the other);
+* ``single_pass_speedup``: three feature sets (RGB ResNet-18, Farneback flow ResNet-18,
+  log-mel ResNet-18 at 112 px, 8 clips) from one ``extract()`` run against three runs of
+  one set each (what a per-modality tool does), both on ``SINGLE_PASS_VIDEOS`` videos of a
+  store that exists already; ``single_pass_speedup_tiny`` the same with the tiny backbones
+  (models that cost little, as on a GPU: the workers' decode, flow and log-mel set the
+  pace), and ``single_pass_speedup_448`` the tiny backbones on ``LARGE_VIDEOS`` demo
+  videos of 448 px (decoding a frame costs ~9x more; real datasets are 340-1280 px wide).
+
+Throughputs are the best of ``REPEATS`` tries (the figures of a shared machine move a lot
+between tries).
 """
 
 from __future__ import annotations
@@ -36,15 +51,34 @@ import torch.nn.functional as F
 from benchmarks.registry import register_benchmark
 from extract import pipeline
 from extract._worker import DecodePool, DecodeTask
+from extract.audio import AudioSettings
 from extract.backbones import get_backbone
+from extract.decode import decode_video
 from extract.demo import DemoConfig, make_demo
-from extract.sampling import clip_frame_indices
-from extract.settings import ExtractSettings, available_cores, default_parallelism
+from extract.flow import FlowSettings, compute_flow
+from extract.makers import AudioWindows
+from extract.producers import AudioProducer
+from extract.sampling import ClipSampling, clip_frame_indices
+from extract.settings import BackboneChoice, ExtractSettings, available_cores, default_parallelism
 
 VIDEOS = 60
 SWEEP_VIDEOS = 30
 REPEATS = 2
 R2PLUS1D_VIDEOS = 3
+FLOW_PAIRS = {"farneback": 40, "tvl1": 4}  # pairs timed per try (TV-L1 runs ~3 pairs/s on a CPU)
+AUDIO_VIDEOS = 20
+SINGLE_PASS_VIDEOS = 30
+LARGE_VIDEOS, LARGE_SIZE = 20, 448
+TRIO = (
+    BackboneChoice("resnet18"),
+    BackboneChoice("resnet18", "flow"),
+    BackboneChoice("resnet18_audio", "audio"),
+)
+TINY_TRIO = (
+    BackboneChoice("resnet_tiny"),
+    BackboneChoice("resnet_tiny", "flow"),
+    BackboneChoice("resnet_audio_tiny", "audio"),
+)
 
 
 def _decode_stage(targets, meta, maker, workers: int) -> tuple[float, list]:
@@ -188,6 +222,118 @@ def _report(name: str, m: dict[str, float], device: str) -> None:
     print(f"     decodes per video {m['decodes_per_video']:.2f} (target 1)")
 
 
+def _flow_rates(path: str) -> dict[str, float]:
+    """Frame pairs/s of ``compute_flow`` (one OpenCV thread) on 112 px demo frames."""
+    frames = decode_video(path, np.arange(max(FLOW_PAIRS.values()) + 1)).frames  # (P+1, H, W, 3)
+    out = {}
+    for algorithm, pairs in FLOW_PAIRS.items():
+        settings = FlowSettings(algorithm=algorithm)
+        compute_flow(frames[:2], settings, device="cpu")  # warm-up
+        best = 0.0
+        for _ in range(REPEATS):
+            t = time.perf_counter()
+            compute_flow(frames[: pairs + 1], settings, device="cpu")
+            best = max(best, pairs / (time.perf_counter() - t))
+        out[f"flow_{algorithm}_pairs_per_s"] = best
+    return out
+
+
+def _audio_rates(targets, meta, device: str, threads: int) -> dict[str, float]:
+    """Windows/s of the audio maker (2 s windows -> log-mel) and of ResNet-18 on them."""
+    maker = AudioWindows(ClipSampling("tsn", 8, 1), AudioSettings(), "log_mel")
+    decoded = [decode_video(str(p), [], audio_rate=16000) for p in targets["path"]]
+    counts = [(int(meta.at[r, "n_frames"]), float(meta.at[r, "fps"])) for r in targets.index]
+    old = torch.get_num_threads()
+    torch.set_num_threads(1)  # as in a decode worker
+    try:
+        best, made = 0.0, []
+        for _ in range(REPEATS):
+            t = time.perf_counter()
+            made = [maker.make(d, n, fps).inputs for d, (n, fps) in zip(decoded, counts)]
+            best = max(best, sum(len(m) for m in made) / (time.perf_counter() - t))
+    finally:
+        torch.set_num_threads(old)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        producer = AudioProducer(get_backbone("resnet18_audio"), maker, device=device)
+    model = _model_stage(producer, made, 64, threads)
+    return {
+        "audio_logmel_windows_per_s": best,
+        "audio_model_windows_per_s": model,
+        "audio_windows_per_s": 1 / (1 / best + 1 / model),
+    }
+
+
+def _single_pass(demo, work: Path, n: int, trio, device: str) -> tuple[float, float, float]:
+    """Seconds of three one-set ``extract()`` runs, of one three-set run, and the decodes
+    per video of the latter, on the first ``n`` demo videos (stores made beforehand)."""
+    lines = demo.videos_csv.read_text().splitlines()
+    csv = demo.root / f"bench_{n}.csv"
+    csv.write_text("\n".join(lines[: n + 1]) + "\n")
+    base = ExtractSettings(crop=112, clips=8, chunk_rows=64)
+    workers = base.parallelism(device)[0]
+    stores = {}
+    for name in ("separate", "single"):
+        stores[name] = work / f"single_pass_{name}.zarr"
+        shutil.rmtree(stores[name], ignore_errors=True)
+        pipeline.prepare_store(stores[name], pipeline.open_video_list(csv), workers=workers)
+    t = time.perf_counter()
+    for c in trio:
+        pipeline.extract(
+            csv,
+            stores["separate"],
+            dataclasses.replace(base, backbone=c.backbone, modality=c.modality),
+        )
+    separate = time.perf_counter() - t
+    t = time.perf_counter()
+    stats = pipeline.extract(csv, stores["single"], dataclasses.replace(base, backbones=trio))
+    return separate, time.perf_counter() - t, stats.decodes_per_video
+
+
+def _modalities(demo, fs, targets, device: str, work: Path, workdir: Path) -> dict[str, float]:
+    paths = [str(p) for p in targets["path"]]
+    metrics = _flow_rates(paths[0])
+    print(
+        f"   optical flow at 112 px, 1 OpenCV thread: Farneback "
+        f"{metrics['flow_farneback_pairs_per_s']:.1f} pairs/s, TV-L1 "
+        f"{metrics['flow_tvl1_pairs_per_s']:.2f} pairs/s"
+    )
+    meta = fs.videos(["n_frames", "fps"])
+    threads = default_parallelism(device)[1]
+    metrics |= _audio_rates(targets.iloc[:AUDIO_VIDEOS], meta, device, threads)
+    print(
+        f"   audio, 2 s windows: log-mel {metrics['audio_logmel_windows_per_s']:.1f} windows/s "
+        f"(1 thread), ResNet-18 {metrics['audio_model_windows_per_s']:.1f} windows/s "
+        f"({threads} threads), both {metrics['audio_windows_per_s']:.1f} windows/s"
+    )
+    large = make_demo(
+        workdir / f"extract_demo_{LARGE_VIDEOS}_{LARGE_SIZE}px",
+        DemoConfig(videos=LARGE_VIDEOS, size=LARGE_SIZE),
+        progress=False,
+    )
+    n = min(SINGLE_PASS_VIDEOS, len(paths))
+    for label, source, trio, key in (
+        (f"ResNet-18s, {n} videos", demo, TRIO, ""),
+        (f"tiny backbones, {n} videos", demo, TINY_TRIO, "_tiny"),
+        (f"tiny backbones, {LARGE_VIDEOS} videos of {LARGE_SIZE} px", large, TINY_TRIO, "_448"),
+    ):
+        count = n if source is demo else LARGE_VIDEOS
+        tries = [_single_pass(source, work, count, trio, device) for _ in range(REPEATS)]
+        sep, one, dpv = min(t[0] for t in tries), min(t[1] for t in tries), tries[-1][2]
+        metrics |= {
+            f"single_pass_speedup{key}": sep / one,
+            f"separate_passes_s{key}": sep,
+            f"single_pass_s{key}": one,
+            f"single_pass_decodes_per_video{key}": dpv,
+        }
+        print(
+            f"   rgb + flow + audio, {label}: 3 separate runs {sep:.1f} s, one run "
+            f"{one:.1f} s ({dpv:.2f} decodes per video): single_pass_speedup {sep / one:.2f} "
+            "(target >= 1.5)"
+        )
+    return metrics
+
+
 @register_benchmark(
     "extract",
     "decode-once pipeline (workers, cross-video batches) vs a per-video decode-all script",
@@ -247,4 +393,5 @@ def bench_extract(args: argparse.Namespace) -> dict[str, float]:
     m21 = _measure(fs, few, r21, device, work, repeats=1)
     _report(f"R(2+1)D-18, 2 x 16 frames at 112 px, {R2PLUS1D_VIDEOS} videos", m21, device)
     metrics |= {f"r2plus1d_{k}": v for k, v in m21.items()}
+    metrics |= _modalities(demo, fs, targets, device, work, args.workdir)
     return metrics

@@ -7,18 +7,32 @@ rows, finished rows into chunk-aligned store writes.
     video b: K clips --+--> batches of B clips --+--> row b: (K, D) --+--> one write_rows per
     video c: K clips --+    (videos split across  +--> row c ...      |    finished chunk
                              batch boundaries)                       +--> (or every flush_s)
+
+:class:`RunLoop` drives it for every producer of a run: one :class:`ClipBatcher` per
+producer (its model's outputs side by side: features, then logits with ``head_logits``),
+one :class:`ChunkedRowWriter` per feature set.
 """
 
 from __future__ import annotations
 
 import collections
+import contextlib
 import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
+import pandas as pd
+import torch
 
-from extract.producers import ModelInput
-from store import FeatureWriter
+from extract._worker import DecodePool, DecodeResult, DecodeTask
+from extract.makers import ModelInput
+from extract.producers import FeatureProducer
+from store import FeatureSet, FeatureStore, FeatureWriter
+
+if TYPE_CHECKING:
+    from extract.settings import ExtractSettings
 
 
 @dataclass
@@ -180,3 +194,178 @@ class ChunkedRowWriter:
     @property
     def buffered(self) -> int:
         return len(self._ok) + len(self._err)
+
+
+class RunLoop:
+    """The main-process side of a run: decode results in, batches through the models, rows out.
+
+    Args:
+        producers: the run's producers; producer ``i`` fills the sets ``sets_of[i]`` (its
+            :attr:`~extract.producers.FeatureProducer.outputs`, in order).
+        sets_of: feature set indices (into ``writers``) of each producer.
+        writers: one per feature set.
+        need: ``(n, sets)`` bool, which sets still lack each planned row (rows sorted in
+            ``rows``); a row done in a set is never rewritten there.
+        rows: the planned rows, sorted.
+        batch_size: clips per model batch.
+        stats: the run's live :class:`~extract.pipeline.RunStats` (updated here).
+        on_progress: called with ``stats`` after every video and every write.
+
+    A slot layout with no valid slot (an audio set of a video without audio) never reaches
+    the model: its row is written at once, zeros with an all-False mask.
+    """
+
+    def __init__(
+        self,
+        producers: Sequence[FeatureProducer],
+        sets_of: Sequence[Sequence[int]],
+        writers: Sequence[ChunkedRowWriter],
+        need: np.ndarray,
+        rows: np.ndarray,
+        batch_size: int,
+        stats: Any,
+        on_progress: Callable[[Any], None] | None = None,
+    ) -> None:
+        self.producers, self.sets_of, self.writers = producers, sets_of, writers
+        self.need, self.rows = need, rows
+        self.dims = [[spec.dim for _, spec in p.outputs] for p in producers]
+        self.batchers = [ClipBatcher(batch_size, sum(d)) for d in self.dims]
+        self.stats, self.on_progress = stats, on_progress
+
+    def _needed(self, row: int, i: int) -> list[int]:
+        """The sets of producer ``i`` that still lack ``row``."""
+        flags = self.need[np.searchsorted(self.rows, row)]
+        return [j for j in self.sets_of[i] if flags[j]]
+
+    def take(self, res: DecodeResult) -> None:
+        """Account for one decode result; run every batch it completes."""
+        s = self.stats
+        s.decode_calls += res.decode_calls
+        s.probe_calls += res.probe_calls
+        s.decode_seconds += res.seconds
+        if res.error:
+            s.videos_failed += 1
+            s.failed_by_reason[res.reason] += 1
+            for i in res.makers:
+                for j in self._needed(res.row, i):
+                    self.writers[j].add_error(res.row, res.error)
+        else:
+            s.videos_done += 1
+            s.notes.update({item.note for item in res.inputs if item.note})
+            for i, item, dt in zip(res.makers, res.inputs, res.make_seconds):
+                s.make_seconds[i] += dt
+                s.clips += len(item.inputs)
+                if item.valid.any():
+                    self.batchers[i].add(res.row, item)
+                else:
+                    self._finish(i, res.row, np.zeros((len(item.valid), sum(self.dims[i]))), item)
+        for i, b in enumerate(self.batchers):
+            while b.ready():
+                self._run_batch(i)
+        self.sync_writes()
+
+    def drain(self) -> None:
+        """Run the last, partial batches."""
+        for i, b in enumerate(self.batchers):
+            while b.pending_clips:
+                self._run_batch(i)
+
+    def _run_batch(self, i: int) -> None:
+        inputs, pieces = self.batchers[i].next_batch()
+        t = time.perf_counter()
+        outs = self.producers[i].embed_outputs(inputs)  # (B, ...) -> [(B, D_j), ...]
+        self.stats.model_seconds += time.perf_counter() - t
+        feats = np.concatenate(outs, axis=1) if len(outs) > 1 else outs[0]  # -> (B, sum D_j)
+        for row, data, valid, times in self.batchers[i].put(pieces, feats):
+            self._finish(i, row, data, ModelInput(data, valid, times))
+
+    def _finish(self, i: int, row: int, data: np.ndarray, item: ModelInput) -> None:
+        """Split a finished row ``(K, sum D_j)`` into its sets and buffer the needed ones."""
+        bounds = np.cumsum([0, *self.dims[i]])
+        needed = set(self._needed(row, i))
+        for j, a, b in zip(self.sets_of[i], bounds[:-1], bounds[1:]):
+            if j in needed:
+                self.writers[j].add(row, data[:, a:b], item.valid, item.times)
+
+    def sync_writes(self) -> None:
+        """Copy the writers' counters into the stats; report progress."""
+        s = self.stats
+        s.rows_written = sum(w.rows_written for w in self.writers)
+        s.errors_written = sum(w.errors_written for w in self.writers)
+        s.writes = sum(w.writes for w in self.writers)
+        s.write_seconds = sum(w.seconds for w in self.writers)
+        if self.on_progress:
+            self.on_progress(s)
+
+
+def extract_rows(
+    fs: FeatureStore,
+    targets: pd.DataFrame,
+    producers: Sequence[FeatureProducer],
+    fsets: Sequence[FeatureSet],
+    sets_of: Sequence[Sequence[int]],
+    pending: Sequence[np.ndarray],
+    todo: np.ndarray,
+    shard_rows: tuple[int, int] | None,
+    settings: ExtractSettings,
+    stats: Any,
+    on_progress: Callable[[Any], None] | None,
+) -> None:
+    """The decode -> model -> write loop over the planned rows ``todo`` (sorted).
+
+    ``pending[j]`` holds the rows feature set ``fsets[j]`` still lacks; producer ``i``
+    fills ``fsets[sets_of[i]]``. Every video is decoded once, for the producers with at
+    least one set that lacks it.
+    """
+    need = np.stack([np.isin(todo, p) for p in pending], axis=1)  # (n, sets): sets a row lacks
+    wants = np.stack([need[:, s].any(axis=1) for s in sets_of], axis=1)  # (n, producers)
+    meta = fs.videos(["n_frames", "fps"])
+    paths = targets["path"]
+    tasks = (
+        DecodeTask(
+            int(r),
+            str(paths.loc[r]),
+            int(meta.at[r, "n_frames"]),
+            float(meta.at[r, "fps"]),
+            tuple(np.flatnonzero(m).tolist()),
+        )
+        for r, m in zip(todo, wants)
+    )
+    start = time.perf_counter()
+    old_threads = torch.get_num_threads()
+    torch.set_num_threads(stats.threads)
+    try:
+        with contextlib.ExitStack() as stack:
+            writers = [
+                ChunkedRowWriter(
+                    stack.enter_context(f.writer(shard_rows)),
+                    todo[need[:, i]],
+                    f.chunk_rows,
+                    flush_s=settings.flush_s,
+                    max_rows=max(1024, 2 * f.chunk_rows),
+                )
+                for i, f in enumerate(fsets)
+            ]
+            ahead = max(8, 2 * settings.batch_size // min(p.spec.clips for p in producers))
+            pool = stack.enter_context(
+                DecodePool(
+                    [p.maker for p in producers],
+                    stats.workers,
+                    timeout_s=settings.timeout_s,
+                    max_ahead=ahead,
+                )
+            )
+            loop = RunLoop(
+                producers, sets_of, writers, need, todo, settings.batch_size, stats, on_progress
+            )
+            try:
+                for res in pool.imap_unordered(tasks):
+                    loop.take(res)
+                loop.drain()
+            finally:  # also on Ctrl-C: what is finished gets written
+                for w in writers:
+                    w.flush()
+                loop.sync_writes()
+    finally:
+        torch.set_num_threads(old_threads)
+        stats.seconds = time.perf_counter() - start

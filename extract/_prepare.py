@@ -20,7 +20,7 @@ import pandas as pd
 from extract._worker import DecodePool, DecodeTask
 from extract.inputs import CLASS_FILE_NAMES, VideoList, read_video_list
 from extract.producers import FeatureProducer
-from store import FeatureStore
+from store import FeatureSetSpec, FeatureStore
 from store.errors import ClassMismatch, DuplicateVideoId
 
 log = logging.getLogger(__name__)
@@ -136,14 +136,23 @@ def prepare_store(
 
 
 def check_feature_sets(
-    path: str | os.PathLike, producers: Sequence[FeatureProducer], set_names: Sequence[str]
+    path: str | os.PathLike,
+    specs: Sequence[FeatureSetSpec | FeatureProducer],
+    set_names: Sequence[str],
 ) -> None:
     """Refuse early (before any probing) if an existing store holds one of the sets with
-    another spec: creates the sets that are missing, raises FeatureSetExists otherwise."""
+    another spec: creates the sets that are missing, raises FeatureSetExists otherwise.
+
+    ``specs`` are the sets' specs (or producers, for their first set), one per name."""
     if (Path(path) / "zarr.json").is_file():
         fs = FeatureStore.open(path, "a")
-        for name, p in zip(set_names, producers):
-            fs.create_feature_set(name, p.spec)
+        pairs = [
+            (n, s.spec if isinstance(s, FeatureProducer) else s) for n, s in zip(set_names, specs)
+        ]
+        have = set(fs.feature_sets())
+        pairs.sort(key=lambda p: p[0] not in have)  # existing sets first: refuse before creating
+        for name, spec in pairs:
+            fs.create_feature_set(name, spec)
 
 
 def _first_difference(a: Sequence[str], b: Sequence[str]) -> str:

@@ -2,8 +2,9 @@
 
 :class:`DecodePool` runs :func:`process_task` in ``workers`` processes (``forkserver``
 start method: the server imports this module once, every worker forks from it; no CUDA,
-no torch threads in the workers) and yields results in completion order while the main
-process runs the model. A background thread keeps every worker fed (up to ``depth`` tasks
+one torch thread and one OpenCV thread per worker) and yields results in completion order
+while the main process runs the models. Each task is one video decoded once for all its
+makers, which build their inputs in the worker (crops, optical flow, log-mel). A background thread keeps every worker fed (up to ``depth`` tasks
 queued per worker, at most ``max_ahead`` results waiting for the model) and watches the
 clock: a worker whose current video runs past ``timeout_s`` plus a grace period is killed
 and replaced, its video gets a ``DecodeTimeout`` error and its queued videos go to the new
@@ -29,7 +30,7 @@ from multiprocessing.connection import Connection, wait
 from typing import Self
 
 from extract.decode import DecodeError, DecodeTimeout, decode_video, probe_video
-from extract.producers import InputMaker, ModelInput
+from extract.makers import InputMaker, ModelInput
 from extract.sampling import union_frame_indices
 
 log = logging.getLogger(__name__)
@@ -73,6 +74,7 @@ class DecodeResult:
         decode_calls: ``decode_video`` calls (container opens that decode) for this video.
         probe_calls: ``probe_video`` calls (header-only opens).
         seconds: wall time the worker spent.
+        make_seconds: time of each maker's ``make`` (crops, flow, log-mel), as ``inputs``.
     """
 
     row: int
@@ -84,10 +86,17 @@ class DecodeResult:
     decode_calls: int = 0
     probe_calls: int = 0
     seconds: float = 0.0
+    make_seconds: list[float] = field(default_factory=list)
 
 
 def process_task(task: DecodeTask, makers: Sequence[InputMaker], timeout_s: float) -> DecodeResult:
-    """Probe (if needed) and decode one video once for all its makers; errors become results."""
+    """Probe (if needed) and decode one video once for all its makers; errors become results.
+
+    The frames are the union of every maker's frames, decoded at the largest short side a
+    maker that needs frames asks for (the others resize from it); the audio comes from the
+    same open when a maker has an ``audio_rate``. One ``decode_video`` call per video,
+    whatever the number of makers.
+    """
     start = time.perf_counter()
     res = DecodeResult(task.row, task.makers)
     try:
@@ -104,8 +113,8 @@ def process_task(task: DecodeTask, makers: Sequence[InputMaker], timeout_s: floa
             }
         if not task.probe_only:
             chosen = [makers[i] for i in task.makers]
-            sizes = {m.decode_short_side for m in chosen}
-            size = None if None in sizes else max(sizes)
+            sizes = {m.decode_short_side for m in chosen if m.needs_frames}
+            size = None if (None in sizes or not sizes) else max(sizes)
             rates = {m.audio_rate for m in chosen} - {None}
             if len(rates) > 1:
                 raise ValueError(f"makers ask for different audio rates {sorted(rates)}")
@@ -117,15 +126,18 @@ def process_task(task: DecodeTask, makers: Sequence[InputMaker], timeout_s: floa
                 audio_rate=rates.pop() if rates else None,
             )
             res.decode_calls += 1
-            res.inputs = [m.make(video, n_frames, fps) for m in chosen]
+            for m in chosen:
+                t = time.perf_counter()
+                res.inputs.append(m.make(video, n_frames, fps))
+                res.make_seconds.append(time.perf_counter() - t)
     except DecodeError as err:
-        res.error, res.reason, res.inputs = str(err), err.kind, []
+        res.error, res.reason, res.inputs, res.make_seconds = str(err), err.kind, [], []
     except Exception as err:  # a bug or an odd file must not stop the run: record it on the row
         log.warning(
             "%s: unexpected %s while decoding", task.path, type(err).__name__, exc_info=True
         )
         res.error = f"{UNEXPECTED}: {task.path}: {type(err).__name__}: {' '.join(str(err).split())}"
-        res.reason, res.inputs = UNEXPECTED, []
+        res.reason, res.inputs, res.make_seconds = UNEXPECTED, [], []
     res.seconds = time.perf_counter() - start
     return res
 

@@ -1,31 +1,36 @@
-"""The feature dump as a library: video list -> store rows -> decode workers -> model -> writes.
+"""The feature dump as a library: video list -> store rows -> decode workers -> models -> writes.
 
 ::
 
     open_video_list(source, store)          the list, with the store's classes when it has some
     prepare_store(path, videos)             create or extend the store (headers probed in workers;
                                             both live in extract._prepare)
-    build_producers(settings, device)       one FeatureProducer per feature set (RGB today)
+    build_producers(settings, device)       one FeatureProducer per backbone of the run
+                                            (rgb / flow / audio, settings.choices())
     extract(source, store, settings)        all of the above and run_extraction, in one call
     run_extraction(fs, targets, producers, settings)
-        pending rows (not done, in the shard) -> DecodeTask per video
-        DecodePool (processes)  --results-->  ClipBatcher (clips across videos, <= batch_size)
-        model in this process   --features--> ChunkedRowWriter (chunk-aligned write_rows)
+        pending rows (not done in some set, in the shard) -> DecodeTask per video
+        DecodePool (processes): ONE decode per video for every producer; each producer's
+            maker builds its inputs there (crops, optical flow, log-mel)
+                                            --results--> ClipBatcher per producer
+        models in this process              --features--> ChunkedRowWriter per feature set
+        head logits (settings.head_logits)  --> prediction run <set>_logits at the end
 
-Each video is opened and decoded once for every producer that still needs it. A video
-that cannot be decoded gets an error row (``write_errors``) and the run goes on. Resuming
-is rerunning: only ``pending()`` rows are processed. ``ExtractSettings.shard = (i, n)``
-restricts a run to the i-th of n chunk-aligned row ranges, so n processes (machines, Dask
-workers) can fill one store side by side.
+Each video is opened and decoded once for every producer that still needs it
+(``RunStats.decodes_per_video`` is 1 with any number of backbones and modalities). A video
+that cannot be decoded gets an error row (``write_errors``) in every set that needed it and
+the run goes on; a video without audio is not an error: its audio rows are written with an
+all-False mask and counted (``RunStats.notes``). Resuming is rerunning: only ``pending()``
+rows are processed, per set. ``ExtractSettings.shard = (i, n)`` restricts a run to the i-th
+of n chunk-aligned row ranges, so n processes (machines, Dask workers) can fill one store
+side by side.
 """
 
 from __future__ import annotations
 
 import collections
-import contextlib
 import logging
 import os
-import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
@@ -33,7 +38,8 @@ import numpy as np
 import pandas as pd
 import torch
 
-from extract._assembly import ChunkedRowWriter, ClipBatcher
+from extract._assembly import extract_rows
+from extract._logits import check_classifier, write_logit_predictions
 from extract._prepare import (
     UNLABELLED_CLASSES,
     check_feature_sets,
@@ -41,11 +47,20 @@ from extract._prepare import (
     prepare_store,
     probe_table,
 )
-from extract._worker import DecodePool, DecodeResult, DecodeTask
-from extract.backbones import get_backbone
+from extract.backbones import Backbone, BackboneInfo, get_backbone
 from extract.errors import ExtractError
-from extract.producers import FeatureProducer, RGBClips, RGBProducer
-from extract.settings import ExtractSettings
+from extract.flow import FlowSettings, flow_backend
+from extract.makers import AudioWindows, FlowClips, RGBClips, audio_input_for
+from extract.producers import (
+    LOGITS_SUFFIX,
+    AudioProducer,
+    BackboneProducer,
+    FeatureProducer,
+    FlowProducer,
+    RGBProducer,
+)
+from extract.sampling import ClipSampling
+from extract.settings import BackboneChoice, ExtractSettings
 from store import FeatureSetSpec, FeatureStore
 
 __all__ = [
@@ -56,48 +71,159 @@ __all__ = [
     "default_set_name",
     "extract",
     "open_video_list",
+    "output_set_names",
     "prepare_store",
     "probe_table",
     "run_extraction",
+    "timeline",
+    "write_logit_predictions",
 ]
 
 log = logging.getLogger(__name__)
 
 Progress = Callable[["RunStats"], None]
+_VIDEO_KINDS = ("frame2d", "clip3d")
 
 
 # ---------------------------------------------------------------------------- producers
-def build_producers(settings: ExtractSettings, device: str) -> list[FeatureProducer]:
-    """The producers a run fills (today: one RGB producer for ``settings.backbone``).
+def build_producers(
+    settings: ExtractSettings, device: str, *, num_classes: int | None = None
+) -> list[FeatureProducer]:
+    """One producer per backbone of the run (``settings.choices()``), in order.
 
-    The backbone is built under ``torch.manual_seed(settings.seed)`` so a random init is the
-    same in every shard and every resume.
+    Every backbone is built under ``torch.manual_seed(settings.seed)`` on its own, so a
+    random init is the same in every shard, every resume, and whatever other backbones
+    share the run. Audio producers follow the run's :func:`timeline`.
+
+    Args:
+        settings: the run settings.
+        device: ``"cpu"`` or ``"cuda"``.
+        num_classes: the store's class count; needed with ``settings.head_logits`` (each
+            backbone is then built with a classifier of that size, loaded from its weights).
+
+    Raises:
+        ExtractError: unknown backbone, a backbone that does not fit its modality, clips or
+            views that do not fit it, weights that do not fit, or (``head_logits``) weights
+            without a classifier for ``num_classes`` classes.
     """
+    choices = settings.choices()
     try:
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(settings.seed)
-            backbone = get_backbone(settings.backbone, weights=settings.weights)
-        info = backbone.info
-        maker = RGBClips(settings.clip_sampling(info), settings.view_spec(info))
+        backbones = [_backbone(c, settings, num_classes) for c in choices]
+        line = timeline(settings, [b.info for b in backbones], [c.modality for c in choices])
+        return [_producer(c, b, settings, device, line) for c, b in zip(choices, backbones)]
     except ValueError as err:  # unknown backbone, clips or views that do not fit it
         if isinstance(err, ExtractError):
             raise
         raise ExtractError(str(err)) from None
-    return [
-        RGBProducer(
-            backbone,
-            maker,
-            device=device,
-            amp=settings.use_amp(device),
-            seed=settings.seed,
-            chunk_rows=settings.chunk_rows,
+
+
+def _backbone(
+    choice: BackboneChoice, settings: ExtractSettings, num_classes: int | None
+) -> Backbone:
+    """Build (and load) one backbone; check it fits its modality and, for logits, its classes."""
+    where = f"--backbone {choice.modality}:{choice.backbone}"
+    if settings.head_logits:
+        if choice.weights is None:
+            raise ExtractError(
+                f"--head-logits needs the weights of a backbone trained by extract.train for "
+                f"every backbone; {where} has none (give it as NAME@PATH or --weights PATH)"
+            )
+        if num_classes is None:
+            raise ValueError("build_producers(..., num_classes=C) is needed with head_logits")
+    kwargs = {"in_channels": 2} if choice.modality == "flow" else {}
+    try:
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(settings.seed)
+            backbone = get_backbone(
+                choice.backbone,
+                weights=choice.weights,
+                num_classes=num_classes if settings.head_logits else None,
+                **kwargs,
+            )
+    except ValueError as err:
+        if isinstance(err, ExtractError) or "unknown backbone" in str(err):
+            raise
+        raise ExtractError(f"{where}: {err}") from None
+    video = backbone.info.kind in _VIDEO_KINDS
+    if video == (choice.modality == "audio"):
+        want = (
+            "an audio backbone (resnet18_audio, vggish, envnet_v2, ...)"
+            if choice.modality == "audio"
+            else "a video backbone (resnet18, r2plus1d_18, tsm_resnet50, ...)"
         )
-    ]
+        info = backbone.info
+        raise ExtractError(f"{where}: {info.name} is {info.kind}; {choice.modality} needs {want}")
+    if settings.head_logits:
+        check_classifier(choice.weights, num_classes, backbone.info.feature_dim)
+    return backbone
+
+
+def timeline(
+    settings: ExtractSettings, infos: Sequence[BackboneInfo], modalities: Sequence[str]
+) -> ClipSampling:
+    """The clips every audio set of the run follows: those of its first video backbone
+    (``settings.clip_sampling``), else ``settings.sampling or "tsn"`` with
+    ``settings.frames or 1`` frames per clip (the timeline of the default TSN RGB set)."""
+    for info, modality in zip(infos, modalities):
+        if modality != "audio":
+            return settings.clip_sampling(info)
+    return ClipSampling(
+        mode=settings.sampling or "tsn",
+        num_clips=settings.clips,
+        frames_per_clip=settings.frames or 1,
+        stride=settings.stride,
+    )
+
+
+def _producer(
+    choice: BackboneChoice,
+    backbone: Backbone,
+    settings: ExtractSettings,
+    device: str,
+    line: ClipSampling,
+) -> BackboneProducer:
+    info = backbone.info
+    common = {
+        "device": device,
+        "amp": settings.use_amp(device),
+        "seed": settings.seed,
+        "chunk_rows": settings.chunk_rows,
+        "head_logits": settings.head_logits,
+    }
+    if choice.modality == "audio":
+        audio, kind = audio_input_for(info)
+        maker = AudioWindows(line, audio, kind, patch_frames=info.clip_len)
+        return AudioProducer(backbone, maker, **common)
+    sampling, view = settings.clip_sampling(info), settings.view_spec(info)
+    if choice.modality == "flow":
+        flow = FlowSettings(
+            algorithm=settings.flow_algorithm,
+            bound=float(settings.flow_bound),
+            size=view.decode_short_side,
+        )
+        maker = FlowClips(sampling, view, flow, backend=flow_backend("auto"))
+        return FlowProducer(backbone, maker, **common)
+    return RGBProducer(backbone, RGBClips(sampling, view), **common)
 
 
 def default_set_name(producer: FeatureProducer) -> str:
     """``<modality>_<backbone>``, e.g. ``rgb_resnet18``."""
     return f"{producer.spec.modality}_{producer.spec.backbone}"
+
+
+def output_set_names(
+    producers: Sequence[FeatureProducer], names: Sequence[str]
+) -> list[tuple[str, FeatureSetSpec]]:
+    """``(set name, spec)`` of every feature set the producers fill (``names``: one per
+    producer; a producer's second output, the logits, is ``<name>__logits``)."""
+    return [(n + suffix, spec) for p, n in zip(producers, names) for suffix, spec in p.outputs]
+
+
+def _base_names(settings: ExtractSettings, producers: Sequence[FeatureProducer]) -> list[str]:
+    choices = settings.choices()
+    if len(choices) == len(producers):
+        return [c.set_name or default_set_name(p) for c, p in zip(choices, producers)]
+    return [settings.set_name or default_set_name(p) for p in producers]
 
 
 # ---------------------------------------------------------------------------- the run
@@ -112,15 +238,17 @@ def extract(
     on_progress: Progress | None = None,
 ) -> RunStats:
     """The whole dump in one call (what ``python -m extract.run`` does, minus the demo and
-    the printing): read the list, check the feature sets, prepare the store, build the
-    producers, extract. With ``settings.shard = (i, n)`` it is one of n shard jobs, e.g. one
+    the printing): read the list, build the producers, check the feature sets, prepare the
+    store, extract. With ``settings.shard = (i, n)`` it is one of n shard jobs, e.g. one
     Dask task per shard: ``client.map(lambda i: extract(csv, store, replace(s, shard=(i, n))), range(n))``.
     """
     device = settings.resolved_device()
     videos = open_video_list(source, store=store, root=root, classes=classes)
-    producers = build_producers(settings, device)
-    set_names = [settings.set_name or default_set_name(p) for p in producers]
-    check_feature_sets(store, producers, set_names)
+    num_classes = len(videos.classes) or len(UNLABELLED_CLASSES)
+    producers = build_producers(settings, device, num_classes=num_classes)
+    names = _base_names(settings, producers)
+    outputs = output_set_names(producers, names)
+    check_feature_sets(store, [spec for _, spec in outputs], [n for n, _ in outputs])
     workers, _ = settings.parallelism(device)
     fs, targets = prepare_store(
         store, videos, workers=workers, timeout_s=settings.timeout_s, progress=on_probe
@@ -130,7 +258,7 @@ def extract(
         targets,
         producers,
         settings,
-        set_names=set_names,
+        set_names=names,
         device=device,
         on_progress=on_progress,
     )
@@ -141,7 +269,9 @@ class RunStats:
     """Counters of one run (live during it, final in the summary).
 
     ``decode_calls / videos_decoded`` is the number of decodes per video (1: every clip,
-    view and feature set comes from one open); ``probe_calls`` counts header-only opens.
+    view, modality and feature set comes from one open); ``probe_calls`` counts header-only
+    opens. ``notes`` counts videos by what the makers noted (``"no audio track"``: a video
+    whose audio rows were written with an all-False mask; not a failure).
     """
 
     planned: int = 0
@@ -149,6 +279,7 @@ class RunStats:
     videos_failed: int = 0
     clips: int = 0
     failed_by_reason: collections.Counter = field(default_factory=collections.Counter)
+    notes: collections.Counter = field(default_factory=collections.Counter)
     skipped_done: int = 0
     skipped_failed_before: int = 0
     outside_shard: int = 0
@@ -158,6 +289,7 @@ class RunStats:
     errors_written: int = 0
     writes: int = 0
     decode_seconds: float = 0.0
+    make_seconds: list[float] = field(default_factory=list)
     model_seconds: float = 0.0
     write_seconds: float = 0.0
     seconds: float = 0.0
@@ -167,6 +299,8 @@ class RunStats:
     store: str = ""
     set_names: list[str] = field(default_factory=list)
     specs: list[FeatureSetSpec] = field(default_factory=list)
+    producer_sets: list[str] = field(default_factory=list)
+    predictions: dict[str, dict] = field(default_factory=dict)
 
     @property
     def decodes_per_video(self) -> float:
@@ -184,15 +318,16 @@ def run_extraction(
     device: str = "cpu",
     on_progress: Progress | None = None,
 ) -> RunStats:
-    """Extract the pending rows of ``targets`` into one feature set per producer.
+    """Extract the pending rows of ``targets`` into the feature sets of every producer.
 
     Args:
         fs: a store opened writable.
         targets: rows to consider (index) and their ``path``; see :func:`prepare_store`.
         producers: from :func:`build_producers`.
         settings: run settings (batch size, workers, threads, shard, limit, ...).
-        set_names: feature set names (default: ``settings.set_name``, else
-            :func:`default_set_name`).
+        set_names: one feature set name per producer (default: the choice's ``set_name``,
+            else :func:`default_set_name`); a producer with head logits also fills
+            ``<name>__logits`` and, at the end, the prediction run ``<name>_logits``.
         device: ``"cpu"`` or ``"cuda"`` (where the producers' models are).
         on_progress: called with the live stats after every video and every write.
 
@@ -200,16 +335,22 @@ def run_extraction(
         FeatureSetExists: a set of that name was made with other settings.
         StoreLocked: another writer holds the feature set (or an overlapping shard).
     """
-    if set_names is None:
-        set_names = [settings.set_name or default_set_name(p) for p in producers]
+    names = list(set_names) if set_names is not None else _base_names(settings, producers)
+    outputs = output_set_names(producers, names)
     stats = RunStats(
         device=device,
         store=str(fs.path),
-        set_names=list(set_names),
-        specs=[p.spec for p in producers],
+        set_names=[n for n, _ in outputs],
+        specs=[spec for _, spec in outputs],
+        producer_sets=names,
+        make_seconds=[0.0] * len(producers),
     )
     stats.workers, stats.threads = settings.parallelism(device)
-    fsets = [fs.create_feature_set(name, p.spec) for name, p in zip(set_names, producers)]
+    fsets = [fs.create_feature_set(name, spec) for name, spec in outputs]
+    sets_of, k = [], 0
+    for p in producers:
+        sets_of.append(list(range(k, k + len(p.outputs))))
+        k += len(p.outputs)
     rows = np.sort(targets.index.to_numpy(dtype=np.int64))
     shard_rows = None
     if settings.shard is not None:
@@ -227,110 +368,23 @@ def run_extraction(
     if settings.limit is not None:
         todo = todo[: settings.limit]
     stats.planned = len(todo)
-    if not len(todo):
-        return stats
-    need = np.stack(
-        [np.isin(todo, p) for p in pending], axis=1
-    )  # (n, sets): which sets a row still lacks
-    meta = fs.videos(["n_frames", "fps"])
-    paths = targets["path"]
-    tasks = (
-        DecodeTask(
-            int(r),
-            str(paths.loc[r]),
-            int(meta.at[r, "n_frames"]),
-            float(meta.at[r, "fps"]),
-            tuple(np.flatnonzero(m).tolist()),
+    if len(todo):
+        extract_rows(
+            fs,
+            targets,
+            producers,
+            fsets,
+            sets_of,
+            pending,
+            todo,
+            shard_rows,
+            settings,
+            stats,
+            on_progress,
         )
-        for r, m in zip(todo, need)
-    )
-    start = time.perf_counter()
-    old_threads = torch.get_num_threads()
-    torch.set_num_threads(stats.threads)
-    try:
-        with contextlib.ExitStack() as stack:
-            writers = [
-                ChunkedRowWriter(
-                    stack.enter_context(f.writer(shard_rows)),
-                    todo[need[:, i]],
-                    f.chunk_rows,
-                    flush_s=settings.flush_s,
-                    max_rows=max(1024, 2 * f.chunk_rows),
-                )
-                for i, f in enumerate(fsets)
-            ]
-            batchers = [ClipBatcher(settings.batch_size, p.spec.dim) for p in producers]
-            ahead = max(8, 2 * settings.batch_size // min(p.spec.clips for p in producers))
-            pool = stack.enter_context(
-                DecodePool(
-                    [p.maker for p in producers],
-                    stats.workers,
-                    timeout_s=settings.timeout_s,
-                    max_ahead=ahead,
-                )
+    for p, name in zip(producers, names):
+        if getattr(p, "head_logits", False):
+            stats.predictions[f"{name}_logits"] = write_logit_predictions(
+                fs, name, f"{name}{LOGITS_SUFFIX}"
             )
-            loop = _Loop(producers, batchers, writers, stats, on_progress)
-            try:
-                for res in pool.imap_unordered(tasks):
-                    loop.take(res)
-                loop.drain()
-            finally:  # also on Ctrl-C: what is finished gets written
-                for w in writers:
-                    w.flush()
-                loop.sync_writes()
-    finally:
-        torch.set_num_threads(old_threads)
-        stats.seconds = time.perf_counter() - start
     return stats
-
-
-class _Loop:
-    """The main-process side of the run: results in, batches through the models, rows out."""
-
-    def __init__(
-        self, producers, batchers, writers, stats: RunStats, on_progress: Progress | None
-    ) -> None:
-        self.producers, self.batchers, self.writers = producers, batchers, writers
-        self.stats, self.on_progress = stats, on_progress
-
-    def take(self, res: DecodeResult) -> None:
-        s = self.stats
-        s.decode_calls += res.decode_calls
-        s.probe_calls += res.probe_calls
-        s.decode_seconds += res.seconds
-        if res.error:
-            s.videos_failed += 1
-            s.failed_by_reason[res.reason] += 1
-            for i in res.makers:
-                self.writers[i].add_error(res.row, res.error)
-        else:
-            s.videos_done += 1
-            for i, item in zip(res.makers, res.inputs):
-                self.batchers[i].add(res.row, item)
-                s.clips += len(item.inputs)
-        for i, b in enumerate(self.batchers):
-            while b.ready():
-                self._run_batch(i)
-        self.sync_writes()
-
-    def drain(self) -> None:
-        for i, b in enumerate(self.batchers):
-            while b.pending_clips:
-                self._run_batch(i)
-
-    def _run_batch(self, i: int) -> None:
-        inputs, pieces = self.batchers[i].next_batch()
-        t = time.perf_counter()
-        feats = self.producers[i].embed(inputs)  # (B, ...) -> (B, D)
-        self.stats.model_seconds += time.perf_counter() - t
-        for row, data, valid, times in self.batchers[i].put(pieces, feats):
-            self.writers[i].add(row, data, valid, times)
-
-    def sync_writes(self) -> None:
-        s = self.stats
-        s.rows_written = sum(w.rows_written for w in self.writers)
-        s.errors_written = sum(w.errors_written for w in self.writers)
-        s.writes = sum(w.writes for w in self.writers)
-        s.write_seconds = sum(w.seconds for w in self.writers)
-        if self.on_progress:
-            self.on_progress(s)

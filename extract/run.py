@@ -1,15 +1,23 @@
-"""``python -m extract.run``: decode videos once, run a backbone, write clip features to a store.
+"""``python -m extract.run``: decode videos once, run backbones, write clip features to a store.
 
-With no arguments it uses the demo set (``./demo``, generated if missing), a randomly
-initialised ResNet-18 TSN at 112 px with 8 segments, and writes ``demo.zarr``; then it
-prints a summary and the ``store.verify`` result. Rerunning resumes: rows already done are
-skipped. ``--shard i/n`` lets n processes fill disjoint chunk-aligned row ranges of one store.
+Each ``--backbone [MODALITY:]NAME[@WEIGHTS]`` (repeatable; MODALITY rgb (default), flow or
+audio) fills its own feature set (``--set``, default <modality>_<backbone>), all from ONE
+decode per video: RGB clips, their optical flow (computed in the decode workers) and the
+audio windows of the same clips. With no arguments it uses the demo set (``./demo``,
+generated if missing) with randomly initialised ResNet-18s at 112 px, 8 segments: RGB
+(rgb_resnet18), Farneback flow (flow_resnet18) and log-mel audio (audio_resnet18_audio),
+and writes ``demo.zarr``; then it prints a summary and the ``store.verify`` result.
+Rerunning resumes: rows already done are skipped. ``--shard i/n`` lets n processes fill
+disjoint chunk-aligned row ranges of one store.
 
 Examples::
 
     python -m extract.run
     python -m extract.run --videos trainingSet.csv --classes moments_categories.txt \\
         --store mit.zarr --backbone r2plus1d_18 --weights r2plus1d_18.pth --crops three
+    python -m extract.run --videos trainingSet.csv --store mit.zarr \\
+        --backbone rgb:r2plus1d_18@r21d.pth --backbone flow:resnet18@flow.pth \\
+        --backbone audio:vggish@vggish.pth --flow tvl1 --head-logits
     python -m extract.run --videos clips/ --store clips.zarr --shard 0/4     # on 4 machines
 
 Exit status: 0 done (rows that could not be decoded are recorded, not fatal), 1 the store
@@ -27,7 +35,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from extract.errors import DemoError, ExtractError
-from extract.settings import DEVICES, ExtractSettings, parse_shard
+from extract.flow import FLOW_ALGORITHMS
+from extract.settings import DEVICES, MODALITIES, BackboneChoice, ExtractSettings, parse_shard
 from store.errors import StoreError
 
 if TYPE_CHECKING:
@@ -38,7 +47,19 @@ log = logging.getLogger("extract.run")
 DEFAULT_STORE = Path("demo.zarr")
 DEFAULT_DEMO_DIR = Path("demo")
 DEMO_CROP = 112  # the demo's frames are 112 px
+#: What a run on the demo set extracts when no --backbone is given: RGB, flow and audio.
+DEMO_BACKBONES = ("rgb:resnet18", "flow:resnet18", "audio:resnet18_audio")
 _D = ExtractSettings()
+
+
+class _Repeat(argparse.Action):
+    """A repeatable flag whose command-line values replace (not extend) a config file's list."""
+
+    def __call__(self, parser, namespace, values, option_string=None) -> None:
+        given = getattr(namespace, "_repeat_given", set())
+        items = list(getattr(namespace, self.dest) or []) if self.dest in given else []
+        namespace._repeat_given = given | {self.dest}
+        setattr(namespace, self.dest, [*items, values])
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -87,7 +108,9 @@ def _parser() -> argparse.ArgumentParser:
         "--set",
         dest="set_name",
         metavar="NAME",
-        help="feature set name (default: <modality>_<backbone>, e.g. rgb_resnet18)",
+        action=_Repeat,
+        help="feature set name; repeat it once per --backbone, in the same order (default: "
+        "<modality>_<backbone>, e.g. rgb_resnet18, flow_resnet18, audio_vggish)",
     )
     g.add_argument(
         "--demo-dir",
@@ -95,17 +118,38 @@ def _parser() -> argparse.ArgumentParser:
         default=DEFAULT_DEMO_DIR,
         help=f"where the demo set lives when --videos is not given (default: {DEFAULT_DEMO_DIR})",
     )
-    g = p.add_argument_group("model")
+    g = p.add_argument_group("models (one feature set each, all from one decode per video)")
     g.add_argument(
         "--backbone",
-        default=_D.backbone,
-        help=f"registered backbone (default: {_D.backbone}); see extract.backbones.list_backbones()",
+        action=_Repeat,
+        metavar="[MODALITY:]NAME[@WEIGHTS]",
+        help="a registered backbone (extract.backbones.list_backbones()) and what it looks at: "
+        "rgb (default, or --modality), flow (a video backbone built with 2 input channels) or "
+        "audio (resnet18_audio, resnet34_audio, vggish, envnet_v2); @PATH loads a local "
+        "checkpoint. Repeat for several feature sets in one pass, e.g. --backbone "
+        "rgb:r2plus1d_18@r21d.pth --backbone flow:resnet18 --backbone audio:vggish. Default: "
+        f"{_D.backbone}; on the demo set {' '.join(DEMO_BACKBONES)}",
+    )
+    g.add_argument(
+        "--modality",
+        choices=MODALITIES,
+        default=_D.modality,
+        help=f"modality of a --backbone without a MODALITY: prefix (default: {_D.modality})",
     )
     g.add_argument(
         "--weights",
         type=Path,
         metavar="PATH",
-        help="local checkpoint (torchvision state_dict layout); default: random init from --seed",
+        help="local checkpoint (torchvision state_dict layout) of the one --backbone; with "
+        "several, write NAME@PATH. Default: random init from --seed",
+    )
+    g.add_argument(
+        "--head-logits",
+        action="store_true",
+        help="also store each backbone's own class scores (its classifier fc, from weights "
+        "trained by extract.train on the store's classes): per-clip logits in the feature "
+        "set <set>__logits, and sigmoid(mean over valid clips) as the prediction run "
+        "<set>_logits for fusion. Every backbone needs weights with such a classifier",
     )
     g.add_argument(
         "--seed", type=int, default=_D.seed, help=f"seed of a random init (default: {_D.seed})"
@@ -152,6 +196,22 @@ def _parser() -> argparse.ArgumentParser:
         default="",
         metavar="S1,S2",
         help="extra short sides for multi-scale views (default: none)",
+    )
+    g = p.add_argument_group("flow (--backbone flow:NAME)")
+    g.add_argument(
+        "--flow",
+        dest="flow_algorithm",
+        choices=FLOW_ALGORITHMS,
+        default=_D.flow_algorithm,
+        help=f"optical flow algorithm, computed in the decode workers (default: "
+        f"{_D.flow_algorithm}, ~100x faster than tvl1 on a CPU)",
+    )
+    g.add_argument(
+        "--flow-bound",
+        type=float,
+        default=_D.flow_bound,
+        help=f"clip flows to +-this many pixels per frame, then scale to [-1, 1] (default: "
+        f"{_D.flow_bound:g})",
     )
     g = p.add_argument_group("run")
     g.add_argument(
@@ -251,6 +311,46 @@ def _config_defaults(parser: argparse.ArgumentParser, path: Path) -> None:
     parser.set_defaults(**values)
 
 
+def _as_list(value) -> list[str]:
+    """A repeatable flag's value (None, a string from a config file, or a list)."""
+    if value is None:
+        return []
+    return [str(v) for v in value] if isinstance(value, (list, tuple)) else [str(value)]
+
+
+def _choices(args: argparse.Namespace, demo: bool) -> dict:
+    """The ExtractSettings fields that say which backbones the run has."""
+    names = _as_list(args.backbone) or (list(DEMO_BACKBONES) if demo else [_D.backbone])
+    sets = _as_list(args.set_name)
+    if sets and len(sets) != len(names):
+        raise ValueError(
+            f"--set: give one name per --backbone, in the same order ({len(names)} backbone(s), "
+            f"{len(sets)} name(s)), or none for the defaults"
+        )
+    weights = str(args.weights) if args.weights else None
+    if len(names) == 1:
+        c = BackboneChoice.parse(names[0], modality=args.modality)
+        if c.weights and weights:
+            raise ValueError("--weights and --backbone NAME@PATH both give weights; keep one")
+        return {
+            "backbone": c.backbone,
+            "modality": c.modality,
+            "weights": c.weights or weights,
+            "set_name": sets[0] if sets else None,
+        }
+    if weights:
+        raise ValueError(
+            "--weights is for a run with one --backbone; with several, give each its "
+            "checkpoint as --backbone MODALITY:NAME@PATH"
+        )
+    return {
+        "backbones": tuple(
+            BackboneChoice.parse(n, modality=args.modality, set_name=sets[i] if sets else None)
+            for i, n in enumerate(names)
+        )
+    }
+
+
 def _settings(args: argparse.Namespace, demo: bool) -> ExtractSettings:
     raw = (
         args.scales if isinstance(args.scales, list) else str(args.scales).split(",")
@@ -262,10 +362,8 @@ def _settings(args: argparse.Namespace, demo: bool) -> ExtractSettings:
             f"--scales must be comma-separated integers, got {args.scales!r}"
         ) from None
     return ExtractSettings(
-        backbone=args.backbone,
-        weights=str(args.weights) if args.weights else None,
+        **_choices(args, demo),
         seed=args.seed,
-        set_name=args.set_name,
         sampling=args.sampling,
         clips=args.clips,
         frames=args.frames,
@@ -285,6 +383,9 @@ def _settings(args: argparse.Namespace, demo: bool) -> ExtractSettings:
         retry_errors=args.retry_errors,
         limit=args.limit,
         shard=parse_shard(args.shard) if args.shard else None,
+        flow_algorithm=args.flow_algorithm,
+        flow_bound=args.flow_bound,
+        head_logits=args.head_logits,
     )
 
 
@@ -295,13 +396,17 @@ def _summary(stats: RunStats, elapsed: float) -> str:
         made = f"weights {spec.weights_sha256[:12]}" if spec.weights_sha256 else "random init"
         lines.append(
             f"extract: {stats.store} features/{name}: K={spec.clips} x D={spec.dim} {spec.dtype}, "
-            f"backbone {spec.backbone} ({made})"
+            f"{spec.modality}, backbone {spec.backbone} ({made})"
         )
     reasons = ", ".join(f"{r}: {n}" for r, n in stats.failed_by_reason.most_common())
+    notes = "".join(
+        f"; {note}: {n} (rows written with an all-False mask, not failures)"
+        for note, n in stats.notes.most_common()
+    )
     lines.append(
-        f"  done {stats.videos_done}, failed {stats.videos_failed}{f' ({reasons})' if reasons else ''}; "
-        f"skipped {stats.skipped_done} already done, {stats.skipped_failed_before} failed before "
-        f"(--retry-errors), {stats.outside_shard} outside this shard"
+        f"  done {stats.videos_done}, failed {stats.videos_failed}{f' ({reasons})' if reasons else ''}"
+        f"{notes}; skipped {stats.skipped_done} already done, {stats.skipped_failed_before} failed "
+        f"before (--retry-errors), {stats.outside_shard} outside this shard"
     )
     if stats.planned:
         n, dt = stats.videos_done + stats.videos_failed, max(stats.seconds, 1e-9)
@@ -309,10 +414,18 @@ def _summary(stats: RunStats, elapsed: float) -> str:
             f"  {stats.clips} clips from {n} videos in {dt:.1f} s: {n / dt:.2f} videos/s, "
             f"{stats.clips / dt:.1f} clips/s; {stats.decodes_per_video:.2f} decodes per video"
         )
+        inputs = ", ".join(
+            f"{name} {t:.1f} s" for name, t in zip(stats.producer_sets, stats.make_seconds)
+        )
         lines.append(
             f"  {stats.workers} decode worker(s), {stats.threads} model thread(s) on {stats.device}; "
-            f"busy: decode {stats.decode_seconds:.1f} s (workers), model {stats.model_seconds:.1f} s, "
-            f"writes {stats.write_seconds:.1f} s ({stats.writes} writes)"
+            f"busy: decode {stats.decode_seconds:.1f} s (workers; inputs: {inputs}), "
+            f"model {stats.model_seconds:.1f} s, writes {stats.write_seconds:.1f} s ({stats.writes} writes)"
+        )
+    for run, attrs in stats.predictions.items():
+        lines.append(
+            f"  predictions/{run}: sigmoid(mean clip logits) of {attrs['backbone']}, "
+            f"{attrs['rows_scored']} rows scored, {attrs['missing_rows']} without logits (score 0)"
         )
     lines.append(f"  total {elapsed:.1f} s")
     return "\n".join(lines)

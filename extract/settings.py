@@ -3,13 +3,19 @@
 Two kinds of fields live here:
 
 * **What the features are** (recorded in the feature set's spec; a rerun on the same
-  ``--set`` with other values is refused by the store): ``backbone``, ``weights``, ``seed``
-  (random init only), the clip sampling (``sampling``, ``clips``, ``frames``, ``stride``),
-  the views (``short_side``, ``crop``, ``crops``, ``scales``), the precision (``amp``) and
-  ``chunk_rows``.
+  ``--set`` with other values is refused by the store): the backbones (``backbone``,
+  ``modality``, ``weights`` for one; ``backbones`` for several), ``seed`` (random init
+  only), the clip sampling (``sampling``, ``clips``, ``frames``, ``stride``), the views
+  (``short_side``, ``crop``, ``crops``, ``scales``), the flow (``flow_algorithm``,
+  ``flow_bound``), the precision (``amp``), ``head_logits`` and ``chunk_rows``.
 * **How the run goes** (free to change between a run and its resume): ``set_name``,
   ``device``, ``batch_size``, ``workers``, ``threads``, ``timeout_s``, ``flush_s``,
   ``retry_errors``, ``limit``, ``shard``.
+
+One run fills one feature set per :class:`BackboneChoice` (:meth:`ExtractSettings.choices`)
+from a single decode of each video: ``ExtractSettings(backbone="r2plus1d_18")`` is one RGB
+set; ``ExtractSettings(backbones=(BackboneChoice("resnet18"), BackboneChoice("resnet18",
+"flow"), BackboneChoice("vggish", "audio")))`` is three.
 
 Fields left ``None`` are resolved from the backbone (:meth:`ExtractSettings.clip_sampling`,
 :meth:`ExtractSettings.view_spec`) or from the machine (:func:`default_parallelism`).
@@ -38,9 +44,12 @@ from typing import Any
 
 from extract.backbones import BackboneInfo
 from extract.errors import ExtractError
+from extract.flow import FLOW_ALGORITHMS
 from extract.sampling import SAMPLING_MODES, ClipSampling, ViewSpec
 
 DEVICES = ("auto", "cpu", "cuda")
+#: What a backbone of a run looks at; K per video is clips x views (rgb, flow) or clips (audio).
+MODALITIES = ("rgb", "flow", "audio")
 _SET_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]*$")
 
 
@@ -79,15 +88,89 @@ def _positive_int(name: str, value: Any, *, allow_none: bool = False, low: int =
         raise ValueError(f"ExtractSettings.{name} must be an integer >= {low}, got {value!r}")
 
 
+def _check_set_name(name: str | None) -> None:
+    if name is not None and not _SET_NAME.match(name):
+        raise ValueError(f"--set {name!r}: use letters, digits, '_', '-', '.' (not leading)")
+
+
+@dataclass(frozen=True)
+class BackboneChoice:
+    """One feature set of a run: a backbone, the modality it looks at, its weights, its name.
+
+    Attributes:
+        backbone: registered backbone name. ``rgb`` and ``flow`` take a video backbone
+            (frame or clip; a flow one is built with 2 input channels), ``audio`` an audio
+            backbone (``resnet18_audio``, ``vggish``, ``envnet_v2``, ...).
+        modality: ``rgb``, ``flow`` or ``audio``.
+        weights: local checkpoint path; None = random init from the run's seed.
+        set_name: feature set name; None = ``"<modality>_<backbone>"``.
+    """
+
+    backbone: str
+    modality: str = "rgb"
+    weights: str | None = None
+    set_name: str | None = None
+
+    def __post_init__(self) -> None:
+        if not self.backbone:
+            raise ValueError("a backbone choice must name a registered backbone")
+        if self.modality not in MODALITIES:
+            raise ValueError(
+                f"modality must be one of {MODALITIES}, got {self.modality!r} "
+                f"(--backbone MODALITY:NAME, e.g. flow:resnet18)"
+            )
+        _check_set_name(self.set_name)
+
+    @property
+    def default_set_name(self) -> str:
+        """``<modality>_<backbone>``, e.g. ``flow_resnet18``."""
+        return f"{self.modality}_{self.backbone}"
+
+    @classmethod
+    def parse(
+        cls, text: str, *, modality: str = "rgb", set_name: str | None = None
+    ) -> BackboneChoice:
+        """``[MODALITY:]NAME[@WEIGHTS]`` (the ``--backbone`` syntax) -> a choice.
+
+        ``modality`` is used when the text has no ``rgb:``/``flow:``/``audio:`` prefix.
+        Examples: ``r2plus1d_18``, ``flow:resnet18``, ``audio:vggish@vggish.pt``.
+        """
+        text = str(text).strip()
+        head, colon, rest = text.partition(":")
+        if colon and head in MODALITIES:
+            modality, text = head, rest
+        elif colon and "@" not in head:
+            raise ValueError(
+                f"--backbone {text!r}: the part before ':' must be one of {MODALITIES} "
+                "(MODALITY:NAME[@WEIGHTS])"
+            )
+        name, at, weights = text.partition("@")
+        if at and not weights:
+            raise ValueError(f"--backbone {text!r}: give the checkpoint path after '@'")
+        return cls(name.strip(), modality, weights or None, set_name)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> BackboneChoice:
+        return cls(**d)
+
+
 @dataclass(frozen=True)
 class ExtractSettings:
     """Settings of one feature dump (see the module docstring for which fields matter where).
 
     Attributes:
-        backbone: registered backbone name (``extract.backbones.list_backbones()``).
+        backbone: registered backbone name (``extract.backbones.list_backbones()``) of a
+            one-backbone run.
         weights: local checkpoint path; None = random init from ``seed``.
         seed: torch seed of the random init (every shard and resume builds the same model).
         set_name: feature set name; None = ``"<modality>_<backbone>"``.
+        modality: ``rgb``, ``flow`` or ``audio``: what ``backbone`` looks at.
+        backbones: several feature sets from one decode per video; when given it replaces
+            ``backbone``/``modality``/``weights``/``set_name`` (leave those at their
+            defaults).
         sampling: ``uniform``, ``tsn`` or ``dense``; None = ``tsn`` for frame models,
             ``uniform`` for clip models.
         clips: N, clips per video (TSN segments).
@@ -110,6 +193,11 @@ class ExtractSettings:
         retry_errors: also process rows that failed in an earlier run.
         limit: process at most this many pending rows (smoke tests).
         shard: ``(i, n)``: fill only the i-th of n chunk-aligned row ranges.
+        flow_algorithm: ``farneback`` (CPU default) or ``tvl1``, for flow backbones.
+        flow_bound: flows are clipped to +-bound pixels per frame, then divided by it.
+        head_logits: also keep each backbone's classifier scores (needs ``weights`` with a
+            classifier ``fc`` for the store's classes): a ``<set>__logits`` feature set
+            during the run, a ``<set>_logits`` prediction run at its end.
     """
 
     backbone: str = "resnet18"
@@ -135,9 +223,22 @@ class ExtractSettings:
     retry_errors: bool = False
     limit: int | None = None
     shard: tuple[int, int] | None = None
+    modality: str = "rgb"
+    backbones: tuple[BackboneChoice, ...] = ()
+    flow_algorithm: str = "farneback"
+    flow_bound: float = 20.0
+    head_logits: bool = False
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "scales", tuple(self.scales))
+        object.__setattr__(
+            self,
+            "backbones",
+            tuple(
+                b if isinstance(b, BackboneChoice) else BackboneChoice.from_dict(b)
+                for b in self.backbones
+            ),
+        )
         if self.shard is not None:
             object.__setattr__(self, "shard", tuple(self.shard))
             if len(self.shard) != 2 or not 0 <= self.shard[0] < self.shard[1]:
@@ -146,10 +247,26 @@ class ExtractSettings:
                 )
         if not self.backbone:
             raise ValueError("ExtractSettings.backbone must name a registered backbone")
-        if self.set_name is not None and not _SET_NAME.match(self.set_name):
+        _check_set_name(self.set_name)
+        if self.backbones and (self.weights or self.set_name or self.modality != "rgb"):
             raise ValueError(
-                f"--set {self.set_name!r}: use letters, digits, '_', '-', '.' (not leading)"
+                "ExtractSettings: give the backbones either as backbone/modality/weights/set_name "
+                "(one feature set) or as backbones (several), not both"
             )
+        BackboneChoice(self.backbone, self.modality)  # checks the modality
+        names = [c.set_name or c.default_set_name for c in self.choices()]
+        twice = sorted({n for n in names if names.count(n) > 1})
+        if twice:
+            raise ValueError(
+                f"two backbones of the run would write the feature set {twice[0]!r}; "
+                "give each its own name with --set (one per --backbone, in order)"
+            )
+        if self.flow_algorithm not in FLOW_ALGORITHMS:
+            raise ValueError(
+                f"--flow must be one of {FLOW_ALGORITHMS}, got {self.flow_algorithm!r}"
+            )
+        if not float(self.flow_bound) > 0:
+            raise ValueError(f"--flow-bound must be > 0 pixels per frame, got {self.flow_bound!r}")
         if self.sampling is not None and self.sampling not in SAMPLING_MODES:
             raise ValueError(f"--sampling must be one of {SAMPLING_MODES}, got {self.sampling!r}")
         if self.device not in DEVICES:
@@ -167,6 +284,12 @@ class ExtractSettings:
                 )
 
     # ------------------------------------------------------------------ resolution
+    def choices(self) -> tuple[BackboneChoice, ...]:
+        """The feature sets of the run, in order (``backbones``, or the one backbone)."""
+        if self.backbones:
+            return self.backbones
+        return (BackboneChoice(self.backbone, self.modality, self.weights, self.set_name),)
+
     def clip_sampling(self, info: BackboneInfo) -> ClipSampling:
         """The clip sampling for this backbone (fills ``sampling`` and ``frames``)."""
         mode = self.sampling or ("tsn" if info.kind == "frame2d" else "uniform")
@@ -210,6 +333,7 @@ class ExtractSettings:
         d = dataclasses.asdict(self)
         d["scales"] = list(self.scales)
         d["shard"] = list(self.shard) if self.shard else None
+        d["backbones"] = [b.to_dict() for b in self.backbones]
         return d
 
     @classmethod
@@ -225,4 +349,6 @@ class ExtractSettings:
             d["scales"] = tuple(d["scales"])
         if d.get("shard") is not None:
             d["shard"] = tuple(d["shard"])
+        if d.get("backbones"):
+            d["backbones"] = tuple(BackboneChoice.from_dict(b) for b in d["backbones"])
         return cls(**d)

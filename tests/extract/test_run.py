@@ -312,3 +312,27 @@ def test_pool_kills_hung_and_replaces_dead_workers(demo):
     for ok in (0, 2, 4):
         assert results[ok].error is None and results[ok].inputs[0].inputs.shape == (2, 1, 32, 32, 3)
         assert results[ok].decode_calls == 1
+
+
+def test_demo_default_is_rgb_flow_and_audio_and_one_backbone_is_unchanged():
+    from extract.run import DEMO_BACKBONES, _parser, _settings
+
+    demo = _settings(_parser().parse_args([]), demo=True)
+    assert [f"{c.modality}:{c.backbone}" for c in demo.choices()] == list(DEMO_BACKBONES)
+    assert [c.default_set_name for c in demo.choices()] == [
+        "rgb_resnet18",
+        "flow_resnet18",
+        "audio_resnet18_audio",
+    ]
+    assert demo.crop == 112 and demo.flow_algorithm == "farneback"
+    one = _settings(_parser().parse_args([*TINY, "--videos", "x.csv", "--set", "s"]), demo=False)
+    assert one == ExtractSettings(
+        backbone="resnet_tiny",
+        set_name="s",
+        crop=32,
+        clips=4,
+        workers=1,
+        threads=1,
+        chunk_rows=4,
+        batch_size=8,
+    )
