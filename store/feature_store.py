@@ -27,8 +27,17 @@ from zarr.codecs import BloscCodec
 
 from store._durable import DurableLocalStore
 from store.errors import (
-    ClassMismatch, DuplicateVideoId, FeatureSetExists, FeatureSetNotFound, PredictionRunNotFound,
-    ReadOnlyStore, SchemaMismatch, ShapeMismatch, StoreError, StoreExists, StoreNotFound,
+    ClassMismatch,
+    DuplicateVideoId,
+    FeatureSetExists,
+    FeatureSetNotFound,
+    PredictionRunNotFound,
+    ReadOnlyStore,
+    SchemaMismatch,
+    ShapeMismatch,
+    StoreError,
+    StoreExists,
+    StoreNotFound,
     VideoNotFound,
 )
 from store.feature_set import FeatureSet
