@@ -19,6 +19,7 @@ import benchmarks.heads_bench  # noqa: F401  (registers "heads")
 import benchmarks.search_bench  # noqa: F401  (registers "search")
 import benchmarks.store_bench  # noqa: F401  (registers "store")
 import benchmarks.sweep_bench  # noqa: F401  (registers "sweep")
+import benchmarks.train_bench  # noqa: F401  (registers "train")
 from benchmarks.registry import describe, get_benchmark, list_benchmarks
 
 

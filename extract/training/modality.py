@@ -1,0 +1,220 @@
+"""Per modality: a video -> a training example, a video -> its evaluation clips, a batch -> model input.
+
+Each modality is one small class in two halves, like ``extract.producers``:
+
+* the **worker half** (numpy; runs in DataLoader worker processes) decodes only the needed
+  frames with :func:`~extract.decode.decode_video` and the clip sampling of
+  :mod:`extract.sampling`: :meth:`ModalityInputs.train_example` draws a random clip
+  position and augments; :meth:`ModalityInputs.eval_clips` takes deterministic clips,
+  exactly the ones ``extract.run`` embeds (RGB reuses :class:`extract.producers.RGBClips`);
+* the **device half**, :meth:`ModalityInputs.to_model`, turns a collated batch into the
+  backbone's normalised input on the GPU (uint8 travels, floats are made on the device).
+
+=========  ===================================  ===========================================
+modality   worker output (one example)          model input
+=========  ===================================  ===========================================
+rgb        (T, crop, crop, 3) uint8             ``to_tensor_clip``: (B, 3, T, crop, crop)
+flow       (2, T, crop, crop) float32 [-1, 1]   ``normalize((x + 1) / 2)``: (B, 2, T, crop, crop)
+audio      (W,) float32 waveform window         audio2d: ``log_mel`` (B, 1, F, M); audio1d: (B, 1, W)
+=========  ===================================  ===========================================
+
+Frame (TSN) backbones train on ``train_segments`` random clips per example, joined on the
+time axis (the backbone averages its frame features: TSN's segment consensus).
+"""
+
+from __future__ import annotations
+
+import abc
+import dataclasses
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from extract.audio import AudioSettings, audio_windows, log_mel
+from extract.backbones import Backbone, BackboneInfo
+from extract.decode import DecodeError, decode_video
+from extract.flow import FlowSettings, clip_flow_stack, flow_frame_indices, flow_views
+from extract.producers import RGBClips
+from extract.sampling import (
+    ClipSampling,
+    ViewSpec,
+    clip_frame_indices,
+    clip_times,
+    union_frame_indices,
+)
+from extract.training.augment import ClipAugment
+from extract.training.recipe import TrainRecipe
+from extract.transforms import normalize, to_tensor_clip
+
+
+class NoAudioTrack(DecodeError):
+    kind = "no audio"
+    hint = "an audio backbone cannot learn from this video; drop it from the list or ignore the warning"
+
+
+@dataclass(frozen=True)
+class VideoMeta:
+    """What the sampler needs to know about a video (from its header)."""
+
+    path: str
+    n_frames: int
+    fps: float
+
+
+class ModalityInputs(abc.ABC):
+    """One modality's training inputs (picklable: settings only, no model)."""
+
+    #: Mix training examples before :meth:`to_model` (waveforms) rather than after it.
+    mix_before_model_input: bool = False
+
+    def __init__(self, info: BackboneInfo, recipe: TrainRecipe, timeout_s: float = 60.0) -> None:
+        self.info = info
+        self.timeout_s = timeout_s
+
+    @abc.abstractmethod
+    def train_example(self, video: VideoMeta, rng: np.random.Generator) -> np.ndarray:
+        """One randomly placed, augmented example (raises DecodeError for a bad video)."""
+
+    @abc.abstractmethod
+    def eval_clips(self, video: VideoMeta) -> np.ndarray:
+        """``(K, ...)`` deterministic clips of a video (only real clips: K may be smaller)."""
+
+    @abc.abstractmethod
+    def to_model(self, x: torch.Tensor) -> torch.Tensor:
+        """A collated batch ``(B, ...)`` (on the device) -> the backbone's input."""
+
+
+def _picture_sampling(recipe: TrainRecipe) -> ClipSampling:
+    segments = recipe.train_segments
+    return ClipSampling(mode="uniform" if segments == 1 else "tsn", num_clips=segments,
+                        frames_per_clip=recipe.frames, stride=recipe.stride, random=True)
+
+
+class RGBInputs(ModalityInputs):
+    """RGB clips: decode at a random short side, random crop + flip; eval = ``extract.run``'s views."""
+
+    def __init__(self, info: BackboneInfo, recipe: TrainRecipe, timeout_s: float = 60.0) -> None:
+        super().__init__(info, recipe, timeout_s)
+        settings = recipe.extract_settings()
+        self.sampling = _picture_sampling(recipe)
+        self.augment = ClipAugment(recipe.short_side, recipe.scale, recipe.crop, recipe.flip)
+        self.eval_maker = RGBClips(settings.clip_sampling(info), settings.view_spec(info))
+
+    def train_example(self, video: VideoMeta, rng: np.random.Generator) -> np.ndarray:
+        idx, _ = clip_frame_indices(video.n_frames, self.sampling, rng)  # (S, T)
+        decoded = decode_video(video.path, idx, self.augment.draw_short_side(rng), timeout_s=self.timeout_s)
+        frames = decoded.take(idx.reshape(-1))  # (S*T,) -> (S*T, H, W, 3)
+        return self.augment.crop_flip_rgb(frames, rng)  # -> (S*T, crop, crop, 3)
+
+    def eval_clips(self, video: VideoMeta) -> np.ndarray:
+        maker = self.eval_maker
+        decoded = decode_video(video.path, maker.frame_indices(video.n_frames), maker.decode_short_side,
+                               timeout_s=self.timeout_s)
+        made = maker.make(decoded, video.n_frames, video.fps)
+        return made.inputs[made.valid]  # (K, T, crop, crop, 3)
+
+    def to_model(self, x: torch.Tensor) -> torch.Tensor:
+        return to_tensor_clip(x, self.info.mean, self.info.std)  # (B, T, h, w, 3) -> (B, 3, T, h, w)
+
+
+class FlowInputs(ModalityInputs):
+    """Optical-flow stacks (``extract.flow``), x then y, for a 2-channel backbone."""
+
+    def __init__(self, info: BackboneInfo, recipe: TrainRecipe, timeout_s: float = 60.0) -> None:
+        super().__init__(info, recipe, timeout_s)
+        if info.in_channels != 2:
+            raise ValueError(f"flow training needs a 2-channel backbone (in_channels=2), got {info.in_channels}")
+        settings = recipe.extract_settings()
+        self.flow = FlowSettings(algorithm=recipe.flow_algorithm, bound=recipe.flow_bound)
+        self.sampling = _picture_sampling(recipe)
+        self.augment = ClipAugment(recipe.short_side, recipe.scale, recipe.crop, recipe.flip)
+        self.eval_sampling: ClipSampling = settings.clip_sampling(info)
+        self.eval_view: ViewSpec = settings.view_spec(info)
+
+    def _stack(self, video: VideoMeta, idx: np.ndarray, size: int) -> np.ndarray:
+        pairs = flow_frame_indices(idx, self.flow.stack, n_frames=video.n_frames)  # (N, T, 2)
+        decoded = decode_video(video.path, union_frame_indices(idx, pairs), size, timeout_s=self.timeout_s)
+        return clip_flow_stack(decoded, idx, self.flow, n_frames=video.n_frames, device="cpu")  # (N, 2, T, h, w)
+
+    def train_example(self, video: VideoMeta, rng: np.random.Generator) -> np.ndarray:
+        idx, _ = clip_frame_indices(video.n_frames, self.sampling, rng)  # (S, T)
+        stack = self._stack(video, idx, self.augment.draw_short_side(rng))  # (S, 2, T, h, w)
+        s, c, t, h, w = stack.shape
+        joined = stack.transpose(1, 0, 2, 3, 4).reshape(c, s * t, h, w)  # (S, 2, T, h, w) -> (2, S*T, h, w)
+        return self.augment.crop_flip_flow(joined, rng)  # -> (2, S*T, crop, crop)
+
+    def eval_clips(self, video: VideoMeta) -> np.ndarray:
+        idx, valid = clip_frame_indices(video.n_frames, self.eval_sampling)  # (N, T)
+        stack = self._stack(video, idx[:valid], self.eval_view.decode_short_side)  # (n, 2, T, h, w)
+        views = np.stack([flow_views(clip, self.eval_view) for clip in stack])  # (n, V, 2, T, c, c)
+        return views.reshape(-1, *views.shape[2:])  # (n, V, 2, T, c, c) -> (n*V, 2, T, c, c)
+
+    def to_model(self, x: torch.Tensor) -> torch.Tensor:
+        # [-1, 1] -> [0, 1], the flow images a backbone normalised with mean 0.5 expects
+        return normalize((x.float() + 1.0) / 2.0, self.info.mean, self.info.std)  # (B, 2, T, h, w)
+
+
+def audio_settings(info: BackboneInfo) -> AudioSettings:
+    """``extract.audio``'s default windows and log-mel, sized to what an audio backbone takes.
+
+    ``audio2d`` nets take ``info.clip_len`` log-mel frames of ``info.input_size`` bands: the
+    default 2 s window when it gives that many frames (the ResNets: 198), else a window of
+    ``(F - 1) * hop + win_length`` samples (VGGish: 96 frames = 0.975 s). ``audio1d`` nets take
+    ``info.clip_len`` samples.
+    """
+    base = AudioSettings()
+    if info.kind == "audio1d":
+        return dataclasses.replace(base, window_s=info.clip_len / base.sample_rate)
+    base = dataclasses.replace(base, n_mels=info.input_size)
+    frames = 1 + (round(base.window_s * base.sample_rate) - base.win_length) // base.hop
+    if frames == info.clip_len:
+        return base
+    samples = (info.clip_len - 1) * base.hop + base.win_length
+    return dataclasses.replace(base, window_s=samples / base.sample_rate)
+
+
+class AudioInputs(ModalityInputs):
+    """Audio windows centred on a clip (random in training, uniform clips in evaluation)."""
+
+    mix_before_model_input = True  # between-class learning mixes waveforms
+
+    def __init__(self, info: BackboneInfo, recipe: TrainRecipe, timeout_s: float = 60.0,
+                 settings: AudioSettings | None = None) -> None:
+        super().__init__(info, recipe, timeout_s)
+        if settings is None:
+            raise ValueError("AudioInputs needs the backbone's audio settings: use make_inputs(backbone, recipe)")
+        self.audio = settings
+        self.sampling = ClipSampling(mode="uniform", num_clips=1, frames_per_clip=1, random=True)
+        self.eval_sampling = ClipSampling(mode="uniform", num_clips=recipe.eval_clips, frames_per_clip=1)
+
+    def _windows(self, video: VideoMeta, idx: np.ndarray) -> np.ndarray:
+        decoded = decode_video(video.path, [], audio_rate=self.audio.sample_rate, timeout_s=self.timeout_s)
+        fps = video.fps if video.fps > 0 else decoded.fps
+        wave, valid = audio_windows(decoded.audio, self.audio.sample_rate, clip_times(idx, fps), self.audio.window_s)
+        if not valid.any():
+            raise NoAudioTrack(video.path, "no audio track" if decoded.audio is None else "the audio track is empty")
+        return wave[valid]  # (n, W)
+
+    def train_example(self, video: VideoMeta, rng: np.random.Generator) -> np.ndarray:
+        idx, _ = clip_frame_indices(video.n_frames, self.sampling, rng)  # (1, 1)
+        return self._windows(video, idx)[0]  # (W,)
+
+    def eval_clips(self, video: VideoMeta) -> np.ndarray:
+        idx, valid = clip_frame_indices(video.n_frames, self.eval_sampling)  # (K, 1)
+        return self._windows(video, idx[:valid])  # (K, W)
+
+    def to_model(self, x: torch.Tensor) -> torch.Tensor:
+        x = x.float()
+        if self.info.kind == "audio2d":
+            return log_mel(x, self.audio).unsqueeze(1)  # (B, W) -> (B, F, M) -> (B, 1, F, M)
+        return x.unsqueeze(1)  # (B, W) -> (B, 1, W)
+
+
+def make_inputs(backbone: Backbone, recipe: TrainRecipe, timeout_s: float = 60.0) -> ModalityInputs:
+    """The inputs of ``recipe.modality`` (resolved recipe) for ``backbone``."""
+    if recipe.modality == "rgb":
+        return RGBInputs(backbone.info, recipe, timeout_s)
+    if recipe.modality == "flow":
+        return FlowInputs(backbone.info, recipe, timeout_s)
+    return AudioInputs(backbone.info, recipe, timeout_s, settings=audio_settings(backbone.info))
