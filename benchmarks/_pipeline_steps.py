@@ -1,0 +1,397 @@
+"""The stages of ``python -m benchmarks.pipeline``: their shared context and helpers, one function each.
+
+Each stage function takes the :class:`Context` and ``fresh`` (True: the stage's settings or
+inputs changed since it last started, so its old outputs are dropped first; False: it
+continues what an interrupted run left) and returns a JSON-able result that describes what
+is now on disk (no timings: those live in the pipeline's state file), so a cached rerun
+reproduces the same summary. :mod:`benchmarks.pipeline` decides which stages run.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import logging
+import math
+import shutil
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+if TYPE_CHECKING:
+    from benchmarks.pipeline import PipelineConfig
+
+log = logging.getLogger(__name__)
+
+MODALITIES = ("rgb", "flow", "audio")
+SPLITS = ("val", "test")
+
+
+class PipelineError(Exception):
+    """A problem the user can fix (the message says how); the command prints it on one line."""
+
+
+@dataclass(frozen=True)
+class Workdir:
+    """Where the pipeline's files live: ``demo/``, ``demo.zarr``, ``runs/pipeline/``, summaries."""
+
+    root: Path
+
+    @property
+    def demo(self) -> Path:
+        return self.root / "demo"
+
+    @property
+    def store(self) -> Path:
+        return self.root / "demo.zarr"
+
+    @property
+    def runs(self) -> Path:
+        return self.root / "runs" / "pipeline"
+
+    @property
+    def state(self) -> Path:
+        return self.runs / "state.json"
+
+    @property
+    def summary_md(self) -> Path:
+        return self.root / "pipeline_summary.md"
+
+    @property
+    def summary_json(self) -> Path:
+        return self.root / "pipeline_summary.json"
+
+
+@dataclass
+class Context:
+    """What the stages share: the settings, the folders, and the results of earlier stages."""
+
+    config: PipelineConfig
+    work: Workdir
+    progress: bool = False
+    results: dict[str, dict[str, Any]] = field(default_factory=dict)
+
+
+def digest(obj: Any) -> str:
+    """A short stable hash of a JSON-able object."""
+    return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def file_sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def clean(obj: Any) -> Any:
+    """JSON-safe copy: numpy scalars to Python, NaN and inf to None."""
+    if isinstance(obj, dict):
+        return {str(k): clean(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [clean(v) for v in obj]
+    if isinstance(obj, (float, np.floating)):
+        return float(obj) if math.isfinite(obj) else None
+    if isinstance(obj, np.integer):
+        return int(obj)
+    return obj
+
+
+@contextlib.contextmanager
+def torch_threads(n: int) -> Iterator[None]:
+    """Run with ``n`` torch threads, then restore the previous count."""
+    import torch
+
+    previous = torch.get_num_threads()
+    torch.set_num_threads(max(1, n))
+    try:
+        yield
+    finally:
+        torch.set_num_threads(previous)
+
+
+def parallelism(config: PipelineConfig) -> tuple[str, int, int]:
+    """``(device, decode workers, torch threads)`` for training and extraction."""
+    import torch
+
+    from extract.settings import available_cores
+
+    device = "cuda" if config.device == "cuda" or (config.device == "auto" and torch.cuda.is_available()) else "cpu"
+    cores = available_cores()
+    if config.workers is not None:
+        workers = config.workers
+    else:
+        workers = min(8, max(1, cores - 1)) if device == "cuda" else max(1, min(4, cores // 2))
+    threads = 1 if device == "cuda" else max(1, cores - workers)
+    return device, workers, threads
+
+
+def family_ap(per_class: np.ndarray, families: dict[str, list[int]]) -> dict[str, float | None]:
+    """Mean AP of each class family (classes without positives left out)."""
+    out: dict[str, float | None] = {}
+    for family, idx in families.items():
+        ap = per_class[idx]
+        ap = ap[np.isfinite(ap)]
+        out[family] = float(ap.mean()) if ap.size else None
+    return out
+
+
+def score_run(fs: Any, run: str, families: dict[str, list[int]]) -> dict[str, Any]:
+    """Class mAP of a prediction run on the val and test rows, overall and per class family."""
+    from heads.metrics import class_map
+
+    scores, _ = fs.read_predictions(run)
+    labels = fs.labels()
+    out: dict[str, Any] = {}
+    for split in SPLITS:
+        rows = fs.split_rows(split)
+        if not len(rows) or not labels[rows].any():
+            out[split] = None
+            continue
+        res = class_map(scores[rows], labels[rows])
+        out[split] = {"class_map": res.value, **family_ap(res.per_class, families)}
+    return clean(out)
+
+
+def families_of(ctx: Context) -> dict[str, list[int]]:
+    """Class family -> class ids, from the demo's manifest result."""
+    fams = ctx.results["demo"]["families"]
+    classes = ctx.results["demo"]["classes"]
+    out: dict[str, list[int]] = {}
+    for i, c in enumerate(classes):
+        out.setdefault(fams[c], []).append(i)
+    return out
+
+
+# ------------------------------------------------------------------------------------ stages
+def demo_step(ctx: Context, fresh: bool) -> dict[str, Any]:
+    """Stage 1: the demo videos (``extract.demo.make_demo`` reuses every finished file)."""
+    from extract.demo import make_demo
+    from extract.errors import DemoConfigMismatch, DemoError
+
+    try:
+        manifest = make_demo(ctx.work.demo, ctx.config.demo_config(), progress=ctx.progress)
+    except (DemoConfigMismatch, DemoError) as err:
+        raise PipelineError(f"{err} -- the pipeline keeps demo/, demo.zarr and runs/pipeline/ in --workdir; "
+                            "give it another --workdir, or delete those to start over") from None
+    meta = json.loads(manifest.config_path.read_text(encoding="utf-8"))
+    return {"videos": manifest.n_videos, "splits": meta["split_counts"], "classes": list(manifest.classes),
+            "families": manifest.families, "config": manifest.config.to_dict()}
+
+
+def demo_is_intact(ctx: Context, result: dict[str, Any]) -> bool:
+    from extract.demo import load_demo
+    from extract.errors import DemoError
+
+    try:
+        return load_demo(ctx.work.demo).config.to_dict() == result["config"]
+    except (DemoError, ValueError, OSError):
+        return False
+
+
+def train_dir(ctx: Context, modality: str) -> Path:
+    return ctx.work.runs / "backbones" / f"{modality}_{ctx.config.backbone(modality)}"
+
+
+def train_step(ctx: Context, modality: str, fresh: bool) -> dict[str, Any]:
+    """Stage 2: train one backbone briefly on the demo's train split (``extract.training.fit``)."""
+    from tqdm.auto import tqdm
+
+    from extract.demo import load_demo
+    from extract.training import TrainData, fit
+
+    out = train_dir(ctx, modality)
+    if fresh and out.exists():
+        log.info("%s: the recipe or the videos changed; training again from scratch", out)
+        shutil.rmtree(out)
+    demo = load_demo(ctx.work.demo)
+    tr, va = demo.video_list("train"), demo.video_list("val")
+    data = TrainData(tr.videos, tr.label_matrix(), va.videos, va.label_matrix(), list(demo.classes))
+    recipe = ctx.config.recipe(modality)
+    _, workers, threads = parallelism(ctx.config)
+    bar = tqdm(unit="step", disable=not ctx.progress, leave=False, dynamic_ncols=True)
+
+    def on_step(epoch: int, step: int, steps: int, loss: float) -> None:
+        if step == 0:
+            bar.reset(total=steps)
+            bar.set_description(f"train {modality} epoch {epoch + 1}/{recipe.epochs}")
+        bar.update(1)
+        bar.set_postfix(loss=f"{loss:.4f}", refresh=False)
+
+    try:
+        with torch_threads(threads):
+            result = fit(recipe, data, out, resume=True, workers=workers, on_step=on_step)
+    finally:
+        bar.close()
+    last = result.history[-1] if result.history else {}
+    return clean({"modality": modality, "backbone": recipe.backbone,
+                  "weights": str(result.backbone_path.relative_to(ctx.work.root)),
+                  "sha256": file_sha256(result.backbone_path), "epochs": len(result.history),
+                  "val_class_map": last.get("class_map"), "train_loss": last.get("train_loss"),
+                  "recipe": result.recipe.to_dict()})
+
+
+def backbone_is_intact(ctx: Context, result: dict[str, Any]) -> bool:
+    path = ctx.work.root / result["weights"]
+    return path.is_file() and file_sha256(path) == result["sha256"]
+
+
+def _open_store(ctx: Context, mode: str = "r") -> Any:
+    from store import FeatureStore
+
+    return FeatureStore.open(ctx.work.store, mode)
+
+
+def extract_step(ctx: Context, fresh: bool) -> dict[str, Any]:
+    """Stage 3: RGB, flow and audio features from one decode per video (``extract.pipeline.extract``)."""
+    from tqdm.auto import tqdm
+
+    from extract import pipeline as xp
+    from extract.demo import load_demo
+    from extract.settings import BackboneChoice, ExtractSettings
+
+    cfg = ctx.config
+    demo = load_demo(ctx.work.demo)
+    names = {m: cfg.set_name(m) for m in MODALITIES}
+    if (ctx.work.store / "zarr.json").is_file():
+        fs = _open_store(ctx, "a")
+        if fs.classes != list(demo.classes):
+            raise PipelineError(f"{ctx.work.store} holds a store with other classes ({len(fs.classes)}, first "
+                                f"{fs.classes[0]!r}), not the demo's; give the pipeline another --workdir, or "
+                                f"delete {ctx.work.store}")
+        for name in names.values():
+            if fresh and name in fs.feature_sets():
+                log.info("%s: the backbone changed; extracting %s again", ctx.work.store, name)
+                fs.delete_feature_set(name)
+    weights = {m: str(ctx.work.root / ctx.results[f"train_{m}"]["weights"]) for m in MODALITIES}
+    choices = tuple(BackboneChoice(cfg.backbone(m), m, weights=weights[m], set_name=names[m]) for m in MODALITIES)
+    _, workers, threads = parallelism(cfg)
+    settings = ExtractSettings(backbones=choices, seed=cfg.seed, clips=cfg.clips, frames=cfg.frames, stride=cfg.stride,
+                               crop=cfg.crop, device=cfg.device, workers=workers, threads=threads)
+    bar = tqdm(desc="extract rgb+flow+audio", unit="video", disable=not ctx.progress, leave=False)
+
+    def on_progress(stats: Any) -> None:
+        bar.total, bar.n = stats.planned, stats.videos_done + stats.videos_failed
+        bar.update(0)
+
+    try:
+        stats = xp.extract(demo.videos_csv, ctx.work.store, settings, classes=demo.classes_path,
+                           on_progress=on_progress)
+    finally:
+        bar.close()
+    log.info("extracted %d videos (%d failed), %.2f decodes per video", stats.videos_done, stats.videos_failed,
+             stats.decodes_per_video)
+    fs = _open_store(ctx)
+    sets = {}
+    for m, name in names.items():
+        fset = fs.feature_set(name)
+        sets[m] = {"name": name, "clips": fset.spec.clips, "dim": fset.spec.dim, "done": int(fset.done().sum()),
+                   "errors": len(fset.errors()), "weights_sha256": fset.spec.weights_sha256}
+    return {"rows": fs.n_videos, "sets": sets}
+
+
+def store_is_intact(ctx: Context, result: dict[str, Any]) -> bool:
+    from store.errors import StoreError
+
+    try:
+        fs = _open_store(ctx)
+        return fs.n_videos == result["rows"] and all(
+            s["name"] in fs.feature_sets() and int(fs.feature_set(s["name"]).done().sum()) == s["done"]
+            for s in result["sets"].values())
+    except StoreError:
+        return False
+
+
+def sweep_step(ctx: Context, fresh: bool) -> dict[str, Any]:
+    """Stage 4: every head on every modality, k-fold out-of-fold (``heads.sweep.run_sweep``)."""
+    from extract.settings import available_cores
+    from heads.sweep import local_cluster, run_sweep
+
+    cfg = ctx.config
+    configs = cfg.head_configs()
+    cores = available_cores()
+    if cfg.sweep_workers:
+        from distributed import Client
+
+        logging.getLogger("distributed").setLevel(logging.WARNING)
+        with local_cluster(cfg.sweep_workers) as cluster, Client(cluster) as client:
+            table = run_sweep(ctx.work.store, configs, client=client, resume=not fresh, progress=ctx.progress,
+                              torch_threads=max(1, cores // cfg.sweep_workers))
+    else:
+        table = run_sweep(ctx.work.store, configs, torch_threads=cores, resume=not fresh, progress=ctx.progress)
+    fs, fams = _open_store(ctx), families_of(ctx)
+    modality_of = {cfg.set_name(m): m for m in MODALITIES}
+    runs = []
+    for row in table.to_dict("records"):
+        ok = row["status"] != "failed"
+        runs.append({"modality": modality_of[row["features"]], "features": row["features"], "head": row["head"],
+                     "run": row["run"], "status": "ok" if ok else "failed", "error": row["error"] or None,
+                     "scores": score_run(fs, row["run"], fams) if ok else None})
+    order = {(m, h): i for i, (m, h) in enumerate((m, h) for m in MODALITIES for h in cfg.heads)}
+    runs.sort(key=lambda r: order[(r["modality"], r["head"])])
+    failed = [r for r in runs if r["status"] == "failed"]
+    for r in failed:
+        log.warning("head %s on %s failed: %s", r["head"], r["features"], r["error"])
+    if len(failed) == len(runs):
+        raise PipelineError(f"every head of the sweep failed; the first: {failed[0]['error']}")
+    return clean({"runs": runs})
+
+
+def runs_are_intact(ctx: Context, result: dict[str, Any]) -> bool:
+    runs = set(_open_store(ctx).prediction_runs())
+    listed = result.get("runs", [])
+    return all(r["status"] == "ok" and r["run"] in runs for r in listed) and bool(listed)
+
+
+def knn_step(ctx: Context, fresh: bool) -> dict[str, Any]:
+    """Stage 5: kNN label transfer per modality, train rows out-of-fold (``heads.knn.write_knn_run``)."""
+    from heads.knn import write_knn_run
+
+    cfg = ctx.config
+    fs, fams = _open_store(ctx, "a"), families_of(ctx)
+    runs = []
+    for m in MODALITIES:
+        name = cfg.set_name(m)
+        knn = write_knn_run(fs, name, run=f"knn_{name}", k=cfg.knn_k, folds=cfg.folds, seed=cfg.seed)
+        runs.append({"modality": m, "features": name, "head": f"knn k={cfg.knn_k}", "run": knn.run, "status": "ok",
+                     "scores": score_run(fs, knn.run, fams)})
+    return clean({"runs": runs})
+
+
+def fusion_step(ctx: Context, fresh: bool) -> dict[str, Any]:
+    """Stage 6: stack the best head of each modality (by val class mAP) on out-of-fold train scores."""
+    from fusion import fuse_runs, write_report
+
+    cfg = ctx.config
+    best: dict[str, tuple[str, float]] = {}
+    for r in ctx.results["sweep"]["runs"]:
+        val = ((r["scores"] or {}).get("val") or {}).get("class_map")
+        if r["status"] == "ok" and val is not None and (r["modality"] not in best or val > best[r["modality"]][1]):
+            best[r["modality"]] = (r["run"], val)
+    if not best:
+        raise PipelineError("no head run has a val class mAP to choose by; the demo needs val videos (--videos)")
+    inputs = {m: best[m][0] for m in MODALITIES if m in best}
+    fused = f"fused_{cfg.fusion}"
+    result = fuse_runs(ctx.work.store, list(inputs.values()), method=cfg.fusion,
+                       compare=[c for c in cfg.compare if c != cfg.fusion], fit_split="train", eval_split="test",
+                       write_as=fused, overwrite=True)
+    report = write_report(result, ctx.work.runs / "fusion")
+    fams = families_of(ctx)
+    metrics = ("class_map", "sample_map", "gap20")
+    methods = {name: {**{k: o.metrics[k] for k in metrics}, **family_ap(o.per_class_ap, fams)}
+               for name, o in result.methods.items()}
+    input_metrics = {run: {**{k: result.input_metrics[run][k] for k in metrics},
+                           **family_ap(result.input_ap[run], fams)} for run in result.inputs}
+    return clean({"inputs": inputs, "fused_run": fused, "fit_split": "train", "eval_split": "test",
+                  "fit_rows": len(result.plan.fit_rows), "eval_rows": len(result.plan.eval_rows),
+                  "methods": methods, "input_metrics": input_metrics,
+                  "report": str(report.relative_to(ctx.work.root))})
+
+
+def fusion_is_intact(ctx: Context, result: dict[str, Any]) -> bool:
+    return result["fused_run"] in _open_store(ctx).prediction_runs() and (ctx.work.root / result["report"]).is_file()
