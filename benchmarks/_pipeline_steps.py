@@ -179,9 +179,28 @@ def demo_step(ctx: Context, fresh: bool) -> dict[str, Any]:
     except (DemoConfigMismatch, DemoError) as err:
         raise PipelineError(f"{err} -- the pipeline keeps demo/, demo.zarr and runs/pipeline/ in --workdir; "
                             "give it another --workdir, or delete those to start over") from None
+    check_store(ctx, manifest)  # before the backbones train, not after
     meta = json.loads(manifest.config_path.read_text(encoding="utf-8"))
     return {"videos": manifest.n_videos, "splits": meta["split_counts"], "classes": list(manifest.classes),
             "families": manifest.families, "config": manifest.config.to_dict()}
+
+
+def check_store(ctx: Context, demo: Any) -> None:
+    """Refuse a ``demo.zarr`` made from other videos (other classes, other rows or splits)."""
+    if not (ctx.work.store / "zarr.json").is_file():
+        return
+    fs = _open_store(ctx)
+    listed = demo.video_list().videos.set_index("id")["split"]
+    have = fs.videos(["id", "split"]).set_index("id")["split"]
+    common = have.index.intersection(listed.index)
+    if fs.classes != list(demo.classes):
+        problem = f"a store with other classes ({len(fs.classes)}, the first {fs.classes[0]!r})"
+    elif len(common) < len(have) or (have[common] != listed[common]).any():
+        problem = "the videos of another demo (other rows or splits)"
+    else:
+        return
+    raise PipelineError(f"{ctx.work.store} holds {problem}, not this demo's; give the pipeline another --workdir, "
+                        f"or delete {ctx.work.store}")
 
 
 def demo_is_intact(ctx: Context, result: dict[str, Any]) -> bool:
@@ -258,12 +277,9 @@ def extract_step(ctx: Context, fresh: bool) -> dict[str, Any]:
     cfg = ctx.config
     demo = load_demo(ctx.work.demo)
     names = {m: cfg.set_name(m) for m in MODALITIES}
+    check_store(ctx, demo)
     if (ctx.work.store / "zarr.json").is_file():
         fs = _open_store(ctx, "a")
-        if fs.classes != list(demo.classes):
-            raise PipelineError(f"{ctx.work.store} holds a store with other classes ({len(fs.classes)}, first "
-                                f"{fs.classes[0]!r}), not the demo's; give the pipeline another --workdir, or "
-                                f"delete {ctx.work.store}")
         for name in names.values():
             if fresh and name in fs.feature_sets():
                 log.info("%s: the backbone changed; extracting %s again", ctx.work.store, name)

@@ -20,9 +20,9 @@ stage downstream of it. A rerun with nothing changed takes seconds.
 
 Examples::
 
-    python -m benchmarks.pipeline                      # --size small: 200 videos, ~15 min on 2 cores
-    python -m benchmarks.pipeline --size tiny --workdir /tmp/p   # the smoke test's recipe, ~1 min
-    python -m benchmarks.pipeline --size full --device cuda      # 1000 videos, longer training
+    python -m benchmarks.pipeline                      # --size small: 600 videos, ~11 min on 2 CPU cores
+    python -m benchmarks.pipeline --size tiny --workdir /tmp/p   # the smoke test's recipe, ~30 s
+    python -m benchmarks.pipeline --size full --device cuda      # 3000 videos at 112 px: for a GPU
     python -m benchmarks.pipeline --epochs 30 --heads mean_mlp,netvlad,nextvlad
 
 Exit status: 0 done, 2 a problem the user can fix (one ``error: ...`` line), 130 interrupted
@@ -382,8 +382,9 @@ def _parser() -> argparse.ArgumentParser:
                                 epilog="\n\n".join(__doc__.split("\n\n")[1:]).replace("``", ""),
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--size", choices=tuple(SIZES), default="small",
-                   help="preset: tiny (24 videos of 1 s at 48 px, 1 epoch: the smoke test), small (default: "
-                        f"{d.videos} videos, {d.epochs} epochs, ~15 min on 2 cores), full (1000 videos, 30 epochs)")
+                   help="preset: tiny (24 videos of 1 s at 48 px, 1 epoch: the smoke test, ~30 s), small (default: "
+                        f"{d.videos} videos at {d.size} px, {d.epochs} epochs, ~11 min on 2 CPU cores), full (3000 "
+                        "videos at 112 px, 40 epochs: for a GPU)")
     p.add_argument("--tiny", dest="size", action="store_const", const="tiny", help="the same as --size tiny")
     p.add_argument("--workdir", type=Path, default=Path("."),
                    help="where demo/, demo.zarr, runs/pipeline/ and pipeline_summary.{md,json} go (default: .)")

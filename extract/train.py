@@ -114,7 +114,7 @@ def _recipe_flags(p: argparse.ArgumentParser) -> None:
                    help="evaluation resize before the centre crop (default: crop * 8/7, as extract.run)")
     g.add_argument("--scale", type=_scale, default=S, metavar="LOW,HIGH",
                    help="training short side = short side x U(LOW, HIGH), then a random crop (default: 1.0,1.25)")
-    g.add_argument("--flip", action=argparse.BooleanOptionalAction, default=S, help="random flips (default: on)")
+    g.add_argument("--flip", action=argparse.BooleanOptionalAction, default=S, help="random horizontal flips (default: off; mirroring swaps left/right and cw/ccw motion without swapping labels)")
     g.add_argument("--frames", type=int, default=S, help="frames per clip (default: the backbone's clip length)")
     g.add_argument("--stride", type=int, default=S, help=f"frame step in a clip (default: {_R.stride})")
     g.add_argument("--train-segments", dest="train_segments", type=int, default=S,

@@ -75,7 +75,10 @@ class TrainRecipe:
             as ``extract.run``).
         scale: training short side = ``short_side`` x a uniform draw in this range (at
             least ``crop``); the crop position is uniform.
-        flip: random horizontal flips in training (flow: x changes sign).
+        flip: random horizontal flips in training (flow: x changes sign). Off by default:
+            a mirrored clip turns "moves right" into "moves left" (and clockwise into
+            anticlockwise) without changing its labels; turn it on only for label sets
+            that are mirror-invariant.
         train_stages: fine-tune only the last k stages (the classifier counts as one);
             0 = train everything.
         frames: frames per clip (None = the backbone's clip length).
@@ -114,7 +117,7 @@ class TrainRecipe:
     crop: int | None = None
     short_side: int | None = None
     scale: tuple[float, float] = (1.0, 1.25)
-    flip: bool = True
+    flip: bool = False
     train_stages: int = 0
     frames: int | None = None
     stride: int = 1

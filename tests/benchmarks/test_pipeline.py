@@ -21,6 +21,7 @@ from benchmarks import pipeline
 from benchmarks._pipeline_steps import MODALITIES
 from extract.demo import DemoConfig, make_demo
 from store import FeatureStore
+from store.testing import make_synthetic_store
 from store.verify import verify_store
 
 TINY = pipeline.PipelineConfig(**pipeline.SIZES["tiny"])
@@ -125,3 +126,9 @@ def test_user_errors_are_one_line_and_exit_2(tmp_path, capsys):
     assert pipeline.main(["--tiny", "--folds", "1", "--workdir", str(tmp_path)]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("error: ") and "folds" in err[0]
+    other = tmp_path / "other"  # a demo.zarr of other classes is refused before any training
+    make_synthetic_store(other / "demo.zarr", n_videos=10, n_classes=3)
+    assert pipeline.main(["--tiny", "--workdir", str(other), "-q"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "demo.zarr holds a store with other classes" in err[0]
+    assert not (other / "runs" / "pipeline" / "backbones").exists()
