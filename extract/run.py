@@ -30,10 +30,10 @@ import argparse
 import logging
 import sys
 import time
-import tomllib
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from extract._config import read_toml_config
 from extract.errors import DemoError, ExtractError
 from extract.flow import FLOW_ALGORITHMS
 from extract.settings import DEVICES, MODALITIES, BackboneChoice, ExtractSettings, parse_shard
@@ -284,33 +284,6 @@ def _parser() -> argparse.ArgumentParser:
     return p
 
 
-def _config_defaults(parser: argparse.ArgumentParser, path: Path) -> None:
-    """Apply a TOML file's keys as parser defaults (unknown keys are an error)."""
-    try:
-        with open(path, "rb") as f:
-            cfg = tomllib.load(f)
-    except FileNotFoundError:
-        raise ExtractError(f"{path}: config file not found") from None
-    except tomllib.TOMLDecodeError as err:
-        raise ExtractError(f"{path}: not valid TOML ({err})") from None
-    dests = {a.dest: a for a in parser._actions if a.dest not in ("help", "config")}
-    aliases = {
-        s.lstrip("-").replace("-", "_"): a.dest for a in parser._actions for s in a.option_strings
-    }
-    values = {}
-    for key, value in cfg.items():
-        dest = aliases.get(key.replace("-", "_"), key.replace("-", "_"))
-        if dest not in dests:
-            raise ExtractError(
-                f"{path}: unknown key {key!r}; keys are the flag names: {', '.join(sorted(aliases))}"
-            )
-        action = dests[dest]
-        if action.type is Path and value is not None:
-            value = Path(value)
-        values[dest] = value
-    parser.set_defaults(**values)
-
-
 def _as_list(value) -> list[str]:
     """A repeatable flag's value (None, a string from a config file, or a list)."""
     if value is None:
@@ -514,7 +487,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         known, _ = parser.parse_known_args(argv)
         if known.config:
-            _config_defaults(parser, known.config)
+            parser.set_defaults(**read_toml_config(parser, known.config))
         args = parser.parse_args(argv)
         logging.basicConfig(
             level=logging.INFO if args.verbose else logging.WARNING,

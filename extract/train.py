@@ -29,10 +29,10 @@ import json
 import logging
 import math
 import sys
-import tomllib
 from pathlib import Path
 from typing import Any
 
+from extract._config import read_toml_config
 from extract.errors import DemoError, ExtractError
 from extract.training.recipe import CLASS_WEIGHTS, MODALITIES, OPTIMIZERS, SCHEDULES, TrainRecipe
 from store.errors import StoreError
@@ -172,25 +172,9 @@ def parser_default(key: str) -> Any:
 
 def _read_config(parser: argparse.ArgumentParser, path: Path) -> dict[str, Any]:
     """TOML keys (flag or field names) -> values; recipe fields are returned, run flags become defaults."""
-    try:
-        with open(path, "rb") as f:
-            cfg = tomllib.load(f)
-    except FileNotFoundError:
-        raise ExtractError(f"{path}: config file not found") from None
-    except tomllib.TOMLDecodeError as err:
-        raise ExtractError(f"{path}: not valid TOML ({err})") from None
-    dests = {a.dest for a in parser._actions} - {"help", "config"}
-    aliases = {s.lstrip("-").replace("-", "_"): a.dest for a in parser._actions for s in a.option_strings}
-    recipe, run = {}, {}
-    for key, value in cfg.items():
-        dest = aliases.get(key.replace("-", "_"), key.replace("-", "_"))
-        if dest in _RECIPE_FIELDS:
-            recipe[dest] = value
-        elif dest in dests:
-            run[dest] = Path(value) if dest in _RUN_KEYS + ("out",) and value is not None else value
-        else:
-            raise ExtractError(f"{path}: unknown key {key!r}; keys are the flag names of --help")
-    parser.set_defaults(**run)
+    values = read_toml_config(parser, path, extra_keys=_RECIPE_FIELDS)
+    recipe = {k: v for k, v in values.items() if k in _RECIPE_FIELDS}
+    parser.set_defaults(**{k: v for k, v in values.items() if k not in _RECIPE_FIELDS})
     return recipe
 
 
