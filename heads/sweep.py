@@ -180,12 +180,11 @@ def completed_runs(store: FeatureStore) -> dict[str, tuple[str, dict[str, Any]]]
     """
     out: dict[str, tuple[str, dict[str, Any]]] = {}
     for run in store.prediction_runs():
-        group = store.root[f"predictions/{run}"]
-        attrs = dict(group.attrs.get("attrs", {}))
+        attrs = store.prediction_attrs(run)
         digest = attrs.get("config_hash")
         if not digest:
             continue
-        if group["scores"].shape[0] != store.n_videos:
+        if store.prediction_rows(run) != store.n_videos:
             log.info("run %s predates the last append: its configuration is trained again", run)
             continue
         out.setdefault(digest, (run, attrs))

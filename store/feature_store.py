@@ -389,6 +389,14 @@ class FeatureStore:
         g = self._run_group(run)
         return np.asarray(g["scores"][:]), dict(g.attrs["attrs"])
 
+    def prediction_attrs(self, run: str) -> dict[str, Any]:
+        """A run's attrs, without reading its scores (metadata only)."""
+        return dict(self._run_group(run).attrs["attrs"])
+
+    def prediction_rows(self, run: str) -> int:
+        """How many rows a run scores (below N if videos were appended after it)."""
+        return int(self._run_group(run)["scores"].shape[0])
+
     def read_prediction_folds(self, run: str) -> np.ndarray:
         return np.asarray(self._run_group(run)["fold"][:])
 

@@ -61,7 +61,7 @@ def describe(path: str | Path, max_classes: int = 20) -> str:
     if not fs.feature_sets():
         lines.append("features     none")
     for run in fs.prediction_runs():
-        _, attrs = fs.read_predictions(run)
+        attrs = fs.prediction_attrs(run)
         metric = attrs.get("metrics", {})
         shown = ", ".join(f"{k} {v:.4f}" for k, v in metric.items() if isinstance(v, (int, float)))
         lines.append(f"predictions  {run}: head {attrs.get('head', '?')}" + (f"; {shown}" if shown else ""))

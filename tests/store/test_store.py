@@ -97,6 +97,7 @@ def test_predictions_round_trip_and_replace(store):
     np.testing.assert_array_equal(got, s)
     assert attrs["head"] == "netvlad"
     np.testing.assert_array_equal(store.read_prediction_folds("run1"), np.arange(10) % 3)
+    assert store.prediction_attrs("run1") == attrs and store.prediction_rows("run1") == 10
     store.write_predictions("run1", s * 0, {"head": "mean"})
     assert store.read_predictions("run1")[1]["head"] == "mean" and store.prediction_runs() == ["run1"]
 
