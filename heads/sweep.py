@@ -49,12 +49,12 @@ from heads._train_data import (
     check_feature_sets,
     estimate_bytes,
 )
-from heads.trainer import TrainConfig, train_head
+from heads.trainer import TrainConfig, build_head, train_head
 from store.errors import StoreError
 from store.feature_store import FeatureStore
 
-__all__ = ["METRICS", "available_cores", "completed_runs", "dashboard_link", "local_cluster", "plan_sweep",
-           "results_table", "run_sweep", "train_task", "worker_cache"]
+__all__ = ["METRICS", "available_cores", "completed_runs", "dashboard_link", "estimate_cost", "local_cluster",
+           "plan_sweep", "results_table", "run_sweep", "train_task", "worker_cache"]
 
 log = logging.getLogger(__name__)
 
@@ -191,12 +191,30 @@ def completed_runs(store: FeatureStore) -> dict[str, tuple[str, dict[str, Any]]]
     return out
 
 
+def estimate_cost(config: TrainConfig, clips: int, dim: int, num_classes: int) -> float:
+    """Relative training cost of ``config``: forward FLOPs per video x epochs x models trained.
+
+    Counted by ``torch.utils.flop_counter`` on one forward pass of a 2-video batch (milliseconds
+    for a head); the sweep starts the most expensive configurations first, so that no long one is
+    left running alone at the end while the other workers idle (longest-processing-time order).
+    """
+    from torch.utils.flop_counter import FlopCounterMode
+
+    with torch.random.fork_rng(devices=[]):
+        model = build_head(config, dim, num_classes).train()
+        x, mask = torch.zeros(2, clips, dim), torch.ones(2, clips, dtype=torch.bool)
+        with torch.no_grad(), FlopCounterMode(display=False) as counter:
+            model(x, mask)
+    return counter.get_total_flops() / 2 * config.epochs * max(1, config.folds)
+
+
 def plan_sweep(store: FeatureStore | str | Path, configs: Sequence[TrainConfig], *,
                resume: bool = True) -> tuple[list[TrainConfig], dict[str, Outcome]]:
     """Check a sweep against the store and split it into what to train and what is there already.
 
     Returns:
-        ``(configurations to train, {config hash: outcome of a run already in the store})``.
+        ``(configurations to train, most expensive first (:func:`estimate_cost`),
+        {config hash: outcome of a run already in the store})``.
 
     Raises:
         FeatureSetNotFound / ShapeMismatch: a configuration names a feature set the store lacks,
@@ -206,7 +224,7 @@ def plan_sweep(store: FeatureStore | str | Path, configs: Sequence[TrainConfig],
     fs = store if isinstance(store, FeatureStore) else FeatureStore.open(store, "r")
     fs.refresh()  # runs and rows written since it was opened
     for features in dict.fromkeys(c.features for c in configs):
-        check_feature_sets(fs, features)
+        check_feature_sets(fs, features)  # every set, also of configurations already trained
     names = {c.config_hash(): c.default_run_name() for c in configs}
     if len(set(names.values())) != len(names):  # two hashes with the same first 8 digits
         raise ValueError("two configurations would write the same run name; change a setting of one of them")
@@ -214,6 +232,9 @@ def plan_sweep(store: FeatureStore | str | Path, configs: Sequence[TrainConfig],
     cached = {h: {"status": "cached", "run": done[h][0], "metrics": done[h][1].get("metrics", {})}
               for h in names if h in done}
     todo = list({c.config_hash(): c for c in configs if c.config_hash() not in cached}.values())
+    shapes = {f: check_feature_sets(fs, f) for f in {c.features for c in todo}}
+    cost = {c.config_hash(): estimate_cost(c, *shapes[c.features], len(fs.classes)) for c in todo}
+    todo.sort(key=lambda c: -cost[c.config_hash()])  # stable: equal costs keep the grid's order
     return todo, cached
 
 
@@ -268,7 +289,8 @@ def _run_on_dask(client: Any, path: str, todo: list[TrainConfig], torch_threads:
 
     token = uuid.uuid4().hex[:8]  # a fresh key per sweep: a rerun never picks up an old task's result
     futures = {client.submit(train_task, path, c, c.default_run_name(), torch_threads, before_train, pure=False,
-                             retries=retries, key=f"train-{c.default_run_name()}-{token}"): c for c in todo}
+                             retries=retries, priority=len(todo) - i, key=f"train-{c.default_run_name()}-{token}"): c
+               for i, c in enumerate(todo)}  # todo is most expensive first: run in that order
     try:
         for future in as_completed(futures):
             try:

@@ -31,7 +31,9 @@ def nearest_band(freq, settings):
 
 def reference_filterbank(sr, n_fft, n_mels, f_min, f_max):
     """Loop-by-loop triangles in the mel domain (VGGish's definition)."""
-    mel = lambda f: 1127.0 * np.log(1.0 + f / 700.0)
+    def mel(f):
+        return 1127.0 * np.log(1.0 + f / 700.0)
+
     edges = [mel(f_min) + i * (mel(f_max) - mel(f_min)) / (n_mels + 1) for i in range(n_mels + 2)]
     bank = np.zeros((n_fft // 2 + 1, n_mels))
     for k in range(1, n_fft // 2 + 1):  # bin 0 (DC) gets no weight

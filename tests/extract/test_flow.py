@@ -150,9 +150,9 @@ def test_clip_flow_stack_tsn_channels(moving_video):
     assert stack.shape == (2, 2, 3, 24, 24)
     channels = flow_stack_channels(stack, 3)
     assert channels.shape == (2, 6, 1, 24, 24)
-    for l in range(3):
-        np.testing.assert_array_equal(channels[:, 2 * l, 0], stack[:, 0, l])  # x_l
-        np.testing.assert_array_equal(channels[:, 2 * l + 1, 0], stack[:, 1, l])  # y_l
+    for t in range(3):
+        np.testing.assert_array_equal(channels[:, 2 * t, 0], stack[:, 0, t])  # x_t
+        np.testing.assert_array_equal(channels[:, 2 * t + 1, 0], stack[:, 1, t])  # y_t
 
 
 def test_flow_stack_channels_order_by_hand():

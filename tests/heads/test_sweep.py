@@ -21,7 +21,7 @@ import pytest
 
 import heads.sweep
 from heads._grid import GridError, expand_grid, load_grid
-from heads.sweep import main, results_table, run_sweep, worker_cache
+from heads.sweep import estimate_cost, main, plan_sweep, results_table, run_sweep, worker_cache
 from heads.trainer import FeatureCache, TrainConfig, train_head
 from store import FeatureSetSpec
 from store.testing import make_synthetic_store
@@ -233,6 +233,22 @@ def test_serial_sweep_reports_a_failed_config_and_goes_on(tmp_path):
     assert fs.prediction_runs() == [good.default_run_name()]
     rerun = run_sweep(fs.path, [bad, good], progress=False, resume=False, before_train=Recorder(str(tmp_path / "c")))
     assert list(rerun["status"]) == ["done", "failed"] and len(_calls(tmp_path / "c")) == 2
+
+
+def test_estimate_cost_counts_the_heads_flops_by_hand():
+    linear = TrainConfig(features=("x",), head="mean_mlp", head_kwargs={"hidden_dim": None}, epochs=3)
+    assert estimate_cost(linear, clips=4, dim=16, num_classes=5) == 2 * 16 * 5 * 3  # one D x C matmul per video
+    hidden = TrainConfig(features=("x",), head="mean_mlp", head_kwargs={"hidden_dim": 8}, epochs=3, folds=4)
+    assert estimate_cost(hidden, clips=4, dim=16, num_classes=5) == 2 * (16 * 8 + 8 * 5) * 3 * 4
+
+
+def test_plan_sweep_starts_the_most_expensive_configurations_first(tmp_path):
+    fs = _store(tmp_path / "s.zarr")
+    configs = [TrainConfig(**{**BASE, "head": "netvlad", "head_kwargs": {"num_clusters": k}, "epochs": e})
+               for k, e in ((2, 1), (8, 1), (4, 1), (2, 10))]  # cost grows with the clusters (< linearly)
+    todo, cached = plan_sweep(fs, configs)
+    assert not cached
+    assert [(c.head_kwargs["num_clusters"], c.epochs) for c in todo] == [(2, 10), (8, 1), (4, 1), (2, 1)]
 
 
 def test_worker_cache_is_reused_until_the_store_grows(tmp_path):
