@@ -15,6 +15,20 @@ Temporal kernels as in the paper's Table 1: Slow stem 1x7x7, first conv of the b
 in res2/res3 and 3 in res4/res5; Fast stem 5x7x7 and 3 in every block. No temporal
 striding, so the Slow pathway keeps T/alpha frames throughout. ``slowfast_r50`` is the
 4x16 model: 32-frame clips (the Slow pathway sees 4 of them), 224 px, D = 2048 + 256.
+
+Temporal shift (``shift_div > 0``; TSM, Lin, Gan and Han 2019, on both pathways): before
+the first conv of every residual block, channels ``[0, fold)`` of frame t take frame t+1's
+values and channels ``[fold, 2 fold)`` frame t-1's (zeros past the ends of the clip),
+``fold = C_in // shift_div``, as :func:`extract.backbones.tsm.temporal_shift` does for 2D
+nets. The shortcut keeps the unshifted input (TSM's residual shift)::
+
+    block(x) = relu(bn3(conv3(relu(bn2(conv2(relu(bn1(conv1(shift(x))))))))) + shortcut(x))
+
+The shifting conv is a :class:`TemporalPadConv3d` subclass, so the state_dict and the
+parameter count are those of the unshifted model (a SlowFast checkpoint loads as is). A
+block whose input has fewer than ``shift_div`` channels (``fold = 0``) is left unshifted.
+The shift is recorded in the name: ``slowfast_shift_r50`` / ``slowfast_shift_tiny`` are
+registered with ``shift_div = 8``; another ``shift_div`` gives ``slowfast_shift4_r50``...
 """
 
 from __future__ import annotations
@@ -29,12 +43,24 @@ from extract.backbones.i3d_nonlocal import (
     EXPANSION,
     PYSLOWFAST_MEAN,
     PYSLOWFAST_STD,
+    TemporalPadConv3d,
     make_layer3d,
 )
 from extract.backbones.registry import Backbone, BackboneInfo, register_backbone
 from extract.backbones.weights import adapt_first_conv
 
-__all__ = ["FastToSlow", "SlowFast", "slowfast_r50", "slowfast_r101", "slowfast_tiny"]
+__all__ = [
+    "FastToSlow",
+    "ShiftConv3d",
+    "SlowFast",
+    "shifted_name",
+    "slowfast_r50",
+    "slowfast_r101",
+    "slowfast_shift_r50",
+    "slowfast_shift_tiny",
+    "slowfast_tiny",
+    "temporal_shift_5d",
+]
 
 #: Blocks per stage for each depth.
 DEPTHS = {50: (3, 4, 6, 3), 101: (3, 4, 23, 3)}
@@ -45,6 +71,67 @@ SLOW_TEMPORAL = (1, 1, 3, 3)
 FAST_TEMPORAL = (3, 3, 3, 3)
 FUSION_KERNEL = 5
 FUSION_RATIO = 2
+#: shift_div of the registered ``slowfast_shift_*`` variants (TSM's 1/8 each way).
+SHIFT_DIV = 8
+
+
+def temporal_shift_5d(x: Tensor, shift_div: int = SHIFT_DIV) -> Tensor:
+    """:func:`~extract.backbones.tsm.temporal_shift` for ``(N, C, T, H, W)`` clips.
+
+    Args:
+        x: ``(N, C, T, H, W)`` features.
+        shift_div: 1/fraction of channels shifted each way; ``fold = C // shift_div``.
+
+    Returns:
+        Same shape: ``out[:, :fold, t] = x[:, :fold, t+1]``,
+        ``out[:, fold:2fold, t] = x[:, fold:2fold, t-1]`` (zeros past either end), other
+        channels unchanged.
+    """
+    if x.ndim != 5:
+        raise ValueError(f"temporal_shift_5d expects (N, C, T, H, W), got shape {tuple(x.shape)}")
+    fold = x.shape[1] // shift_div
+    out = torch.zeros_like(x)
+    out[:, :fold, :-1] = x[:, :fold, 1:]  # frame t <- frame t+1
+    out[:, fold : 2 * fold, 1:] = x[:, fold : 2 * fold, :-1]  # frame t <- frame t-1
+    out[:, 2 * fold :] = x[:, 2 * fold :]
+    return out
+
+
+class ShiftConv3d(TemporalPadConv3d):
+    """A :class:`TemporalPadConv3d` that applies :func:`temporal_shift_5d` to its input first."""
+
+    shift_div: int = SHIFT_DIV
+
+    @classmethod
+    def from_conv(cls, conv: TemporalPadConv3d, shift_div: int) -> ShiftConv3d:
+        """A shifting copy of ``conv`` (same hyper-parameters, same parameter tensors).
+
+        Building the copy draws no random numbers, so a shifted net has the same initial
+        weights as the unshifted one under the same seed.
+        """
+        with torch.random.fork_rng(devices=[]):
+            new = cls(
+                conv.in_channels,
+                conv.out_channels,
+                conv.kernel_size,
+                stride=conv.stride,
+                temporal_padding="replicate" if conv.time_pad else "zeros",
+            )
+        new.weight = conv.weight
+        new.shift_div = shift_div
+        return new
+
+    def forward(self, x: Tensor) -> Tensor:
+        return super().forward(temporal_shift_5d(x, self.shift_div))
+
+
+def shifted_name(name: str, shift_div: int) -> str:
+    """The variant name recording ``shift_div``: ``slowfast_r50`` -> ``slowfast_shift_r50`` (8),
+    ``slowfast_shift4_r50`` (4); ``name`` itself for 0."""
+    if shift_div == 0:
+        return name
+    tag = "shift" if shift_div == SHIFT_DIV else f"shift{shift_div}"
+    return name.replace("slowfast_", f"slowfast_{tag}_", 1)
 
 
 class FastToSlow(nn.Module):
@@ -86,7 +173,7 @@ def _stem(out_channels: int, temporal_kernel: int) -> nn.Sequential:
 
 
 def slowfast_trunk(
-    layers: Sequence[int], widths: Sequence[int], alpha: int, beta_inv: int
+    layers: Sequence[int], widths: Sequence[int], alpha: int, beta_inv: int, shift_div: int = 0
 ) -> tuple[dict[str, nn.Module], int]:
     """The modules of a randomly initialised SlowFast and its feature dim.
 
@@ -96,9 +183,16 @@ def slowfast_trunk(
             channels. The Fast pathway has ``widths / beta_inv``.
         alpha: frame-rate ratio (the Slow pathway takes every alpha-th frame).
         beta_inv: channel ratio 1 / beta.
+        shift_div: 0 for none, else every block of both pathways shifts 1/shift_div of
+            its input channels each way in time before its first conv (module docstring).
     """
     if alpha < 1 or beta_inv < 1:
         raise ValueError(f"alpha and beta_inv must be positive integers, got {alpha}, {beta_inv}")
+    if shift_div != 0 and shift_div < 2:
+        raise ValueError(
+            f"shift_div must be 0 (no temporal shift) or >= 2 (2/shift_div of the channels "
+            f"move), got {shift_div}"
+        )
     if any(w % beta_inv for w in widths):
         raise ValueError(
             f"the widths {tuple(widths)} must be multiples of beta_inv={beta_inv} "
@@ -120,6 +214,10 @@ def slowfast_trunk(
         trunk[f"fast_layer{i + 1}"] = make_layer3d(
             fast_in, fast_widths[i], blocks, stride=stride, temporal_kernels=(FAST_TEMPORAL[i],)
         )
+        if shift_div:
+            for layer in (trunk[f"slow_layer{i + 1}"], trunk[f"fast_layer{i + 1}"]):
+                for block in layer:
+                    block.conv1 = ShiftConv3d.from_conv(block.conv1, shift_div)
         slow_in, fast_in = widths[i] * EXPANSION, fast_widths[i] * EXPANSION
         if i < 3:
             trunk[f"fuse{i + 1}"] = FastToSlow(fast_in, alpha)
@@ -183,10 +281,11 @@ def _slowfast(
     clip_len: int,
     alpha: int,
     beta_inv: int,
+    shift_div: int,
 ) -> SlowFast:
-    trunk, feature_dim = slowfast_trunk(layers, widths, alpha, beta_inv)
+    trunk, feature_dim = slowfast_trunk(layers, widths, alpha, beta_inv, shift_div)
     info = BackboneInfo(
-        name=name,
+        name=shifted_name(name, shift_div),
         kind="clip3d",
         feature_dim=feature_dim,
         clip_len=clip_len,
@@ -207,6 +306,7 @@ def slowfast_r50(
     clip_len: int = 32,
     alpha: int = 8,
     beta_inv: int = 8,
+    shift_div: int = 0,
 ) -> SlowFast:
     """SlowFast R50 4x16: 32x224x224 clips, Slow on 4 frames (alpha 8), beta 1/8, D=2304."""
     return _slowfast(
@@ -221,6 +321,7 @@ def slowfast_r50(
         clip_len=clip_len,
         alpha=alpha,
         beta_inv=beta_inv,
+        shift_div=shift_div,
     )
 
 
@@ -234,6 +335,7 @@ def slowfast_r101(
     clip_len: int = 32,
     alpha: int = 8,
     beta_inv: int = 8,
+    shift_div: int = 0,
 ) -> SlowFast:
     """SlowFast R101 (blocks 3, 4, 23, 3): 32x224x224 clips, alpha 8, beta 1/8, D=2304."""
     return _slowfast(
@@ -248,6 +350,7 @@ def slowfast_r101(
         clip_len=clip_len,
         alpha=alpha,
         beta_inv=beta_inv,
+        shift_div=shift_div,
     )
 
 
@@ -261,6 +364,7 @@ def slowfast_tiny(
     clip_len: int = 8,
     alpha: int = 4,
     beta_inv: int = 4,
+    shift_div: int = 0,
 ) -> SlowFast:
     """Test / CPU-smoke variant: 1 block per stage, Slow widths 8..64, alpha 4, beta 1/4, 8x32x32."""
     return _slowfast(
@@ -275,4 +379,58 @@ def slowfast_tiny(
         clip_len=clip_len,
         alpha=alpha,
         beta_inv=beta_inv,
+        shift_div=shift_div,
+    )
+
+
+@register_backbone("slowfast_shift_r50")
+def slowfast_shift_r50(
+    *,
+    in_channels: int = 3,
+    num_classes: int | None = None,
+    dropout: float = 0.5,
+    modality: str | None = None,
+    clip_len: int = 32,
+    alpha: int = 8,
+    beta_inv: int = 8,
+    shift_div: int = SHIFT_DIV,
+) -> SlowFast:
+    """SlowFast R50 4x16 with TSM shifts in every block of both pathways (1/8 each way)."""
+    return slowfast_r50(
+        in_channels=in_channels,
+        num_classes=num_classes,
+        dropout=dropout,
+        modality=modality,
+        clip_len=clip_len,
+        alpha=alpha,
+        beta_inv=beta_inv,
+        shift_div=shift_div,
+    )
+
+
+@register_backbone("slowfast_shift_tiny")
+def slowfast_shift_tiny(
+    *,
+    in_channels: int = 3,
+    num_classes: int | None = None,
+    dropout: float = 0.5,
+    modality: str | None = None,
+    clip_len: int = 8,
+    alpha: int = 4,
+    beta_inv: int = 4,
+    shift_div: int = SHIFT_DIV,
+) -> SlowFast:
+    """Test / CPU-smoke variant of ``slowfast_shift_r50``: ``slowfast_tiny`` with shifts (1/8).
+
+    The Fast pathway's first block sees 2 channels (fold 0) and stays unshifted.
+    """
+    return slowfast_tiny(
+        in_channels=in_channels,
+        num_classes=num_classes,
+        dropout=dropout,
+        modality=modality,
+        clip_len=clip_len,
+        alpha=alpha,
+        beta_inv=beta_inv,
+        shift_div=shift_div,
     )

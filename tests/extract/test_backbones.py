@@ -39,6 +39,7 @@ DECLARED = {
     "r3d_18": ("clip3d", 16, 112, 512),
     "mc3_18": ("clip3d", 16, 112, 512),
     "slowfast_r50": ("clip3d", 32, 224, 2304),
+    "slowfast_shift_r50": ("clip3d", 32, 224, 2304),
     "slowfast_r101": ("clip3d", 32, 224, 2304),
     "i3d_nl_r50": ("clip3d", 8, 224, 2048),
     "tin_resnet50": ("clip3d", 8, 224, 2048),
