@@ -142,8 +142,9 @@ def family_ap(per_class: np.ndarray, families: dict[str, list[int]]) -> dict[str
 
 
 def score_run(fs: Any, run: str, families: dict[str, list[int]]) -> dict[str, Any]:
-    """Class mAP of a prediction run on the val and test rows, overall and per class family."""
-    from heads.metrics import class_map
+    """Metrics of a prediction run on the val and test rows (:func:`heads.metrics.evaluate`: class
+    and sample mAP, GAP@20, top-1/5...), and class mAP per class family."""
+    from heads.metrics import class_map, evaluate
 
     scores, _ = fs.read_predictions(run)
     labels = fs.labels()
@@ -154,7 +155,8 @@ def score_run(fs: Any, run: str, families: dict[str, list[int]]) -> dict[str, An
             out[split] = None
             continue
         res = class_map(scores[rows], labels[rows])
-        out[split] = {"class_map": res.value, **family_ap(res.per_class, families)}
+        out[split] = {**evaluate(scores[rows], labels[rows]), "class_map": res.value,
+                      **family_ap(res.per_class, families)}
     return clean(out)
 
 
@@ -219,26 +221,36 @@ def train_dir(ctx: Context, modality: str) -> Path:
 
 def train_step(ctx: Context, modality: str, fresh: bool) -> dict[str, Any]:
     """Stage 2: train one backbone briefly on the demo's train split (``extract.training.fit``)."""
+    out = train_dir(ctx, modality)
+    return train_backbone(ctx.work.demo, ctx.config.recipe(modality), out, ctx.work.root, par=ctx.config,
+                          progress=ctx.progress, fresh=fresh, label=modality)
+
+
+def train_backbone(demo_dir: Path, recipe: Any, out: Path, root: Path, *, par: Any, progress: bool, fresh: bool,
+                   label: str) -> dict[str, Any]:
+    """Train ``recipe`` on a demo's train split into ``out`` (resuming ``last.pt``); its JSON record.
+
+    ``par`` has ``device`` and ``workers`` (:func:`parallelism`); paths in the record are relative
+    to ``root``.
+    """
     from tqdm.auto import tqdm
 
     from extract.demo import load_demo
     from extract.training import TrainData, fit
 
-    out = train_dir(ctx, modality)
     if fresh and out.exists():
         log.info("%s: the recipe or the videos changed; training again from scratch", out)
         shutil.rmtree(out)
-    demo = load_demo(ctx.work.demo)
+    demo = load_demo(demo_dir)
     tr, va = demo.video_list("train"), demo.video_list("val")
     data = TrainData(tr.videos, tr.label_matrix(), va.videos, va.label_matrix(), list(demo.classes))
-    recipe = ctx.config.recipe(modality)
-    _, workers, threads = parallelism(ctx.config)
-    bar = tqdm(unit="step", disable=not ctx.progress, leave=False, dynamic_ncols=True)
+    _, workers, threads = parallelism(par)
+    bar = tqdm(unit="step", disable=not progress, leave=False, dynamic_ncols=True)
 
     def on_step(epoch: int, step: int, steps: int, loss: float) -> None:
         if step == 0:
             bar.reset(total=steps)
-            bar.set_description(f"train {modality} epoch {epoch + 1}/{recipe.epochs}")
+            bar.set_description(f"train {label} epoch {epoch + 1}/{recipe.epochs}")
         bar.update(1)
         bar.set_postfix(loss=f"{loss:.4f}", refresh=False)
 
@@ -248,8 +260,8 @@ def train_step(ctx: Context, modality: str, fresh: bool) -> dict[str, Any]:
     finally:
         bar.close()
     last = result.history[-1] if result.history else {}
-    return clean({"modality": modality, "backbone": recipe.backbone,
-                  "weights": str(result.backbone_path.relative_to(ctx.work.root)),
+    return clean({"modality": recipe.modality, "backbone": recipe.backbone,
+                  "weights": str(result.backbone_path.relative_to(root)),
                   "sha256": file_sha256(result.backbone_path), "epochs": len(result.history),
                   "val_class_map": last.get("class_map"), "train_loss": last.get("train_loss"),
                   "recipe": result.recipe.to_dict()})
@@ -268,47 +280,62 @@ def _open_store(ctx: Context, mode: str = "r") -> Any:
 
 def extract_step(ctx: Context, fresh: bool) -> dict[str, Any]:
     """Stage 3: RGB, flow and audio features from one decode per video (``extract.pipeline.extract``)."""
-    from tqdm.auto import tqdm
-
-    from extract import pipeline as xp
     from extract.demo import load_demo
-    from extract.settings import BackboneChoice, ExtractSettings
+    from extract.settings import BackboneChoice
 
     cfg = ctx.config
     demo = load_demo(ctx.work.demo)
-    names = {m: cfg.set_name(m) for m in MODALITIES}
     check_store(ctx, demo)
-    if (ctx.work.store / "zarr.json").is_file():
-        fs = _open_store(ctx, "a")
-        for name in names.values():
-            if fresh and name in fs.feature_sets():
-                log.info("%s: the backbone changed; extracting %s again", ctx.work.store, name)
-                fs.delete_feature_set(name)
     weights = {m: str(ctx.work.root / ctx.results[f"train_{m}"]["weights"]) for m in MODALITIES}
-    choices = tuple(BackboneChoice(cfg.backbone(m), m, weights=weights[m], set_name=names[m]) for m in MODALITIES)
-    _, workers, threads = parallelism(cfg)
-    settings = ExtractSettings(backbones=choices, seed=cfg.seed, clips=cfg.clips, frames=cfg.frames, stride=cfg.stride,
-                               crop=cfg.crop, device=cfg.device, workers=workers, threads=threads)
-    bar = tqdm(desc="extract rgb+flow+audio", unit="video", disable=not ctx.progress, leave=False)
+    choices = {m: BackboneChoice(cfg.backbone(m), m, weights=weights[m], set_name=cfg.set_name(m)) for m in MODALITIES}
+    sets = extract_sets(demo, ctx.work.store, tuple(choices.values()),
+                        {"seed": cfg.seed, "clips": cfg.clips, "frames": cfg.frames, "stride": cfg.stride,
+                         "crop": cfg.crop}, par=cfg, progress=ctx.progress, fresh=fresh, desc="extract rgb+flow+audio")
+    fs = _open_store(ctx)
+    return {"rows": fs.n_videos, "sets": {m: sets[c.set_name] for m, c in choices.items()}}
+
+
+def extract_sets(demo: Any, store: Path, choices: tuple[Any, ...], settings: dict[str, Any], *, par: Any,
+                 progress: bool, fresh: bool, desc: str) -> dict[str, dict[str, Any]]:
+    """One ``extract.pipeline.extract`` pass of ``choices`` over a demo (one decode per video).
+
+    ``settings`` are the ExtractSettings fields of what the features are; ``fresh`` deletes the
+    choices' sets first (their backbone changed). Returns ``{set name: record}``.
+    """
+    from tqdm.auto import tqdm
+
+    from extract import pipeline as xp
+    from extract.settings import ExtractSettings
+    from store import FeatureStore
+
+    if (store / "zarr.json").is_file():
+        fs = FeatureStore.open(store, "a")
+        for c in choices:
+            if fresh and c.set_name in fs.feature_sets():
+                log.info("%s: the backbone changed; extracting %s again", store, c.set_name)
+                fs.delete_feature_set(c.set_name)
+    device, workers, threads = parallelism(par)
+    xs = ExtractSettings(backbones=choices, device=par.device, workers=workers, threads=threads, **settings)
+    bar = tqdm(desc=desc, unit="video", disable=not progress, leave=False)
 
     def on_progress(stats: Any) -> None:
         bar.total, bar.n = stats.planned, stats.videos_done + stats.videos_failed
         bar.update(0)
 
     try:
-        stats = xp.extract(demo.videos_csv, ctx.work.store, settings, classes=demo.classes_path,
-                           on_progress=on_progress)
+        stats = xp.extract(demo.videos_csv, store, xs, classes=demo.classes_path, on_progress=on_progress)
     finally:
         bar.close()
     log.info("extracted %d videos (%d failed), %.2f decodes per video", stats.videos_done, stats.videos_failed,
              stats.decodes_per_video)
-    fs = _open_store(ctx)
-    sets = {}
-    for m, name in names.items():
-        fset = fs.feature_set(name)
-        sets[m] = {"name": name, "clips": fset.spec.clips, "dim": fset.spec.dim, "done": int(fset.done().sum()),
-                   "errors": len(fset.errors()), "weights_sha256": fset.spec.weights_sha256}
-    return {"rows": fs.n_videos, "sets": sets}
+    fs = FeatureStore.open(store, "r")
+    out = {}
+    for c in choices:
+        fset = fs.feature_set(c.set_name)
+        out[c.set_name] = {"name": c.set_name, "clips": fset.spec.clips, "dim": fset.spec.dim,
+                           "done": int(fset.done().sum()), "errors": len(fset.errors()),
+                           "weights_sha256": fset.spec.weights_sha256}
+    return out
 
 
 def store_is_intact(ctx: Context, result: dict[str, Any]) -> bool:

@@ -11,12 +11,12 @@
     7 summary    class mAP per modality x head (overall and per class family), kNN, fusion, time per stage
                  -> printed, pipeline_summary.md and pipeline_summary.json next to the store
 
-Rerunning resumes instead of redoing: every stage records a key (a hash of its settings and of
-what the stages it reads from produced) in ``runs/pipeline/state.json``. A finished stage
-whose key is unchanged and whose outputs are still on disk is skipped ("cached"); an
-interrupted one continues ("resumed": the libraries resume from done rows, ``last.pt``,
-runs already in the store); one whose key changed starts again ("ran"), and so does every
-stage downstream of it. A rerun with nothing changed takes seconds.
+Rerunning resumes instead of redoing (:mod:`benchmarks._stages`): every stage records a key (a
+hash of its settings and of what the stages it reads from produced) in
+``runs/pipeline/state.json``. A finished stage whose key is unchanged and whose outputs are
+still on disk is skipped ("cached"); an interrupted one continues ("resumed"); one whose key
+changed starts again ("ran"), and so does every stage downstream of it. A rerun with nothing
+changed takes seconds.
 
 Examples::
 
@@ -45,13 +45,13 @@ from typing import Any
 
 from benchmarks import _pipeline_steps as steps
 from benchmarks._pipeline_steps import MODALITIES, Context, PipelineError, Workdir
+from benchmarks._stages import Stage, run_stages
 from extract.demo import DemoConfig
 from extract.training import TrainRecipe
 from heads.trainer import TrainConfig
 
 log = logging.getLogger(__name__)
 
-STATE_VERSION = 1
 #: ``--size`` presets: overrides of :class:`PipelineConfig`'s defaults (which are ``small``).
 SIZES: dict[str, dict[str, Any]] = {
     "tiny": {"videos": 24, "size": 48, "seconds": 1.0, "crop": 32, "clips": 4, "epochs": 1, "batch_size": 4,
@@ -198,59 +198,31 @@ class PipelineConfig:
         return cls(**d)
 
 
-@dataclass(frozen=True)
-class Stage:
-    """One stage: its inputs (earlier stages), settings, work, and the check that its outputs are intact."""
+def build_stages(ctx: Context) -> list[Stage]:
+    """The stages in order, bound to ``ctx``."""
+    c = ctx.config
 
-    name: str
-    deps: tuple[str, ...]
-    settings: Callable[[PipelineConfig], Any]
-    run: Callable[[Context, bool], dict[str, Any]]
-    intact: Callable[[Context, dict[str, Any]], bool]
+    def train(m: str) -> Stage:
+        return Stage(f"train_{m}", ("demo",), {k: v for k, v in c.recipe(m).to_dict().items() if k != "device"},
+                     lambda fresh: steps.train_step(ctx, m, fresh), lambda r: steps.backbone_is_intact(ctx, r))
 
+    def bound(fn: Callable[..., Any]) -> Callable[..., Any]:
+        return lambda arg: fn(ctx, arg)
 
-def _train_stage(m: str) -> Stage:
-    def settings(c: PipelineConfig) -> dict[str, Any]:
-        return {k: v for k, v in c.recipe(m).to_dict().items() if k != "device"}
-
-    return Stage(f"train_{m}", ("demo",), settings, lambda ctx, fresh: steps.train_step(ctx, m, fresh),
-                 steps.backbone_is_intact)
-
-
-def build_stages() -> list[Stage]:
-    """The stages in order."""
     return [
-        Stage("demo", (), lambda c: c.demo_config().to_dict(), steps.demo_step, steps.demo_is_intact),
-        *(_train_stage(m) for m in MODALITIES),
+        Stage("demo", (), c.demo_config().to_dict(), bound(steps.demo_step), bound(steps.demo_is_intact)),
+        *(train(m) for m in MODALITIES),
         Stage("extract", ("demo", *(f"train_{m}" for m in MODALITIES)),
-              lambda c: {"sets": [c.set_name(m) for m in MODALITIES], "clips": c.clips, "frames": c.frames,
-                         "stride": c.stride, "crop": c.crop, "seed": c.seed},
-              steps.extract_step, steps.store_is_intact),
-        Stage("sweep", ("demo", "extract"), lambda c: [h.config_hash() for h in c.head_configs()],
-              steps.sweep_step, steps.runs_are_intact),
-        Stage("knn", ("demo", "extract"), lambda c: {"k": c.knn_k, "folds": c.folds, "seed": c.seed},
-              steps.knn_step, steps.runs_are_intact),
-        Stage("fusion", ("demo", "sweep"), lambda c: {"method": c.fusion, "compare": list(c.compare)},
-              steps.fusion_step, steps.fusion_is_intact),
+              {"sets": [c.set_name(m) for m in MODALITIES], "clips": c.clips, "frames": c.frames,
+               "stride": c.stride, "crop": c.crop, "seed": c.seed},
+              bound(steps.extract_step), bound(steps.store_is_intact)),
+        Stage("sweep", ("demo", "extract"), [h.config_hash() for h in c.head_configs()],
+              bound(steps.sweep_step), bound(steps.runs_are_intact)),
+        Stage("knn", ("demo", "extract"), {"k": c.knn_k, "folds": c.folds, "seed": c.seed},
+              bound(steps.knn_step), bound(steps.runs_are_intact)),
+        Stage("fusion", ("demo", "sweep"), {"method": c.fusion, "compare": list(c.compare)},
+              bound(steps.fusion_step), bound(steps.fusion_is_intact)),
     ]
-
-
-def _load_state(path: Path) -> dict[str, Any]:
-    if not path.is_file():
-        return {}
-    try:
-        state = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, json.JSONDecodeError) as err:
-        log.warning("%s is unreadable (%s): every stage runs again", path, err)
-        return {}
-    return state.get("stages", {}) if state.get("version") == STATE_VERSION else {}
-
-
-def _save_state(path: Path, stages: dict[str, Any]) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(json.dumps({"version": STATE_VERSION, "stages": stages}, indent=1) + "\n", encoding="utf-8")
-    os.replace(tmp, path)
 
 
 def run_pipeline(config: PipelineConfig, workdir: str | os.PathLike = ".", *, progress: bool = False,
@@ -274,34 +246,9 @@ def run_pipeline(config: PipelineConfig, workdir: str | os.PathLike = ".", *, pr
     """
     work = Workdir(Path(workdir))
     work.root.mkdir(parents=True, exist_ok=True)
-    state = _load_state(work.state)
     ctx = Context(config, work, progress)
-    keys: dict[str, str] = {}
-    timeline = []
     start = time.perf_counter()
-    for stage in build_stages():
-        key = steps.digest({"stage": stage.name, "settings": stage.settings(config),
-                            "inputs": {d: [keys[d], ctx.results[d]] for d in stage.deps}})
-        keys[stage.name] = key
-        record = state.get(stage.name) or {}
-        t0 = time.perf_counter()
-        if record.get("complete") and record.get("key") == key and stage.intact(ctx, record["result"]):
-            status, result, computed = "cached", record["result"], record["seconds"]
-        else:
-            fresh = record.get("key") != key
-            log.info("stage %s: %s", stage.name, "starting" if fresh else "resuming")
-            state[stage.name] = {"key": key, "complete": False}
-            _save_state(work.state, state)
-            result = stage.run(ctx, fresh)
-            status, computed = ("ran" if fresh else "resumed"), time.perf_counter() - t0
-            state[stage.name] = {"key": key, "complete": True, "seconds": computed, "result": result}
-            _save_state(work.state, state)
-        ctx.results[stage.name] = result
-        entry = {"stage": stage.name, "status": status, "seconds": time.perf_counter() - t0,
-                 "computed_seconds": computed}
-        timeline.append(entry)
-        if on_stage is not None:
-            on_stage(entry)
+    timeline = run_stages(build_stages(ctx), work.state, ctx.results, on_stage=on_stage)
     summary = {"config": config.to_dict(), "workdir": str(work.root), "results": ctx.results, "stages": timeline,
                "total_seconds": time.perf_counter() - start}
     work.summary_json.write_text(json.dumps(steps.clean(summary), indent=1) + "\n", encoding="utf-8")
