@@ -14,6 +14,12 @@ store's search path) and through chunked numpy (matmul + argpartition, the plain
 alternative), recall@10 of the auto index and of numpy against exact faiss on the held-out
 queries, and bytes per vector of the saved index. Targets: auto recall@10 >= 0.95 and auto
 q/s >= 10x exact q/s.
+
+Then the recall/speed curve of the auto index (when it is an IVF index): recall@10 and q/s of
+the same held-out queries for each ``nprobe`` the tuning may pick (1, 2, 4, ... up to
+``nlist``, stopping after the first point slower than exact Flat: those are dominated by it),
+as ``curve_nprobe`` / ``curve_recall10`` / ``curve_qps``; the exact Flat point (recall 1,
+``exact_qps``) and the numpy point (``numpy_recall10``, ``numpy_qps``) sit beside it.
 """
 
 from __future__ import annotations
@@ -22,10 +28,12 @@ import argparse
 import os
 import shutil
 import time
+from typing import Any
 
 import numpy as np
 
 from benchmarks.registry import register_benchmark
+from store._index_factory import search_param_candidates, set_search_param
 from store.index import FeatureIndex, IndexSpec, clustered_vectors
 
 DIM = 512
@@ -59,6 +67,28 @@ def _timed_search(index: FeatureIndex, queries: np.ndarray) -> tuple[np.ndarray,
     return rows, len(queries) / (time.perf_counter() - t)
 
 
+def recall_qps_curve(index: FeatureIndex, queries: np.ndarray, truth: np.ndarray,
+                     slowest_qps: float = 0.0) -> dict[str, list[float]]:
+    """Recall@k and q/s of ``index`` at each search-parameter value its tuning may pick (IVF:
+    nprobe 1, 2, 4, ... nlist); empty lists for an exact index. The curve stops after the first
+    point below ``slowest_qps`` (the exact Flat's: an exact search beats every slower point).
+    The tuned value is put back."""
+    assert not index.on_gpu, "the curve sets nprobe on the CPU index, the one searched here"
+    values = search_param_candidates(index.plan, K)
+    curve: dict[str, list[float]] = {"curve_nprobe": [], "curve_recall10": [], "curve_qps": []}
+    for value in values:
+        set_search_param(index._cpu, index.plan.kind, value)  # FeatureIndex has no public setter
+        found, qps = _timed_search(index, queries)
+        curve["curve_nprobe"].append(float(value))
+        curve["curve_recall10"].append(recall_at_k(found, truth))
+        curve["curve_qps"].append(qps)
+        if qps < slowest_qps:
+            break
+    if values:
+        set_search_param(index._cpu, index.plan.kind, (index.meta["search_param"] or {}).get("value"))
+    return curve
+
+
 def _saved_bytes(index: FeatureIndex, directory) -> int:
     index.save(directory)
     size = os.path.getsize(directory / "faiss.index")
@@ -67,7 +97,7 @@ def _saved_bytes(index: FeatureIndex, directory) -> int:
 
 
 @register_benchmark("search", "faiss auto index vs exact Flat vs numpy brute force: build, q/s, recall@10, memory")
-def bench_search(args: argparse.Namespace) -> dict[str, float]:
+def bench_search(args: argparse.Namespace) -> dict[str, Any]:
     n = args.size or 200_000
     work = args.workdir / "search"
     shutil.rmtree(work, ignore_errors=True)
@@ -79,7 +109,7 @@ def bench_search(args: argparse.Namespace) -> dict[str, float]:
           f"queries, made in {time.perf_counter() - t:.1f} s; load average {os.getloadavg()[0]:.1f} "
           f"on {os.cpu_count()} cores")
     rows = np.arange(n)
-    m: dict[str, float] = {"n_vectors": float(n), "dim": float(DIM)}
+    m: dict[str, Any] = {"n_vectors": float(n), "dim": float(DIM)}
 
     t = time.perf_counter()
     exact = FeatureIndex.from_vectors(base, rows, IndexSpec(kind="flat", gpu=False))
@@ -96,6 +126,10 @@ def bench_search(args: argparse.Namespace) -> dict[str, float]:
     m["auto_tuned_recall10"] = auto.meta["recall"]["value"]
     m["auto_bytes_per_vector"] = _saved_bytes(auto, work / "auto") / n
     print(f"   auto index: {auto.describe()}, build {m['auto_build_s']:.1f} s")
+    param = auto.meta["search_param"]
+    if param:
+        m[f"auto_{param['name']}"] = float(param["value"])
+    curve = recall_qps_curve(auto, queries, truth, slowest_qps=m["exact_qps"])
     del auto
 
     numpy_topk(base, queries[:NUMPY_CHUNK], K)  # warm-up
@@ -110,6 +144,11 @@ def bench_search(args: argparse.Namespace) -> dict[str, float]:
     m["exact_vs_numpy_qps"] = m["exact_qps"] / m["numpy_qps"]
     for key, v in m.items():
         print(f"   {key:28s} {v:14,.3f}")
+    if curve["curve_nprobe"]:
+        print("   nprobe   recall@10         q/s")
+        for p, r, q in zip(*curve.values(), strict=True):
+            print(f"   {p:6.0f}   {r:9.3f}   {q:9,.0f}")
+    m.update(curve)
     ok = m["auto_recall10"] >= 0.95 and m["auto_vs_exact_qps"] >= 10
     print(f"   auto: recall@10 {m['auto_recall10']:.3f} (target >= 0.95), {m['auto_vs_exact_qps']:.1f}x the q/s of "
           f"exact Flat (target >= 10x), {m['auto_vs_numpy_qps']:.1f}x numpy; "

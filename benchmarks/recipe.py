@@ -1,0 +1,291 @@
+"""Challenge recipes: a published pipeline, scaled down, as one TOML file run end to end.
+
+``benchmarks/recipes/NAME.toml`` describes what a challenge solution did, in the formats the
+commands already read::
+
+    [recipe]           title, the report it follows, what is scaled down, the table layout
+    [demo]             extract.demo's settings (DemoConfig fields)
+    [backbones.KEY]    one backbone training each: extract.train's recipe (TrainRecipe fields) + a label
+    [[extract]]        one extract.run pass each (one decode per video for all its sets):
+                       sets = {SET = "KEY", ...} and ExtractSettings fields (clips, crops, scales, ...)
+    [heads]            a heads.sweep grid ([heads.base], [[heads.grid]], [[heads.runs]]) over the sets
+    [knn]              optional: kNN label transfer on some sets (sets, k, folds)
+    [fusion]           inputs (run names, "best:SET" = the best head on SET by val mAP), methods
+                       (the first is written), fit_split / eval_split
+    [analyses.NAME]    optional analyses of the layout (thresholds, per-class comparison, confusion, ...)
+
+``python -m benchmarks.run --recipe NAME`` (or ``python -m benchmarks.recipe NAME``) runs it in
+``<workdir>/recipes/NAME/`` with the resumable stages of :mod:`benchmarks._stages` (a rerun
+skips what is done), prints the recipe's table in the layout of the original report and writes
+it to ``RESULT.md`` (+ ``result.json``) there. ``--tiny`` shrinks everything (24-48 videos, one
+epoch) for the smoke test.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import logging
+import sys
+import time
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from extract.demo import DemoConfig
+from extract.training import TrainRecipe
+
+log = logging.getLogger(__name__)
+
+RECIPES_DIR = Path(__file__).resolve().parent / "recipes"
+#: ExtractSettings fields a recipe's ``[[extract]]`` pass may set (what the features are).
+EXTRACT_KEYS = ("sampling", "clips", "frames", "stride", "short_side", "crop", "crops", "scales",
+                "flow_algorithm", "flow_bound", "head_logits", "chunk_rows")
+SPLITS = ("train", "val", "test")
+
+
+class RecipeError(Exception):
+    """A recipe file that cannot run (the message names the file and the key)."""
+
+
+@dataclass(frozen=True)
+class BackboneSpec:
+    """One trained backbone of a recipe: its table label and its extract.train recipe."""
+
+    key: str
+    label: str
+    recipe: TrainRecipe
+
+
+@dataclass(frozen=True)
+class ExtractPass:
+    """One extract.run pass: ``{feature set: backbone key}`` and the clip / view settings."""
+
+    sets: dict[str, str]
+    settings: dict[str, Any]
+
+
+@dataclass(frozen=True)
+class Recipe:
+    """A parsed, validated recipe file (see the module docstring for the sections)."""
+
+    name: str
+    title: str
+    follows: str
+    scaled_down: str
+    layout: str
+    demo: DemoConfig
+    backbones: dict[str, BackboneSpec]
+    extract: tuple[ExtractPass, ...]
+    heads: dict[str, Any]
+    fusion: dict[str, Any]
+    knn: dict[str, Any] | None = None
+    analyses: dict[str, dict[str, Any]] = field(default_factory=dict)
+    path: Path | None = None
+
+    def set_backbone(self, set_name: str) -> BackboneSpec:
+        """The backbone a feature set comes from."""
+        for p in self.extract:
+            if set_name in p.sets:
+                return self.backbones[p.sets[set_name]]
+        raise KeyError(set_name)
+
+    def set_names(self) -> list[str]:
+        return [s for p in self.extract for s in p.sets]
+
+    def logits_sets(self) -> list[str]:
+        """Sets extracted with ``head_logits``: each has the prediction run ``<set>_logits``."""
+        return [s for p in self.extract if p.settings.get("head_logits") for s in p.sets]
+
+
+def list_recipes() -> list[str]:
+    """Names of the recipes shipped in ``benchmarks/recipes/``."""
+    return sorted(p.stem for p in RECIPES_DIR.glob("*.toml"))
+
+
+def _section(cfg: dict[str, Any], key: str, where: str, *, required: bool = True) -> Any:
+    if key not in cfg:
+        if required:
+            raise RecipeError(f"{where}: missing [{key}]")
+        return None
+    return cfg[key]
+
+
+def load_recipe(name_or_path: str | Path) -> Recipe:
+    """Read and check a recipe: a name from :func:`list_recipes` or a path to a TOML file.
+
+    Raises:
+        RecipeError: unknown name, bad TOML, a missing section, a bad value (the message says which).
+    """
+    path = Path(name_or_path)
+    if path.suffix != ".toml":
+        path = RECIPES_DIR / f"{name_or_path}.toml"
+        if not path.is_file():
+            raise RecipeError(f"unknown recipe {str(name_or_path)!r}; choose from {', '.join(list_recipes())} "
+                              "or give a path to a .toml file")
+    where = str(path)
+    try:
+        cfg = tomllib.loads(path.read_text(encoding="utf-8"))
+    except (OSError, tomllib.TOMLDecodeError) as err:
+        raise RecipeError(f"{where}: cannot read the recipe ({err})") from None
+    unknown = sorted(set(cfg) - {"recipe", "demo", "backbones", "extract", "heads", "knn", "fusion", "analyses"})
+    if unknown:
+        raise RecipeError(f"{where}: unknown section(s) {unknown}")
+    try:
+        return _build(cfg, path)
+    except (ValueError, TypeError, KeyError) as err:
+        raise RecipeError(f"{where}: {' '.join(str(err).split())}") from None
+
+
+def _build(cfg: dict[str, Any], path: Path) -> Recipe:
+    from heads._grid import expand_grid
+
+    where = str(path)
+    meta = _section(cfg, "recipe", where)
+    demo = DemoConfig.from_dict(dict(_section(cfg, "demo", where)))
+    backbones = {}
+    for key, table in _section(cfg, "backbones", where).items():
+        table = dict(table)
+        label = table.pop("label", key)
+        backbones[key] = BackboneSpec(key, label, TrainRecipe.from_dict(table))
+    passes = []
+    for i, table in enumerate(_section(cfg, "extract", where)):
+        table = dict(table)
+        sets = dict(table.pop("sets", {}))
+        bad = sorted(set(table) - set(EXTRACT_KEYS))
+        if bad or not sets:
+            raise ValueError(f"[[extract]] #{i + 1}: {'unknown keys ' + str(bad) if bad else 'no sets'}; "
+                             f"give sets = {{SET = \"BACKBONE KEY\"}} and any of {', '.join(EXTRACT_KEYS)}")
+        for s, b in sets.items():
+            if b not in backbones:
+                raise ValueError(f"[[extract]] #{i + 1}: set {s!r} names backbone {b!r}, which has no "
+                                 f"[backbones.{b}] table")
+        passes.append(ExtractPass(sets, table))
+    names = [s for p in passes for s in p.sets]
+    if len(set(names)) != len(names):
+        raise ValueError(f"a feature set is extracted twice: {sorted(n for n in names if names.count(n) > 1)}")
+    heads = _section(cfg, "heads", where)
+    configs = expand_grid(heads, name=f"{path.name} [heads]")
+    missing = sorted({f for c in configs for f in c.features} - set(names))
+    if missing:
+        raise ValueError(f"[heads] trains on feature sets no [[extract]] pass makes: {missing}")
+    fusion = dict(_section(cfg, "fusion", where))
+    if not fusion.get("inputs") or not fusion.get("methods"):
+        raise ValueError("[fusion] needs inputs = [...] and methods = [...]")
+    for split in (fusion.setdefault("fit_split", "train"), fusion.setdefault("eval_split", "test")):
+        if split not in SPLITS:
+            raise ValueError(f"[fusion] splits must be one of {SPLITS}, got {split!r}")
+    knn = cfg.get("knn")
+    if knn is not None and set(knn.get("sets", [])) - set(names):
+        raise ValueError(f"[knn] sets must be extracted sets; unknown {sorted(set(knn['sets']) - set(names))}")
+    from benchmarks._recipe_analyses import list_analyses
+    from benchmarks._recipe_tables import get_layout
+
+    get_layout(meta["layout"])  # KeyError names the layouts
+    analyses = dict(cfg.get("analyses", {}))
+    unknown = sorted(set(analyses) - set(list_analyses()))
+    if unknown:
+        raise ValueError(f"unknown analyses {unknown}; choose from {list_analyses()}")
+    return Recipe(name=path.stem, title=meta["title"], follows=meta["follows"], scaled_down=meta["scaled_down"],
+                  layout=meta["layout"], demo=demo, backbones=backbones, extract=tuple(passes), heads=heads,
+                  fusion=fusion, knn=knn, analyses=analyses, path=path)
+
+
+def shrink(recipe: Recipe) -> Recipe:
+    """The recipe at smoke-test size: 40 short small videos, 1-2 epochs, 2 folds, few clips."""
+    demo = dataclasses.replace(recipe.demo, videos=40, size=48, seconds=1.0)
+    backbones = {}
+    for k, b in recipe.backbones.items():
+        swa = min(b.recipe.swa_epochs, 1)
+        r = dataclasses.replace(b.recipe, epochs=1 + swa, swa_epochs=swa, batch_size=4, eval_clips=1,
+                                cycle_epochs=min(b.recipe.cycle_epochs, 1 + swa))
+        backbones[k] = dataclasses.replace(b, recipe=r)
+    passes = tuple(dataclasses.replace(p, settings={**p.settings, "clips": min(p.settings.get("clips", 8), 2),
+                                                    "scales": list(p.settings.get("scales", []))[:1]})
+                   for p in recipe.extract)
+    heads = json.loads(json.dumps(recipe.heads))
+    heads.setdefault("base", {}).update(epochs=2, folds=2 if heads.get("base", {}).get("folds") else 0)
+    knn = None if recipe.knn is None else {**recipe.knn, "k": 3, "folds": 2}
+    return dataclasses.replace(recipe, demo=demo, backbones=backbones, extract=passes, heads=heads, knn=knn)
+
+
+# ---------------------------------------------------------------------------------------- running
+def run_recipe(recipe: Recipe, workdir: str | Path, *, device: str = "auto", workers: int | None = None,
+               progress: bool = False, on_stage: Any = None) -> dict[str, Any]:
+    """Run (or resume) every stage of ``recipe`` in ``workdir``; write RESULT.md and result.json.
+
+    Returns:
+        ``{"recipe", "results" (per stage), "stages" (status and time), "total_seconds", "table"}``.
+    """
+    from benchmarks import _recipe_steps as rs
+    from benchmarks._recipe_tables import get_layout
+    from benchmarks._stages import run_stages
+
+    ctx = rs.RecipeContext(recipe, Path(workdir), device=device, workers=workers, progress=progress)
+    ctx.root.mkdir(parents=True, exist_ok=True)
+    start = time.perf_counter()
+    timeline = run_stages(rs.build_stages(ctx), ctx.root / "state.json", ctx.results, on_stage=on_stage)
+    backbones = {k: {"label": b.label, "backbone": b.recipe.backbone, "modality": b.recipe.modality}
+                 for k, b in recipe.backbones.items()}
+    summary = {"recipe": {"name": recipe.name, "title": recipe.title, "follows": recipe.follows,
+                          "scaled_down": recipe.scaled_down, "layout": recipe.layout, "backbones": backbones,
+                          "sets": {s: k for p in recipe.extract for s, k in p.sets.items()},
+                          "extract": [{"sets": list(p.sets), **p.settings} for p in recipe.extract]},
+               "results": ctx.results, "stages": timeline, "total_seconds": time.perf_counter() - start}
+    summary["table"] = get_layout(recipe.layout)(summary)
+    (ctx.root / "result.json").write_text(json.dumps(rs.clean(summary), indent=1) + "\n", encoding="utf-8")
+    (ctx.root / "RESULT.md").write_text(summary["table"] + "\n", encoding="utf-8")
+    return summary
+
+
+def recipe_command(name: str, workdir: Path, *, tiny: bool = False, device: str = "auto",
+                   workers: int | None = None, progress: bool = True) -> int:
+    """``--recipe NAME``: run it, print its table; returns the exit status (2: a user error)."""
+    from benchmarks._pipeline_steps import PipelineError
+    from extract.errors import ExtractError
+    from heads._train_data import TrainError as HeadTrainError
+    from heads.knn import KnnError
+    from store.errors import StoreError
+
+    logging.getLogger("extract.backbones.registry").setLevel(logging.ERROR)  # random init is on purpose
+
+    def on_stage(entry: dict[str, Any]) -> None:
+        print(f"stage {entry['stage']:<24} {entry['status']:<8} {entry['seconds']:.1f} s", file=sys.stderr, flush=True)
+
+    try:
+        recipe = load_recipe(name)
+        if tiny:
+            recipe = shrink(recipe)
+        root = workdir / "recipes" / (recipe.name + ("_tiny" if tiny else ""))
+        summary = run_recipe(recipe, root, device=device, workers=workers, progress=progress, on_stage=on_stage)
+    except (RecipeError, PipelineError, StoreError, ExtractError, KnnError, HeadTrainError, ValueError) as err:
+        print("error: " + " ".join(str(err).split()), file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted: finished stages are kept; rerun the same command to continue", file=sys.stderr)
+        return 130
+    print(summary["table"])
+    print(f"\nwrote {root / 'RESULT.md'} and {root / 'result.json'} ({summary['total_seconds']:.0f} s)")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m benchmarks.recipe", description=__doc__.split("\n\n")[0],
+                                 epilog=f"recipes: {', '.join(list_recipes())}")
+    ap.add_argument("recipe", help="a recipe name or a path to a recipe .toml")
+    ap.add_argument("--workdir", type=Path, default=Path("benchmarks/_work"),
+                    help="runs go to WORKDIR/recipes/NAME (default benchmarks/_work)")
+    ap.add_argument("--tiny", action="store_true", help="smoke-test size: 40 videos of 1 s, 1-2 epochs")
+    ap.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
+    ap.add_argument("--workers", type=int, help="decode worker processes (default: by machine)")
+    ap.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
+    args = ap.parse_args(argv)
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    return recipe_command(args.recipe, args.workdir, tiny=args.tiny, device=args.device, workers=args.workers,
+                          progress=not args.quiet)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
