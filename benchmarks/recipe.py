@@ -144,6 +144,13 @@ def _build(cfg: dict[str, Any], path: Path) -> Recipe:
 
     where = str(path)
     meta = _section(cfg, "recipe", where)
+    missing = [k for k in ("title", "follows", "scaled_down", "layout") if not meta.get(k)]
+    extra = sorted(set(meta) - {"title", "follows", "scaled_down", "layout"})
+    if extra:
+        raise ValueError(f"[recipe]: unknown keys {extra}; it takes title, follows, scaled_down, layout")
+    if missing:
+        raise ValueError(f"[recipe] needs {', '.join(missing)} (what it is, the report it follows, what is "
+                         "scaled down, the table layout)")
     demo = DemoConfig.from_dict(dict(_section(cfg, "demo", where)))
     backbones = {}
     for key, table in _section(cfg, "backbones", where).items():

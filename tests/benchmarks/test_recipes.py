@@ -113,6 +113,8 @@ BASE = (Path(__file__).resolve().parents[2] / "benchmarks" / "recipes" / "stanfo
 
 @pytest.mark.parametrize("change, message", [
     (lambda t: t + "\n[extras]\na = 1\n", "unknown section"),
+    (lambda t: t.replace("follows = ", "source = "), "[recipe]: unknown keys ['source']"),
+    (lambda t: re.sub(r"(?m)^follows = .*$", "", t), "[recipe] needs follows"),
     (lambda t: t.replace('sets = { rgb_r3d = "r3d" }', 'sets = { rgb_r3d = "r4d" }'), "no [backbones.r4d]"),
     (lambda t: t.replace('features = ["rgb_r2d", "rgb_r3d"]', 'features = ["rgb_r2d", "flow"]'),
      "no [[extract]] pass makes"),
