@@ -35,6 +35,7 @@ from pathlib import Path
 from typing import Any
 
 from extract.demo import DemoConfig
+from extract.settings import BackboneChoice, ExtractSettings
 from extract.training import TrainRecipe
 
 log = logging.getLogger(__name__)
@@ -169,6 +170,9 @@ def _build(cfg: dict[str, Any], path: Path) -> Recipe:
             if b not in backbones:
                 raise ValueError(f"[[extract]] #{i + 1}: set {s!r} names backbone {b!r}, which has no "
                                  f"[backbones.{b}] table")
+        choices = tuple(BackboneChoice(backbones[b].recipe.backbone, backbones[b].recipe.modality, set_name=s)
+                        for s, b in sets.items())
+        ExtractSettings(backbones=choices, **{**table, "scales": tuple(table.get("scales", ()))})  # checks values
         passes.append(ExtractPass(sets, table))
     names = [s for p in passes for s in p.sets]
     if len(set(names)) != len(names):
@@ -179,12 +183,21 @@ def _build(cfg: dict[str, Any], path: Path) -> Recipe:
     if missing:
         raise ValueError(f"[heads] trains on feature sets no [[extract]] pass makes: {missing}")
     fusion = dict(_section(cfg, "fusion", where))
-    if not fusion.get("inputs") or not fusion.get("methods"):
-        raise ValueError("[fusion] needs inputs = [...] and methods = [...]")
+    extra = sorted(set(fusion) - {"inputs", "methods", "fit_split", "eval_split"})
+    if extra or not fusion.get("inputs") or not fusion.get("methods"):
+        raise ValueError("[fusion] needs inputs = [...] and methods = [...] (and may give fit_split, eval_split)"
+                         + (f"; unknown keys {extra}" if extra else ""))
+    from fusion import list_fusions
+
+    unknown = [m for m in fusion["methods"] if m not in list_fusions()]
+    if unknown:
+        raise ValueError(f"[fusion] unknown methods {unknown}; choose from {list_fusions()}")
     for split in (fusion.setdefault("fit_split", "train"), fusion.setdefault("eval_split", "test")):
         if split not in SPLITS:
             raise ValueError(f"[fusion] splits must be one of {SPLITS}, got {split!r}")
     knn = cfg.get("knn")
+    if knn is not None and set(knn) - {"sets", "k", "folds"}:
+        raise ValueError(f"[knn] takes sets, k, folds; unknown keys {sorted(set(knn) - {'sets', 'k', 'folds'})}")
     if knn is not None and set(knn.get("sets", [])) - set(names):
         raise ValueError(f"[knn] sets must be extracted sets; unknown {sorted(set(knn['sets']) - set(names))}")
     from benchmarks._recipe_analyses import list_analyses
