@@ -162,12 +162,49 @@ def score_run(fs: Any, run: str, families: dict[str, list[int]]) -> dict[str, An
 
 def families_of(ctx: Context) -> dict[str, list[int]]:
     """Class family -> class ids, from the demo's manifest result."""
-    fams = ctx.results["demo"]["families"]
-    classes = ctx.results["demo"]["classes"]
+    return families_from(ctx.results["demo"])
+
+
+def families_from(demo: dict[str, Any]) -> dict[str, list[int]]:
+    """Class family -> class ids, from a demo stage's result (:func:`demo_record`)."""
     out: dict[str, list[int]] = {}
-    for i, c in enumerate(classes):
-        out.setdefault(fams[c], []).append(i)
+    for i, c in enumerate(demo["classes"]):
+        out.setdefault(demo["families"][c], []).append(i)
     return out
+
+
+def demo_record(manifest: Any) -> dict[str, Any]:
+    """A demo stage's result: video count, split counts, classes, families, the demo's settings."""
+    meta = json.loads(manifest.config_path.read_text(encoding="utf-8"))
+    return {"videos": manifest.n_videos, "splits": meta["split_counts"], "classes": list(manifest.classes),
+            "families": manifest.families, "config": manifest.config.to_dict()}
+
+
+def demo_matches(demo_dir: Path, result: dict[str, Any]) -> bool:
+    """Is the demo in ``demo_dir`` still the one a demo stage's result describes?"""
+    from extract.demo import load_demo
+    from extract.errors import DemoError
+
+    try:
+        return load_demo(demo_dir).config.to_dict() == result["config"]
+    except (DemoError, ValueError, OSError):
+        return False
+
+
+def weights_intact(root: Path, result: dict[str, Any]) -> bool:
+    """Are the weights a training stage's result names (relative to ``root``) still there, unchanged?"""
+    path = root / result["weights"]
+    return path.is_file() and file_sha256(path) == result["sha256"]
+
+
+def fusion_metrics(result: Any, families: dict[str, list[int]],
+                   keys: tuple[str, ...]) -> tuple[dict[str, dict[str, Any]], dict[str, dict[str, Any]]]:
+    """``(per method, per input run)``: ``keys`` of a FusionResult's metrics and AP per class family."""
+    methods = {name: {**{k: o.metrics.get(k) for k in keys}, **family_ap(o.per_class_ap, families)}
+               for name, o in result.methods.items()}
+    inputs = {run: {**{k: result.input_metrics[run].get(k) for k in keys}, **family_ap(result.input_ap[run], families)}
+              for run in result.inputs}
+    return methods, inputs
 
 
 # ------------------------------------------------------------------------------------ stages
@@ -182,9 +219,7 @@ def demo_step(ctx: Context, fresh: bool) -> dict[str, Any]:
         raise PipelineError(f"{err} -- the pipeline keeps demo/, demo.zarr and runs/pipeline/ in --workdir; "
                             "give it another --workdir, or delete those to start over") from None
     check_store(ctx, manifest)  # before the backbones train, not after
-    meta = json.loads(manifest.config_path.read_text(encoding="utf-8"))
-    return {"videos": manifest.n_videos, "splits": meta["split_counts"], "classes": list(manifest.classes),
-            "families": manifest.families, "config": manifest.config.to_dict()}
+    return demo_record(manifest)
 
 
 def check_store(ctx: Context, demo: Any) -> None:
@@ -206,13 +241,7 @@ def check_store(ctx: Context, demo: Any) -> None:
 
 
 def demo_is_intact(ctx: Context, result: dict[str, Any]) -> bool:
-    from extract.demo import load_demo
-    from extract.errors import DemoError
-
-    try:
-        return load_demo(ctx.work.demo).config.to_dict() == result["config"]
-    except (DemoError, ValueError, OSError):
-        return False
+    return demo_matches(ctx.work.demo, result)
 
 
 def train_dir(ctx: Context, modality: str) -> Path:
@@ -268,8 +297,7 @@ def train_backbone(demo_dir: Path, recipe: Any, out: Path, root: Path, *, par: A
 
 
 def backbone_is_intact(ctx: Context, result: dict[str, Any]) -> bool:
-    path = ctx.work.root / result["weights"]
-    return path.is_file() and file_sha256(path) == result["sha256"]
+    return weights_intact(ctx.work.root, result)
 
 
 def _open_store(ctx: Context, mode: str = "r") -> Any:
@@ -314,7 +342,7 @@ def extract_sets(demo: Any, store: Path, choices: tuple[Any, ...], settings: dic
             if fresh and c.set_name in fs.feature_sets():
                 log.info("%s: the backbone changed; extracting %s again", store, c.set_name)
                 fs.delete_feature_set(c.set_name)
-    device, workers, threads = parallelism(par)
+    _, workers, threads = parallelism(par)
     xs = ExtractSettings(backbones=choices, device=par.device, workers=workers, threads=threads, **settings)
     bar = tqdm(desc=desc, unit="video", disable=not progress, leave=False)
 
@@ -424,12 +452,7 @@ def fusion_step(ctx: Context, fresh: bool) -> dict[str, Any]:
                        compare=[c for c in cfg.compare if c != cfg.fusion], fit_split="train", eval_split="test",
                        write_as=fused, overwrite=True)
     report = write_report(result, ctx.work.runs / "fusion")
-    fams = families_of(ctx)
-    metrics = ("class_map", "sample_map", "gap20")
-    methods = {name: {**{k: o.metrics[k] for k in metrics}, **family_ap(o.per_class_ap, fams)}
-               for name, o in result.methods.items()}
-    input_metrics = {run: {**{k: result.input_metrics[run][k] for k in metrics},
-                           **family_ap(result.input_ap[run], fams)} for run in result.inputs}
+    methods, input_metrics = fusion_metrics(result, families_of(ctx), ("class_map", "sample_map", "gap20"))
     return clean({"inputs": inputs, "fused_run": fused, "fit_split": "train", "eval_split": "test",
                   "fit_rows": len(result.plan.fit_rows), "eval_rows": len(result.plan.eval_rows),
                   "methods": methods, "input_metrics": input_metrics,

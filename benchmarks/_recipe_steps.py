@@ -23,12 +23,15 @@ from typing import Any
 from benchmarks._pipeline_steps import (
     PipelineError,
     clean,
+    demo_matches,
+    demo_record,
     digest,
     extract_sets,
-    family_ap,
-    file_sha256,
+    families_from,
+    fusion_metrics,
     score_run,
     train_backbone,
+    weights_intact,
 )
 from benchmarks._stages import Stage
 from benchmarks.recipe import Recipe
@@ -57,11 +60,7 @@ class RecipeContext:
         return self.root.parent / "_demo" / digest(self.recipe.demo.to_dict())
 
     def families(self) -> dict[str, list[int]]:
-        demo = self.results["demo"]
-        out: dict[str, list[int]] = {}
-        for i, c in enumerate(demo["classes"]):
-            out.setdefault(demo["families"][c], []).append(i)
-        return out
+        return families_from(self.results["demo"])
 
     def open(self, mode: str = "r") -> Any:
         from store import FeatureStore
@@ -73,31 +72,13 @@ class RecipeContext:
 def _demo(ctx: RecipeContext, fresh: bool) -> dict[str, Any]:
     from extract.demo import make_demo
 
-    manifest = make_demo(ctx.demo_dir, ctx.recipe.demo, progress=ctx.progress)
-    counts = manifest.video_list().videos["split"].value_counts().to_dict()
-    return {"videos": manifest.n_videos, "splits": counts, "classes": list(manifest.classes),
-            "families": manifest.families, "config": manifest.config.to_dict()}
-
-
-def _demo_intact(ctx: RecipeContext, result: dict[str, Any]) -> bool:
-    from extract.demo import load_demo
-    from extract.errors import DemoError
-
-    try:
-        return load_demo(ctx.demo_dir).config.to_dict() == result["config"]
-    except (DemoError, ValueError, OSError):
-        return False
+    return demo_record(make_demo(ctx.demo_dir, ctx.recipe.demo, progress=ctx.progress))
 
 
 def _train(ctx: RecipeContext, key: str, fresh: bool) -> dict[str, Any]:
     spec = ctx.recipe.backbones[key]
     return train_backbone(ctx.demo_dir, spec.recipe, ctx.root / "runs" / key, ctx.root, par=ctx,
                           progress=ctx.progress, fresh=fresh, label=key)
-
-
-def _weights_intact(ctx: RecipeContext, result: dict[str, Any]) -> bool:
-    path = ctx.root / result["weights"]
-    return path.is_file() and file_sha256(path) == result["sha256"]
 
 
 def _extract(ctx: RecipeContext, i: int, fresh: bool) -> dict[str, Any]:
@@ -206,12 +187,8 @@ def _fusion(ctx: RecipeContext, fresh: bool) -> dict[str, Any]:
     result = fuse_runs(ctx.store, inputs, method=methods[0], compare=methods[1:], fit_split=spec["fit_split"],
                        eval_split=spec["eval_split"], write_as=fused, overwrite=True)
     report = write_report(result, ctx.root / "fusion")
-    fams = ctx.families()
-    keys = ("class_map", "sample_map", "gap20", "top1", "top5")
-    methods_out = {name: {**{k: o.metrics.get(k) for k in keys}, **family_ap(o.per_class_ap, fams)}
-                   for name, o in result.methods.items()}
-    input_metrics = {run: {**{k: result.input_metrics[run].get(k) for k in keys},
-                           **family_ap(result.input_ap[run], fams)} for run in result.inputs}
+    methods_out, input_metrics = fusion_metrics(result, ctx.families(),
+                                                ("class_map", "sample_map", "gap20", "top1", "top5"))
     return clean({"inputs": inputs, "fused_run": fused, "fit_split": spec["fit_split"],
                   "eval_split": spec["eval_split"], "fit_rows": len(result.plan.fit_rows),
                   "eval_rows": len(result.plan.eval_rows), "methods": methods_out, "input_metrics": input_metrics,
@@ -232,9 +209,10 @@ def build_stages(ctx: RecipeContext) -> list[Stage]:
         return lambda x: fn(ctx, *args, x)
 
     used = list(dict.fromkeys(k for p in r.extract for k in p.sets.values()))
-    stages = [Stage("demo", (), r.demo.to_dict(), bound(_demo), bound(_demo_intact))]
+    stages = [Stage("demo", (), r.demo.to_dict(), bound(_demo), lambda result: demo_matches(ctx.demo_dir, result))]
     stages += [Stage(f"train_{k}", ("demo",), {k2: v for k2, v in r.backbones[k].recipe.to_dict().items()
-                                               if k2 != "device"}, bound(_train, k), bound(_weights_intact))
+                                               if k2 != "device"}, bound(_train, k),
+                     lambda result: weights_intact(ctx.root, result))
                for k in used]
     extracts = []
     for i, p in enumerate(r.extract):

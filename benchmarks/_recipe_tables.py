@@ -11,6 +11,9 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
+from benchmarks import _markdown as markdown
+from benchmarks._markdown import pct
+
 Layout = Callable[[dict[str, Any]], str]
 _LAYOUTS: dict[str, Layout] = {}
 
@@ -31,13 +34,9 @@ def get_layout(name: str) -> Layout:
 
 
 # ---------------------------------------------------------------------------------------- helpers
-def pct(v: float | None) -> str:
-    return "-" if v is None else f"{100 * v:.1f}"
-
-
 def table(header: list[str], rows: list[list[str]]) -> list[str]:
-    return ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|",
-            *("| " + " | ".join(r) + " |" for r in rows), ""]
+    """A Markdown table and the blank line after it."""
+    return [*markdown.table(header, rows), ""]
 
 
 def header(s: dict[str, Any]) -> list[str]:

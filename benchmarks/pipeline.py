@@ -44,6 +44,7 @@ from pathlib import Path
 from typing import Any
 
 from benchmarks import _pipeline_steps as steps
+from benchmarks._markdown import pct, table
 from benchmarks._pipeline_steps import MODALITIES, Context, PipelineError, Workdir
 from benchmarks._stages import Stage, run_stages
 from extract.demo import DemoConfig
@@ -257,17 +258,8 @@ def run_pipeline(config: PipelineConfig, workdir: str | os.PathLike = ".", *, pr
 
 
 # ---------------------------------------------------------------------------------------- summary
-def _pct(v: float | None) -> str:
-    return "-" if v is None else f"{100 * v:.1f}"
-
-
 def _plural(n: int, word: str) -> str:
     return f"{n} {word}{'' if n == 1 else 's'}"
-
-
-def _table(header: list[str], rows: list[list[str]]) -> list[str]:
-    return ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|",
-            *("| " + " | ".join(r) + " |" for r in rows)]
 
 
 def format_summary(summary: dict[str, Any]) -> str:
@@ -292,33 +284,33 @@ def format_summary(summary: dict[str, Any]) -> str:
     for m in MODALITIES:
         tr = res[f"train_{m}"]
         rows.append([m, f"{tr['backbone']} classifier (training, {_plural(tr['epochs'], 'epoch')})", "-",
-                     _pct(tr["val_class_map"]), "-", *("-" for _ in fams)])
+                     pct(tr["val_class_map"]), "-", *("-" for _ in fams)])
         for r in [r for r in res["sweep"]["runs"] + res["knn"]["runs"] if r["modality"] == m]:
             if r["status"] != "ok":
                 rows.append([m, r["head"], f"`{r['run']}`", "failed", (r["error"] or "")[:60], *("" for _ in fams)])
                 continue
             val, test = r["scores"]["val"] or {}, r["scores"]["test"] or {}
-            rows.append([m, r["head"], f"`{r['run']}`", _pct(val.get("class_map")), _pct(test.get("class_map")),
-                         *(_pct(test.get(f)) for f in fams)])
-    lines += _table(["modality", "head", "prediction run", "val mAP", "test mAP", *fams], rows)
+            rows.append([m, r["head"], f"`{r['run']}`", pct(val.get("class_map")), pct(test.get("class_map")),
+                         *(pct(test.get(f)) for f in fams)])
+    lines += table(["modality", "head", "prediction run", "val mAP", "test mAP", *fams], rows)
     fu = res["fusion"]
     lines += ["", f"## Fusion of the best head per modality (%; fitted on {fu['fit_split']} out-of-fold "
                   f"predictions, {fu['fit_rows']} rows; scored on {fu['eval_split']}, {fu['eval_rows']} rows)", ""]
     modality_of = {run: m for m, run in fu["inputs"].items()}
-    rows = [[f"input: {modality_of[run]} `{run}`", *(_pct(v.get(k)) for k in ("class_map", "sample_map", "gap20")),
-             *(_pct(v.get(f)) for f in fams)] for run, v in fu["input_metrics"].items()]
+    rows = [[f"input: {modality_of[run]} `{run}`", *(pct(v.get(k)) for k in ("class_map", "sample_map", "gap20")),
+             *(pct(v.get(f)) for f in fams)] for run, v in fu["input_metrics"].items()]
     for i, (name, v) in enumerate(fu["methods"].items()):
         label = f"**{name}** -> `{fu['fused_run']}`" if i == 0 else name
-        rows.append([label, *(_pct(v.get(k)) for k in ("class_map", "sample_map", "gap20")),
-                     *(_pct(v.get(f)) for f in fams)])
-    lines += _table(["inputs and methods", "class mAP", "sample mAP", "GAP@20", *fams], rows)
+        rows.append([label, *(pct(v.get(k)) for k in ("class_map", "sample_map", "gap20")),
+                     *(pct(v.get(f)) for f in fams)])
+    lines += table(["inputs and methods", "class mAP", "sample mAP", "GAP@20", *fams], rows)
     lines += ["", f"Report with per-class gains and reliance plots: `{fu['report']}`.", "",
               "## Time per stage (s)", ""]
     rows = [[t["stage"], t["status"], f"{t['seconds']:.1f}", f"{t['computed_seconds']:.1f}"]
             for t in summary["stages"]]
     rows.append(["total", "", f"{summary['total_seconds']:.1f}",
                  f"{sum(t['computed_seconds'] for t in summary['stages']):.1f}"])
-    lines += _table(["stage", "status", "this run", "when computed"], rows)
+    lines += table(["stage", "status", "this run", "when computed"], rows)
     return "\n".join(lines)
 
 

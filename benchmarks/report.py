@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from benchmarks import _report_plots as plots
+from benchmarks._markdown import table
 from benchmarks._pipeline_steps import MODALITIES
 from benchmarks._report_sections import OPS, SEARCH_RECALL_TARGET, SECTIONS, Row, Section
 
@@ -117,12 +118,6 @@ def check_targets(name: str, record: Mapping[str, Any]) -> list[tuple[str, str]]
 
 
 # ------------------------------------------------------------------------------------ Markdown
-def table(header: list[str], rows: list[list[str]]) -> list[str]:
-    """A Markdown table (``|`` inside a cell escaped)."""
-    return ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|",
-            *("| " + " | ".join(c.replace("|", "\\|") for c in r) + " |" for r in rows)]
-
-
 def _section_table(section: Section, metrics: Mapping[str, Any]) -> list[str]:
     rows = []
     for r in section.rows:
