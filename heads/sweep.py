@@ -223,8 +223,8 @@ def plan_sweep(store: FeatureStore | str | Path, configs: Sequence[TrainConfig],
     """
     fs = store if isinstance(store, FeatureStore) else FeatureStore.open(store, "r")
     fs.refresh()  # runs and rows written since it was opened
-    for features in dict.fromkeys(c.features for c in configs):
-        check_feature_sets(fs, features)  # every set, also of configurations already trained
+    # every set, also of configurations already trained: (K, D) of each combination
+    shapes = {f: check_feature_sets(fs, f) for f in dict.fromkeys(c.features for c in configs)}
     names = {c.config_hash(): c.default_run_name() for c in configs}
     if len(set(names.values())) != len(names):  # two hashes with the same first 8 digits
         raise ValueError("two configurations would write the same run name; change a setting of one of them")
@@ -232,7 +232,6 @@ def plan_sweep(store: FeatureStore | str | Path, configs: Sequence[TrainConfig],
     cached = {h: {"status": "cached", "run": done[h][0], "metrics": done[h][1].get("metrics", {})}
               for h in names if h in done}
     todo = list({c.config_hash(): c for c in configs if c.config_hash() not in cached}.values())
-    shapes = {f: check_feature_sets(fs, f) for f in {c.features for c in todo}}
     cost = {c.config_hash(): estimate_cost(c, *shapes[c.features], len(fs.classes)) for c in todo}
     todo.sort(key=lambda c: -cost[c.config_hash()])  # stable: equal costs keep the grid's order
     return todo, cached
