@@ -115,8 +115,8 @@ def _clip_slots(
 
 
 @dataclass(frozen=True)
-class RGBClips(InputMaker):
-    """N sampled clips x V spatial views of RGB frames: ``K = N * V``, clip-major.
+class _ViewedClips(InputMaker):
+    """N sampled clips x V spatial views of a picture modality: ``K = N * V``, clip-major.
 
     Attributes:
         sampling: where the N clips of T frames go.
@@ -134,6 +134,16 @@ class RGBClips(InputMaker):
     def decode_short_side(self) -> int:
         return self.view.decode_short_side
 
+
+@dataclass(frozen=True)
+class RGBClips(_ViewedClips):
+    """N sampled clips x V spatial views of RGB frames: ``K = N * V``, clip-major.
+
+    Attributes:
+        sampling: where the N clips of T frames go.
+        view: resize and crops giving the V views of every clip.
+    """
+
     def frame_indices(self, n_frames: int) -> np.ndarray:
         return clip_frame_indices(n_frames, self.sampling)[0]
 
@@ -148,7 +158,7 @@ class RGBClips(InputMaker):
 
 
 @dataclass(frozen=True)
-class FlowClips(InputMaker):
+class FlowClips(_ViewedClips):
     """The optical flow of the same N clips x V views as :class:`RGBClips`: ``K = N * V``.
 
     Flow ``t`` of a clip is the motion from its frame ``t`` to the next video frame
@@ -162,18 +172,8 @@ class FlowClips(InputMaker):
         backend: ``"cpu"`` or ``"cuda"`` (OpenCV's), from :func:`extract.flow.flow_backend`.
     """
 
-    sampling: ClipSampling
-    view: ViewSpec
     flow: FlowSettings
     backend: str = "cpu"
-
-    @property
-    def clips(self) -> int:
-        return self.sampling.num_clips * self.view.num_views
-
-    @property
-    def decode_short_side(self) -> int:
-        return self.view.decode_short_side
 
     def frame_indices(self, n_frames: int) -> np.ndarray:
         idx = clip_frame_indices(n_frames, self.sampling)[0]  # (N, T)
