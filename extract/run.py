@@ -34,13 +34,13 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from extract._config import read_toml_config
+from extract.dump.settings import DEVICES, MODALITIES, BackboneChoice, ExtractSettings, parse_shard
 from extract.errors import DemoError, ExtractError
-from extract.flow import FLOW_ALGORITHMS
-from extract.settings import DEVICES, MODALITIES, BackboneChoice, ExtractSettings, parse_shard
+from extract.media.flow import FLOW_ALGORITHMS
 from store.errors import StoreError
 
 if TYPE_CHECKING:
-    from extract.pipeline import RunStats
+    from extract.dump.pipeline import RunStats
 
 log = logging.getLogger("extract.run")
 
@@ -409,8 +409,8 @@ def run(args: argparse.Namespace) -> int:
     from tqdm import tqdm
     from tqdm.contrib.logging import logging_redirect_tqdm
 
-    from extract import pipeline
     from extract.demo import load_demo, make_demo
+    from extract.dump import pipeline
 
     t0 = time.perf_counter()
     demo = args.videos is None

@@ -7,7 +7,7 @@
 
 The file is embedded exactly as ``extract.run`` embedded the feature set: the producer is
 rebuilt from the set's recorded spec (backbone, random-init seed or weights checksum, clip
-sampling, views, chunking) through :func:`extract.pipeline.build_producers`, the file is
+sampling, views, chunking) through :func:`extract.dump.pipeline.build_producers`, the file is
 decoded by the same worker function and embedded in the same model, and the features are
 rounded to the set's storage dtype. The per-video vector is the mean of the valid clips
 (:func:`store.index.pool_video_vectors`, what the index holds), and the search is
@@ -29,13 +29,13 @@ from pathlib import Path
 
 import numpy as np
 
-from extract._worker import DecodeTask, process_task
 from extract.backbones import file_sha256
+from extract.dump.pipeline import build_producers
+from extract.dump.producers import FeatureProducer
+from extract.dump.settings import DEVICES, ExtractSettings
+from extract.dump.worker import DecodeTask, process_task
 from extract.errors import ExtractError
-from extract.pipeline import build_producers
-from extract.producers import FeatureProducer
-from extract.sampling import ClipSampling, ViewSpec
-from extract.settings import DEVICES, ExtractSettings
+from extract.media.sampling import ClipSampling, ViewSpec
 from store.errors import StoreError
 from store.feature_set import FeatureSet
 from store.feature_store import FeatureStore

@@ -250,7 +250,7 @@ def run(args: argparse.Namespace, config: dict[str, Any]) -> int:
     from tqdm.contrib.logging import logging_redirect_tqdm
 
     from extract.demo import load_demo, make_demo
-    from extract.settings import available_cores
+    from extract.dump.settings import available_cores
     from extract.training import fit
     from extract.training.checkpoint import RECIPE_JSON, save_json
     from extract.training.loop import default_workers, resolve_device

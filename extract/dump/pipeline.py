@@ -4,7 +4,7 @@
 
     open_video_list(source, store)          the list, with the store's classes when it has some
     prepare_store(path, videos)             create or extend the store (headers probed in workers;
-                                            both live in extract._prepare)
+                                            both live in extract.dump._prepare)
     build_producers(settings, device)       one FeatureProducer per backbone of the run
                                             (rgb / flow / audio, settings.choices())
     extract(source, store, settings)        all of the above and run_extraction, in one call
@@ -38,20 +38,18 @@ import numpy as np
 import pandas as pd
 import torch
 
-from extract._assembly import extract_rows
-from extract._logits import check_classifier, write_logit_predictions
-from extract._prepare import (
+from extract.backbones import Backbone, BackboneInfo, get_backbone
+from extract.dump._assembly import extract_rows
+from extract.dump._logits import check_classifier, write_logit_predictions
+from extract.dump._prepare import (
     UNLABELLED_CLASSES,
     check_feature_sets,
     open_video_list,
     prepare_store,
     probe_table,
 )
-from extract.backbones import Backbone, BackboneInfo, get_backbone
-from extract.errors import ExtractError
-from extract.flow import FlowSettings, flow_backend
-from extract.makers import AudioWindows, FlowClips, RGBClips, audio_input_for
-from extract.producers import (
+from extract.dump.makers import AudioWindows, FlowClips, RGBClips, audio_input_for
+from extract.dump.producers import (
     LOGITS_SUFFIX,
     AudioProducer,
     BackboneProducer,
@@ -59,8 +57,10 @@ from extract.producers import (
     FlowProducer,
     RGBProducer,
 )
-from extract.sampling import ClipSampling
-from extract.settings import BackboneChoice, ExtractSettings
+from extract.dump.settings import BackboneChoice, ExtractSettings
+from extract.errors import ExtractError
+from extract.media.flow import FlowSettings, flow_backend
+from extract.media.sampling import ClipSampling
 from store import FeatureSetSpec, FeatureStore
 
 __all__ = [

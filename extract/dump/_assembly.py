@@ -26,13 +26,13 @@ import numpy as np
 import pandas as pd
 import torch
 
-from extract._worker import DecodePool, DecodeResult, DecodeTask
-from extract.makers import ModelInput
-from extract.producers import FeatureProducer
+from extract.dump.makers import ModelInput
+from extract.dump.producers import FeatureProducer
+from extract.dump.worker import DecodePool, DecodeResult, DecodeTask
 from store import FeatureSet, FeatureStore, FeatureWriter
 
 if TYPE_CHECKING:
-    from extract.settings import ExtractSettings
+    from extract.dump.settings import ExtractSettings
 
 
 @dataclass
@@ -201,14 +201,14 @@ class RunLoop:
 
     Args:
         producers: the run's producers; producer ``i`` fills the sets ``sets_of[i]`` (its
-            :attr:`~extract.producers.FeatureProducer.outputs`, in order).
+            :attr:`~extract.dump.producers.FeatureProducer.outputs`, in order).
         sets_of: feature set indices (into ``writers``) of each producer.
         writers: one per feature set.
         need: ``(n, sets)`` bool, which sets still lack each planned row (rows sorted in
             ``rows``); a row done in a set is never rewritten there.
         rows: the planned rows, sorted.
         batch_size: clips per model batch.
-        stats: the run's live :class:`~extract.pipeline.RunStats` (updated here).
+        stats: the run's live :class:`~extract.dump.pipeline.RunStats` (updated here).
         on_progress: called with ``stats`` after every video and every write.
 
     A slot layout with no valid slot (an audio set of a video without audio) never reaches

@@ -17,9 +17,9 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from extract._worker import DecodePool, DecodeTask
+from extract.dump.producers import FeatureProducer
+from extract.dump.worker import DecodePool, DecodeTask
 from extract.inputs import CLASS_FILE_NAMES, VideoList, read_video_list
-from extract.producers import FeatureProducer
 from store import FeatureSetSpec, FeatureStore
 from store.errors import ClassMismatch, DuplicateVideoId
 

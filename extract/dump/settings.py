@@ -44,8 +44,8 @@ from typing import Any
 
 from extract.backbones import BackboneInfo
 from extract.errors import ExtractError
-from extract.flow import FLOW_ALGORITHMS
-from extract.sampling import SAMPLING_MODES, ClipSampling, ViewSpec
+from extract.media.flow import FLOW_ALGORITHMS
+from extract.media.sampling import SAMPLING_MODES, ClipSampling, ViewSpec
 
 DEVICES = ("auto", "cpu", "cuda")
 #: What a backbone of a run looks at; K per video is clips x views (rgb, flow) or clips (audio).

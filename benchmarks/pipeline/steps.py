@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 if TYPE_CHECKING:
-    from benchmarks.pipeline import PipelineConfig
+    from benchmarks.pipeline.job import PipelineConfig
 
 log = logging.getLogger(__name__)
 
@@ -119,7 +119,7 @@ def parallelism(config: PipelineConfig) -> tuple[str, int, int]:
     """``(device, decode workers, torch threads)`` for training and extraction."""
     import torch
 
-    from extract.settings import available_cores
+    from extract.dump.settings import available_cores
 
     device = "cuda" if config.device == "cuda" or (config.device == "auto" and torch.cuda.is_available()) else "cpu"
     cores = available_cores()
@@ -307,9 +307,9 @@ def _open_store(ctx: Context, mode: str = "r") -> Any:
 
 
 def extract_step(ctx: Context, fresh: bool) -> dict[str, Any]:
-    """Stage 3: RGB, flow and audio features from one decode per video (``extract.pipeline.extract``)."""
+    """Stage 3: RGB, flow and audio features from one decode per video (``extract.dump.pipeline.extract``)."""
     from extract.demo import load_demo
-    from extract.settings import BackboneChoice
+    from extract.dump.settings import BackboneChoice
 
     cfg = ctx.config
     demo = load_demo(ctx.work.demo)
@@ -325,15 +325,15 @@ def extract_step(ctx: Context, fresh: bool) -> dict[str, Any]:
 
 def extract_sets(demo: Any, store: Path, choices: tuple[Any, ...], settings: dict[str, Any], *, par: Any,
                  progress: bool, fresh: bool, desc: str) -> dict[str, dict[str, Any]]:
-    """One ``extract.pipeline.extract`` pass of ``choices`` over a demo (one decode per video).
+    """One ``extract.dump.pipeline.extract`` pass of ``choices`` over a demo (one decode per video).
 
     ``settings`` are the ExtractSettings fields of what the features are; ``fresh`` deletes the
     choices' sets first (their backbone changed). Returns ``{set name: record}``.
     """
     from tqdm.auto import tqdm
 
-    from extract import pipeline as xp
-    from extract.settings import ExtractSettings
+    from extract.dump import pipeline as xp
+    from extract.dump.settings import ExtractSettings
     from store import FeatureStore
 
     if (store / "zarr.json").is_file():
@@ -380,7 +380,7 @@ def store_is_intact(ctx: Context, result: dict[str, Any]) -> bool:
 
 def sweep_step(ctx: Context, fresh: bool) -> dict[str, Any]:
     """Stage 4: every head on every modality, k-fold out-of-fold (``heads.sweep.run_sweep``)."""
-    from extract.settings import available_cores
+    from extract.dump.settings import available_cores
     from heads.sweep import local_cluster, run_sweep
 
     cfg = ctx.config

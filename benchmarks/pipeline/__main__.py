@@ -1,0 +1,7 @@
+"""``python -m benchmarks.pipeline``: the main job (:func:`benchmarks.pipeline.job.main`)."""
+
+import sys
+
+from benchmarks.pipeline.job import main
+
+sys.exit(main())
