@@ -9,6 +9,7 @@ Public API::
     write_logit_predictions                         extract.dump.pipeline (--head-logits prediction runs)
     ExtractSettings, BackboneChoice, available_cores, extract.dump.settings (frozen, validated)
       default_parallelism, parse_shard
+    FeatureSetJob, PlannedJob, RunPlan, make_jobs   extract.dump.jobs (one backbone's feature sets: the unit of work)
     FeatureProducer, BackboneProducer, RGBProducer, extract.dump.producers (the model half: torch)
       FlowProducer, AudioProducer
     InputMaker, RGBClips, FlowClips, AudioWindows,  extract.dump.makers (the decode half: numpy, picklable)
@@ -28,6 +29,7 @@ _MODULES = {
                               "prepare_store", "run_extraction", "timeline", "write_logit_predictions"),
     "extract.dump.settings": ("DEVICES", "MODALITIES", "BackboneChoice", "ExtractSettings", "available_cores",
                               "default_parallelism", "parse_shard"),
+    "extract.dump.jobs": ("FeatureSetJob", "PendingSet", "PlannedJob", "RunPlan", "make_jobs"),
     "extract.dump.producers": ("AudioProducer", "BackboneProducer", "FeatureProducer", "FlowProducer",
                                "RGBProducer"),
     "extract.dump.makers": ("NO_AUDIO", "AudioWindows", "FlowClips", "InputMaker", "ModelInput", "RGBClips",
