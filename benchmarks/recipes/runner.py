@@ -78,7 +78,10 @@ def recipe_command(name: str, workdir: Path, *, tiny: bool = False, device: str 
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m benchmarks.recipes", description="Run a challenge recipe (benchmarks/recipes/NAME.toml) end to end on the demo set.",
+    """Command-line entry point (``python -m benchmarks.recipes``); returns the exit status."""
+    ap = argparse.ArgumentParser(prog="python -m benchmarks.recipes",
+                                 description="Challenge recipes: a published pipeline, scaled down, as one TOML "
+                                             "file run end to end.",
                                  epilog=f"recipes: {', '.join(list_recipes())}")
     ap.add_argument("recipe", help="a recipe name or a path to a recipe .toml")
     ap.add_argument("--workdir", type=Path, default=Path("benchmarks/_work"),
