@@ -4,7 +4,7 @@ Each stage function takes the :class:`Context` and ``fresh`` (True: the stage's 
 inputs changed since it last started, so its old outputs are dropped first; False: it
 continues what an interrupted run left) and returns a JSON-able result that describes what
 is now on disk (no timings: those live in the pipeline's state file), so a cached rerun
-reproduces the same summary. :mod:`benchmarks.pipeline` decides which stages run.
+reproduces the same summary. :mod:`benchmarks.pipeline.job` decides which stages run.
 """
 
 from __future__ import annotations
