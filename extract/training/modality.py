@@ -6,7 +6,7 @@ Each modality is one small class in two halves, like ``extract.dump.producers``:
   frames with :func:`~extract.media.decode.decode_video` and the clip sampling of
   :mod:`extract.media.sampling`: :meth:`ModalityInputs.train_example` draws a random clip
   position and augments; :meth:`ModalityInputs.eval_clips` takes deterministic clips,
-  exactly the ones ``extract.run`` embeds (RGB reuses :class:`extract.dump.producers.RGBClips`);
+  exactly the ones ``extract.run`` embeds (RGB reuses :class:`extract.dump.makers.RGBClips`);
 * the **device half**, :meth:`ModalityInputs.to_model`, turns a collated batch into the
   backbone's normalised input on the GPU (uint8 travels, floats are made on the device).
 
@@ -32,7 +32,7 @@ import numpy as np
 import torch
 
 from extract.backbones import Backbone, BackboneInfo
-from extract.dump.producers import RGBClips
+from extract.dump.makers import RGBClips
 from extract.media.audio import AudioSettings, audio_windows, log_mel
 from extract.media.decode import DecodeError, decode_video
 from extract.media.flow import FlowSettings, clip_flow_stack, flow_frame_indices, flow_views
