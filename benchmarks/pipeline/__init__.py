@@ -7,23 +7,18 @@ Public API::
     Context, Workdir, PipelineError,         benchmarks.pipeline.steps (one function per stage, and the
       MODALITIES, extract_sets, ...            helpers the recipes share: scores, demo and weights records)
     Stage, run_stages                        benchmarks.pipeline.stages (resumable stages: skip, resume, rerun)
-
-Exports are lazy (PEP 562): ``benchmarks.pipeline.stages`` alone imports no torch.
 """
 
-import importlib
-from typing import Any
+from benchmarks.pipeline.job import (
+    SIZES,
+    PipelineConfig,
+    build_stages,
+    format_summary,
+    main,
+    run_pipeline,
+)
+from benchmarks.pipeline.stages import Stage, run_stages
+from benchmarks.pipeline.steps import MODALITIES, Context, PipelineError, Workdir
 
-_MODULES = {
-    "benchmarks.pipeline.job": ("SIZES", "PipelineConfig", "build_stages", "format_summary", "main", "run_pipeline"),
-    "benchmarks.pipeline.steps": ("MODALITIES", "Context", "PipelineError", "Workdir"),
-    "benchmarks.pipeline.stages": ("Stage", "run_stages"),
-}
-_EXPORTS = {name: module for module, names in _MODULES.items() for name in names}
-__all__ = sorted(_EXPORTS)
-
-
-def __getattr__(name: str) -> Any:
-    if name not in _EXPORTS:
-        raise AttributeError(f"module 'benchmarks.pipeline' has no attribute {name!r}")
-    return getattr(importlib.import_module(_EXPORTS[name]), name)
+__all__ = ["MODALITIES", "SIZES", "Context", "PipelineConfig", "PipelineError", "Stage", "Workdir", "build_stages",
+           "format_summary", "main", "run_pipeline", "run_stages"]

@@ -11,25 +11,13 @@ Public API::
     RecipeContext, build_stages            benchmarks.recipes.steps (the stages of a recipe run)
     get_analysis, list_analyses            benchmarks.recipes.analyses ([analyses.NAME]: thresholds, ...)
     get_layout                             benchmarks.recipes.tables (each report's table layout)
-
-Exports are lazy (PEP 562).
 """
 
-import importlib
-from typing import Any
+from benchmarks.recipes.analyses import get_analysis, list_analyses
+from benchmarks.recipes.recipe import Recipe, RecipeError, list_recipes, load_recipe, shrink
+from benchmarks.recipes.runner import main, recipe_command, run_recipe
+from benchmarks.recipes.steps import RecipeContext, build_stages
+from benchmarks.recipes.tables import get_layout
 
-_MODULES = {
-    "benchmarks.recipes.recipe": ("Recipe", "RecipeError", "list_recipes", "load_recipe", "shrink"),
-    "benchmarks.recipes.runner": ("main", "recipe_command", "run_recipe"),
-    "benchmarks.recipes.steps": ("RecipeContext", "build_stages"),
-    "benchmarks.recipes.analyses": ("get_analysis", "list_analyses"),
-    "benchmarks.recipes.tables": ("get_layout",),
-}
-_EXPORTS = {name: module for module, names in _MODULES.items() for name in names}
-__all__ = sorted(_EXPORTS)
-
-
-def __getattr__(name: str) -> Any:
-    if name not in _EXPORTS:
-        raise AttributeError(f"module 'benchmarks.recipes' has no attribute {name!r}")
-    return getattr(importlib.import_module(_EXPORTS[name]), name)
+__all__ = ["Recipe", "RecipeContext", "RecipeError", "build_stages", "get_analysis", "get_layout", "list_analyses",
+           "list_recipes", "load_recipe", "main", "recipe_command", "run_recipe", "shrink"]
