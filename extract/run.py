@@ -365,7 +365,7 @@ def _settings(args: argparse.Namespace, demo: bool) -> ExtractSettings:
 def _summary(stats: RunStats, elapsed: float) -> str:
     """The end-of-run report: what was written, what failed and why, how fast."""
     lines = []
-    for name, spec in zip(stats.set_names, stats.specs):
+    for name, spec in stats.outputs:
         made = f"weights {spec.weights_sha256[:12]}" if spec.weights_sha256 else "random init"
         lines.append(
             f"extract: {stats.store} features/{name}: K={spec.clips} x D={spec.dim} {spec.dtype}, "

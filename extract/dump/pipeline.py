@@ -272,7 +272,9 @@ class RunStats:
     ``decode_calls / videos_decoded`` is the number of decodes per video (1: every clip,
     view, modality and feature set comes from one open); ``probe_calls`` counts header-only
     opens. ``notes`` counts videos by what the makers noted (``"no audio track"``: a video
-    whose audio rows were written with an all-False mask; not a failure).
+    whose audio rows were written with an all-False mask; not a failure). ``outputs`` holds
+    ``(set name, spec)`` of every set filled; ``producer_sets[i]`` and ``make_seconds[i]``
+    belong to job ``i`` (its features' set name, its makers' time in the decode workers).
     """
 
     planned: int = 0
@@ -298,10 +300,14 @@ class RunStats:
     threads: int = 0
     device: str = "cpu"
     store: str = ""
-    set_names: list[str] = field(default_factory=list)
-    specs: list[FeatureSetSpec] = field(default_factory=list)
+    outputs: list[tuple[str, FeatureSetSpec]] = field(default_factory=list)
     producer_sets: list[str] = field(default_factory=list)
     predictions: dict[str, dict] = field(default_factory=dict)
+
+    @property
+    def set_names(self) -> list[str]:
+        """Every feature set the run fills, in ``outputs`` order."""
+        return [name for name, _ in self.outputs]
 
     @property
     def decodes_per_video(self) -> float:
@@ -342,8 +348,7 @@ def run_extraction(
     stats = RunStats(
         device=device,
         store=str(fs.path),
-        set_names=[n for n, _ in outputs],
-        specs=[spec for _, spec in outputs],
+        outputs=outputs,
         producer_sets=names,
         make_seconds=[0.0] * len(jobs),
     )
