@@ -9,10 +9,12 @@ Inputs (the id of each video is the decoded name, see ``store._exchange``):
 - ``h5``: one HDF5 file whose root members are either ``(K, D)`` / ``(D,)`` datasets named by
   id, or groups named by id holding a ``features`` dataset (and optionally ``times``); a
   group's ``id`` attribute, when present, is the id. Root attributes are kept.
+- ``parquet``: one row per clip with ``id`` and ``features`` (list) columns, optionally
+  ``clip`` (order) and ``start`` / ``end`` (``store.export``'s layout; see ``store._parquet_input``).
 
 ``ids_from`` names a CSV with ``id`` and ``file`` columns (``store.export``'s ``index.csv``)
 when file names are not the store's ids: ``file`` is the ``.npy`` path relative to the folder,
-or the HDF5 member name.
+the HDF5 member name, or the Parquet ``id`` value.
 
 Everything is checked before anything is written (ids known, every video present unless
 ``allow_missing``, one D, K at most ``max_clips``); then rows are written a storage chunk at a
@@ -26,6 +28,7 @@ import datetime as _dt
 import json
 import logging
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -34,6 +37,7 @@ import numpy as np
 import pandas as pd
 
 from store._exchange import Progress, decode_id, encode_id, jsonable, no_progress
+from store._parquet_input import ParquetArray, ParquetVideos
 from store.errors import ShapeMismatch, StoreError, VideoNotFound
 from store.feature_set import FeatureSet
 from store.feature_store import FeatureStore
@@ -41,7 +45,7 @@ from store.schema import FeatureSetSpec
 
 log = logging.getLogger(__name__)
 
-IMPORT_FORMATS = ("npy", "h5")
+IMPORT_FORMATS = ("npy", "h5", "parquet")
 MAX_CLIPS = 4096
 CHUNK_BYTES = 8 << 20  # a storage chunk of an imported set holds about this many bytes
 
@@ -165,6 +169,21 @@ def scan_h5(h5file: Any, path: Path, *, dataset: str = "features", ids_from: Pat
     return out
 
 
+def scan_parquet(videos: ParquetVideos, *, ids_from: Path | None = None) -> list[Entry]:
+    """The videos of a one-row-per-clip Parquet file (``store.export --to parquet``'s layout)."""
+    names = ([(r.id, r.file) for r in _read_ids_from(ids_from).itertuples()] if ids_from is not None
+             else [(vid, vid) for vid in videos.ids()])
+    out = []
+    for vid, key in names:
+        where = f"{videos.path} (id {key!r})"
+        if key not in videos.counts:
+            out.append(Entry(vid, where, None))  # reported as missing
+            continue
+        out.append(Entry(vid, where, ParquetArray(videos, key, "features"),
+                         ParquetArray(videos, key, "times") if videos.has_times else None))
+    return out
+
+
 def _h5_attrs(h5file: Any) -> dict[str, Any]:
     attrs = {}
     for k, v in h5file.attrs.items():
@@ -177,7 +196,7 @@ def _h5_attrs(h5file: Any) -> dict[str, Any]:
     return jsonable(attrs)
 
 
-def _match(fs: FeatureStore, entries: list[Entry], allow_missing: bool, expect: str) -> tuple[list, list, list]:
+def _match(fs: FeatureStore, entries: list[Entry], allow_missing: bool, expect: Callable[[str], str]) -> tuple[list, list, list]:
     """``([(row, entry)] sorted by row, missing store ids, unknown inputs)`` after the id checks."""
     lookup = {v: i for i, v in enumerate(fs.video_ids())}
     seen: dict[int, str] = {}
@@ -200,7 +219,7 @@ def _match(fs: FeatureStore, entries: list[Entry], allow_missing: bool, expect: 
         matched.append((row, e))
     missing = [str(v) for v, i in lookup.items() if i not in seen]
     if missing and not allow_missing:
-        raise StoreError(f"no features for video {missing[0]!r} (expected {expect.format(encode_id(missing[0]))}; "
+        raise StoreError(f"no features for video {missing[0]!r} (expected {expect(missing[0])}; "
                          f"{len(missing)} videos lack one; pass --allow-missing to skip them)")
     if not matched:
         raise StoreError("no input matches a video of the store; check the names (or --suffix, --ids-from)")
@@ -244,7 +263,7 @@ def import_features(fs: FeatureStore, name: str, fmt: str, src: str | os.PathLik
     Args:
         fs: The store (its videos must already be there).
         name: Feature set to create (or to continue, if an earlier import was interrupted).
-        fmt: ``npy`` (a folder) or ``h5`` (a file).
+        fmt: ``npy`` (a folder), ``h5`` or ``parquet`` (a file).
         src: The input.
         suffix: ``npy`` file names are ``ID{suffix}.npy``.
         dataset: ``h5`` groups hold their features in this dataset.
@@ -265,8 +284,15 @@ def import_features(fs: FeatureStore, name: str, fmt: str, src: str | os.PathLik
         entries = scan_npy(src, suffix=suffix, ids_from=ids_from)
         attrs_file = src / "attrs.json"
         source_attrs = json.loads(attrs_file.read_text()) if attrs_file.is_file() else {}
-        return _import(fs, name, entries, source_attrs, fmt, src, str(src / f"{{}}{suffix}.npy"), allow_missing,
+        return _import(fs, name, entries, source_attrs, fmt, src, lambda v: str(src / f"{encode_id(v)}{suffix}.npy"), allow_missing,
                        max_clips, dtype, backbone, modality, chunk_rows, progress)
+    if fmt == "parquet":
+        videos = ParquetVideos(src)
+        meta = videos.file.schema_arrow.metadata or {}
+        source_attrs = json.loads(meta[b"videofeat"]) if b"videofeat" in meta else {}
+        return _import(fs, name, scan_parquet(videos, ids_from=ids_from), source_attrs, fmt, src,
+                       lambda v: f"{src} (id {v!r})", allow_missing, max_clips, dtype, backbone, modality, chunk_rows,
+                       progress)
     import h5py
 
     try:
@@ -275,12 +301,12 @@ def import_features(fs: FeatureStore, name: str, fmt: str, src: str | os.PathLik
         raise StoreError(f"cannot open {src} as HDF5: {exc}") from None
     with h5file:
         entries = scan_h5(h5file, src, dataset=dataset, ids_from=ids_from)
-        return _import(fs, name, entries, _h5_attrs(h5file), fmt, src, f"{src}:/{{}}", allow_missing,
+        return _import(fs, name, entries, _h5_attrs(h5file), fmt, src, lambda v: f"{src}:/{encode_id(v)}", allow_missing,
                        max_clips, dtype, backbone, modality, chunk_rows, progress)
 
 
 def _import(fs: FeatureStore, name: str, entries: list[Entry], source_attrs: dict[str, Any], fmt: str, src: Path,
-            expect: str, allow_missing: bool, max_clips: int, dtype: str, backbone: str | None,
+            expect: Callable[[str], str], allow_missing: bool, max_clips: int, dtype: str, backbone: str | None,
             modality: str | None, chunk_rows: int | None, progress: Progress) -> ImportSummary:
     matched, missing, unknown = _match(fs, entries, allow_missing, expect)
     k_max, dim = _check_shapes(matched, max_clips, fs.n_videos)

@@ -1,9 +1,10 @@
-"""``python -m store.import STORE.zarr --from npy|h5 IN --features NAME``: features other tools computed.
+"""``python -m store.import STORE.zarr --from npy|h5|parquet IN --features NAME``: features other tools computed.
 
 ::
 
     python -m store.import demo.zarr --from npy vf_out/ --features i3d_rgb --suffix _rgb
     python -m store.import demo.zarr --from h5 feats.h5 --features clip_vit --ids-from index.csv
+    python -m store.import demo.zarr --from parquet rgb.parquet --features rgb_again
 
 Creates feature set NAME (provenance: "imported from" the source path, format and the source's
 own attributes; the date and any skipped ids in the set's ``import`` attribute), so heads, fusion
@@ -30,7 +31,7 @@ def main(argv: list[str] | None = None) -> int:
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("store", help="the NAME.zarr store (its videos must be there already)")
     ap.add_argument("--from", dest="fmt", required=True, choices=IMPORT_FORMATS, help="input format")
-    ap.add_argument("src", help="input folder (npy) or file (h5)")
+    ap.add_argument("src", help="input folder (npy) or file (h5, parquet)")
     ap.add_argument("--features", required=True, help="name of the feature set to create")
     ap.add_argument("--ids-from", help="CSV with 'id' and 'file' columns mapping inputs to store ids "
                                        "(store.export's index.csv works)")

@@ -22,13 +22,13 @@ def store(tmp_path):
     return _build(tmp_path / "s.zarr")
 
 
-def _same_set(fs, name, data, valid, times):
+def _same_set(fs, name, data, valid, times, absent=NOT_DONE | ERRORED):
     """The imported set holds each done row's valid clips (first slots), their times, done flags."""
     fset = fs.feature_set(name)
     got, gvalid = fset.read(dtype=None)
     gtimes = fset.read_times()
     for r in range(len(IDS)):
-        if r in NOT_DONE | ERRORED:
+        if r in absent:
             assert not fset.done()[r] and not gvalid[r].any()
             continue
         k = int(valid[r].sum())
@@ -38,20 +38,22 @@ def _same_set(fs, name, data, valid, times):
     assert fset.spec.dtype == "float16" and fset.spec.dim == D
 
 
-@pytest.mark.parametrize("fmt", ["npy", "h5"])
+@pytest.mark.parametrize("fmt", ["npy", "h5", "parquet"])
 def test_export_import_round_trip_is_exact(store, tmp_path, fmt):
     fs, data, valid, times = store
-    out = tmp_path / ("out" if fmt == "npy" else "out.h5")
+    out = tmp_path / {"npy": "out", "h5": "out.h5", "parquet": "out.parquet"}[fmt]
     assert export_main([str(fs.path), "--to", fmt, str(out), "--features", "rgb"]) == 0
     assert import_main([str(fs.path), "--from", fmt, str(out), "--features", "back", "--allow-missing"]) == 0
     fs = FeatureStore.open(fs.path)
-    _same_set(fs, "back", data, valid, times)
+    no_row = {5} if fmt == "parquet" else set()  # parquet: a video without valid clips has no row
+    _same_set(fs, "back", data, valid, times, NOT_DONE | ERRORED | no_row)
     fset = fs.feature_set("back")
     assert fset.spec.backbone == "toy" and fset.spec.extra["imported_from"]["format"] == fmt
     assert fset.spec.extra["imported_from"]["path"] == str(out.resolve())
     assert fset.spec.extra["imported_from"]["attrs"]["feature_set"] == "rgb"
     record = fset.attrs["import"]
-    assert record["missing"] == 2 and sorted(record["missing_ids"]) == sorted(IDS[r] for r in NOT_DONE | ERRORED)
+    assert record["missing"] == 2 + len(no_row)
+    assert sorted(record["missing_ids"]) == sorted(IDS[r] for r in NOT_DONE | ERRORED | no_row)
     assert record["finished"] >= record["started"]
     # kNN runs on the imported set: a video with all clips is its own nearest neighbour in a copy
     index = ensure_index(fs.feature_set("back"), IndexSpec(kind="flat"))
@@ -197,3 +199,24 @@ def test_interrupted_import_resumes(store, tmp_path, monkeypatch):
     assert import_main(args) == 0
     assert len(reads) == 5  # only the rows not done
     _same_set(FeatureStore.open(fs.path), "back", data, valid, times)
+
+
+def test_parquet_of_another_tool_rows_interleaved_across_row_groups(tmp_path):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    fs = _plain_store(tmp_path / "s.zarr", 3)
+    rng = np.random.default_rng(4)
+    feats = {f"v{i}": rng.standard_normal((i + 2, 4)).astype(np.float32) for i in range(3)}
+    rows = [(vid, f) for vid, arr in feats.items() for f in arr]
+    order = rng.permutation(len(rows))  # videos interleaved; no clip column: file order is clip order
+    rows = [rows[i] for i in sorted(order[:4])] + [rows[i] for i in sorted(order[4:])]
+    table = pa.table({"id": [r[0] for r in rows], "features": [r[1].tolist() for r in rows]})
+    pq.write_table(table, tmp_path / "x.parquet", row_group_size=4)
+    assert import_main([str(fs.path), "--from", "parquet", str(tmp_path / "x.parquet"), "--features", "p",
+                        "--dtype", "float32"]) == 0
+    got, valid = FeatureStore.open(fs.path).feature_set("p").read(dtype=None)
+    for i, (vid, arr) in enumerate(feats.items()):
+        want = np.stack([f for v, f in rows if v == vid])  # file order
+        np.testing.assert_array_equal(got[i, : len(arr)], want)
+        assert valid[i].sum() == len(arr)
