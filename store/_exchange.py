@@ -110,8 +110,10 @@ class ProgressRecord:
             old = json.loads(self.path.read_text())
         except (OSError, ValueError):
             return False  # a damaged record: start over
-        if old.get("source") != self.source:
-            raise StoreError(f"{self.path} records an export of another source ({old.get('source')}); "
+        before = old.get("source") or {}
+        if before != self.source:
+            changed = ", ".join(k for k in self.source if before.get(k) != self.source[k])
+            raise StoreError(f"{self.path} records an export of another source (differs in: {changed}); "
                              f"choose another output or delete the old one")
         self.finished = {int(c) for c in old.get("finished", [])}
         return True

@@ -87,6 +87,15 @@ def choose_source(fs: FeatureStore, features: str | None, run: str | None) -> tu
     raise StoreError(f"{fs.path} holds {len(sets)} feature sets ({', '.join(sets)}); choose one with --features")
 
 
+def _check_out(fmt: str, out: Path) -> None:
+    if fmt not in WRITERS:
+        raise StoreError(f"unknown export format {fmt!r}; use one of {', '.join(FORMATS)}")
+    if fmt == "npy" and out.exists() and not out.is_dir():
+        raise StoreError(f"{out} is a file; --to npy writes a folder")
+    if fmt != "npy" and out.is_dir():
+        raise StoreError(f"{out} is a folder; --to {fmt} writes one file")
+
+
 def _now() -> str:
     return _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
 
@@ -125,10 +134,9 @@ def export_features(fs: FeatureStore, name: str, fmt: str, out: str | os.PathLik
         out: Folder (``npy``) or file (``h5``, ``parquet``).
         progress: Wraps the chunk loop (e.g. ``tqdm``).
     """
-    if fmt not in WRITERS:
-        raise StoreError(f"unknown export format {fmt!r}; use one of {', '.join(FORMATS)}")
-    fset = fs.feature_set(name)
     out = Path(out)
+    _check_out(fmt, out)
+    fset = fs.feature_set(name)
     attrs = jsonable({"format_version": FORMAT_VERSION, "store": str(fs.path.resolve()), "feature_set": name,
                       "classes": fs.classes, "set_attrs": fset.attrs, "exported": _now(),
                       "id_encoding": "percent-encoded ids, see store/README.md"})
@@ -173,15 +181,14 @@ def export_run(fs: FeatureStore, run: str, fmt: str, out: str | os.PathLike, *,
     ``h5``: datasets ``/scores`` and ``/ids``; ``parquet``: one row per video (``id``, ``scores``).
     Written in blocks of rows to a temporary name and renamed when complete (a rerun starts over).
     """
-    if fmt not in WRITERS:
-        raise StoreError(f"unknown export format {fmt!r}; use one of {', '.join(FORMATS)}")
+    out = Path(out)
+    _check_out(fmt, out)
     attrs = jsonable({"format_version": FORMAT_VERSION, "store": str(fs.path.resolve()), "run": run,
                       "classes": fs.classes, "run_attrs": fs.prediction_attrs(run), "exported": _now()})
     scores = fs.root["predictions"][run]["scores"]
     n, n_classes = fs.prediction_rows(run), len(fs.classes)
     ids = fs.video_ids()[:n].astype(str)
     blocks = progress(range(0, n, LABEL_CHUNK), desc=f"export {run}", unit="block")
-    out = Path(out)
     if fmt == "npy":
         out.mkdir(parents=True, exist_ok=True)
         tmp = temp_name(out / "scores.npy")
@@ -248,7 +255,7 @@ def main(argv: list[str] | None = None) -> int:
         kind, name = choose_source(fs, args.features, args.run)
         export = export_features if kind == "features" else export_run
         s = export(fs, name, args.to, args.out, progress=tqdm)
-    except StoreError as exc:
+    except (StoreError, OSError) as exc:  # OSError: an unwritable or unreadable path
         print(f"error: {exc}", file=sys.stderr)
         return 2
     what = "videos" if kind == "features" else "score rows"

@@ -56,7 +56,7 @@ def main(argv: list[str] | None = None) -> int:
                             ids_from=args.ids_from, allow_missing=args.allow_missing, max_clips=args.max_clips,
                             dtype=args.dtype, backbone=args.backbone, modality=args.modality,
                             chunk_rows=args.chunk_rows, progress=tqdm)
-    except StoreError as exc:
+    except (StoreError, OSError) as exc:  # OSError: an unwritable or unreadable path
         print(f"error: {exc}", file=sys.stderr)
         return 2
     print(f"imported {s.written} videos into {s.feature_set} (K-max {s.clips}, D {s.dim})"

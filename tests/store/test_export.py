@@ -191,6 +191,11 @@ def test_export_mistakes_are_one_line(store, tmp_path, capsys):
     assert not (tmp_path / "o").exists()
     assert export_main([str(fs.path), "--to", "h5", str(tmp_path / "o.h5"), "--run", "nope"]) == 2
     assert capsys.readouterr().err.startswith("error: no prediction run 'nope'")
+    (tmp_path / "file").touch()
+    assert export_main([str(fs.path), "--to", "npy", str(tmp_path / "file"), "--features", "rgb"]) == 2
+    assert capsys.readouterr().err == f"error: {tmp_path / 'file'} is a file; --to npy writes a folder\n"
+    assert export_main([str(fs.path), "--to", "parquet", str(tmp_path), "--features", "rgb"]) == 2
+    assert capsys.readouterr().err == f"error: {tmp_path} is a folder; --to parquet writes one file\n"
 
 
 def test_run_export(store, tmp_path):
@@ -208,3 +213,25 @@ def test_run_export(store, tmp_path):
     export_main([str(fs.path), "--to", "parquet", str(tmp_path / "o.parquet"), "--run", "r1"])
     t = pq.read_table(tmp_path / "o.parquet").to_pandas()
     np.testing.assert_array_equal(np.stack(t["scores"].to_numpy()), scores)
+
+
+def test_progress_record_of_another_source_is_refused(store, tmp_path, monkeypatch, capsys):
+    fs, data, valid, times = store
+    real = formats.NpyWriter.write
+
+    def crash_on_second(self, block):
+        if block.chunk == 1:
+            raise _Crash
+        return real(self, block)
+
+    monkeypatch.setattr(formats.NpyWriter, "write", crash_on_second)
+    with pytest.raises(_Crash):
+        export_main([str(fs.path), "--to", "npy", str(tmp_path / "out")])
+    monkeypatch.setattr(formats.NpyWriter, "write", real)
+    capsys.readouterr()
+    with fs.feature_set("rgb").writer() as w:  # the set changes: row 6 is extracted meanwhile
+        w.write_rows([6], data[[6]], valid=valid[[6]])
+    assert export_main([str(fs.path), "--to", "npy", str(tmp_path / "out")]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"error: {tmp_path / 'out' / '.export-progress.json'} records an export of another source (differs in: done)")
+    assert err.count("\n") == 1 and not (tmp_path / "out" / "index.csv").exists()
