@@ -39,7 +39,7 @@ import pandas as pd
 from store._exchange import Progress, decode_id, encode_id, jsonable, no_progress
 from store._parquet_input import ParquetArray, ParquetVideos
 from store.errors import ShapeMismatch, StoreError, VideoNotFound
-from store.feature_set import FeatureSet
+from store.feature_set import FeatureWriter
 from store.feature_store import FeatureStore
 from store.schema import FeatureSetSpec
 
@@ -86,6 +86,39 @@ class Entry:
         if self.times is None:
             return feats, None
         return feats, np.asarray(np.load(self.times) if isinstance(self.times, Path) else self.times[()])
+
+
+@dataclass(frozen=True)
+class ImportOptions:
+    """How inputs are found and what the new feature set records.
+
+    Attributes:
+        suffix: ``npy`` file names are ``ID{suffix}.npy`` (e.g. ``_rgb`` for video_features).
+        dataset: ``h5`` groups hold their features in this dataset.
+        ids_from: CSV with ``id`` and ``file`` columns mapping inputs to store ids.
+        allow_missing: Skip (and record) store videos without an input and inputs of unknown ids.
+        max_clips: Refuse inputs with more clips than this (K-max sets every row's size).
+        dtype: Storage dtype, ``float16`` or ``float32``.
+        backbone: Recorded backbone (default: the source's, else ``imported``).
+        modality: Recorded modality (default: the source's, else ``imported``).
+        chunk_rows: Rows per storage chunk (default: up to 256, about ``CHUNK_BYTES`` a chunk).
+    """
+
+    suffix: str = ""
+    dataset: str = "features"
+    ids_from: Path | None = None
+    allow_missing: bool = False
+    max_clips: int = MAX_CLIPS
+    dtype: str = "float16"
+    backbone: str | None = None
+    modality: str | None = None
+    chunk_rows: int | None = None
+
+    def __post_init__(self) -> None:
+        if self.max_clips < 1 or (self.chunk_rows is not None and self.chunk_rows < 1):
+            raise StoreError(f"max_clips and chunk_rows must be >= 1, got {self.max_clips}, {self.chunk_rows}")
+        if self.dtype not in ("float16", "float32"):
+            raise StoreError(f"dtype must be float16 or float32, got {self.dtype!r}")
 
 
 @dataclass(frozen=True)
@@ -253,11 +286,8 @@ def _check_shapes(matched: list[tuple[int, Entry]], max_clips: int, n_videos: in
     return k_max, int(dim)
 
 
-def import_features(fs: FeatureStore, name: str, fmt: str, src: str | os.PathLike, *, suffix: str = "",
-                    dataset: str = "features", ids_from: str | os.PathLike | None = None,
-                    allow_missing: bool = False, max_clips: int = MAX_CLIPS, dtype: str = "float16",
-                    backbone: str | None = None, modality: str | None = None, chunk_rows: int | None = None,
-                    progress: Progress = no_progress) -> ImportSummary:
+def import_features(fs: FeatureStore, name: str, fmt: str, src: str | os.PathLike,
+                    options: ImportOptions = ImportOptions(), *, progress: Progress = no_progress) -> ImportSummary:
     """Import features from ``src`` into feature set ``name`` of ``fs`` (opened with mode "a").
 
     Args:
@@ -265,34 +295,24 @@ def import_features(fs: FeatureStore, name: str, fmt: str, src: str | os.PathLik
         name: Feature set to create (or to continue, if an earlier import was interrupted).
         fmt: ``npy`` (a folder), ``h5`` or ``parquet`` (a file).
         src: The input.
-        suffix: ``npy`` file names are ``ID{suffix}.npy``.
-        dataset: ``h5`` groups hold their features in this dataset.
-        ids_from: CSV with ``id`` and ``file`` columns mapping inputs to store ids.
-        allow_missing: Skip (and record) store videos without an input and inputs of unknown ids.
-        max_clips: Refuse inputs with more clips than this (K-max sets every row's size).
-        dtype: Storage dtype, ``float16`` or ``float32``.
-        backbone: Recorded backbone (default: the source's, else ``imported``).
-        modality: Recorded modality (default: the source's, else ``imported``).
-        chunk_rows: Rows per storage chunk (default: up to 256, about 8 MiB a chunk).
+        options: Naming, checks and what the set records.
         progress: Wraps the chunk loop (e.g. ``tqdm``).
     """
     if fmt not in IMPORT_FORMATS:
         raise StoreError(f"unknown import format {fmt!r}; use one of {', '.join(IMPORT_FORMATS)}")
     src = Path(src)
-    ids_from = Path(ids_from) if ids_from is not None else None
+    ids_from = Path(options.ids_from) if options.ids_from is not None else None
     if fmt == "npy":
-        entries = scan_npy(src, suffix=suffix, ids_from=ids_from)
         attrs_file = src / "attrs.json"
         source_attrs = json.loads(attrs_file.read_text()) if attrs_file.is_file() else {}
-        return _import(fs, name, entries, source_attrs, fmt, src, lambda v: str(src / f"{encode_id(v)}{suffix}.npy"), allow_missing,
-                       max_clips, dtype, backbone, modality, chunk_rows, progress)
+        return _import(fs, name, scan_npy(src, suffix=options.suffix, ids_from=ids_from), source_attrs, fmt, src,
+                       lambda v: str(src / f"{encode_id(v)}{options.suffix}.npy"), options, progress)
     if fmt == "parquet":
         videos = ParquetVideos(src)
         meta = videos.file.schema_arrow.metadata or {}
         source_attrs = json.loads(meta[b"videofeat"]) if b"videofeat" in meta else {}
         return _import(fs, name, scan_parquet(videos, ids_from=ids_from), source_attrs, fmt, src,
-                       lambda v: f"{src} (id {v!r})", allow_missing, max_clips, dtype, backbone, modality, chunk_rows,
-                       progress)
+                       lambda v: f"{src} (id {v!r})", options, progress)
     import h5py
 
     try:
@@ -300,62 +320,65 @@ def import_features(fs: FeatureStore, name: str, fmt: str, src: str | os.PathLik
     except OSError as exc:
         raise StoreError(f"cannot open {src} as HDF5: {exc}") from None
     with h5file:
-        entries = scan_h5(h5file, src, dataset=dataset, ids_from=ids_from)
-        return _import(fs, name, entries, _h5_attrs(h5file), fmt, src, lambda v: f"{src}:/{encode_id(v)}", allow_missing,
-                       max_clips, dtype, backbone, modality, chunk_rows, progress)
+        entries = scan_h5(h5file, src, dataset=options.dataset, ids_from=ids_from)
+        return _import(fs, name, entries, _h5_attrs(h5file), fmt, src, lambda v: f"{src}:/{encode_id(v)}",
+                       options, progress)
+
+
+def _now() -> str:
+    return _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
 
 
 def _import(fs: FeatureStore, name: str, entries: list[Entry], source_attrs: dict[str, Any], fmt: str, src: Path,
-            expect: Callable[[str], str], allow_missing: bool, max_clips: int, dtype: str, backbone: str | None,
-            modality: str | None, chunk_rows: int | None, progress: Progress) -> ImportSummary:
-    matched, missing, unknown = _match(fs, entries, allow_missing, expect)
-    k_max, dim = _check_shapes(matched, max_clips, fs.n_videos)
+            expect: Callable[[str], str], opt: ImportOptions, progress: Progress) -> ImportSummary:
+    """Check ``entries`` against the store, create (or reopen) the set and write the rows not done."""
+    matched, missing, unknown = _match(fs, entries, opt.allow_missing, expect)
+    k_max, dim = _check_shapes(matched, opt.max_clips, fs.n_videos)
     orig = source_attrs.get("set_attrs", {}).get("spec", {}) if isinstance(source_attrs.get("set_attrs"), dict) else {}
-    itemsize = np.dtype(dtype).itemsize
+    auto_rows = int(max(1, min(256, CHUNK_BYTES // (k_max * dim * np.dtype(opt.dtype).itemsize))))
     spec = FeatureSetSpec(
-        clips=k_max, dim=dim, dtype=dtype, backbone=backbone or orig.get("backbone", "imported"),
-        modality=modality or orig.get("modality", "imported"), weights_sha256=orig.get("weights_sha256"),
+        clips=k_max, dim=dim, dtype=opt.dtype, backbone=opt.backbone or orig.get("backbone", "imported"),
+        modality=opt.modality or orig.get("modality", "imported"), weights_sha256=orig.get("weights_sha256"),
         sampling=orig.get("sampling", {}),
         extra={"imported_from": {"path": str(src.resolve()), "format": fmt, "attrs": source_attrs}},
-        chunk_rows=chunk_rows or int(max(1, min(256, CHUNK_BYTES // (k_max * dim * itemsize)))))
+        chunk_rows=opt.chunk_rows or auto_rows)
     fset = fs.create_feature_set(name, spec)
     rows = np.array([r for r, _ in matched], dtype=np.int64)
     todo = set(fset.pending(rows, retry_errors=True).tolist())
-    record = dict(fset.attrs.get("import", {}))
-    now = _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
-    record.update({"source": str(src.resolve()), "format": fmt, "started": record.get("started", now),
-                   "missing": len(missing), "missing_ids": missing[:1000], "unknown": len(unknown),
-                   "unknown_inputs": unknown[:1000]})
-    fset.group.attrs["import"] = record
-    written = _write(fset, [(r, e) for r, e in matched if r in todo], k_max, dim, progress)
-    record["finished"] = _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
-    fset.group.attrs["import"] = record
+    with fset.writer() as w:
+        record = dict(fset.attrs.get("import", {}))
+        record.update({"source": str(src.resolve()), "format": fmt, "started": record.get("started", _now()),
+                       "missing": len(missing), "missing_ids": missing[:1000], "unknown": len(unknown),
+                       "unknown_inputs": unknown[:1000]})
+        fset.group.attrs["import"] = record
+        written = _write(w, [(r, e) for r, e in matched if r in todo], k_max, dim, progress)
+        fset.group.attrs["import"] = {**record, "finished": _now()}
     log.info("imported %d videos into %s (K-max %d, D %d)", written, name, k_max, dim)
     return ImportSummary(name, written, len(matched) - written, len(missing), len(unknown), k_max, dim)
 
 
-def _write(fset: FeatureSet, todo: list[tuple[int, Entry]], k_max: int, dim: int, progress: Progress) -> int:
-    """Write ``todo`` one storage chunk at a time; returns the number of videos written."""
+def _write(w: FeatureWriter, todo: list[tuple[int, Entry]], k_max: int, dim: int, progress: Progress) -> int:
+    """Write ``todo`` one storage chunk at a time through ``w``; returns the number of videos written."""
+    fset = w.fset
     by_chunk: dict[int, list[tuple[int, Entry]]] = {}
     for r, e in todo:
         by_chunk.setdefault(r // fset.chunk_rows, []).append((r, e))
     written = 0
-    with fset.writer() as w:
-        for c in progress(sorted(by_chunk), desc=f"import {fset.name}", unit="chunk"):
-            items = by_chunk[c]
-            data = np.zeros((len(items), k_max, dim), np.float32)  # (n, K-max, D)
-            valid = np.zeros((len(items), k_max), bool)
-            times = np.full((len(items), k_max, 2), np.nan, np.float32)
-            for i, (_, e) in enumerate(items):
-                feats, t = e.read()  # (K, D), (K, 2) or None
-                with np.errstate(over="ignore"):
-                    if not np.isfinite(feats.astype(fset.spec.dtype)).all():
-                        raise ShapeMismatch(f"{e.where}: NaN or inf (after casting to {fset.spec.dtype}); "
-                                            f"{written} videos were imported, rerun after fixing it")
-                data[i, : len(feats)] = feats
-                valid[i, : len(feats)] = True
-                if t is not None:
-                    times[i, : len(feats)] = t
-            w.write_rows([r for r, _ in items], data, valid=valid, times=times)
-            written += len(items)
+    for c in progress(sorted(by_chunk), desc=f"import {fset.name}", unit="chunk"):
+        items = by_chunk[c]
+        data = np.zeros((len(items), k_max, dim), np.float32)  # (n, K-max, D)
+        valid = np.zeros((len(items), k_max), bool)
+        times = np.full((len(items), k_max, 2), np.nan, np.float32)
+        for i, (_, e) in enumerate(items):
+            feats, t = e.read()  # (K, D), (K, 2) or None
+            with np.errstate(over="ignore"):
+                if not np.isfinite(feats.astype(fset.spec.dtype)).all():
+                    raise ShapeMismatch(f"{e.where}: NaN or inf (after casting to {fset.spec.dtype}); "
+                                        f"{written} videos were imported, rerun after fixing it")
+            data[i, : len(feats)] = feats
+            valid[i, : len(feats)] = True
+            if t is not None:
+                times[i, : len(feats)] = t
+        w.write_rows([r for r, _ in items], data, valid=valid, times=times)
+        written += len(items)
     return written

@@ -22,7 +22,7 @@ import sys
 
 from store.cli import positive_int
 from store.errors import StoreError
-from store.feature_import import IMPORT_FORMATS, MAX_CLIPS, import_features
+from store.feature_import import IMPORT_FORMATS, MAX_CLIPS, ImportOptions, import_features
 from store.feature_store import FeatureStore
 
 
@@ -52,10 +52,10 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         fs = FeatureStore.open(args.store, "a")
-        s = import_features(fs, args.features, args.fmt, args.src, suffix=args.suffix, dataset=args.dataset,
-                            ids_from=args.ids_from, allow_missing=args.allow_missing, max_clips=args.max_clips,
-                            dtype=args.dtype, backbone=args.backbone, modality=args.modality,
-                            chunk_rows=args.chunk_rows, progress=tqdm)
+        options = ImportOptions(suffix=args.suffix, dataset=args.dataset, ids_from=args.ids_from,
+                                allow_missing=args.allow_missing, max_clips=args.max_clips, dtype=args.dtype,
+                                backbone=args.backbone, modality=args.modality, chunk_rows=args.chunk_rows)
+        s = import_features(fs, args.features, args.fmt, args.src, options, progress=tqdm)
     except (StoreError, OSError) as exc:  # OSError: an unwritable or unreadable path
         print(f"error: {exc}", file=sys.stderr)
         return 2

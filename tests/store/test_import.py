@@ -220,3 +220,17 @@ def test_parquet_of_another_tool_rows_interleaved_across_row_groups(tmp_path):
         want = np.stack([f for v, f in rows if v == vid])  # file order
         np.testing.assert_array_equal(got[i, : len(arr)], want)
         assert valid[i].sum() == len(arr)
+
+
+def test_values_beyond_float16_stop_at_the_file_and_float32_keeps_them(tmp_path, capsys):
+    fs = _plain_store(tmp_path / "s.zarr", 3)
+    src = tmp_path / "in"
+    _video_features_folder(src, [2, 3, 2])
+    np.save(src / "v2_rgb.npy", np.full((2, 4), 1e6, np.float32))
+    args = [str(fs.path), "--from", "npy", str(src), "--features", "x", "--suffix", "_rgb", "--chunk-rows", "1"]
+    assert import_main(args) == 2
+    err = capsys.readouterr().err.splitlines()[-1]
+    assert err.startswith(f"error: {src / 'v2_rgb.npy'}: NaN or inf (after casting to float16)")
+    np.testing.assert_array_equal(FeatureStore.open(fs.path).feature_set("x").done(), [True, True, False])
+    assert import_main(args[:4] + ["--features", "y", "--suffix", "_rgb", "--dtype", "float32"]) == 0
+    assert FeatureStore.open(fs.path).feature_set("y").read([2])[0].max() == 1e6
