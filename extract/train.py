@@ -249,6 +249,7 @@ def run(args: argparse.Namespace, config: dict[str, Any]) -> int:
     from tqdm import tqdm
     from tqdm.contrib.logging import logging_redirect_tqdm
 
+    from extract.backbones import read_torch_file
     from extract.demo import load_demo, make_demo
     from extract.settings import available_cores
     from extract.training import fit
@@ -278,6 +279,8 @@ def run(args: argparse.Namespace, config: dict[str, Any]) -> int:
     workers = default_workers(device) if args.workers is None else args.workers
     if args.threads or device.type == "cpu":
         torch.set_num_threads(args.threads or max(1, available_cores() - workers))
+    if recipe.weights is not None:
+        read_torch_file(recipe.weights)  # a file that is no checkpoint fails before --out is made
     out.mkdir(parents=True, exist_ok=True)
     save_json({k: str(Path(getattr(args, k)).resolve()) if getattr(args, k) is not None else None for k in _RUN_KEYS},
               out / RUN_JSON)

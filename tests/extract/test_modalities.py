@@ -24,6 +24,7 @@ from extract.producers import AudioProducer
 from extract.run import main
 from extract.sampling import ClipSampling
 from extract.settings import BackboneChoice, ExtractSettings
+from extract.train import main as train_main
 from store import FeatureStore
 from store.verify import verify_store
 
@@ -319,6 +320,43 @@ def test_backbone_flag_errors(extra, words, videos, tmp_path, capsys):
     err = capsys.readouterr().err.strip().splitlines()[-1]
     assert err.startswith("error: ") and words in err
     assert not (tmp_path / "x.zarr").exists()
+
+
+WEIGHTS_CASES = {
+    "text": ("a text file (first line 'path,label')", lambda p: p.write_text("path,label\n")),
+    "empty": ("an empty file", lambda p: p.write_bytes(b"")),
+    "missing": ("does not exist", lambda p: None),
+    "folder": ("is a folder", lambda p: p.mkdir()),
+    "wrong_keys": ("does not fit backbone resnet_tiny: missing (45): conv1.weight, bn1.weight",
+                   lambda p: torch.save(get_backbone("r3d_tiny").state_dict(), p)),
+    "wrong_shapes": ("shape mismatch (1): conv1.weight (8, 1, 7, 7) != (8, 3, 7, 7)",
+                     lambda p: torch.save(get_backbone("resnet_tiny", in_channels=1).state_dict(), p)),
+}
+
+
+@pytest.mark.parametrize("case", sorted(WEIGHTS_CASES))
+def test_a_bad_weights_file_is_one_error_line(case, videos, tmp_path, capsys):
+    """``--backbone rgb:resnet_tiny@FILE`` (extract.run) and ``--weights FILE`` (extract.train)."""
+    words, make = WEIGHTS_CASES[case]
+    weights = tmp_path / "some.pt"
+    make(weights)
+    store = tmp_path / "x.zarr"
+    assert main(["--videos", str(videos), "--store", str(store),
+                 "--backbone", f"rgb:resnet_tiny@{weights}", *CLI]) == 2
+    err = capsys.readouterr().err
+    assert "Traceback" not in err and len(err.strip().splitlines()) == 1
+    assert err.startswith(f"error: weights file {weights} ") and words in err
+    if case not in ("wrong_keys", "wrong_shapes"):
+        assert "expected a torch state dict" in err and "extract.train" in err
+    assert not store.exists()
+    out = tmp_path / "run"
+    args = ["--videos", str(videos), "--backbone", "resnet_tiny", "--weights", str(weights)]
+    assert train_main([*args, "--out", str(out), "--epochs", "1", "--crop", "32", "-q"]) == 2
+    err = capsys.readouterr().err
+    assert "Traceback" not in err and err.startswith(f"error: weights file {weights} ")
+    assert words.split(":")[0] in err
+    if case not in ("wrong_keys", "wrong_shapes"):  # refused before the run folder is made
+        assert not out.exists()
 
 
 def test_backbone_syntax():
