@@ -50,6 +50,7 @@ from benchmarks._stages import Stage, run_stages
 from extract.demo import DemoConfig
 from extract.training import TrainRecipe
 from heads.trainer import TrainConfig
+from store.cli import non_negative_int, positive_int
 
 log = logging.getLogger(__name__)
 
@@ -328,17 +329,17 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--workdir", type=Path, default=Path("."),
                    help="where demo/, demo.zarr, runs/pipeline/ and pipeline_summary.{md,json} go (default: .)")
     g = p.add_argument_group("overrides of the preset")
-    g.add_argument("--videos", type=int, help="demo videos")
-    g.add_argument("--epochs", type=int, help="backbone training epochs")
-    g.add_argument("--head-epochs", dest="head_epochs", type=int, help="most epochs of a head")
+    g.add_argument("--videos", type=positive_int, help="demo videos")
+    g.add_argument("--epochs", type=positive_int, help="backbone training epochs")
+    g.add_argument("--head-epochs", dest="head_epochs", type=positive_int, help="most epochs of a head")
     g.add_argument("--heads", help=f"comma-separated heads of the sweep (default: {','.join(d.heads)})")
-    g.add_argument("--folds", type=int, help=f"out-of-fold folds of heads and kNN (default: {d.folds})")
-    g.add_argument("--knn-k", dest="knn_k", type=int, help=f"kNN neighbours (default: {d.knn_k})")
-    g.add_argument("--seed", type=int, help=f"seed of everything (default: {d.seed})")
+    g.add_argument("--folds", type=positive_int, help=f"out-of-fold folds of heads and kNN (default: {d.folds})")
+    g.add_argument("--knn-k", dest="knn_k", type=positive_int, help=f"kNN neighbours (default: {d.knn_k})")
+    g.add_argument("--seed", type=non_negative_int, help=f"seed of everything (default: {d.seed})")
     g = p.add_argument_group("run")
     g.add_argument("--device", choices=("auto", "cpu", "cuda"), help="default: auto (CUDA when present)")
-    g.add_argument("--workers", type=int, help="decode worker processes (default: by machine; 0: in this process)")
-    g.add_argument("--sweep-workers", dest="sweep_workers", type=int,
+    g.add_argument("--workers", type=non_negative_int, help="decode worker processes (default: by machine; 0: in this process)")
+    g.add_argument("--sweep-workers", dest="sweep_workers", type=non_negative_int,
                    help="Dask LocalCluster workers for the head sweep (default: 0, in this process)")
     g.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
     g.add_argument("-v", "--verbose", action="store_true", help="log INFO messages")

@@ -36,6 +36,7 @@ from extract.pipeline import build_producers
 from extract.producers import FeatureProducer
 from extract.sampling import ClipSampling, ViewSpec
 from extract.settings import DEVICES, ExtractSettings
+from store.cli import non_negative_int, positive_float, positive_int
 from store.errors import StoreError
 from store.feature_set import FeatureSet
 from store.feature_store import FeatureStore
@@ -187,9 +188,9 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--features", required=True, help="feature set to search (written by extract.run)")
     p.add_argument("--video", required=True, type=Path, help="the video file to search by")
     p.add_argument("--weights", type=Path, help="the checkpoint the set was extracted with (sha256 is checked)")
-    p.add_argument("-k", type=int, default=10, help="neighbours to show (default 10)")
-    p.add_argument("--temperature", type=float, default=0.1, help="softmax temperature of the votes (default 0.1)")
-    p.add_argument("--top-labels", type=int, default=5, help="propagated label scores to show (default 5)")
+    p.add_argument("-k", type=positive_int, default=10, help="neighbours to show (default 10)")
+    p.add_argument("--temperature", type=positive_float, default=0.1, help="softmax temperature of the votes (default 0.1)")
+    p.add_argument("--top-labels", type=non_negative_int, default=5, help="propagated label scores to show (default 5)")
     p.add_argument("--device", choices=DEVICES, default="auto", help="where the backbone runs (default auto)")
     p.add_argument("--index", choices=("auto", "flat", "ivf_flat", "ivf_sq8", "ivf_pq", "hnsw"),
                    help="index kind (default: the saved one, else auto)")
@@ -204,8 +205,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     from tqdm import tqdm
 
     try:
-        if args.k < 1 or args.temperature <= 0 or args.top_labels < 0:
-            raise ExtractError("need -k >= 1, --temperature > 0 and --top-labels >= 0")
         if not args.video.is_file():
             raise ExtractError(f"--video {args.video}: file not found")
         fs = FeatureStore.open(args.store, "a" if os.access(args.store, os.W_OK) else "r")

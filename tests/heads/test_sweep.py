@@ -293,7 +293,6 @@ def test_cli_on_an_existing_scheduler_then_everything_cached(client, tmp_path, c
     ({"store": "missing.zarr"}, "no feature store"),
     ({"toml": GRID_TOML.replace('["synthetic"]', '["nope"]')}, "nope"),
     ({"toml": GRID_TOML.replace("lr = [", "lr = [-1, ")}, "invalid lr"),
-    ({"workers": "0"}, "--workers must be at least 1"),
 ])
 def test_cli_errors_exit_2_with_one_line(tmp_path, capsys, change, message):
     fs = _store(tmp_path / "s.zarr")
