@@ -50,7 +50,7 @@ from benchmarks._stages import Stage, run_stages
 from extract.demo import DemoConfig
 from extract.training import TrainRecipe
 from heads.trainer import TrainConfig
-from store.cli import non_negative_int, positive_int
+from store.cli import non_negative_int, positive_int, setting_name
 
 log = logging.getLogger(__name__)
 
@@ -68,6 +68,15 @@ HEAD_KWARGS: dict[str, dict[str, Any]] = {
     "netvlad": {"num_clusters": 8, "hidden_dim": 128}, "nextvlad": {"num_clusters": 8, "hidden_dim": 128},
     "softdbof": {"num_clusters": 32, "hidden_dim": 128}, "nonlocal_netvlad": {"num_clusters": 8, "hidden_dim": 128},
 }
+
+
+#: PipelineConfig fields with a flag of ``python -m benchmarks.pipeline`` (the others come from --size).
+_FLAGGED = ("videos", "epochs", "head_epochs", "folds", "knn_k", "seed", "workers", "sweep_workers", "heads")
+
+
+def _setting(name: str) -> str:
+    """A PipelineConfig field as the user sets it: its flag (if any) and its name."""
+    return setting_name(name, None if name in _FLAGGED else "")
 
 
 @dataclass(frozen=True)
@@ -135,16 +144,16 @@ class PipelineConfig:
                           ("batch_size", 2), ("head_epochs", 1), ("knn_k", 1), ("sweep_workers", 0)):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < low:
-                raise ValueError(f"PipelineConfig.{name} must be an integer >= {low}, got {value!r}")
+                raise ValueError(f"{_setting(name)} must be a whole number >= {low}, got {value!r}")
         if self.folds < 2:
-            raise ValueError(f"PipelineConfig.folds must be >= 2 (fusion stacks out-of-fold predictions), "
+            raise ValueError(f"{_setting('folds')} must be >= 2 (fusion stacks out-of-fold predictions), "
                              f"got {self.folds}")
         if self.workers is not None and self.workers < 0:
-            raise ValueError(f"PipelineConfig.workers must be >= 0 or None, got {self.workers}")
+            raise ValueError(f"{_setting('workers')} must be >= 0 (or left out), got {self.workers}")
         if not self.heads:
-            raise ValueError("PipelineConfig.heads must name at least one head")
+            raise ValueError(f"{_setting('heads')} must name at least one head")
         if not self.lr > 0:
-            raise ValueError(f"PipelineConfig.lr must be > 0, got {self.lr}")
+            raise ValueError(f"{_setting('lr')} must be > 0, got {self.lr}")
         from extract.backbones import list_backbones
         from fusion import list_fusions
 
