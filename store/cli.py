@@ -6,6 +6,10 @@ work starts::
 
     p.add_argument("--clips", type=positive_int, default=8)
     p.add_argument("--workers", type=non_negative_int)
+
+Settings dataclasses that serve both a command and a file (or the Python API) name a bad
+value the way the user wrote it, with :func:`setting_name`: ``--batch-size / batch_size must be
+a whole number >= 1, got 0``.
 """
 
 from __future__ import annotations
