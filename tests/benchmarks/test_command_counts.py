@@ -15,7 +15,7 @@ import pytest
 from store.cli import non_negative_int, positive_float, positive_int
 
 COMMANDS = [
-    "store.info", "store.search", "heads.train", "heads.sweep", "heads.knn", "heads.localize",
+    "store.info", "store.search", "store.export", "store.import", "heads.train", "heads.sweep", "heads.knn", "heads.localize",
     "extract.run", "extract.train", "extract.search", "extract.demo", "fusion.run",
     "benchmarks.run", "benchmarks.pipeline", "benchmarks.recipe",
 ]
@@ -29,6 +29,7 @@ MUST = {
     "heads.knn": {"-k", "--folds", "--top"},
     "heads.sweep": {"--workers", "--retries"},
     "heads.localize": {"--top"},
+    "store.import": {"--max-clips", "--chunk-rows"},
     "store.search": {"-k", "--top-labels"},
     "extract.search": {"-k", "--top-labels"},
     "extract.demo": {"--videos", "--size"},
