@@ -14,6 +14,7 @@ from pathlib import Path
 from extract.demo._classes import CLASS_FAMILIES, DEMO_CLASSES, SPLIT_NAMES
 from extract.demo.generator import DEFAULT_DEMO_DIR, DemoConfig, make_demo
 from extract.errors import ExtractError
+from store.cli import non_negative_int, positive_float, positive_int
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -33,14 +34,14 @@ def _parser() -> argparse.ArgumentParser:
             for family in ("appearance", "motion", "sound")),
         formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("--out", type=Path, default=DEFAULT_DEMO_DIR, help="output folder")
-    p.add_argument("--videos", type=int, default=d.videos, help="number of videos")
-    p.add_argument("--seed", type=int, default=d.seed, help="random seed")
-    p.add_argument("--size", type=int, default=d.size, help="frame size in pixels (even)")
-    p.add_argument("--fps", type=float, default=d.fps, help="frames per second")
-    p.add_argument("--seconds", type=float, default=d.seconds, help="clip duration")
+    p.add_argument("--videos", type=positive_int, default=d.videos, help="number of videos")
+    p.add_argument("--seed", type=non_negative_int, default=d.seed, help="random seed")
+    p.add_argument("--size", type=positive_int, default=d.size, help="frame size in pixels (even)")
+    p.add_argument("--fps", type=positive_float, default=d.fps, help="frames per second")
+    p.add_argument("--seconds", type=positive_float, default=d.seconds, help="clip duration")
     p.add_argument("--difficulty", type=float, default=d.difficulty,
                    help="0 = clean .. 1 = cluttered, noisy, confusable distractors")
-    p.add_argument("--sample-rate", type=int, default=d.sample_rate, help="audio rate (Hz)")
+    p.add_argument("--sample-rate", type=positive_int, default=d.sample_rate, help="audio rate (Hz)")
     p.add_argument("--splits", default=",".join(f"{s:g}" for s in d.splits),
                    help="train,val,test fractions")
     p.add_argument("--quiet", action="store_true", help="no progress bar")

@@ -272,9 +272,11 @@ class RunStats:
     ``decode_calls / videos_decoded`` is the number of decodes per video (1: every clip,
     view, modality and feature set comes from one open); ``probe_calls`` counts header-only
     opens. ``notes`` counts videos by what the makers noted (``"no audio track"``: a video
-    whose audio rows were written with an all-False mask; not a failure). ``outputs`` holds
-    ``(set name, spec)`` of every set filled; ``producer_sets[i]`` and ``make_seconds[i]``
-    belong to job ``i`` (its features' set name, its makers' time in the decode workers).
+    whose audio rows were written with an all-False mask; ``"silent audio track"``: a track
+    of zeros, whose rows are valid features of silence; neither is a failure). ``outputs``
+    holds ``(set name, spec)`` of every set filled; ``producer_sets[i]`` and
+    ``make_seconds[i]`` belong to job ``i`` (its features' set name, its makers' time in the
+    decode workers).
     """
 
     planned: int = 0
