@@ -38,6 +38,7 @@ from extract.errors import DemoError, ExtractError
 from extract.flow import FLOW_ALGORITHMS
 from extract.settings import DEVICES, MODALITIES, BackboneChoice, ExtractSettings, parse_shard
 from store.errors import StoreError
+from store.threads import add_threads_argument
 
 if TYPE_CHECKING:
     from extract.pipeline import RunStats
@@ -238,10 +239,10 @@ def _parser() -> argparse.ArgumentParser:
         help="decode processes; 0 decodes in the main process (default: max(1, cores // 4) on CPU, "
         "cores - 1 with CUDA; measured by benchmarks.run --only extract)",
     )
-    g.add_argument(
-        "--threads",
-        type=int,
-        help="torch threads of the model (default: max(1, cores - workers) on CPU, 1 with CUDA)",
+    add_threads_argument(
+        g,
+        help="torch, OpenMP and BLAS threads of the model (default: max(1, free cores - workers) on CPU, "
+        "1 with CUDA)",
     )
     g.add_argument(
         "--timeout",

@@ -31,9 +31,10 @@ from fusion.pipeline import METRIC_NAMES, fuse_runs
 from fusion.registry import list_fusions
 from fusion.report import HEADERS, write_report
 from store.errors import StoreError
+from store.threads import add_threads_argument, set_threads
 
 # flag -> (method, settings field)
-_FLAG_SETTINGS = {"device": ("xgboost", "device"), "n_jobs": ("xgboost", "n_jobs"), "seed": ("xgboost", "seed"),
+_FLAG_SETTINGS = {"device": ("xgboost", "device"), "threads": ("xgboost", "n_jobs"), "seed": ("xgboost", "seed"),
                   "max_depth": ("xgboost", "max_depth"), "rounds": ("xgboost", "n_rounds"),
                   "learning_rate": ("xgboost", "learning_rate"), "other_scores": ("xgboost", "other_scores"),
                   "logistic_c": ("logistic", "c")}
@@ -57,7 +58,8 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--scheduler", default=None, help="Dask scheduler address (tcp://...): xgboost.dask training")
     ap.add_argument("--config", type=Path, default=None, help="TOML file with [xgboost]/[weighted]/[logistic] settings")
     ap.add_argument("--device", choices=("auto", "cpu", "cuda"), default=None, help="xgboost device (default auto)")
-    ap.add_argument("--n-jobs", type=int, default=None, help="xgboost threads (default: every core)")
+    add_threads_argument(ap, "--n-jobs", help="threads of xgboost, OpenMP and BLAS (default: the free cores; "
+                         "--n-jobs is the old spelling)")
     ap.add_argument("--seed", type=int, default=None, help="xgboost seed (default 0)")
     ap.add_argument("--max-depth", type=int, default=None, help="xgboost tree depth (default 3)")
     ap.add_argument("--rounds", type=int, default=None, help="xgboost most rounds per class (default 200)")
@@ -117,6 +119,7 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         settings = method_settings(args)
+        set_threads(args.threads)
         client = _connect(args.scheduler) if args.scheduler else None
         result = fuse_runs(args.store, args.runs, method=args.method, compare=compare, fit_split=args.fit_split,
                            eval_split=args.eval_split, settings=settings, client=client, write_as=out,

@@ -37,7 +37,6 @@ from __future__ import annotations
 import functools
 import json
 import logging
-import os
 import sys
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -51,6 +50,7 @@ from fusion.errors import FusionError
 from fusion.inputs import EPS, StackInputs
 from fusion.logistic import LogisticFusion, LogisticSettings, out_of_fold_margin
 from fusion.registry import Fuser, register_fusion
+from store.threads import free_cores
 
 log = logging.getLogger(__name__)
 DEVICES = ("auto", "cpu", "cuda")
@@ -77,7 +77,7 @@ class XGBSettings(SettingsMixin):
         base_folds: Folds of that cross-fitting.
         logistic_c: Inverse L2 strength of the base logistic stacker.
         device: ``auto`` (CUDA when XGBoost sees a GPU), ``cpu`` or ``cuda``.
-        n_jobs: Threads; 0 = every core.
+        n_jobs: Threads; 0 = the free cores (:func:`store.threads.free_cores`).
         class_threads: Train the classes in ``n_jobs`` threads with one XGBoost thread each
             (faster for small per-class models); False: one class at a time with ``n_jobs``
             XGBoost threads. Ignored on CUDA (one class at a time).
@@ -244,7 +244,7 @@ class XGBoostFusion(Fuser):
         return self
 
     def _n_jobs(self) -> int:
-        return self.settings.n_jobs or len(os.sched_getaffinity(0))
+        return self.settings.n_jobs or free_cores()
 
     def _train_classes_locally(self, logits: np.ndarray, avail: np.ndarray, labels: np.ndarray, margin: np.ndarray,
                                parts: tuple[np.ndarray, np.ndarray]) -> list[tuple[xgb.Booster | None, int]]:
