@@ -409,7 +409,7 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     out = args.out or Path("runs") / f"sweep_{args.grid.stem}.csv"
     try:
-        for flag, value, least in (("--workers", args.workers, 1), ("--torch-threads", args.torch_threads, 1),
+        for flag, value, least in (("--workers", args.workers, 1),
                                    ("--retries", args.retries, 0)):
             if value is not None and value < least:
                 raise ValueError(f"{flag} must be at least {least}")
