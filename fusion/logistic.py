@@ -33,7 +33,8 @@ from fusion.inputs import EPS, StackInputs, row_blocks
 from fusion.registry import Fuser, register_fusion
 
 log = logging.getLogger(__name__)
-_NEWTON_TOL = 1e-8  # largest coefficient change of the last Newton step at convergence
+_NEWTON_TOL = 1e-6  # a class has converged when its Newton step moves no coefficient more than this
+_CACHE_BYTES = 256 << 20  # keep the standardised design blocks in RAM between Newton passes up to this size
 
 
 @dataclass(frozen=True)
@@ -109,39 +110,53 @@ class LogisticFusion(Fuser):
         w = np.zeros((n_classes, n_feats + 1))  # (C, F + 1): coefficients, then the intercept
         w[:, -1] = np.log(prior / (1 - prior))
         step, best = np.zeros_like(w), np.full(n_classes, np.inf)
-        for _ in range(self.settings.max_iter if active.any() else 0):
-            loss, grad, hess = self._loss_grad_hess(x, labels, w)
-            worse = active & (loss > best)
-            ok = active & ~worse
+        cache = [] if n * n_classes * (n_feats + 1) * 8 <= _CACHE_BYTES else None
+        todo = active.copy()
+        for _ in range(self.settings.max_iter):
+            if not todo.any():
+                break
+            loss, grad, hess = self._loss_grad_hess(x, labels, w, cache)
+            worse = todo & (loss > best + 1e-12 * np.abs(best))
+            ok = todo & ~worse
             newton = -np.linalg.solve(hess[ok], grad[ok][..., None])[..., 0]  # (C_ok, F + 1)
             step[ok], best[ok] = newton, loss[ok]
             w[ok] += newton
             step[worse] *= 0.5  # the last step overshot: go back half of it
             w[worse] -= step[worse]
-            if np.abs(step[active]).max() < _NEWTON_TOL:
-                break
-        else:
-            if active.any():
-                log.warning("logistic fusion: Newton did not converge in %d iterations", self.settings.max_iter)
+            todo &= np.abs(step).max(axis=1) >= _NEWTON_TOL  # Newton converges quadratically: done
+        if todo.any():
+            log.warning("logistic fusion: %d classes not converged after %d Newton iterations", int(todo.sum()),
+                        self.settings.max_iter)
         self.coef_, self.intercept_ = w[:, :-1].copy(), w[:, -1].copy()
         self.coef_[~active] = 0.0
         self.intercept_[~active] = np.log(prior / (1 - prior))[~active]
         self.names_ = x.names
         return self
 
-    def _loss_grad_hess(self, x: StackInputs, labels: np.ndarray,
-                        w: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    def _design_blocks(self, x: StackInputs, cache: list | None) -> Iterator[tuple[slice, np.ndarray]]:
+        """``(rows, (C, b, F + 1))`` standardised features plus a ones column, from ``cache`` once
+        it is filled (None: recomputed on every call)."""
+        if cache:
+            yield from cache
+            return
+        for rows, f in self._feature_blocks(x):
+            z = (f - self.mu_) / self.sd_
+            zt = np.ascontiguousarray(np.concatenate([z, np.ones(z.shape[:2] + (1,))], axis=2).transpose(1, 0, 2))
+            if cache is not None:
+                cache.append((rows, zt))  # (b, C, F) -> (C, b, F + 1)
+            yield rows, zt
+
+    def _loss_grad_hess(self, x: StackInputs, labels: np.ndarray, w: np.ndarray,
+                        cache: list | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Objective ``(C,)``, gradient ``(C, F + 1)`` and Hessian ``(C, F + 1, F + 1)`` at ``w``."""
         n_classes, width = w.shape
         loss, grad, hess = np.zeros(n_classes), np.zeros((n_classes, width)), np.zeros((n_classes, width, width))
-        for rows, f in self._feature_blocks(x):
-            z = (f - self.mu_) / self.sd_
-            zt = np.concatenate([z, np.ones(z.shape[:2] + (1,))], axis=2).transpose(1, 0, 2)  # (b, C, F) -> (C, b, F + 1)
+        for rows, zt in self._design_blocks(x, cache):
             y = labels[rows].T.astype(np.float64)  # (b, C) -> (C, b)
-            eta = np.einsum("cbf,cf->cb", zt, w)  # (C, b)
+            eta = (zt @ w[:, :, None])[..., 0]  # (C, b, F + 1) @ (C, F + 1, 1) -> (C, b)
             p = expit(eta)
             loss += (np.logaddexp(0.0, eta) - y * eta).sum(axis=1)
-            grad += np.einsum("cb,cbf->cf", p - y, zt)
+            grad += ((p - y)[:, None, :] @ zt)[:, 0]  # (C, 1, b) @ (C, b, F + 1) -> (C, F + 1)
             hess += (zt * (p * (1.0 - p))[..., None]).transpose(0, 2, 1) @ zt  # (C, F + 1, b) @ (C, b, F + 1)
         c, coef = self.settings.c, w[:, :-1]
         diag = np.arange(width - 1)
