@@ -82,6 +82,7 @@ def add_threads_argument(parser: argparse.ArgumentParser | argparse._ArgumentGro
     The value lands in ``args.threads`` (None when not given: then :func:`set_threads` uses the
     free cores).
     """
-    parser.add_argument("--threads", *aliases, dest="threads", type=positive_int, default=None, metavar="N",
+    names = sorted(["--threads", *aliases], key=len)  # argparse names the flags in this order in its errors
+    parser.add_argument(*names, dest="threads", type=positive_int, default=None, metavar="N",
                         help=help or ("threads of torch, faiss, OpenMP and BLAS together "
                                       f"(default: the free cores, {free_cores()} now)"))
