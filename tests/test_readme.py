@@ -83,3 +83,27 @@ def test_readme_workflow_runs_as_written(tmp_path):
     runs = set(fs.prediction_runs())
     assert {"rgb_nextvlad", "flow_nextvlad", "audio_nextvlad", "fused_xgboost"} <= runs
     assert (tmp_path / "fusion_report").is_dir()
+
+
+def test_other_blocks_name_real_commands_flags_and_files():
+    """The blocks too long to run here (bin/demo, bin/test, benchmarks.run): each script exists
+    and is executable, and each flag and choice a command uses is one its --help lists."""
+    text = (REPO / "README.md").read_text()
+    others = [b for b in re.findall(r"```bash\n(.*?)```", text, re.S) if b != readme_block()]
+    assert others
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    helps: dict[str, str] = {}
+    for block in others:
+        for line in re.sub(r"(^|\s)#.*", "", block).splitlines():
+            words = line.split()
+            if not words:
+                continue
+            if words[0].startswith("bin/"):
+                assert os.access(REPO / words[0], os.X_OK), words[0]
+                continue
+            assert words[:2] == ["python", "-m"], line
+            if words[2] not in helps:
+                helps[words[2]] = subprocess.run([sys.executable, "-m", words[2], "--help"], cwd=REPO, env=env,
+                                                 capture_output=True, text=True, timeout=120, check=True).stdout
+            for word in words[3:]:
+                assert word in helps[words[2]], f"{line!r}: {word!r} is not in {words[2]} --help"
