@@ -39,7 +39,8 @@ DEFAULT_NAMES = ("train", "val", "test")
 
 def split_counts(n: int, fractions: Sequence[float]) -> np.ndarray:
     """Rows per split: floors of ``n * fraction``, the remainder to the largest fractional parts."""
-    exact = n * np.asarray(fractions, dtype=np.float64)
+    f = np.asarray(fractions, dtype=np.float64)
+    exact = n * f / f.sum()  # normalised: a sum of 1 +- rounding never over- or under-fills
     counts = np.floor(exact).astype(np.int64)
     order = np.argsort(-(exact - counts), kind="stable")  # largest remainder first; ties: listed first
     counts[order[: n - int(counts.sum())]] += 1

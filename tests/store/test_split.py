@@ -41,6 +41,7 @@ def _one_error_line(capsys, *words):
     (10, (0.7, 0.15, 0.15), (7, 2, 1)),   # 7, 1.5, 1.5 -> one left: the first of the tied remainders
     (3, (1 / 3, 1 / 3, 1 / 3), (1, 1, 1)),
     (5, (0.5, 0.5), (3, 2)),
+    (10, (0.7, 0.2, 0.1), (7, 2, 1)),    # the floats sum to 0.9999999999999999: normalised first
     (0, (0.7, 0.3), (0, 0)),
 ])
 def test_split_counts_by_hand(n, fractions, expected):
