@@ -79,7 +79,7 @@ def test_readme_workflow_runs_as_written(tmp_path):
     assert r.returncode == 0, r.stderr[-4000:]
     from store import FeatureStore
     fs = FeatureStore.open(tmp_path / "my.zarr")
-    assert set(fs.feature_sets()) == {"rgb_r2plus1d_tiny", "flow_resnet_tiny", "audio_vggish_tiny"}
+    assert set(fs.feature_sets()) == {"rgb_r2plus1d_tiny", "flow_resnet_tiny", "audio_vggish_tiny", "rgb_again"}
     runs = set(fs.prediction_runs())
     assert {"rgb_nextvlad", "flow_nextvlad", "audio_nextvlad", "fused_xgboost"} <= runs
     assert (tmp_path / "fusion_report").is_dir()
