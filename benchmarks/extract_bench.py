@@ -59,7 +59,8 @@ from extract.flow import FlowSettings, compute_flow
 from extract.makers import AudioWindows
 from extract.producers import AudioProducer
 from extract.sampling import ClipSampling, clip_frame_indices
-from extract.settings import BackboneChoice, ExtractSettings, available_cores, default_parallelism
+from extract.settings import BackboneChoice, ExtractSettings, default_parallelism
+from store.threads import available_cores
 
 VIDEOS = 60
 SWEEP_VIDEOS = 30

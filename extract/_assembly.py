@@ -30,6 +30,7 @@ from extract._worker import DecodePool, DecodeResult, DecodeTask
 from extract.makers import ModelInput
 from extract.producers import FeatureProducer
 from store import FeatureSet, FeatureStore, FeatureWriter
+from store.threads import set_threads
 
 if TYPE_CHECKING:
     from extract.settings import ExtractSettings
@@ -333,7 +334,7 @@ def extract_rows(
     )
     start = time.perf_counter()
     old_threads = torch.get_num_threads()
-    torch.set_num_threads(stats.threads)
+    set_threads(stats.threads)  # torch, OpenMP and BLAS together
     try:
         with contextlib.ExitStack() as stack:
             writers = [
@@ -367,5 +368,5 @@ def extract_rows(
                     w.flush()
                 loop.sync_writes()
     finally:
-        torch.set_num_threads(old_threads)
+        set_threads(old_threads)
         stats.seconds = time.perf_counter() - start

@@ -33,7 +33,6 @@ import torch
 
 from extract.backbones import Backbone, get_backbone
 from extract.errors import ExtractError
-from extract.settings import available_cores
 from extract.training import checkpoint as ckpt
 from extract.training.data import EvalClips, TrainClips, eval_loader, train_loader
 from extract.training.evaluate import predict_videos
@@ -45,6 +44,7 @@ from extract.training.schedule import LRSchedule
 from extract.training.swa import WeightAverage, update_bn
 from heads.losses import class_weights, get_loss
 from heads.metrics import evaluate as evaluate_scores
+from store.threads import available_cores
 
 log = logging.getLogger(__name__)
 
