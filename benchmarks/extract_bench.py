@@ -54,17 +54,13 @@ from extract.demo import DemoConfig, make_demo
 from extract.dump import pipeline
 from extract.dump.makers import AudioWindows
 from extract.dump.producers import AudioProducer
-from extract.dump.settings import (
-    BackboneChoice,
-    ExtractSettings,
-    available_cores,
-    default_parallelism,
-)
+from extract.dump.settings import BackboneChoice, ExtractSettings, default_parallelism
 from extract.dump.worker import DecodePool, DecodeTask
 from extract.media.audio import AudioSettings
 from extract.media.decode import decode_video
 from extract.media.flow import FlowSettings, compute_flow
 from extract.media.sampling import ClipSampling, clip_frame_indices
+from store.threads import available_cores
 
 VIDEOS = 60
 SWEEP_VIDEOS = 30

@@ -60,9 +60,10 @@ def bench_train(args: argparse.Namespace) -> dict[str, float]:
 
     from extract.demo import DemoConfig, make_demo
     from extract.dump import pipeline
-    from extract.dump.settings import ExtractSettings, available_cores
+    from extract.dump.settings import ExtractSettings
     from extract.training import TrainData, TrainRecipe, fit
     from store import FeatureStore
+    from store.threads import available_cores
 
     n = args.size or 640
     work = args.workdir / "train"

@@ -17,8 +17,9 @@
   normal name (``validate``/``validation`` -> ``val``), which is also the row's split.
 * **Table** (header whose first column is ``path``, ``video``, ``video_path``, ``file`` or
   ``filename``): the path column and optionally ``labels`` (or ``label``; several joined by
-  ``;``, or, when it is the last column, also in further fields as in Multi-MiT rows) and
-  ``split``; other columns are ignored. The demo's ``videos.csv`` is one.
+  ``;``, or, when it is the last column, also in further fields as in Multi-MiT rows),
+  ``split`` and ``id`` (the video's id, instead of the one derived from the path); other
+  columns are ignored. The demo's ``videos.csv`` is one.
 * **a folder**: every video file under it, recursively (hidden files and folders skipped),
   sorted, unlabelled.
 
@@ -126,6 +127,7 @@ class _Row:
     path: str
     labels: list[str]
     split: str | None = None
+    id: str | None = None
 
 
 def read_class_list(path: str | Path) -> list[str]:
@@ -241,7 +243,8 @@ def _parse_table(header: list[str], rows: list[tuple[int, list[str]]],
         cells = (f[labels_col:] if last else [f[labels_col]]) if labels_col is not None else []
         labels = [x for cell in cells for x in cell.split(LABEL_SEPARATOR)]
         out.append(_Row(line, f[col["path"]], _dedupe([x.strip() for x in labels]),
-                        f[col["split"]] if "split" in col and f[col["split"]] else None))
+                        f[col["split"]] if "split" in col and f[col["split"]] else None,
+                        f[col["id"]] if "id" in col and f[col["id"]] else None))
     return out
 
 
@@ -343,7 +346,7 @@ def _video_table(rows: list[_Row], labels: list[list[str]], root: Path, source: 
         path = os.path.abspath(root / row.path)
         inside = os.path.commonpath([path, str(root)]) == str(root)
         key = PurePosixPath(Path(os.path.relpath(path, root) if inside else row.path).as_posix())
-        vid = str(key.with_suffix("")) if key.suffix else str(key)
+        vid = row.id or (str(key.with_suffix("")) if key.suffix else str(key))
         for table, value, what in ((seen_path, path, "path"), (seen_id, vid, "id")):
             if value in table:
                 raise DuplicateVideoError(

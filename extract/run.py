@@ -39,6 +39,7 @@ from extract.errors import DemoError, ExtractError
 from extract.media.flow import FLOW_ALGORITHMS
 from store.cli import non_negative_int, positive_float, positive_int
 from store.errors import StoreError
+from store.threads import add_threads_argument
 
 if TYPE_CHECKING:
     from extract.dump.pipeline import RunStats
@@ -239,10 +240,10 @@ def _parser() -> argparse.ArgumentParser:
         help="decode processes; 0 decodes in the main process (default: max(1, cores // 4) on CPU, "
         "cores - 1 with CUDA; measured by benchmarks.run --only extract)",
     )
-    g.add_argument(
-        "--threads",
-        type=positive_int,
-        help="torch threads of the model (default: max(1, cores - workers) on CPU, 1 with CUDA)",
+    add_threads_argument(
+        g,
+        help="torch, OpenMP and BLAS threads of the model (default: max(1, free cores - workers) on CPU, "
+        "1 with CUDA)",
     )
     g.add_argument(
         "--timeout",

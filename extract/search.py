@@ -46,6 +46,7 @@ from store.feature_set import FeatureSet
 from store.feature_store import FeatureStore
 from store.index import FeatureIndex, IndexSpec, ensure_index, pool_video_vectors
 from store.search import Neighbours, format_neighbours, neighbours
+from store.threads import add_threads_argument, set_threads
 
 __all__ = ["VideoEmbedding", "embed_video", "producer_for", "search_video"]
 
@@ -210,11 +211,13 @@ def _parser() -> argparse.ArgumentParser:
                    help="index kind (default: the saved one, else auto)")
     p.add_argument("--rebuild", action="store_true", help="build the index afresh (after the features changed)")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
+    add_threads_argument(p)
     return p
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
+    set_threads(args.threads)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     from tqdm import tqdm
 

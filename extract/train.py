@@ -37,6 +37,7 @@ from extract.errors import DemoError, ExtractError
 from extract.training.recipe import CLASS_WEIGHTS, MODALITIES, OPTIMIZERS, SCHEDULES, TrainRecipe
 from store.cli import non_negative_int, positive_float, positive_int
 from store.errors import StoreError
+from store.threads import add_threads_argument, free_cores, set_threads
 
 log = logging.getLogger("extract.train")
 
@@ -155,7 +156,8 @@ def _parser() -> argparse.ArgumentParser:
     g = p.add_argument_group("run")
     g.add_argument("--workers", type=non_negative_int, help="decode worker processes; 0 decodes in the main process "
                                                "(default: min(4, cores) on CPU, cores - 1 with CUDA)")
-    g.add_argument("--threads", type=positive_int, help="torch threads (default: cores - workers on CPU, at least 1)")
+    add_threads_argument(g, help="torch, OpenMP and BLAS threads (default: free cores - workers on CPU, at least 1; "
+                         "the free cores with CUDA)")
     g.add_argument("--timeout", dest="timeout_s", type=positive_float, default=60.0,
                    help="seconds one video may take to decode (default: 60)")
     g.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
@@ -246,13 +248,11 @@ def _summary(result) -> str:
 
 def run(args: argparse.Namespace, config: dict[str, Any]) -> int:
     """Run the command on parsed arguments; returns the exit status."""
-    import torch
     from tqdm import tqdm
     from tqdm.contrib.logging import logging_redirect_tqdm
 
     from extract.backbones import read_torch_file
     from extract.demo import load_demo, make_demo
-    from extract.dump.settings import available_cores
     from extract.training import fit
     from extract.training.checkpoint import RECIPE_JSON, save_json
     from extract.training.loop import default_workers, resolve_device
@@ -278,8 +278,7 @@ def run(args: argparse.Namespace, config: dict[str, Any]) -> int:
     data = _data(args, manifest)
     device = resolve_device(recipe)
     workers = default_workers(device) if args.workers is None else args.workers
-    if args.threads or device.type == "cpu":
-        torch.set_num_threads(args.threads or max(1, available_cores() - workers))
+    set_threads(args.threads or (max(1, free_cores() - workers) if device.type == "cpu" else None))
     if recipe.weights is not None:
         read_torch_file(recipe.weights)  # a file that is no checkpoint fails before --out is made
     out.mkdir(parents=True, exist_ok=True)

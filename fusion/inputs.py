@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -36,6 +36,7 @@ from store.feature_store import FeatureStore
 log = logging.getLogger(__name__)
 
 PROBABILITY_TYPES = ("sigmoid", "softmax", "probability")
+BLOCK_ELEMENTS = 1 << 22  # values per row block of derived features (~16 MB of float32): bounds temporaries
 LOGIT_TYPES = ("logit",)
 EPS = 1e-6
 
@@ -70,8 +71,8 @@ class StackInputs:
     def __len__(self) -> int:
         return self.probs.shape[0]
 
-    def take(self, rows: np.ndarray) -> StackInputs:
-        """The same runs on a subset of rows."""
+    def take(self, rows: np.ndarray | slice) -> StackInputs:
+        """The same runs on a subset of rows (a slice gives a view, no copy)."""
         return StackInputs(self.probs[rows], self.available[rows], self.names)
 
     def single(self, m: int) -> np.ndarray:
@@ -98,6 +99,14 @@ class StackInputs:
     def masked_logits(self) -> np.ndarray:
         """``(n, M, C)`` log-odds with NaN where unavailable."""
         return to_logit(self.masked())
+
+
+def row_blocks(n_rows: int, row_elements: int, block_elements: int | None = None) -> Iterator[slice]:
+    """Consecutive row slices of ``n_rows`` rows with about ``block_elements`` (default
+    :data:`BLOCK_ELEMENTS`) values each, for rows of ``row_elements`` values (at least one row each)."""
+    rows = max(1, (block_elements or BLOCK_ELEMENTS) // max(1, row_elements))
+    for a in range(0, n_rows, rows):
+        yield slice(a, min(n_rows, a + rows))
 
 
 def to_logit(p: np.ndarray) -> np.ndarray:
@@ -182,11 +191,12 @@ def load_inputs(fs: FeatureStore, runs: Sequence[str]) -> tuple[StackInputs, lis
         all_attrs.append(attrs)
         all_scores.append(scores)
     check_runs(records, n, c)
-    probs, avail = [], []
-    for i, (run, scores, attrs) in enumerate(zip(runs, all_scores, all_attrs)):
-        a = run_availability(fs, run, scores, attrs, has_audio)
+    probs = np.empty((n, len(runs), c), np.float32)  # filled run by run: no second (N, M, C) copy
+    avail = np.empty((n, len(runs)), bool)
+    for i, (run, attrs) in enumerate(zip(runs, all_attrs)):
+        scores, all_scores[i] = all_scores[i], None  # let each run's (N, C) go once it is stacked
+        avail[:, i] = a = run_availability(fs, run, scores, attrs, has_audio)
         records[i] = dataclasses.replace(records[i], available=a)
-        probs.append(to_probability(scores, attrs.get("score_type"), run))
-        avail.append(a)
+        probs[:, i, :] = to_probability(scores, attrs.get("score_type"), run)
         log.info("run %r: available on %d of %d rows", run, int(a.sum()), n)
-    return StackInputs(np.stack(probs, axis=1), np.stack(avail, axis=1), tuple(runs)), records, all_attrs
+    return StackInputs(probs, avail, tuple(runs)), records, all_attrs

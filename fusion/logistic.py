@@ -1,4 +1,4 @@
-"""``logistic``: one scikit-learn logistic regression per class over that class's input scores.
+"""``logistic``: one L2 logistic regression per class over that class's input scores.
 
 Features of class ``c`` (standardised on the fit rows): the log-odds each input run gives
 class ``c`` (unavailable entries filled with the mean of the available runs, see
@@ -8,6 +8,10 @@ lower on held-out rows (it over-fits on the many weak cross-class columns) and t
 long, and it grows with C^2 for 300+ classes. Log-odds, not probabilities: if the runs'
 errors are independent given the label, the best combination is linear in log-odds.
 
+All classes are fitted together by Newton's method with step halving, each iteration one pass
+over the fit rows in row blocks (:func:`fusion.inputs.row_blocks`), so memory stays O(block)
+whatever the number of rows; the objective is scikit-learn's ``LogisticRegression`` (L2,
+intercept not penalised) and the coefficients match it (tested).
 A class without positives (or negatives) among the fit rows gets its constant prior.
 :func:`out_of_fold_margin` gives the cross-fitted margins that ``xgboost`` starts from.
 """
@@ -15,20 +19,21 @@ A class without positives (or negatives) among the fit rows gets its constant pr
 from __future__ import annotations
 
 import logging
-import warnings
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
-from sklearn.exceptions import ConvergenceWarning
-from sklearn.linear_model import LogisticRegression
+from scipy.special import expit
 
 from fusion._settings import SettingsMixin
 from fusion.errors import FusionError
-from fusion.inputs import EPS, StackInputs
+from fusion.inputs import EPS, StackInputs, row_blocks
 from fusion.registry import Fuser, register_fusion
 
 log = logging.getLogger(__name__)
+_NEWTON_TOL = 1e-6  # a class has converged when its Newton step moves no coefficient more than this
+_CACHE_BYTES = 256 << 20  # keep the standardised design blocks in RAM between Newton passes up to this size
 
 
 @dataclass(frozen=True)
@@ -37,7 +42,7 @@ class LogisticSettings(SettingsMixin):
 
     Attributes:
         c: Inverse L2 strength (scikit-learn's ``C``) on standardised features.
-        max_iter: Solver iterations (``newton-cholesky``: a handful suffice).
+        max_iter: Newton iterations (a handful suffice; each is one pass over the fit rows).
         availability: Add one availability column per run.
     """
 
@@ -80,51 +85,118 @@ class LogisticFusion(Fuser):
         self.sd_: np.ndarray | None = None  # (C, F)
         self.names_: tuple[str, ...] = ()
 
+    def _feature_blocks(self, x: StackInputs) -> Iterator[tuple[slice, np.ndarray]]:
+        """``(rows, (b, C, F) float64 features)`` of consecutive row blocks of ``x``."""
+        width = x.n_classes * x.n_models * (2 if self.settings.availability else 1)
+        for rows in row_blocks(len(x), width):
+            yield rows, linear_features(x.take(rows), self.settings.availability).astype(np.float64)
+
     def fit(self, x: StackInputs, labels: np.ndarray) -> LogisticFusion:
-        feats = linear_features(x, self.settings.availability)
+        """Fit every class at once by Newton's method on sums over row blocks (memory O(block)).
+
+        The objective of class ``c`` is scikit-learn's: ``C * sum_i logloss_i + |w|^2 / 2`` on
+        standardised features, intercept not penalised; Newton steps that raise it are halved.
+        """
+        return self._fit(x, labels, None)
+
+    def _fit(self, x: StackInputs, labels: np.ndarray, start: LogisticFusion | None) -> LogisticFusion:
+        """:meth:`fit`, starting Newton from ``start``'s coefficients (a fit on similar rows) if given."""
         labels = np.asarray(labels)
-        self.mu_ = feats.mean(axis=0)
-        sd = feats.std(axis=0)
+        n = len(x)
+        total = sum(f.sum(axis=0) for _, f in self._feature_blocks(x))  # (C, F)
+        self.mu_ = total / n
+        sq = sum(((f - self.mu_) ** 2).sum(axis=0) for _, f in self._feature_blocks(x))
+        sd = np.sqrt(sq / n)
         self.sd_ = np.where(sd > 0, sd, 1.0)
-        z = (feats - self.mu_) / self.sd_
         n_classes, n_feats = self.mu_.shape
-        self.coef_ = np.zeros((n_classes, n_feats))
-        self.intercept_ = np.zeros(n_classes)
-        for c in range(n_classes):
-            y = labels[:, c]
-            if y.min() == y.max():
-                prior = np.clip(y.mean(), EPS, 1 - EPS)
-                self.intercept_[c] = np.log(prior / (1 - prior))
-                continue
-            lr = LogisticRegression(C=self.settings.c, solver="newton-cholesky", max_iter=self.settings.max_iter)
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore", ConvergenceWarning)
-                lr.fit(z[:, c, :], y)
-            self.coef_[c], self.intercept_[c] = lr.coef_[0], lr.intercept_[0]
+        prior = np.clip(labels.mean(axis=0, dtype=np.float64), EPS, 1 - EPS)
+        active = labels.min(axis=0) != labels.max(axis=0)  # classes with positives and negatives
+        w = np.zeros((n_classes, n_feats + 1))  # (C, F + 1): coefficients, then the intercept
+        w[:, -1] = np.log(prior / (1 - prior))
+        if start is not None:  # the optimum moves little between overlapping row sets: fewer iterations
+            w[active, :-1], w[active, -1] = start.coef_[active], start.intercept_[active]
+        step, best = np.zeros_like(w), np.full(n_classes, np.inf)
+        cache = [] if n * n_classes * (n_feats + 1) * 8 <= _CACHE_BYTES else None
+        todo = active.copy()
+        for _ in range(self.settings.max_iter):
+            if not todo.any():
+                break
+            loss, grad, hess = self._loss_grad_hess(x, labels, w, cache)
+            worse = todo & (loss > best + 1e-12 * np.abs(best))
+            ok = todo & ~worse
+            newton = -np.linalg.solve(hess[ok], grad[ok][..., None])[..., 0]  # (C_ok, F + 1)
+            step[ok], best[ok] = newton, loss[ok]
+            w[ok] += newton
+            step[worse] *= 0.5  # the last step overshot: go back half of it
+            w[worse] -= step[worse]
+            todo &= np.abs(step).max(axis=1) >= _NEWTON_TOL  # Newton converges quadratically: done
+        if todo.any():
+            log.warning("logistic fusion: %d classes not converged after %d Newton iterations", int(todo.sum()),
+                        self.settings.max_iter)
+        self.coef_, self.intercept_ = w[:, :-1].copy(), w[:, -1].copy()
+        self.coef_[~active] = 0.0
+        self.intercept_[~active] = np.log(prior / (1 - prior))[~active]
         self.names_ = x.names
         return self
 
-    def _standardised(self, x: StackInputs) -> np.ndarray:
+    def _design_blocks(self, x: StackInputs, cache: list | None) -> Iterator[tuple[slice, np.ndarray]]:
+        """``(rows, (C, b, F + 1))`` standardised features plus a ones column, from ``cache`` once
+        it is filled (None: recomputed on every call)."""
+        if cache:
+            yield from cache
+            return
+        for rows, f in self._feature_blocks(x):
+            z = (f - self.mu_) / self.sd_
+            zt = np.ascontiguousarray(np.concatenate([z, np.ones(z.shape[:2] + (1,))], axis=2).transpose(1, 0, 2))
+            if cache is not None:
+                cache.append((rows, zt))  # (b, C, F) -> (C, b, F + 1)
+            yield rows, zt
+
+    def _loss_grad_hess(self, x: StackInputs, labels: np.ndarray, w: np.ndarray,
+                        cache: list | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Objective ``(C,)``, gradient ``(C, F + 1)`` and Hessian ``(C, F + 1, F + 1)`` at ``w``."""
+        n_classes, width = w.shape
+        loss, grad, hess = np.zeros(n_classes), np.zeros((n_classes, width)), np.zeros((n_classes, width, width))
+        for rows, zt in self._design_blocks(x, cache):
+            y = labels[rows].T.astype(np.float64)  # (b, C) -> (C, b)
+            eta = (zt @ w[:, :, None])[..., 0]  # (C, b, F + 1) @ (C, F + 1, 1) -> (C, b)
+            p = expit(eta)
+            loss += (np.logaddexp(0.0, eta) - y * eta).sum(axis=1)
+            grad += ((p - y)[:, None, :] @ zt)[:, 0]  # (C, 1, b) @ (C, b, F + 1) -> (C, F + 1)
+            hess += (zt * (p * (1.0 - p))[..., None]).transpose(0, 2, 1) @ zt  # (C, F + 1, b) @ (C, b, F + 1)
+        c, coef = self.settings.c, w[:, :-1]
+        diag = np.arange(width - 1)
+        loss, grad, hess = c * loss + 0.5 * (coef**2).sum(axis=1), c * grad, c * hess
+        grad[:, :-1] += coef
+        hess[:, diag, diag] += 1.0
+        return loss, grad, hess
+
+    def _check(self, x: StackInputs) -> None:
         if self.coef_ is None:
             raise FusionError("logistic fusion is not fitted; call fit() first")
         if x.names != self.names_:
             raise FusionError(f"logistic fusion was fitted on runs {self.names_}, not {x.names}")
-        feats = linear_features(x, self.settings.availability)
-        return (feats - self.mu_) / self.sd_
 
     def margin(self, x: StackInputs) -> np.ndarray:
-        """``(n, C)`` log-odds."""
-        z = self._standardised(x)
-        return (np.einsum("ncf,cf->nc", z, self.coef_) + self.intercept_).astype(np.float32)  # (n, C, F) -> (n, C)
+        """``(n, C)`` log-odds, computed a row block at a time."""
+        self._check(x)
+        out = np.empty((len(x), x.n_classes), np.float32)
+        for rows, f in self._feature_blocks(x):
+            z = (f - self.mu_) / self.sd_
+            out[rows] = np.einsum("ncf,cf->nc", z, self.coef_) + self.intercept_  # (b, C, F) -> (b, C)
+        return out
 
     def predict(self, x: StackInputs) -> np.ndarray:
-        return (1.0 / (1.0 + np.exp(-self.margin(x)))).astype(np.float32)
+        return expit(self.margin(x)).astype(np.float32)
 
     def contributions(self, x: StackInputs) -> np.ndarray:
-        z = self._standardised(x) * self.coef_  # (n, C, F)
+        self._check(x)
         out = np.zeros((len(x), x.n_models, x.n_classes), np.float32)
-        for f, m in enumerate(feature_owner(x.n_models, self.settings.availability)):
-            out[:, m, :] += z[:, :, f]
+        owner = feature_owner(x.n_models, self.settings.availability)
+        for rows, f in self._feature_blocks(x):
+            z = (f - self.mu_) / self.sd_ * self.coef_  # (b, C, F)
+            for j, m in enumerate(owner):
+                out[rows, m, :] += z[:, :, j]
         return out
 
     def record(self) -> dict[str, Any]:
@@ -150,8 +222,9 @@ def out_of_fold_margin(settings: LogisticSettings, x: StackInputs, labels: np.nd
     n = len(x)
     fold = np.random.default_rng(seed).permutation(n) % folds
     margin = np.zeros((n, x.n_classes), np.float32)
+    full = LogisticFusion(settings).fit(x, labels)
     for k in range(folds):
         held = fold == k
-        model = LogisticFusion(settings).fit(x.take(np.flatnonzero(~held)), labels[~held])
+        model = LogisticFusion(settings)._fit(x.take(np.flatnonzero(~held)), labels[~held], full)
         margin[held] = model.margin(x.take(np.flatnonzero(held)))
-    return margin, LogisticFusion(settings).fit(x, labels)
+    return margin, full

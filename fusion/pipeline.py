@@ -4,12 +4,18 @@
 
     store --load_inputs--> StackInputs (N, M, C) + availability
           --plan_fit-----> fit rows / eval rows   (or LeakageError)
-          for each method: fit on fit rows -> predict all N rows -> metrics + reliance on eval rows
-          --write_predictions(out, fused scores, attrs={method, inputs, splits, metrics, record})
+          for each method: fit on the fit rows (at most fit_rows of them, a seeded sample)
+                           -> predict in row blocks: the written method every row, the others the eval rows
+                           -> metrics on the eval rows, reliance on at most reliance_rows of them
+          --prediction_writer(out): blocks of fused scores, attrs={method, inputs, splits, metrics, record}
+
+Memory: the inputs (N, M, C) float32, the eval rows' scores and one block of derived features;
+no (N, C, F) array is built for all rows.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -21,15 +27,18 @@ import numpy as np
 import pandas as pd
 
 from fusion.errors import FusionError
-from fusion.inputs import load_inputs
+from fusion.inputs import StackInputs, load_inputs, row_blocks
 from fusion.leakage import FitPlan, plan_fit
 from fusion.registry import fusion_class, get_fusion
 from heads.metrics import class_map, evaluate
-from store.feature_store import FeatureStore
+from store.feature_store import FeatureStore, PredictionWriter
 
 log = logging.getLogger(__name__)
 
 METRIC_NAMES = ("class_map", "sample_map", "gap20", "top1", "top5")
+DEFAULT_FIT_ROWS = 200_000  # a stacker of ~10-20 weights per class needs no more; bounds fit time and memory
+RELIANCE_ROWS = 20_000  # eval rows (seeded sample) whose contributions give the reliance table
+PREDICT_ROWS = 16_384  # rows per prediction block (whole chunks of the prediction run)
 
 
 @dataclass(frozen=True, eq=False)
@@ -43,7 +52,7 @@ class MethodOutcome:
         reliance: ``(C, M)`` share of each input in each class's output (rows sum to 1).
         record: ``Fuser.record()``: settings and what the method learned (weights, gains...).
         fit_seconds: Wall time of ``fit``.
-        scores: ``(N, C)`` fused probabilities of every row.
+        scores: ``(n_eval, C)`` fused probabilities of the eval rows (``FusionResult.plan.eval_rows``).
     """
 
     name: str
@@ -70,6 +79,8 @@ class FusionResult:
         methods: Method name -> outcome; the first is the one written as a run.
         n_positives: ``(C,)`` positives per class among the eval rows.
         written_as: Name of the fused run written to the store (None if not written).
+        fit_rows: The fit rows the stackers saw (``plan.fit_rows``, or a seeded sample of at most
+            ``fit_rows`` of them).
     """
 
     store: str
@@ -82,6 +93,7 @@ class FusionResult:
     methods: dict[str, MethodOutcome]
     n_positives: np.ndarray
     written_as: str | None = None
+    fit_rows: np.ndarray | None = None
 
     @property
     def main(self) -> MethodOutcome:
@@ -112,7 +124,9 @@ def _evaluate(scores: np.ndarray, labels: np.ndarray, what: str) -> tuple[dict[s
 def fuse_runs(store: FeatureStore | str | Path, runs: Sequence[str], *, method: str = "xgboost",
               compare: Sequence[str] = (), fit_split: str = "train", eval_split: str = "test",
               settings: Mapping[str, Any] | None = None, client: Any = None, write_as: str | None = None,
-              overwrite: bool = False, on_method: Callable[[str], None] | None = None) -> FusionResult:
+              overwrite: bool = False, on_method: Callable[[str], None] | None = None,
+              fit_rows: int | None = DEFAULT_FIT_ROWS, block_rows: int = PREDICT_ROWS,
+              reliance_rows: int = RELIANCE_ROWS) -> FusionResult:
     """Fuse prediction runs of a store with ``method`` (and score ``compare`` methods beside it).
 
     Args:
@@ -127,6 +141,10 @@ def fuse_runs(store: FeatureStore | str | Path, runs: Sequence[str], *, method: 
         write_as: Write the fused predictions as this prediction run (None: do not write).
         overwrite: Replace an existing run of that name.
         on_method: Called with each method's name before it is fitted (progress display).
+        fit_rows: Fit on a seeded random sample of at most this many fit rows (None or 0: all);
+            recorded in the fused run's attrs.
+        block_rows: Rows per prediction block (memory O(block_rows x M x C)).
+        reliance_rows: Reliance is measured on a seeded sample of at most this many eval rows.
 
     Returns:
         The :class:`FusionResult`.
@@ -156,34 +174,66 @@ def fuse_runs(store: FeatureStore | str | Path, runs: Sequence[str], *, method: 
     for i, run in enumerate(x.names):
         input_metrics[run], input_ap[run] = _evaluate(x_eval.single(i), y_eval, f"run {run!r}")
     settings = dict(settings or {})
+    fit_idx = sample_rows(plan.fit_rows, fit_rows)
+    rel_idx = sample_rows(np.arange(len(plan.eval_rows)), reliance_rows)
     outcomes: dict[str, MethodOutcome] = {}
-    for name, cls in zip(names, classes):
-        if on_method is not None:
-            on_method(name)
-        kwargs = {"client": client} if client is not None and cls.accepts_client else {}
-        fuser = get_fusion(name, settings.get(name), **kwargs)
-        t0 = time.perf_counter()
-        if cls.needs_fit:
-            fuser.fit(x.take(plan.fit_rows), labels[plan.fit_rows])
-        fit_s = time.perf_counter() - t0
-        scores = fuser.predict(x)
-        metrics, ap = _evaluate(scores[plan.eval_rows], y_eval, f"method {name!r}")
-        outcomes[name] = MethodOutcome(name, metrics, ap, fuser.reliance(x_eval), fuser.record(), fit_s, scores)
-        log.info("%s: class mAP %.4f on %s (fit %.1f s)", name, metrics["class_map"], eval_split, fit_s)
-    result = FusionResult(
-        store=str(fs.path), classes=list(fs.classes), inputs=x.names, plan=plan, input_metrics=input_metrics,
-        input_ap=input_ap, availability={r: float(x_eval.available[:, i].mean()) for i, r in enumerate(x.names)},
-        methods=outcomes, n_positives=y_eval.sum(axis=0), written_as=write_as)
+    writing = fs.prediction_writer(write_as) if write_as is not None else contextlib.nullcontext()
+    with writing as writer:  # the fused run appears only if everything below succeeds
+        for i, (name, cls) in enumerate(zip(names, classes)):
+            if on_method is not None:
+                on_method(name)
+            kwargs = {"client": client} if client is not None and cls.accepts_client else {}
+            fuser = get_fusion(name, settings.get(name), **kwargs)
+            t0 = time.perf_counter()
+            if cls.needs_fit:
+                fuser.fit(x.take(fit_idx), labels[fit_idx])
+            fit_s = time.perf_counter() - t0
+            if i == 0 and writer is not None:
+                scores = _predict_all_rows(fuser, x, plan.eval_rows, writer, block_rows)
+            else:
+                scores = np.concatenate([fuser.predict(x_eval.take(b)) for b in row_blocks(len(x_eval), 1, block_rows)])
+            metrics, ap = _evaluate(scores, y_eval, f"method {name!r}")
+            outcomes[name] = MethodOutcome(name, metrics, ap, fuser.reliance(x_eval.take(rel_idx)), fuser.record(),
+                                           fit_s, scores)
+            log.info("%s: class mAP %.4f on %s (fit %.1f s)", name, metrics["class_map"], eval_split, fit_s)
+        result = FusionResult(
+            store=str(fs.path), classes=list(fs.classes), inputs=x.names, plan=plan, input_metrics=input_metrics,
+            input_ap=input_ap, availability={r: float(x_eval.available[:, i].mean()) for i, r in enumerate(x.names)},
+            methods=outcomes, n_positives=y_eval.sum(axis=0), written_as=write_as, fit_rows=fit_idx)
+        if writer is not None:
+            main = result.main
+            train_splits = sorted({s for r in records for s in r.train_splits} | ({plan.fit_split} if needs_fit else set()))
+            writer.attrs.update({
+                "head": f"fusion:{main.name}", "method": main.name, "inputs": list(x.names), "score_type": "sigmoid",
+                "fit_split": plan.fit_split if classes[0].needs_fit else None, "eval_split": eval_split,
+                "fit_rows": {"used": len(fit_idx) if classes[0].needs_fit else 0, "of": len(plan.fit_rows),
+                             "limit": fit_rows or None},
+                "reliance_rows": len(rel_idx),
+                "train_splits": train_splits, "folds": 0, "metrics": {eval_split: main.metrics},
+                "fit_seconds": main.fit_seconds, "fusion": main.record,
+                "reliance": {r: np.round(main.reliance[:, i], 4).tolist() for i, r in enumerate(x.names)},
+                "inputs_metrics": {eval_split: input_metrics},
+                "input_attrs": {r: a.get("head") for r, a in zip(runs, attrs)},
+            })
     if write_as is not None:
-        main = result.main
-        train_splits = sorted({s for r in records for s in r.train_splits} | ({plan.fit_split} if needs_fit else set()))
-        fs.write_predictions(write_as, main.scores, attrs={
-            "head": f"fusion:{main.name}", "method": main.name, "inputs": list(x.names), "score_type": "sigmoid",
-            "fit_split": plan.fit_split if classes[0].needs_fit else None, "eval_split": eval_split,
-            "train_splits": train_splits, "folds": 0, "metrics": {eval_split: main.metrics},
-            "fit_seconds": main.fit_seconds, "fusion": main.record,
-            "reliance": {r: np.round(main.reliance[:, i], 4).tolist() for i, r in enumerate(x.names)},
-            "inputs_metrics": {eval_split: input_metrics}, "input_attrs": {r: a.get("head") for r, a in zip(runs, attrs)},
-        })
         log.info("wrote fused run %r to %s", write_as, fs.path)
     return result
+
+
+def sample_rows(rows: np.ndarray, limit: int | None, seed: int = 0) -> np.ndarray:
+    """``rows``, or a seeded random sample of ``limit`` of them (kept in order) when there are more."""
+    if not limit or len(rows) <= limit:
+        return rows
+    return np.sort(np.random.default_rng(seed).choice(rows, limit, replace=False))
+
+
+def _predict_all_rows(fuser: Any, x: StackInputs, eval_rows: np.ndarray, writer: PredictionWriter,
+                      block_rows: int) -> np.ndarray:
+    """Predict every row a block at a time into ``writer``; returns the ``(n_eval, C)`` scores of ``eval_rows`` (sorted)."""
+    out = np.empty((len(eval_rows), x.n_classes), np.float32)
+    for rows in row_blocks(len(x), 1, block_rows):
+        block = fuser.predict(x.take(rows))  # (b, C)
+        writer.write(rows.start, block)
+        lo, hi = np.searchsorted(eval_rows, [rows.start, rows.stop])
+        out[lo:hi] = block[eval_rows[lo:hi] - rows.start]
+    return out

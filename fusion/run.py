@@ -27,14 +27,15 @@ from typing import Any
 from tqdm import tqdm
 
 from fusion.errors import FusionError
-from fusion.pipeline import METRIC_NAMES, fuse_runs
+from fusion.pipeline import DEFAULT_FIT_ROWS, METRIC_NAMES, fuse_runs
 from fusion.registry import list_fusions
 from fusion.report import HEADERS, write_report
 from store.cli import non_negative_int, positive_float, positive_int
 from store.errors import StoreError
+from store.threads import add_threads_argument, set_threads
 
 # flag -> (method, settings field)
-_FLAG_SETTINGS = {"device": ("xgboost", "device"), "n_jobs": ("xgboost", "n_jobs"), "seed": ("xgboost", "seed"),
+_FLAG_SETTINGS = {"device": ("xgboost", "device"), "threads": ("xgboost", "n_jobs"), "seed": ("xgboost", "seed"),
                   "max_depth": ("xgboost", "max_depth"), "rounds": ("xgboost", "n_rounds"),
                   "learning_rate": ("xgboost", "learning_rate"), "other_scores": ("xgboost", "other_scores"),
                   "logistic_c": ("logistic", "c")}
@@ -51,6 +52,9 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--fit-split", default="train",
                     help="split the stacker fits on (train needs out-of-fold inputs; default train)")
     ap.add_argument("--eval-split", default="test", help="split everything is scored on (default test)")
+    ap.add_argument("--fit-rows", type=non_negative_int, default=DEFAULT_FIT_ROWS, metavar="N",
+                    help=f"fit on a seeded sample of at most N fit rows, recorded in the run's attrs "
+                         f"(0: all; default {DEFAULT_FIT_ROWS:,})")
     ap.add_argument("--out", default=None, help="name of the fused run (default fused_<method>)")
     ap.add_argument("--no-write", action="store_true", help="do not write the fused run into the store")
     ap.add_argument("--overwrite", action="store_true", help="replace an existing fused run of that name")
@@ -58,7 +62,8 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--scheduler", default=None, help="Dask scheduler address (tcp://...): xgboost.dask training")
     ap.add_argument("--config", type=Path, default=None, help="TOML file with [xgboost]/[weighted]/[logistic] settings")
     ap.add_argument("--device", choices=("auto", "cpu", "cuda"), default=None, help="xgboost device (default auto)")
-    ap.add_argument("--n-jobs", type=non_negative_int, default=None, help="xgboost threads (default: every core)")
+    add_threads_argument(ap, "--n-jobs", help="threads of xgboost, OpenMP and BLAS (default: the free cores; "
+                         "--n-jobs is the old spelling)")
     ap.add_argument("--seed", type=non_negative_int, default=None, help="xgboost seed (default 0)")
     ap.add_argument("--max-depth", type=positive_int, default=None, help="xgboost tree depth (default 3)")
     ap.add_argument("--rounds", type=positive_int, default=None, help="xgboost most rounds per class (default 200)")
@@ -118,10 +123,11 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         settings = method_settings(args)
+        set_threads(args.threads)
         client = _connect(args.scheduler) if args.scheduler else None
         result = fuse_runs(args.store, args.runs, method=args.method, compare=compare, fit_split=args.fit_split,
                            eval_split=args.eval_split, settings=settings, client=client, write_as=out,
-                           overwrite=args.overwrite, on_method=on_method)
+                           overwrite=args.overwrite, on_method=on_method, fit_rows=args.fit_rows)
         for bar in bars:
             bar.close()
         report = write_report(result, args.report) if args.report is not None else None
@@ -134,8 +140,10 @@ def main(argv: list[str] | None = None) -> int:
         if client is not None:
             client.close()
     table = result.metrics_table()
+    sampled = len(result.fit_rows) < len(result.plan.fit_rows)
     print(f"evaluated on {result.plan.eval_split} ({len(result.plan.eval_rows)} rows), "
-          f"fitted on {result.plan.fit_split or 'nothing'} ({len(result.plan.fit_rows)} rows)")
+          f"fitted on {result.plan.fit_split or 'nothing'} ({len(result.fit_rows)} "
+          + (f"sampled of {len(result.plan.fit_rows)} rows)" if sampled else "rows)"))
     print(f"{'':14s}" + "".join(f"{HEADERS[k]:>12s}" for k in METRIC_NAMES) + f"{'fit s':>8s}")
     for name, row in table.iterrows():
         fit = "" if row["kind"] == "input" else f"{row['fit_s']:8.1f}"

@@ -37,8 +37,8 @@ from __future__ import annotations
 import functools
 import json
 import logging
-import os
 import sys
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
@@ -48,18 +48,20 @@ import xgboost as xgb
 
 from fusion._settings import SettingsMixin
 from fusion.errors import FusionError
-from fusion.inputs import EPS, StackInputs
+from fusion.inputs import EPS, StackInputs, row_blocks
 from fusion.logistic import LogisticFusion, LogisticSettings, out_of_fold_margin
 from fusion.registry import Fuser, register_fusion
 from store.cli import setting_name
+from store.threads import free_cores
 
 log = logging.getLogger(__name__)
 DEVICES = ("auto", "cpu", "cuda")
+PREDICT_BLOCK_ELEMENTS = 1 << 23  # input scores (b * M * C) per prediction block: bounds the (b, F) class matrices
 
 
 #: fusion.run's flags of XGBSettings fields (the others are keys of the [xgboost] table of --config).
 _FLAGS = {"max_depth": "--max-depth", "n_rounds": "--rounds", "learning_rate": "--learning-rate",
-          "other_scores": "--other-scores", "n_jobs": "--n-jobs", "seed": "--seed",
+          "other_scores": "--other-scores", "n_jobs": "--threads", "seed": "--seed",
           "device": "--device"}
 
 
@@ -84,7 +86,7 @@ class XGBSettings(SettingsMixin):
         base_folds: Folds of that cross-fitting.
         logistic_c: Inverse L2 strength of the base logistic stacker.
         device: ``auto`` (CUDA when XGBoost sees a GPU), ``cpu`` or ``cuda``.
-        n_jobs: Threads; 0 = every core.
+        n_jobs: Threads; 0 = the free cores (:func:`store.threads.free_cores`).
         class_threads: Train the classes in ``n_jobs`` threads with one XGBoost thread each
             (faster for small per-class models); False: one class at a time with ``n_jobs``
             XGBoost threads. Ignored on CUDA (one class at a time).
@@ -116,7 +118,7 @@ class XGBSettings(SettingsMixin):
                   ("max_bin", self.max_bin >= 2, ">= 2"), ("valid_fraction", 0 < self.valid_fraction < 1, "in (0, 1)"),
                   ("subsample", 0 < self.subsample <= 1, "in (0, 1]"), ("learning_rate", self.learning_rate > 0, "> 0"),
                   ("other_scores", self.other_scores >= -1, ">= -1 (-1: all)"),
-                  ("base_folds", self.base_folds >= 2, ">= 2"), ("n_jobs", self.n_jobs >= 0, ">= 0 (0: every core)"),
+                  ("base_folds", self.base_folds >= 2, ">= 2"), ("n_jobs", self.n_jobs >= 0, ">= 0 (0: the free cores)"),
                   ("logistic_c", self.logistic_c > 0, "> 0"), ("device", self.device in DEVICES, f"one of {DEVICES}")]
         problems = [f"{setting_name(name, _FLAGS.get(name, ''))} must be {rule}, got {getattr(self, name)!r}"
                     for name, ok, rule in checks if not ok]
@@ -167,14 +169,15 @@ def screen_other_scores(logits: np.ndarray, labels: np.ndarray, k: int, max_rows
         ``(C, k)`` int indices into the flattened ``(M * C)`` columns (``m * C + c'``).
     """
     n, m, c = logits.shape
-    flat = logits.reshape(n, m * c).astype(np.float64)  # (n, M, C) -> (n, M * C)
     own = np.arange(m)[None, :] * c + np.arange(c)[:, None]  # (C, M): each class's own columns
     k = m * (c - 1) if k < 0 else min(k, m * (c - 1))
     if k == 0:
         return np.zeros((c, 0), dtype=np.int64)
-    if n > max_rows:
-        pick = np.random.default_rng(seed).choice(n, max_rows, replace=False)
-        flat, labels = flat[pick], labels[pick]
+    if n > max_rows:  # sample first: the float64 copy below is then at most max_rows rows
+        pick = np.sort(np.random.default_rng(seed).choice(n, max_rows, replace=False))
+        logits, labels = logits[pick], labels[pick]
+        n = max_rows
+    flat = logits.reshape(n, m * c).astype(np.float64)  # (n, M, C) -> (n, M * C)
     xs = (flat - flat.mean(0)) / np.where(flat.std(0) > 0, flat.std(0), 1.0)
     y = labels.astype(np.float64)
     ys = (y - y.mean(0)) / np.where(y.std(0) > 0, y.std(0), 1.0)
@@ -251,7 +254,7 @@ class XGBoostFusion(Fuser):
         return self
 
     def _n_jobs(self) -> int:
-        return self.settings.n_jobs or len(os.sched_getaffinity(0))
+        return self.settings.n_jobs or free_cores()
 
     def _train_classes_locally(self, logits: np.ndarray, avail: np.ndarray, labels: np.ndarray, margin: np.ndarray,
                                parts: tuple[np.ndarray, np.ndarray]) -> list[tuple[xgb.Booster | None, int]]:
@@ -301,15 +304,36 @@ class XGBoostFusion(Fuser):
         if x.names != self.names_:
             raise FusionError(f"xgboost fusion was fitted on runs {self.names_}, not {x.names}")
 
+    def _blocks(self, x: StackInputs) -> Iterator[tuple[slice, StackInputs, np.ndarray, np.ndarray]]:
+        """``(rows, inputs, masked log-odds (b, M, C), base margin (b, C))`` of consecutive row blocks."""
+        for rows in row_blocks(len(x), x.n_models * x.n_classes, PREDICT_BLOCK_ELEMENTS):
+            xb = x.take(rows)
+            yield rows, xb, xb.masked_logits(), self._base_margin(xb)
+
+    def _per_class(self, fn: Callable[[int], None]) -> None:
+        """Run ``fn(c)`` for every class with a booster, spread over ``n_jobs`` threads (one XGBoost thread each)."""
+        classes = [c for c, b in enumerate(self.boosters_) if b is not None]
+        workers = 1 if self.device_ == "cuda" else min(self._n_jobs(), max(1, len(classes)))
+        if workers == 1:
+            for c in classes:
+                fn(c)
+            return
+        with ThreadPoolExecutor(max_workers=workers) as pool:
+            list(pool.map(fn, classes))
+
     def margin(self, x: StackInputs) -> np.ndarray:
-        """``(n, C)`` fused log-odds."""
+        """``(n, C)`` fused log-odds, computed a row block at a time."""
         self._check(x)
-        base = self._base_margin(x)
-        logits, out = x.masked_logits(), base.copy()
-        for c, booster in enumerate(self.boosters_):
-            if booster is not None:
-                dm = xgb.DMatrix(self._class_matrix(logits, x.available, c), base_margin=base[:, c])
-                out[:, c] = booster.predict(dm, output_margin=True)
+        out = np.empty((len(x), x.n_classes), np.float32)
+        for rows, xb, logits, base in self._blocks(x):
+            out[rows] = base
+
+            def one(c: int, rows: slice = rows, xb: StackInputs = xb, logits: np.ndarray = logits,
+                    base: np.ndarray = base) -> None:
+                dm = xgb.DMatrix(self._class_matrix(logits, xb.available, c), base_margin=base[:, c], nthread=1)
+                out[rows, c] = self.boosters_[c].predict(dm, output_margin=True)
+
+            self._per_class(one)
         return out
 
     def predict(self, x: StackInputs) -> np.ndarray:
@@ -319,16 +343,16 @@ class XGBoostFusion(Fuser):
         self._check(x)
         out = self.base_.contributions(x) if self.base_ is not None else \
             np.zeros((len(x), x.n_models, x.n_classes), np.float32)
-        base = self._base_margin(x)
-        logits = x.masked_logits()
-        for c, booster in enumerate(self.boosters_):
-            if booster is None:
-                continue
-            dm = xgb.DMatrix(self._class_matrix(logits, x.available, c), base_margin=base[:, c])
-            shap = booster.predict(dm, pred_contribs=True)[:, :-1]  # (n, F + 1) -> (n, F), drop the bias
-            owner = self._column_owner(x.n_models, x.n_classes, c)
-            for j, mdl in enumerate(owner):
-                out[:, mdl, c] += shap[:, j]
+        for rows, xb, logits, base in self._blocks(x):
+
+            def one(c: int, rows: slice = rows, xb: StackInputs = xb, logits: np.ndarray = logits,
+                    base: np.ndarray = base) -> None:
+                dm = xgb.DMatrix(self._class_matrix(logits, xb.available, c), base_margin=base[:, c], nthread=1)
+                shap = self.boosters_[c].predict(dm, pred_contribs=True)[:, :-1]  # (b, F + 1) -> (b, F), no bias
+                for j, mdl in enumerate(self._column_owner(x.n_models, x.n_classes, c)):
+                    out[rows, mdl, c] += shap[:, j]  # each class owns its own column of out
+
+            self._per_class(one)
         return out
 
     def record(self) -> dict[str, Any]:

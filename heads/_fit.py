@@ -215,7 +215,7 @@ def fit(model: nn.Module, source: Source, train_rows: np.ndarray, val_rows: np.n
             log.info("fold %d: early stop after epoch %d (best %d)", fold, epoch, st["best_epoch"])
     if bar is not None:
         bar.close()
-    return _finish(model, source, train_rows, val_rows, val_labels, config, fold, device, averager, drop_last, st)
+    return _finish(model, source, train_rows, config, fold, device, averager, drop_last, st)
 
 
 def _train_epoch(model: nn.Module, batches: Iterator[Batch], loss_fn: nn.Module, weight: torch.Tensor | None,
@@ -252,10 +252,10 @@ def _train_epoch(model: nn.Module, batches: Iterator[Batch], loss_fn: nn.Module,
     return total, rows, wait, time.perf_counter() - start
 
 
-def _finish(model: nn.Module, source: Source, train_rows: np.ndarray, val_rows: np.ndarray, val_labels: np.ndarray,
-            config: TrainConfig, fold: int, device: torch.device, averager: Any, drop_last: bool,
-            st: dict[str, Any]) -> FitResult:
-    """Pick the final weights (averaged > best on val > last) and score them on val."""
+def _finish(model: nn.Module, source: Source, train_rows: np.ndarray, config: TrainConfig, fold: int,
+            device: torch.device, averager: Any, drop_last: bool, st: dict[str, Any]) -> FitResult:
+    """Pick the final weights (averaged > best on val > last). Their val metrics are left to the
+    caller, which scores the val rows once with every final model (``FitResult.val`` is None here)."""
     averaged = averager is not None and int(averager.n_averaged) > 0
     if averaged:
         final = averager.module
@@ -269,11 +269,10 @@ def _finish(model: nn.Module, source: Source, train_rows: np.ndarray, val_rows: 
         final = model
         if st["best_state"] is not None:
             final.load_state_dict(st["best_state"])
-    val = evaluate_scores(predict(final, source, val_rows, device=device), val_labels) if len(val_rows) else None
     state = {k: v.detach().cpu().clone() for k, v in final.state_dict().items()}
     timing = dict(st["timing"])
     wall = timing["train_s"]
     timing.update(rows_per_s=timing["rows"] / wall if wall else 0.0,
                   data_wait_fraction=timing["wait_s"] / wall if wall else 0.0,
                   epoch_s=wall / max(1, len(st["history"])))
-    return FitResult(state, st["history"], st["best_epoch"], averaged, val, timing)
+    return FitResult(state, st["history"], st["best_epoch"], averaged, None, timing)

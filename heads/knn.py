@@ -39,6 +39,7 @@ from store.errors import StoreError
 from store.feature_store import FeatureStore
 from store.index import FeatureIndex, IndexSpec, Progress, feature_vectors
 from store.search import propagate_labels
+from store.threads import add_threads_argument, set_threads
 
 __all__ = ["KnnError", "KnnNeighbours", "knn_neighbours", "knn_predictions", "label_audit", "write_knn_run"]
 
@@ -326,6 +327,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--recall-target", type=positive_float, default=0.95,
                    help="recall@10 an approximate index is tuned to (default 0.95)")
     p.add_argument("--cpu", action="store_true", help="search on the CPU even if faiss sees a GPU")
+    add_threads_argument(p)
     a = p.add_argument_group("label audit")
     a.add_argument("--audit", action="store_true",
                    help="rank train videos whose labels their neighbours disagree with; each is scored by all other "
@@ -360,6 +362,7 @@ def _write_csv(table: pd.DataFrame, path: Path) -> None:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
+    set_threads(args.threads)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     from tqdm import tqdm
 

@@ -37,6 +37,7 @@ from heads.trainer import TrainConfig, build_head, predict
 from store.cli import positive_int
 from store.errors import StoreError
 from store.feature_store import FeatureStore
+from store.threads import add_threads_argument, set_threads
 
 log = logging.getLogger(__name__)
 
@@ -190,11 +191,13 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--pairs", type=positive_int, default=10, help="pairs in the confusion report (default 10)")
     ap.add_argument("--predictions", metavar="RUN", help="confusion from this prediction run of --store instead")
     ap.add_argument("--device", default="cpu")
+    add_threads_argument(ap)
     return ap
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    set_threads(args.threads)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     try:
         if args.run is None and not (args.predictions and args.store and args.confusion):

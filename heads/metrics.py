@@ -2,8 +2,13 @@
 
 Every function takes ``scores (N, C)`` (any real numbers; higher means more likely) and
 ``labels (N, C)`` in {0, 1}, as numpy arrays or torch tensors (converted on the CPU), and is
-exact and vectorised: no Python loop over videos or classes (rows are only processed in
-blocks to bound memory). Equations and references: heads/README.md, "Metrics".
+exact and vectorised: no Python loop over videos or classes, only over blocks of rows (or of
+classes for class AP) of about ``_BLOCK_ELEMENTS`` scores, so the temporaries stay O(block),
+not O(N x C). Scores are read as they are: float32 stays float32 (the order and the ties of
+float32 values are those of their exact float64 copies, so the results do not change), no
+copy of the score matrix is made; 1-byte 0/1 labels are viewed as bool, not copied. GAP pools
+the kept ``top_k`` scores of every video (O(N x top_k)). Equations and references:
+heads/README.md, "Metrics".
 
 Ties follow one rule each, all deterministic:
 - average precision (class mAP, sample mAP, the pooled ranking of GAP) treats tied scores as
@@ -19,7 +24,7 @@ skipped and counted, never turned into NaN. Labels without any positive at all r
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -29,7 +34,7 @@ from scipy.special import gammaln
 
 logger = logging.getLogger(__name__)
 
-_BLOCK_ELEMENTS = 1 << 21  # elements per block of row-wise AP: ~100 MB of temporaries
+_BLOCK_ELEMENTS = 1 << 20  # scores per block: ~70 MB of AP temporaries
 
 
 @dataclass(frozen=True, eq=False)
@@ -65,26 +70,45 @@ class SampleMapResult:
 def _to_numpy(x: Any) -> np.ndarray:
     if hasattr(x, "detach"):  # a torch tensor; torch itself is not imported here
         x = x.detach().cpu()
-        x = x.double() if x.is_floating_point() else x
+        if x.is_floating_point() and x.element_size() < 4:
+            x = x.float()  # numpy has no bfloat16; float16/bfloat16 -> float32 is exact
         return x.numpy()
     return np.asarray(x)
 
 
+def _row_blocks(n_rows: int, n_cols: int) -> Iterator[slice]:
+    """Slices of consecutive rows holding about ``_BLOCK_ELEMENTS`` elements each."""
+    rows = max(1, _BLOCK_ELEMENTS // max(n_cols, 1))
+    for i in range(0, n_rows, rows):
+        yield slice(i, i + rows)
+
+
+def _is_binary(y: np.ndarray) -> bool:
+    """Whether every label is 0 or 1, without an ``(N, C)`` temporary."""
+    if y.dtype == bool:
+        return True
+    if np.issubdtype(y.dtype, np.integer):
+        return bool(y.min() >= 0 and y.max() <= 1)
+    return all(bool(((y[b] == 0) | (y[b] == 1)).all()) for b in _row_blocks(*y.shape))
+
+
 def _prepare(scores: Any, labels: Any) -> tuple[np.ndarray, np.ndarray]:
-    """Return scores as float64 and labels as bool, both ``(N, C)``, after checking them."""
+    """Return scores as float32/float64 (not copied when they are one already) and labels as
+    bool (a view of 1-byte labels), both ``(N, C)``, after checking them."""
     s, y = _to_numpy(scores), _to_numpy(labels)
     if s.ndim != 2 or s.shape != y.shape or 0 in s.shape:
         raise ValueError(
             f"expected non-empty scores and labels of the same shape (N, C), got {s.shape} and "
             f"{y.shape}; check that both come from the same rows of the store"
         )
-    s = s.astype(np.float64, copy=False)
-    if np.isnan(s).any():
+    if s.dtype not in (np.float32, np.float64):
+        s = s.astype(np.float32 if s.dtype == np.float16 else np.float64)  # both exact
+    if any(np.isnan(s[b]).any() for b in _row_blocks(*s.shape)):
         raise ValueError("scores contain NaN; fix the model output before evaluating")
     if y.dtype != bool:
-        if not np.isin(y, (0, 1)).all():
+        if not _is_binary(y):
             raise ValueError("labels must be 0/1; threshold soft (mixup) labels before evaluating")
-        y = y.astype(bool)
+        y = y.view(bool) if y.dtype.itemsize == 1 else y.astype(bool)  # 0/1 bytes are valid bools
     if not y.any():
         raise ValueError(
             "labels have no positive entry, so no metric is defined; "
@@ -120,11 +144,23 @@ def _ap_rows(scores: np.ndarray, hits: np.ndarray, n_pos: np.ndarray) -> np.ndar
     )
 
 
+def _class_ap(s: np.ndarray, y: np.ndarray, n_pos: np.ndarray) -> np.ndarray:
+    """``(C,)`` AP of each class of prepared ``(N, C)`` scores, a block of classes at a time."""
+    n, c = s.shape
+    step = max(1, _BLOCK_ELEMENTS // n)
+    per_class = np.empty(c)
+    for a in range(0, c, step):
+        b = min(c, a + step)
+        # (N, c_block) -> (c_block, N): one contiguous row per class
+        per_class[a:b] = _ap_block(np.ascontiguousarray(s[:, a:b].T), np.ascontiguousarray(y[:, a:b].T), n_pos[a:b])
+    return per_class
+
+
 def class_map(scores: Any, labels: Any) -> MapResult:
     """Class-level mAP: AP of each class over videos, averaged over classes with positives."""
     s, y = _prepare(scores, labels)
     n_pos = y.sum(axis=0)
-    per_class = _ap_rows(s.T, y.T, n_pos)  # (N, C) -> (C, N): one row per class
+    per_class = _class_ap(s, y, n_pos)
     n_skipped = int((n_pos == 0).sum())
     if n_skipped:
         logger.debug("class mAP skips %d of %d classes without positives", n_skipped, len(n_pos))
@@ -163,19 +199,34 @@ def gap(scores: Any, labels: Any, top_k: int = 20) -> float:
         raise ValueError(f"top_k must be >= 1, got {top_k}")
     s, y = _prepare(scores, labels)
     k = min(top_k, s.shape[1])
-    kth = _kth_largest(s, k)
-    above, tied = s > kth, s == kth
-    room = k - above.sum(axis=1, keepdims=True)  # how many tied classes still fit
-    keep = above | (tied & (np.cumsum(tied, axis=1) <= room))  # exactly k per row
-    pooled_s, pooled_h = s[keep][None, :], y[keep][None, :]  # (N, C) -> (1, N * k)
+    kept_s, kept_h = [], []
+    for b in _row_blocks(*s.shape):
+        sb, yb = s[b], y[b]
+        kth = _kth_largest(sb, k)
+        above, tied = sb > kth, sb == kth
+        room = k - above.sum(axis=1, keepdims=True)  # how many tied classes still fit
+        keep = above | (tied & (np.cumsum(tied, axis=1) <= room))  # exactly k per row
+        kept_s.append(sb[keep])
+        kept_h.append(yb[keep])
+    pooled_s, pooled_h = np.concatenate(kept_s)[None, :], np.concatenate(kept_h)[None, :]  # -> (1, N * k)
     return float(_ap_rows(pooled_s, pooled_h, np.array([y.sum()]))[0])
 
 
-def _positive_rows(s: np.ndarray, y: np.ndarray, name: str) -> tuple[np.ndarray, np.ndarray]:
-    has_pos = y.any(axis=1)
-    if not has_pos.all():
-        logger.debug("%s skips %d videos without positives", name, int((~has_pos).sum()))
-    return s[has_pos], y[has_pos]
+def _mean_over_positive_rows(s: np.ndarray, y: np.ndarray, per_row: Callable[[np.ndarray, np.ndarray], np.ndarray],
+                             name: str) -> float:
+    """Mean of ``per_row(scores, labels)`` over the videos with a positive, a block of rows at a time."""
+    total, count = 0.0, 0
+    for b in _row_blocks(*s.shape):
+        sb, yb = s[b], y[b]
+        has_pos = yb.any(axis=1)
+        if not has_pos.all():
+            sb, yb = sb[has_pos], yb[has_pos]
+        if len(sb):
+            total += float(per_row(sb, yb).sum())
+            count += len(sb)
+    if count < len(s):
+        logger.debug("%s skips %d videos without positives", name, len(s) - count)
+    return total / count
 
 
 def top_k_accuracy(scores: Any, labels: Any, k: int) -> float:
@@ -189,8 +240,13 @@ def top_k_accuracy(scores: Any, labels: Any, k: int) -> float:
     """
     if k < 1:
         raise ValueError(f"k must be >= 1, got {k}")
-    s, y = _positive_rows(*_prepare(scores, labels), name=f"top-{k} accuracy")
+    s, y = _prepare(scores, labels)
     k = min(k, s.shape[1])
+    return _mean_over_positive_rows(s, y, lambda sb, yb: _top_k_hits(sb, yb, k), f"top-{k} accuracy")
+
+
+def _top_k_hits(s: np.ndarray, y: np.ndarray, k: int) -> np.ndarray:
+    """``(n,)`` expected top-k hit of each row (every row has a positive)."""
     kth = _kth_largest(s, k)
     above, tied = s > kth, s == kth
     hit_above = (above & y).any(axis=1)
@@ -205,7 +261,7 @@ def top_k_accuracy(scores: Any, labels: Any, k: int) -> float:
         + gammaln(g - m + 1)
     )
     p_miss = np.where(free >= m, np.exp(log_miss), 0.0)
-    return float(np.where(hit_above, 1.0, 1.0 - p_miss).mean())
+    return np.where(hit_above, 1.0, 1.0 - p_miss)
 
 
 def hit_at_1(scores: Any, labels: Any) -> float:
@@ -221,13 +277,18 @@ def perr(scores: Any, labels: Any) -> float:
 
     Classes tied at the R-th score count as the expected value over a random order of the tie.
     """
-    s, y = _positive_rows(*_prepare(scores, labels), name="PERR")
+    s, y = _prepare(scores, labels)
+    return _mean_over_positive_rows(s, y, _perr_rows, "PERR")
+
+
+def _perr_rows(s: np.ndarray, y: np.ndarray) -> np.ndarray:
+    """``(n,)`` expected precision at the R-th place of each row (every row has a positive)."""
     n_pos = y.sum(axis=1)
     kth = _kth_largest(s, n_pos)
     above, tied = s > kth, s == kth
     places = n_pos - above.sum(axis=1)  # R-th place falls inside the tie: 1 <= places <= tie
     hits = (above & y).sum(axis=1) + places * (tied & y).sum(axis=1) / tied.sum(axis=1)
-    return float((hits / n_pos).mean())
+    return hits / n_pos
 
 
 def per_class_ap_table(

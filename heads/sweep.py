@@ -53,6 +53,7 @@ from heads.trainer import TrainConfig, build_head, train_head
 from store.cli import non_negative_int, positive_int
 from store.errors import StoreError
 from store.feature_store import FeatureStore
+from store.threads import add_threads_argument, available_cores, free_cores, set_threads
 
 __all__ = ["METRICS", "available_cores", "completed_runs", "dashboard_link", "estimate_cost", "local_cluster",
            "plan_sweep", "results_table", "run_sweep", "train_task", "worker_cache"]
@@ -62,14 +63,6 @@ log = logging.getLogger(__name__)
 METRICS = ("class_map", "sample_map", "gap20", "top1")  # val metrics in the results table
 _CACHES: OrderedDict[tuple[str, tuple[str, ...]], FeatureCache] = OrderedDict()  # this process's features
 Outcome = dict[str, Any]
-
-
-def available_cores() -> int:
-    """CPU cores this process may run on (its affinity mask, else ``os.cpu_count()``)."""
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:  # not Linux
-        return os.cpu_count() or 1
 
 
 def _one_line(exc: BaseException) -> str:
@@ -141,7 +134,8 @@ def train_task(store: str, config: TrainConfig, run_name: str, torch_threads: in
         store: Store path (workers open it themselves; it must be reachable from them).
         config: The configuration.
         run_name: Prediction run to write.
-        torch_threads: torch's intra-op threads for this task (None: unchanged).
+        torch_threads: torch, faiss, OpenMP and BLAS threads for this task (:func:`store.threads.set_threads`;
+            None: unchanged).
         before_train: Called with ``config`` just before training (instrumentation, tests).
 
     Returns:
@@ -154,7 +148,7 @@ def train_task(store: str, config: TrainConfig, run_name: str, torch_threads: in
     _tune_malloc()
     previous = torch.get_num_threads()
     if torch_threads:
-        torch.set_num_threads(torch_threads)
+        set_threads(torch_threads)
     try:
         fs = FeatureStore.open(store, "a")
         data = None if config.reader == "stream" else worker_cache(fs, config.features)
@@ -167,7 +161,8 @@ def train_task(store: str, config: TrainConfig, run_name: str, torch_threads: in
     except (StoreError, ValueError) as exc:  # TrainError, a config the data cannot take: retrying won't help
         return {"status": "failed", "run": run_name, "error": _one_line(exc)}
     finally:
-        torch.set_num_threads(previous)
+        if torch_threads:
+            set_threads(previous)
     return {"status": "done", "run": run_name, "seconds": time.perf_counter() - start,
             "cpu_seconds": time.process_time() - cpu, "metrics": {s: result.metrics[s] for s in ("val", "test")},
             "worker": f"{socket.gethostname()}:{os.getpid()}"}
@@ -248,7 +243,7 @@ def run_sweep(store: FeatureStore | str | Path, configs: Sequence[TrainConfig], 
         configs: The configurations (duplicates are trained once).
         client: A ``distributed.Client``: one task per configuration. None trains them one after
             another in this process (the same task function, no Dask).
-        torch_threads: torch threads per task (None: the process's setting).
+        torch_threads: torch, OpenMP and BLAS threads per task (None: the process's setting).
         retries: Times Dask resubmits a task that raised (a killed worker's tasks are resubmitted
             by the scheduler regardless, up to ``distributed.scheduler.allowed-failures``).
         resume: Skip configurations whose config hash matches a run in the store (status "cached").
@@ -365,8 +360,8 @@ def build_parser() -> argparse.ArgumentParser:
     where.add_argument("--scheduler", metavar="tcp://HOST:PORT", help="an existing Dask cluster's scheduler")
     where.add_argument("--serial", action="store_true", help="train one after another in this process (no Dask)")
     ap.add_argument("--workers", type=positive_int, help="LocalCluster worker processes (default: one per core)")
-    ap.add_argument("--torch-threads", type=positive_int,
-                    help="torch threads per task (default: cores / workers locally, 1 on --scheduler)")
+    add_threads_argument(ap, "--torch-threads", help="torch, OpenMP and BLAS threads per task (default: the free "
+                         "cores in --serial, free cores / workers on a LocalCluster, 1 on --scheduler)")
     ap.add_argument("--out", type=Path, metavar="CSV", help="results table (default runs/sweep_<grid name>.csv)")
     ap.add_argument("--rerun", action="store_true", help="train configurations already in the store again")
     ap.add_argument("--retries", type=non_negative_int, default=2, help="resubmissions of a task that raised (default 2)")
@@ -385,7 +380,7 @@ def format_table(table: pd.DataFrame) -> str:
 def _sweep(args: argparse.Namespace, configs: list[TrainConfig]) -> pd.DataFrame:
     kwargs = {"retries": args.retries, "resume": not args.rerun, "progress": not args.quiet}
     if args.serial:
-        return run_sweep(args.store, configs, torch_threads=args.torch_threads, **kwargs)
+        return run_sweep(args.store, configs, torch_threads=set_threads(args.threads), **kwargs)
     from distributed import Client
 
     logging.getLogger("distributed").setLevel(logging.WARNING)  # its INFO lines would bury the results
@@ -395,11 +390,11 @@ def _sweep(args: argparse.Namespace, configs: list[TrainConfig]) -> pd.DataFrame
         except OSError as exc:
             raise ValueError(f"cannot reach the Dask scheduler at {args.scheduler} ({exc}); "
                              "start one (dask scheduler / dask worker) or drop --scheduler") from None
-        cluster, threads = None, args.torch_threads or 1
+        cluster, threads = None, args.threads or 1
     else:
         cluster = local_cluster(args.workers)
         client = Client(cluster)
-        threads = args.torch_threads or max(1, available_cores() // len(cluster.workers))
+        threads = args.threads or max(1, free_cores() // len(cluster.workers))
     try:
         link = dashboard_link(client)
         print(f"dashboard: {link}" if link else "dashboard unavailable (pip install bokeh)", flush=True)

@@ -28,6 +28,7 @@ from heads.registry import list_heads
 from heads.trainer import TrainConfig, train_head
 from store.cli import non_negative_int, positive_float, positive_int
 from store.errors import StoreError
+from store.threads import add_threads_argument, set_threads
 
 _FILE_KEYS = ("store", "out", "run_name")
 _METRIC_COLUMNS = (("class_map", "class mAP"), ("sample_map", "sample mAP"), ("gap20", "GAP@20"),
@@ -57,6 +58,7 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--resume", action="store_true", help="continue the interrupted run in --out")
     ap.add_argument("--no-predictions", action="store_true", help="do not write the prediction run to the store")
     ap.add_argument("--quiet", action="store_true", help="no progress bars")
+    add_threads_argument(ap)
     g = ap.add_argument_group("TrainConfig (defaults in heads/trainer.py)")
     g.add_argument("--head", help=f"one of: {', '.join(list_heads())}")
     g.add_argument("--head-arg", action="append", type=_key_value, metavar="KEY=VALUE", dest="head_kwargs",
@@ -129,6 +131,7 @@ def summary(result: Any) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    set_threads(args.threads)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     try:
         config, files = resolve(args)

@@ -346,7 +346,7 @@ def train_head(store: FeatureStore | str | Path, config: TrainConfig, *, run_nam
             if out is not None:
                 _save_atomic({**common, "finished": finished, "current": None}, out / "state.pt")
         fits = [FitResult.from_dict(f) for f in finished]
-        scores, fold = _predict_all(fs, source, config, fits, train_rows, fold_of, device)
+        scores, fold = _predict_all(fs, source, config, fits, train_rows, val_rows, fold_of, device)
 
     metrics = _metrics(fs, source, config, fits, scores, fold, train_rows, run_name, device)
     result = TrainResult(run_name, config, metrics, scores, fold, [f.state for f in fits], out)
@@ -362,9 +362,12 @@ def train_head(store: FeatureStore | str | Path, config: TrainConfig, *, run_nam
     return result
 
 
-def _predict_all(fs: FeatureStore, source: Source, config: TrainConfig, fits: list[FitResult],
-                 train_rows: np.ndarray, fold_of: np.ndarray, device: torch.device) -> tuple[np.ndarray, np.ndarray]:
-    """(N, C) scores (0 for rows not done) and the (N,) fold of out-of-fold train rows (else -1)."""
+def _predict_all(fs: FeatureStore, source: Source, config: TrainConfig, fits: list[FitResult], train_rows: np.ndarray,
+                 val_rows: np.ndarray, fold_of: np.ndarray, device: torch.device) -> tuple[np.ndarray, np.ndarray]:
+    """(N, C) scores (0 for rows not done) and the (N,) fold of out-of-fold train rows (else -1).
+
+    Every row is scored once per model that predicts it; each fit's ``val`` metrics come from
+    those same predictions (the val rows are not scored again)."""
     models = []
     for f in fits:
         m = build_head(config, source.dim, len(fs.classes)).to(device)
@@ -372,16 +375,24 @@ def _predict_all(fs: FeatureStore, source: Source, config: TrainConfig, fits: li
         models.append(m)
     scores = np.zeros((fs.n_videos, len(fs.classes)), np.float32)
     fold = np.full(fs.n_videos, -1, np.int16)
+    val_labels = source.labels(val_rows) if len(val_rows) else None
     if not config.folds:
         scores[source.rows] = predict(models[0], source, source.rows, device=device)
+        fits[0].val = evaluate_scores(scores[val_rows], val_labels) if val_labels is not None else None
         return scores, fold
     for j, m in enumerate(models):
         held_out = train_rows[fold_of == j]
         scores[held_out] = predict(m, source, held_out, device=device)
         fold[held_out] = j
-    rest = np.setdiff1d(source.rows, train_rows)
+    rest = np.setdiff1d(source.rows, train_rows)  # val rows are among them (train and val never overlap)
+    in_val = np.isin(rest, val_rows)
     if len(rest):
-        scores[rest] = np.mean([predict(m, source, rest, device=device) for m in models], axis=0)
+        total = np.zeros((len(rest), scores.shape[1]), np.float32)
+        for f, m in zip(fits, models):
+            part = predict(m, source, rest, device=device)
+            f.val = evaluate_scores(part[in_val], val_labels) if val_labels is not None else None
+            total += part
+        scores[rest] = total / len(models)
     return scores, fold
 
 

@@ -8,6 +8,7 @@ writable open) and never a half-added video. See ``store/README.md`` for the who
 
 from __future__ import annotations
 
+import contextlib
 import datetime as _dt
 import fcntl
 import logging
@@ -16,7 +17,7 @@ import re
 import shutil
 import socket
 import uuid
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +26,7 @@ import pandas as pd
 import zarr
 from zarr.codecs import BloscCodec
 
+from store._column import repair_column_swaps, replace_column
 from store._durable import DurableLocalStore
 from store.errors import (
     ClassMismatch,
@@ -276,6 +278,22 @@ class FeatureStore:
         col = np.asarray(self.root["videos"]["split"][: self.n_videos]).astype(object) if self.n_videos else np.array([])
         return np.flatnonzero(col == split)
 
+    def set_splits(self, splits: Sequence[str] | np.ndarray) -> None:
+        """Replace every row's ``split`` value at once, crash-safely (all new values or all old).
+
+        Args:
+            splits: ``(N,)`` split names, one per row (e.g. ``train``, ``val``, ``test``).
+        """
+        self._writable()
+        values = np.asarray([str(s) for s in splits], dtype=object)
+        if not self.n_videos:
+            raise StoreError(f"{self.path} holds no videos to split")
+        if values.shape != (self.n_videos,):
+            raise ShapeMismatch(f"need one split per video: {self.n_videos}, got {values.shape[0]}")
+        with self._append_lock():
+            replace_column(self.path, self.root["videos"], "split", values, _compressors("zstd"))
+        self.refresh()
+
     def labels(self, rows: Sequence[int] | np.ndarray | None = None) -> np.ndarray:
         """``(n, C)`` uint8 multi-hot labels."""
         lab = self.root["labels"]
@@ -361,22 +379,43 @@ class FeatureStore:
                 (-1: the row's score comes from a model that did not train on it as a fold member,
                 e.g. val/test rows, or no folds were used).
         """
-        self._writable()
-        _check_name("prediction run", run)
-        scores = np.asarray(scores, dtype=np.float32)
         n, c = self.n_videos, len(self.classes)
+        scores = np.asarray(scores, dtype=np.float32)
         if scores.shape != (n, c):
             raise ShapeMismatch(f"scores must have shape ({n}, {c}) (videos x classes), got {scores.shape}")
-        fold = np.full(n, -1, np.int16) if fold is None else np.asarray(fold, dtype=np.int16)
-        if fold.shape != (n,):
-            raise ShapeMismatch(f"fold must have shape ({n},), got {fold.shape}")
+        with self.prediction_writer(run, attrs) as w:
+            w.write(0, scores, fold)
+
+    @contextlib.contextmanager
+    def prediction_writer(self, run: str, attrs: dict[str, Any] | None = None) -> Iterator[PredictionWriter]:
+        """Write (or replace) a prediction run block by block; it appears atomically on a clean exit.
+
+        Rows never written stay NaN (scores) and -1 (fold). ``writer.attrs`` may be filled in
+        until the block ends (e.g. with metrics computed from the blocks). On an exception the
+        half-written run is removed and an existing run of that name is left as it was::
+
+            with fs.prediction_writer("fused") as w:
+                for a in range(0, fs.n_videos, 65_536):
+                    w.write(a, scores_of_rows(a, a + 65_536))
+                w.attrs.update(metrics=...)
+        """
+        self._writable()
+        _check_name("prediction run", run)
+        n, c = self.n_videos, len(self.classes)
         pdir = self.path / "predictions"
         tmp = f".tmp-{run}-{uuid.uuid4().hex[:8]}"
         g = self.root["predictions"].create_group(tmp)
-        g.create_array("scores", shape=(n, c), chunks=(LABEL_CHUNK, c), dtype="float32", fill_value=float("nan"),
-                       compressors=_compressors("zstd"))[:] = scores
-        g.create_array("fold", shape=(n,), chunks=(VIDEO_CHUNK,), dtype="int16", fill_value=-1)[:] = fold
-        g.attrs.update({"attrs": attrs or {}, **_creation_info()})
+        try:
+            writer = PredictionWriter(
+                g.create_array("scores", shape=(n, c), chunks=(LABEL_CHUNK, c), dtype="float32",
+                               fill_value=float("nan"), compressors=_compressors("zstd")),
+                g.create_array("fold", shape=(n,), chunks=(VIDEO_CHUNK,), dtype="int16", fill_value=-1),
+                dict(attrs or {}))
+            yield writer
+            g.attrs.update({"attrs": writer.attrs, **_creation_info()})
+        except BaseException:
+            shutil.rmtree(pdir / tmp, ignore_errors=True)
+            raise
         old = pdir / f".old-{run}-{uuid.uuid4().hex[:8]}"
         if (pdir / run).exists():
             os.rename(pdir / run, old)
@@ -411,10 +450,11 @@ class FeatureStore:
         return _FileLock(self.path / ".append.lock")
 
     def _trim_uncommitted(self) -> None:
-        """Shrink arrays a crashed append left longer than ``n_videos``."""
+        """Finish an interrupted column swap; shrink arrays a crashed append left longer than ``n_videos``."""
         with _FileLock(self.path / ".append.lock", blocking=False) as held:
             if not held:
                 return  # a live appender is at work; it will leave things consistent
+            repair_column_swaps(self.path)
             n = self.n_videos
             arrays = [a for _, a in self.root["videos"].arrays()] + [self.root["labels"]]
             for name in self.feature_sets():
@@ -423,6 +463,34 @@ class FeatureStore:
                 if arr.shape[0] > n:
                     log.warning("trimming %s from %d to %d rows (an append was interrupted)", arr.path, arr.shape[0], n)
                     arr.resize((n,) + arr.shape[1:])
+
+
+class PredictionWriter:
+    """Writes consecutive row blocks of one prediction run (from :meth:`FeatureStore.prediction_writer`).
+
+    Attributes:
+        attrs: The run's attrs, stored when the writer's block ends.
+    """
+
+    def __init__(self, scores: zarr.Array, fold: zarr.Array, attrs: dict[str, Any]) -> None:
+        self._scores, self._fold, self.attrs = scores, fold, attrs
+
+    def write(self, start: int, scores: np.ndarray, fold: np.ndarray | None = None) -> None:
+        """Write ``scores (b, C)`` (and ``fold (b,)``, the fold each row was held out in; -1 when
+        not given) to rows ``start .. start + b - 1``. Blocks of whole chunks
+        (``LABEL_CHUNK`` rows) write fastest."""
+        n, c = self._scores.shape
+        scores = np.asarray(scores, dtype=np.float32)
+        b = len(scores)
+        if scores.ndim != 2 or scores.shape[1] != c or not 0 <= start <= start + b <= n:
+            raise ShapeMismatch(f"scores block {scores.shape} at row {start} does not fit predictions of shape "
+                                f"({n}, {c}) (videos x classes)")
+        if fold is not None:
+            fold = np.asarray(fold, dtype=np.int16)
+            if fold.shape != (b,):
+                raise ShapeMismatch(f"fold must have shape ({b},), got {fold.shape}")
+            self._fold[start : start + b] = fold
+        self._scores[start : start + b] = scores
 
 
 class _FileLock:

@@ -34,6 +34,7 @@ from store.errors import ShapeMismatch, StoreError
 from store.feature_set import FeatureSet
 from store.feature_store import FeatureStore
 from store.index import FeatureIndex, ensure_index, open_index, pool_video_vectors, saved_spec
+from store.threads import add_threads_argument, set_threads
 
 logger = logging.getLogger(__name__)
 LABEL_CHUNK = 4096  # queries per chunk when gathering neighbour labels: bounds (q, k, C) memory
@@ -265,6 +266,7 @@ def _parser() -> argparse.ArgumentParser:
         "--top-labels", type=non_negative_int, default=5, help="propagated label scores to show (default 5)"
     )
     p.add_argument("--cpu", action="store_true", help="search on the CPU even if faiss sees a GPU")
+    add_threads_argument(p)
     return p
 
 
@@ -329,6 +331,7 @@ def format_neighbours(fs: FeatureStore, result: Neighbours, title: str, *, tempe
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
+    set_threads(args.threads)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     from tqdm import tqdm
 

@@ -119,7 +119,7 @@ def parallelism(config: PipelineConfig) -> tuple[str, int, int]:
     """``(device, decode workers, torch threads)`` for training and extraction."""
     import torch
 
-    from extract.dump.settings import available_cores
+    from store.threads import available_cores
 
     device = "cuda" if config.device == "cuda" or (config.device == "auto" and torch.cuda.is_available()) else "cpu"
     cores = available_cores()
@@ -380,8 +380,8 @@ def store_is_intact(ctx: Context, result: dict[str, Any]) -> bool:
 
 def sweep_step(ctx: Context, fresh: bool) -> dict[str, Any]:
     """Stage 4: every head on every modality, k-fold out-of-fold (``heads.sweep.run_sweep``)."""
-    from extract.dump.settings import available_cores
     from heads.sweep import local_cluster, run_sweep
+    from store.threads import available_cores
 
     cfg = ctx.config
     configs = cfg.head_configs()

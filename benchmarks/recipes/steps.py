@@ -113,9 +113,9 @@ def _sets_intact(ctx: RecipeContext, result: dict[str, Any]) -> bool:
 
 
 def _heads(ctx: RecipeContext, fresh: bool) -> dict[str, Any]:
-    from extract.dump.settings import available_cores
     from heads import expand_grid
     from heads.sweep import run_sweep
+    from store.threads import available_cores
 
     configs = expand_grid(ctx.recipe.heads, name=f"{ctx.recipe.name} [heads]")
     table = run_sweep(ctx.store, configs, torch_threads=available_cores(), resume=not fresh, progress=ctx.progress)

@@ -7,13 +7,13 @@ Public API::
     build_producers, open_video_list,               extract.dump.pipeline (the steps, one by one)
       prepare_store, output_set_names, timeline
     write_logit_predictions                         extract.dump.pipeline (--head-logits prediction runs)
-    ExtractSettings, BackboneChoice, available_cores, extract.dump.settings (frozen, validated)
+    ExtractSettings, BackboneChoice,                extract.dump.settings (frozen, validated)
       default_parallelism, parse_shard
     FeatureSetJob, PlannedJob, RunPlan, make_jobs   extract.dump.jobs (one backbone's feature sets: the unit of work)
     FeatureProducer, BackboneProducer, RGBProducer, extract.dump.producers (the model half: torch)
       FlowProducer, AudioProducer
     InputMaker, RGBClips, FlowClips, AudioWindows,  extract.dump.makers (the decode half: numpy, picklable)
-      ModelInput, audio_input_for, NO_AUDIO
+      ModelInput, audio_input_for, NO_AUDIO, SILENT_AUDIO
     DecodePool, DecodeTask, DecodeResult,           extract.dump.worker (decode processes; one video, one decode)
       process_task
 
@@ -27,12 +27,13 @@ from typing import Any
 _MODULES = {
     "extract.dump.pipeline": ("RunStats", "build_producers", "extract", "open_video_list", "output_set_names",
                               "prepare_store", "run_extraction", "timeline", "write_logit_predictions"),
-    "extract.dump.settings": ("DEVICES", "MODALITIES", "BackboneChoice", "ExtractSettings", "available_cores",
+    "extract.dump.settings": ("DEVICES", "MODALITIES", "BackboneChoice", "ExtractSettings",
                               "default_parallelism", "parse_shard"),
     "extract.dump.jobs": ("FeatureSetJob", "PendingSet", "PlannedJob", "RunPlan", "make_jobs"),
     "extract.dump.producers": ("AudioProducer", "BackboneProducer", "FeatureProducer", "FlowProducer",
                                "RGBProducer"),
-    "extract.dump.makers": ("NO_AUDIO", "AudioWindows", "FlowClips", "InputMaker", "ModelInput", "RGBClips",
+    "extract.dump.makers": ("NO_AUDIO", "SILENT_AUDIO", "AudioWindows", "FlowClips", "InputMaker", "ModelInput",
+                            "RGBClips",
                             "audio_input_for"),
     "extract.dump.worker": ("DecodePool", "DecodeResult", "DecodeTask", "process_task"),
 }

@@ -29,6 +29,7 @@ import torch
 from extract.dump.makers import ModelInput
 from extract.dump.worker import DecodePool, DecodeResult, DecodeTask
 from store import FeatureStore, FeatureWriter
+from store.threads import set_threads
 
 if TYPE_CHECKING:
     from extract.dump.jobs import PlannedJob, RunPlan
@@ -320,7 +321,7 @@ def extract_rows(
     )
     start = time.perf_counter()
     old_threads = torch.get_num_threads()
-    torch.set_num_threads(stats.threads)
+    set_threads(stats.threads)  # torch, OpenMP and BLAS together
     try:
         with contextlib.ExitStack() as stack:
             writers = [
@@ -356,5 +357,5 @@ def extract_rows(
                         w.flush()
                 loop.sync_writes()
     finally:
-        torch.set_num_threads(old_threads)
+        set_threads(old_threads)
         stats.seconds = time.perf_counter() - start

@@ -37,7 +37,6 @@ outruns one core's decoding by far, so every core but one decodes:
 from __future__ import annotations
 
 import dataclasses
-import os
 import re
 from dataclasses import dataclass
 from typing import Any
@@ -47,6 +46,7 @@ from extract.errors import ExtractError
 from extract.media.flow import FLOW_ALGORITHMS
 from extract.media.sampling import SAMPLING_MODES, ClipSampling, ViewSpec
 from store.cli import setting_name
+from store.threads import free_cores
 
 DEVICES = ("auto", "cpu", "cuda")
 #: What a backbone of a run looks at; K per video is clips x views (rgb, flow) or clips (audio).
@@ -54,20 +54,13 @@ MODALITIES = ("rgb", "flow", "audio")
 _SET_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]*$")
 
 
-def available_cores() -> int:
-    """CPU cores this process may run on (its affinity mask where the OS has one)."""
-    try:
-        return max(1, len(os.sched_getaffinity(0)))
-    except AttributeError:  # not on Linux
-        return max(1, os.cpu_count() or 1)
-
-
 def default_parallelism(device: str, cores: int | None = None) -> tuple[int, int]:
     """``(decode workers, model threads)`` for a device (``"cpu"`` or ``"cuda"``).
 
-    See the module docstring for the measurements behind the rule.
+    See the module docstring for the measurements behind the rule. ``cores`` defaults to the
+    free cores (:func:`store.threads.free_cores`): never more threads than there are idle cores.
     """
-    cores = available_cores() if cores is None else cores
+    cores = free_cores() if cores is None else cores
     if device == "cuda":
         return max(1, cores - 1), 1
     workers = max(1, cores // 4)
@@ -330,7 +323,7 @@ class ExtractSettings:
         if self.workers is not None:
             workers = self.workers
             if self.threads is None:
-                threads = max(1, available_cores() - workers) if device == "cpu" else 1
+                threads = max(1, free_cores() - workers) if device == "cpu" else 1
         return workers, self.threads or threads
 
     def use_amp(self, device: str) -> bool:

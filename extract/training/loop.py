@@ -32,7 +32,6 @@ import pandas as pd
 import torch
 
 from extract.backbones import Backbone, get_backbone
-from extract.dump.settings import available_cores
 from extract.errors import ExtractError
 from extract.training import checkpoint as ckpt
 from extract.training.data import EvalClips, TrainClips, eval_loader, train_loader
@@ -45,6 +44,7 @@ from extract.training.schedule import LRSchedule
 from extract.training.swa import WeightAverage, update_bn
 from heads.losses import class_weights, get_loss
 from heads.metrics import evaluate as evaluate_scores
+from store.threads import available_cores
 
 log = logging.getLogger(__name__)
 

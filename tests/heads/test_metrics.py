@@ -215,3 +215,48 @@ def test_bad_inputs_raise_clear_errors():
         gap(scores, np.zeros_like(labels))
     with pytest.raises(ValueError, match="k must be"):
         top_k_accuracy(scores, labels, 0)
+
+
+@pytest.mark.parametrize("decimals", [2, None])
+def test_float32_scores_are_scored_as_they_are(decimals):
+    scores, labels = _data(3, n=80, decimals=decimals)
+    s32 = scores.astype(np.float32)  # ties and order of float32 values are those of their float64 copies
+    expected = np.array([_sklearn_ap(labels[:, c], s32[:, c].astype(np.float64)) for c in range(labels.shape[1])])
+    np.testing.assert_allclose(class_map(s32, labels).per_class, expected, rtol=0, atol=1e-12)
+    np.testing.assert_array_equal(class_map(torch.from_numpy(s32), labels).per_class, class_map(s32, labels).per_class)
+    s, y = metrics._prepare(s32, labels)
+    assert s.dtype == np.float32 and np.shares_memory(s, s32)  # no copy of the scores
+    assert y.dtype == bool and np.shares_memory(y, labels)  # 0/1 bytes viewed as bool
+
+
+@pytest.mark.parametrize("dtype", [np.uint8, np.int64, np.float32, bool])
+def test_label_dtypes_agree_and_non_binary_labels_raise(dtype):
+    scores, labels = _data(4, n=40)
+    assert evaluate(scores, labels.astype(dtype)) == evaluate(scores, labels.astype(bool))
+    if dtype is not bool:
+        bad = labels.astype(dtype)
+        bad[3, 4] = 2 if dtype is not np.float32 else 0.5
+        with pytest.raises(ValueError, match="0/1"):
+            class_map(scores, bad)
+
+
+def test_metrics_work_in_blocks_without_copying_the_scores(monkeypatch):
+    import tracemalloc
+
+    rng = np.random.default_rng(0)
+    scores = rng.random((20_000, 64), dtype=np.float32)
+    labels = (rng.random((20_000, 64)) < 0.1).astype(np.uint8)
+    whole = [class_map(scores, labels).per_class, sample_map(scores, labels).per_sample,
+             top_k_accuracy(scores, labels, 5), perr(scores, labels)]
+    monkeypatch.setattr(metrics, "_BLOCK_ELEMENTS", 4096)
+    tracemalloc.start()
+    try:
+        blocked = [class_map(scores, labels).per_class, sample_map(scores, labels).per_sample,
+                   top_k_accuracy(scores, labels, 5), perr(scores, labels)]
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    np.testing.assert_array_equal(blocked[0], whole[0])
+    np.testing.assert_array_equal(blocked[1], whole[1])
+    assert blocked[2] == pytest.approx(whole[2], rel=1e-12) and blocked[3] == pytest.approx(whole[3], rel=1e-12)
+    assert peak < scores.nbytes / 4, f"peak {peak} bytes for {scores.nbytes} bytes of scores"

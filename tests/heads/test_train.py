@@ -9,6 +9,7 @@ import torch
 from torch import nn
 
 from heads._masking import MaskedBatchNorm1d
+from heads.metrics import class_map
 from heads.swa import make_averager, update_bn
 from heads.train import main
 from heads.trainer import FeatureCache, TrainConfig, assign_folds, build_head, train_head
@@ -148,6 +149,30 @@ def test_folds_give_out_of_fold_train_scores_and_averaged_val_scores(store):
     rest = np.setdiff1d(np.arange(store.n_videos), train)
     np.testing.assert_allclose(res.scores[rest], np.mean(probs, axis=0)[rest], atol=1e-5)
     assert res.metrics["train_oof"]["class_map"] > 0.85
+    val = np.intersect1d(store.split_rows("val"), np.flatnonzero(store.feature_set("synthetic").done()))
+    for j, f in enumerate(res.metrics["folds"]):  # each fold model's val metrics: its own scores of the val rows
+        assert f["val"]["class_map"] == pytest.approx(class_map(probs[j][val], store.labels(val)).value, abs=1e-5)
+
+
+def test_val_rows_are_scored_once_after_training(store, monkeypatch):
+    import heads._fit
+    import heads.trainer
+
+    val = set(store.split_rows("val").tolist())
+    calls = {"epochs": 0, "after": 0}
+
+    def counting(where, original):
+        def wrapped(model, source, rows, **kw):
+            calls[where] += len(val & set(np.asarray(rows).tolist())) > 0
+            return original(model, source, rows, **kw)
+        return wrapped
+
+    monkeypatch.setattr(heads._fit, "predict", counting("epochs", heads._fit.predict))
+    monkeypatch.setattr(heads.trainer, "predict", counting("after", heads.trainer.predict))
+    cfg = TrainConfig(**{**FAST, "patience": 0}, head="mean_mlp", head_kwargs={"hidden_dim": 16})
+    res = train_head(store, cfg, write_predictions=False, progress=False)
+    assert calls == {"epochs": cfg.epochs, "after": 1}  # once per epoch for early stopping, once at the end
+    assert res.metrics["folds"][0]["val"] == res.metrics["val"]
 
 
 def test_assign_folds_is_a_balanced_seeded_partition():

@@ -1,0 +1,88 @@
+"""One thread count for torch, faiss, OpenMP, BLAS and XGBoost: ``--threads`` on every command.
+
+Oversubscription is the costly mistake on a shared machine: with one core busy, a torch
+training with 2 threads ran 16x slower than with 1, because OpenMP threads spin waiting for
+each other. So every command that runs torch, faiss or xgboost takes ``--threads N`` and sets
+all the pools together, and its default is the *free* cores: the cores this process may run
+on (its affinity mask) minus the machine's 1-minute load average, at least 1, never more than
+the affinity count::
+
+    from store.threads import add_threads_argument, set_threads
+
+    add_threads_argument(parser)                 # --threads N (default: the free cores)
+    args = parser.parse_args()
+    n = set_threads(args.threads)                # None -> free_cores(); returns the count set
+
+XGBoost takes its thread count per call (``nthread``); pass it the value :func:`set_threads`
+returns.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+
+from store.cli import positive_int
+
+log = logging.getLogger(__name__)
+
+_ENV_VARS = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")
+
+
+def available_cores() -> int:
+    """CPU cores this process may run on (its affinity mask where the OS has one), at least 1."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # not on Linux
+        return max(1, os.cpu_count() or 1)
+
+
+def free_cores() -> int:
+    """The cores not busy right now: :func:`available_cores` minus the rounded 1-minute load
+    average, between 1 and :func:`available_cores`."""
+    cores = available_cores()
+    try:
+        load = os.getloadavg()[0]
+    except (AttributeError, OSError):  # no load average on this OS
+        return cores
+    return max(1, min(cores, cores - round(load)))
+
+
+def set_threads(n: int | None = None) -> int:
+    """Set torch's, faiss's, every loaded OpenMP/BLAS pool's and child processes' thread counts to ``n``.
+
+    Args:
+        n: Threads, >= 1; None = :func:`free_cores`.
+
+    Returns:
+        The count set (hand it to XGBoost as ``nthread``).
+    """
+    import faiss
+    import torch
+    from threadpoolctl import threadpool_limits
+
+    if n is None:
+        n = free_cores()
+    if isinstance(n, bool) or not isinstance(n, int) or n < 1:
+        raise ValueError(f"threads must be a whole number >= 1, got {n!r}")
+    torch.set_num_threads(n)
+    faiss.omp_set_num_threads(n)
+    threadpool_limits(limits=n)  # every OpenMP and BLAS library loaded so far (libgomp, OpenBLAS, MKL)
+    for var in _ENV_VARS:  # Dask workers and other child processes start with the same limit
+        os.environ[var] = str(n)
+    log.info("threads: %d (torch, faiss, OpenMP, BLAS)", n)
+    return n
+
+
+def add_threads_argument(parser: argparse.ArgumentParser | argparse._ArgumentGroup, *aliases: str,
+                         help: str | None = None) -> None:  # noqa: A002 (argparse's own word)
+    """Add ``--threads N`` (and old spellings such as ``--n-jobs``) to a command's parser.
+
+    The value lands in ``args.threads`` (None when not given: then :func:`set_threads` uses the
+    free cores).
+    """
+    names = sorted(["--threads", *aliases], key=len)  # argparse names the flags in this order in its errors
+    parser.add_argument(*names, dest="threads", type=positive_int, default=None, metavar="N",
+                        help=help or ("threads of torch, faiss, OpenMP and BLAS together "
+                                      f"(default: the free cores, {free_cores()} now)"))

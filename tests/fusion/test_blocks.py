@@ -1,0 +1,53 @@
+"""Fusion in row blocks equals fusion all at once; the fit-row sample is bounded and recorded."""
+
+import numpy as np
+import pytest
+
+import fusion.inputs
+import fusion.xgb
+from fusion.pipeline import fuse_runs, sample_rows
+from fusion.synthetic import make_synthetic_fusion_store
+from heads.metrics import evaluate
+
+RUNS = ["rgb", "flow", "audio"]
+FAST_XGB = {"xgboost": {"n_rounds": 30, "n_jobs": 2}}
+
+
+@pytest.fixture(scope="module")
+def fs(tmp_path_factory):
+    return make_synthetic_fusion_store(tmp_path_factory.mktemp("blocks") / "s.zarr", n_videos=2500, n_classes=12,
+                                       seed=5)
+
+
+@pytest.mark.parametrize("method", ["logistic", "xgboost"])
+def test_blocks_of_100_rows_equal_the_whole(fs, method, monkeypatch):
+    whole = fuse_runs(fs, RUNS, method=method, settings=FAST_XGB, write_as=f"whole_{method}", overwrite=True,
+                      block_rows=1 << 20)
+    monkeypatch.setattr(fusion.inputs, "BLOCK_ELEMENTS", 100 * 12 * 6)  # 100-row feature blocks
+    monkeypatch.setattr(fusion.xgb, "PREDICT_BLOCK_ELEMENTS", 100 * 12 * 3)
+    blocked = fuse_runs(fs, RUNS, method=method, settings=FAST_XGB, write_as=f"blocked_{method}", overwrite=True,
+                        block_rows=100)
+    a, b = fs.read_predictions(f"whole_{method}")[0], fs.read_predictions(f"blocked_{method}")[0]
+    assert not np.isnan(a).any()
+    np.testing.assert_allclose(b, a, rtol=1e-5, atol=1e-6)
+    ranks_equal = np.array_equal(np.argsort(a[whole.plan.eval_rows], axis=0), np.argsort(b[whole.plan.eval_rows], axis=0))
+    for k, v in whole.main.metrics.items():
+        assert blocked.main.metrics[k] == pytest.approx(v, abs=1e-9 if ranks_equal else 1e-4)
+    # the written run is scored on the eval rows exactly as the result says
+    labels = fs.labels(whole.plan.eval_rows)
+    assert evaluate(a[whole.plan.eval_rows], labels) == whole.main.metrics
+
+
+def test_fit_rows_sample_is_bounded_seeded_and_recorded(fs):
+    rows = np.arange(10, 2000, 3)
+    pick = sample_rows(rows, 100)
+    assert len(pick) == 100 and np.all(np.diff(pick) > 0) and np.isin(pick, rows).all()
+    np.testing.assert_array_equal(pick, sample_rows(rows, 100))
+    assert sample_rows(rows, None) is rows and sample_rows(rows, 10_000) is rows
+    res = fuse_runs(fs, RUNS, method="logistic", compare=[], write_as="sampled", overwrite=True, fit_rows=300)
+    attrs = fs.prediction_attrs("sampled")
+    assert attrs["fit_rows"] == {"used": 300, "of": len(res.plan.fit_rows), "limit": 300}
+    assert len(res.fit_rows) == 300 and np.isin(res.fit_rows, res.plan.fit_rows).all()
+    full = fuse_runs(fs, RUNS, method="logistic", compare=[], fit_rows=0)
+    assert len(full.fit_rows) == len(full.plan.fit_rows) > 300
+    assert full.main.metrics["class_map"] > res.main.metrics["class_map"] - 0.05
