@@ -271,7 +271,8 @@ def test_extract_top_level_is_small() -> None:
 if __name__ == "__main__":
     all_edges = import_edges()
     print(f"modules: {len(product_modules())}, import edges: {len(all_edges)}")
-    for label, graph in (("cycles", all_edges), ("cycles with TYPE_CHECKING imports", import_edges(type_checking=True))):
+    with_type_checking = import_edges(type_checking=True)
+    for label, graph in (("cycles", all_edges), ("cycles with TYPE_CHECKING imports", with_type_checking)):
         found = find_cycles(graph)
         print(f"{label}: {len(found)}")
         for cycle in found:

@@ -33,8 +33,7 @@ _MODULES = {
     "extract.dump.producers": ("AudioProducer", "BackboneProducer", "FeatureProducer", "FlowProducer",
                                "RGBProducer"),
     "extract.dump.makers": ("NO_AUDIO", "SILENT_AUDIO", "AudioWindows", "FlowClips", "InputMaker", "ModelInput",
-                            "RGBClips",
-                            "audio_input_for"),
+                            "RGBClips", "audio_input_for"),
     "extract.dump.worker": ("DecodePool", "DecodeResult", "DecodeTask", "process_task"),
 }
 _EXPORTS = {name: module for module, names in _MODULES.items() for name in names}
