@@ -36,7 +36,7 @@ def tiny(tmp_path):
     split = ["train"] * 8 + ["val", "val", "test", "test"]
     fs.append_videos(pd.DataFrame({"id": [f"v{i:02d}" for i in range(12)], "path": [f"{i}.mp4" for i in range(12)],
                                    "split": split}), labels)
-    angles = [a + d for a in PAIR_ANGLES for d in (0.0, TWIN)] + [20.0, 100.0, 0.0, 61.0]
+    angles = [a + d for a in PAIR_ANGLES for d in (0.0, TWIN)] + [20.0, 99.0, 0.0, 61.0]
     v = np.stack([_unit(a) for a in angles])  # (12, 4)
     e = np.array([0, 0, 0.5, 0], np.float32)
     data = np.stack([v + e, v - e], axis=1)  # (12, 2, 4)
@@ -83,9 +83,12 @@ def test_val_votes_by_hand_and_rows_without_features(tiny):
     expected[[1, 8]] = w[0]  # private1, pair0
     expected[[2, 9]] = w[1]  # private2, pair1
     np.testing.assert_allclose(scores[8], expected, atol=1e-5)
-    # val row 9 at 100 degrees: v05 at 82 (18 away), v06 at 120 (20 away): no val/test row is a neighbour
-    np.testing.assert_allclose(scores[9, [5, 10]], w[0], atol=1e-5)
-    np.testing.assert_allclose(scores[9, [6, 11]], w[1], atol=1e-5)
+    # val row 9 at 99 degrees: v05 at 82 (17 away), v04 at 80 (19 away; v06 at 120 is 21 away); no
+    # val/test row is a neighbour
+    w9 = np.exp(np.array([math.cos(math.radians(17)), math.cos(math.radians(19))]) / 0.1)
+    w9 /= w9.sum()
+    np.testing.assert_allclose(scores[9, [5, 4, 10]], [w9[0], w9[1], 1.0], atol=1e-5)
+    assert scores[9, [6, 11]].max() == 0
     np.testing.assert_array_equal(scores[10], 0)  # no features: score 0
     assert fold[10] == -1
 
