@@ -146,6 +146,7 @@ def knn_neighbours(fs: FeatureStore, features: str, *, k: int = 10, folds: int =
     # One index over every train vector (one k-means for all folds); a fold's queries search
     # it through an ID selector that admits only the other folds' vectors.
     index = FeatureIndex.from_vectors(ivec, irows, spec, clips=iclips, progress=progress)
+    del ivec  # the index holds its own copy (IVF-Flat, Flat) or codes
     described.append(f"all train: {index.describe()}")
 
     def search_in(pool: np.ndarray | None, query_rows: np.ndarray, exclude_self: bool, desc: str) -> None:
