@@ -51,6 +51,7 @@ import benchmarks.train_bench  # noqa: F401  (registers "train")
 from benchmarks.recipe import list_recipes, recipe_command
 from benchmarks.registry import describe, get_benchmark, list_benchmarks
 from benchmarks.report import write_report
+from benchmarks.scale_bench import STEPS as SCALE_STEPS
 from store.cli import positive_float, positive_int
 
 DEFAULT_REPORT = Path(__file__).resolve().parent / "REPORT.md"
@@ -107,6 +108,8 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--size", type=int, default=None, help="override the benchmark's main size (rows/vectors/videos)")
     ap.add_argument("--rows", type=positive_int, default=None,
                     help="scale: videos in the synthetic store (default 1,000,000; cached per size in the workdir)")
+    ap.add_argument("--steps", type=_scale_steps, default=None,
+                    help=f"scale: only these comma-separated steps (default all: {','.join(SCALE_STEPS)})")
     ap.add_argument("--max-rss-gb", type=positive_float, default=16.0,
                     help="scale: kill a step whose resident memory passes this (default 16)")
     ap.add_argument("--report", type=Path, default=DEFAULT_REPORT,
@@ -116,6 +119,15 @@ def build_parser() -> argparse.ArgumentParser:
     mode.add_argument("--report-only", action="store_true",
                       help="write the report from the saved results in <workdir>/results/ and run nothing")
     return ap
+
+
+def _scale_steps(text: str) -> list[str]:
+    steps = [s for s in text.split(",") if s]
+    unknown = sorted(set(steps) - set(SCALE_STEPS))
+    if not steps or unknown:
+        raise argparse.ArgumentTypeError(f"unknown step(s) {', '.join(unknown) or '(none)'}; "
+                                         f"choose from {', '.join(SCALE_STEPS)}")
+    return steps
 
 
 def _command(argv: list[str] | None) -> str:

@@ -22,7 +22,9 @@ recorded as ``STEP_s`` and ``STEP_peak_rss_gb``:
   (mean_mlp, nextvlad, knn), fitted on val, scored on test.
 
 A child past ``--max-rss-gb`` (default 16) is killed (the machine is shared). A failed step
-is reported and counted in ``failed_steps``; the others still run.
+is reported and counted in ``failed_steps``; the others still run. ``--steps a,b`` runs only
+those steps (e.g. ``verify,index_build,search,knn``; ``search`` needs a built index and
+``fusion_*`` the three runs).
 
 Targets (issue 21, at 1M rows on a 2-core, 24 GB machine): every step completes; peak RSS
 ``verify`` <= 1 GB, ``train_*`` <= 4 GB, ``knn`` <= 3 GB, ``fusion_*`` <= 8 GB;
@@ -52,6 +54,8 @@ FEATURES = "clustered"
 N_QUERIES = 1000
 K = 10
 RUNS = ("mean_mlp", "nextvlad", "knn")
+STEPS = ("verify", "train_mean_mlp", "train_nextvlad", "index_build", "search", "knn", "fusion_xgboost",
+         "fusion_logistic")
 _GB = 2**30
 TIME = "/usr/bin/time"  # GNU time: the peak RSS of exactly the command it runs
 
@@ -186,12 +190,15 @@ def bench_scale(args: argparse.Namespace) -> dict[str, Any]:
     step = json.loads(built.read_text())
     m["build_s"], m["build_peak_rss_gb"] = step["seconds"], step["peak_gb"]
     failed = []
+    wanted = getattr(args, "steps", None)
     for name, cmd in _steps(store, work):
+        if wanted and name not in wanted:
+            continue
         step = run_step(name, cmd, work / "logs", max_rss)
         m[f"{name}_s"], m[f"{name}_peak_rss_gb"] = step["seconds"], step["peak_gb"]
         if not step["ok"]:
             failed.append(name)
-    if "search" not in failed:
+    if "search" not in failed and (not wanted or "search" in wanted):
         found = json.loads((work / "search.json").read_text())
         print(f"   search: {found.pop('index')}")
         m.update(found)
