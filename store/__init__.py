@@ -7,8 +7,11 @@ Public API::
     FeatureSet, FeatureWriter                   one feature set; its locked writer
     ChunkShuffleDataset                         torch reader for training (store.readers)
     verify_store                                the checks behind ``python -m store.verify``
+    FeatureStore.set_splits                     crash-safe split assignment (``python -m store.split``)
     IndexSpec, FeatureIndex, ensure_index, ...  faiss indexes over feature sets (store.index)
     store.search.neighbours, ...                nearest-neighbour search (import store.search)
+    store.export.export_features, export_run    feature sets / runs to npy, HDF5, Parquet
+    store.feature_import.import_features        npy / HDF5 features of other tools into a set
 """
 
 from store.errors import StoreError

@@ -39,12 +39,17 @@ def _durable_put(path: Path, value: Buffer, exclusive: bool = False) -> int:
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
-    dir_fd = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(dir_fd)
-    finally:
-        os.close(dir_fd)
+    fsync_dir(path.parent)
     return n
+
+
+def fsync_dir(path: Path) -> None:
+    """fsync a file or directory by path (a directory: so that renames in it are durable)."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 class DurableLocalStore(LocalStore):

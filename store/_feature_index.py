@@ -21,6 +21,7 @@ from typing import Any
 import faiss
 import numpy as np
 
+from store._durable import fsync_dir
 from store._index_factory import (
     IVF_KINDS,
     MAX_GPU_K,
@@ -339,8 +340,8 @@ class FeatureIndex:
             }
             (tmp / "meta.json").write_text(json.dumps(meta, indent=2, sort_keys=True))
             for f in tmp.iterdir():
-                _fsync(f)
-            _fsync(tmp)
+                fsync_dir(f)
+            fsync_dir(tmp)
         except BaseException:
             shutil.rmtree(tmp, ignore_errors=True)
             raise
@@ -348,7 +349,7 @@ class FeatureIndex:
         if directory.exists():
             os.rename(directory, old)
         os.rename(tmp, directory)
-        _fsync(directory.parent)
+        fsync_dir(directory.parent)
         shutil.rmtree(old, ignore_errors=True)
         for leftover in directory.parent.glob(f".{directory.name}.old-*"):  # from a crash mid-swap
             shutil.rmtree(leftover, ignore_errors=True)
@@ -424,11 +425,3 @@ def _as_vectors(vectors: np.ndarray, metric: str) -> np.ndarray:
 def utc_now() -> str:
     """The current UTC time, ISO 8601, to the second."""
     return datetime.now(UTC).isoformat(timespec="seconds")
-
-
-def _fsync(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)

@@ -6,6 +6,10 @@ work starts::
 
     p.add_argument("--clips", type=positive_int, default=8)
     p.add_argument("--workers", type=non_negative_int)
+
+Settings dataclasses that serve both a command and a file (or the Python API) name a bad
+value the way the user wrote it, with :func:`setting_name`: ``--batch-size / batch_size must be
+a whole number >= 1, got 0``.
 """
 
 from __future__ import annotations
@@ -45,3 +49,16 @@ def positive_float(text: str) -> float:
     if not value > 0:
         raise argparse.ArgumentTypeError(f"must be greater than 0, got {text}")
     return value
+
+
+def setting_name(field: str, flag: str | None = None) -> str:
+    """A setting in the user's terms, for error messages of settings that serve both a command
+    and a file (or the Python API): its flag and its key, ``"--batch-size / batch_size"``.
+
+    Args:
+        field: the dataclass field, which is also the key in config files.
+        flag: the command's flag when it is not ``--`` + the field with dashes; ``""`` for a
+            setting without a flag (then only the key is named).
+    """
+    flag = "--" + field.replace("_", "-") if flag is None else flag
+    return f"{flag} / {field}" if flag else field

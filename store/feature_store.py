@@ -25,6 +25,7 @@ import pandas as pd
 import zarr
 from zarr.codecs import BloscCodec
 
+from store._column import repair_column_swaps, replace_column
 from store._durable import DurableLocalStore
 from store.errors import (
     ClassMismatch,
@@ -300,6 +301,22 @@ class FeatureStore:
         col = np.asarray(self.root["videos"]["split"][: self.n_videos]).astype(object) if self.n_videos else np.array([])
         return np.flatnonzero(col == split)
 
+    def set_splits(self, splits: Sequence[str] | np.ndarray) -> None:
+        """Replace every row's ``split`` value at once, crash-safely (all new values or all old).
+
+        Args:
+            splits: ``(N,)`` split names, one per row (e.g. ``train``, ``val``, ``test``).
+        """
+        self._writable()
+        values = np.asarray([str(s) for s in splits], dtype=object)
+        if not self.n_videos:
+            raise StoreError(f"{self.path} holds no videos to split")
+        if values.shape != (self.n_videos,):
+            raise ShapeMismatch(f"need one split per video: {self.n_videos}, got {values.shape[0]}")
+        with self._append_lock():
+            replace_column(self.path, self.root["videos"], "split", values, _compressors("zstd"))
+        self.refresh()
+
     def labels(self, rows: Sequence[int] | np.ndarray | None = None) -> np.ndarray:
         """``(n, C)`` uint8 multi-hot labels."""
         lab = self.root["labels"]
@@ -435,10 +452,11 @@ class FeatureStore:
         return _FileLock(self.path / ".append.lock")
 
     def _trim_uncommitted(self) -> None:
-        """Shrink arrays a crashed append left longer than ``n_videos``."""
+        """Finish an interrupted column swap; shrink arrays a crashed append left longer than ``n_videos``."""
         with _FileLock(self.path / ".append.lock", blocking=False) as held:
             if not held:
                 return  # a live appender is at work; it will leave things consistent
+            repair_column_swaps(self.path)
             n = self.n_videos
             arrays = [a for _, a in self.root["videos"].arrays()] + [self.root["labels"]]
             for name in self.feature_sets():

@@ -1,14 +1,23 @@
-"""``python -m store.info PATH``: what a store holds, at a glance."""
+"""``python -m store.info PATH``: what a store holds, at a glance; and which rows failed.
+
+``--errors`` lists every row a feature set could not extract (id, path, reason);
+``--errors-csv FILE`` writes those videos as a list file that ``extract.run --videos FILE
+--retry-errors`` reads back (same ids, so the rows are retried in place, not appended).
+"""
 
 from __future__ import annotations
 
 import argparse
+import csv
 import os
 import sys
+import uuid
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 
+from store.cli import non_negative_int
 from store.errors import StoreError
 from store.feature_store import FeatureStore
 
@@ -73,13 +82,87 @@ def describe(path: str | Path, max_classes: int = 20) -> str:
     return "\n".join(lines)
 
 
-def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m store.info", description=__doc__)
-    ap.add_argument("path", help="the NAME.zarr store directory")
-    ap.add_argument("--classes", type=int, default=20, help="how many class counts to list (default 20)")
-    args = ap.parse_args(argv)
+def failed_rows(fs: FeatureStore, features: str | None = None) -> pd.DataFrame:
+    """Rows that could not be extracted: one line per (feature set, row), row order within a set.
+
+    Args:
+        fs: The store.
+        features: Only this feature set (default: every set).
+
+    Returns:
+        Columns ``features``, ``row``, ``id``, ``path``, ``split``, ``error``.
+    """
+    names = [fs.feature_set(features).name] if features else fs.feature_sets()
+    table = fs.videos(["id", "path", "split"])
+    parts = []
+    for name in names:
+        errors = fs.feature_set(name).errors()
+        rows = np.array(sorted(errors), dtype=np.int64)
+        part = table.iloc[rows].reset_index()
+        part.insert(0, "features", name)
+        part["error"] = [errors[int(r)] for r in rows]
+        parts.append(part)
+    columns = ["features", "row", "id", "path", "split", "error"]
+    return pd.concat(parts, ignore_index=True)[columns] if parts else pd.DataFrame(columns=columns)
+
+
+def write_retry_list(fs: FeatureStore, failed: pd.DataFrame, path: str | Path) -> int:
+    """Write the failed videos (each once) as a table list file ``extract.run --videos`` reads.
+
+    Columns ``path,id,split,labels`` (labels as class names joined by ``;``): the ``id``
+    column keeps each video's store id, so a rerun retries the rows in place. The file is
+    written to a temporary name and renamed, so it is complete or absent.
+
+    Returns:
+        How many videos were written.
+    """
+    rows = np.unique(failed["row"].to_numpy(dtype=np.int64))
+    table = fs.videos(["id", "path", "split"]).iloc[rows]
+    labels = fs.labels(rows) if rows.size else np.zeros((0, len(fs.classes)), np.uint8)
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.partial")
     try:
-        print(describe(args.path, args.classes))
+        with tmp.open("w", newline="", encoding="utf-8") as f:
+            out = csv.writer(f)
+            out.writerow(["path", "id", "split", "labels"])
+            for (vid, vpath, split), hot in zip(table[["id", "path", "split"]].itertuples(index=False), labels):
+                out.writerow([vpath, vid, split, ";".join(fs.classes[c] for c in np.flatnonzero(hot))])
+        os.replace(tmp, path)
+    except OSError as exc:
+        tmp.unlink(missing_ok=True)
+        raise StoreError(f"cannot write {path}: {exc.strerror or exc}") from None
+    return int(rows.size)
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m store.info", description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("path", help="the NAME.zarr store directory")
+    ap.add_argument("--classes", type=non_negative_int, default=20,
+                    help="how many class counts to list (default 20)")
+    ap.add_argument("--errors", action="store_true",
+                    help="list the rows that could not be extracted: feature set, id, path, reason")
+    ap.add_argument("--errors-csv", metavar="FILE", type=Path,
+                    help="write the failed videos as a list file for extract.run --videos FILE --retry-errors")
+    ap.add_argument("--features", metavar="SET", help="with --errors / --errors-csv: only this feature set")
+    args = ap.parse_args(argv)
+    if args.features and not (args.errors or args.errors_csv):
+        ap.error("--features needs --errors or --errors-csv")
+    try:
+        if not (args.errors or args.errors_csv):
+            print(describe(args.path, args.classes))
+            return 0
+        fs = FeatureStore.open(args.path, "r")
+        failed = failed_rows(fs, args.features)
+        if args.errors:
+            for r in failed.itertuples(index=False):
+                print(f"{r.features}\t{r.id}\t{r.path}\t{' '.join(r.error.split())}")
+            print(f"{len(failed)} failed row(s)", file=sys.stderr)
+        if args.errors_csv:
+            n = write_retry_list(fs, failed, args.errors_csv)
+            print(f"wrote {n} video(s) to {args.errors_csv}; retry them with: python -m extract.run "
+                  f"--videos {args.errors_csv} --store {args.path} --retry-errors "
+                  "(and the same --backbone flags)", file=sys.stderr)
     except StoreError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

@@ -16,6 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
+from store._column import swap_interrupted
 from store._durable import partial_files
 from store._lock import is_locked
 from store.errors import StoreError
@@ -80,6 +81,11 @@ def verify_store(path: str | Path) -> VerifyReport:
     fs = FeatureStore.open(path, "r")
     rep = VerifyReport()
     n, c = fs.n_videos, len(fs.classes)
+    present = {name for name, _ in fs.root["videos"].arrays()}
+    for name in sorted(set(fs.columns) - present):
+        rep.problems.append(f"videos/{name} is missing" + (
+            "; a replacement of it was interrupted: open the store for writing (e.g. rerun store.split) "
+            "to finish it" if swap_interrupted(fs.path, name) else ""))
     for name, arr in fs.root["videos"].arrays():
         if arr.shape[0] < n:
             rep.problems.append(f"videos/{name} has {arr.shape[0]} rows, fewer than n_videos={n}")

@@ -36,15 +36,18 @@ def test_the_five_recipes_ship_and_load():
 
 @pytest.fixture(scope="module")
 def stanford_tiny(tmp_path_factory):
-    """The smallest recipe at smoke-test size, plus a thresholds analysis (on its BCE heads)."""
+    """The smallest recipe at smoke-test size, plus a thresholds analysis (on its BCE heads), and the report
+    files as the first run wrote them (test_rerun_resumes_every_stage rewrites them, in any test order)."""
     recipe = shrink(load_recipe("stanford"))
     recipe = dataclasses.replace(recipe, analyses={**recipe.analyses, "thresholds": {"loss": "bce"}})
     root = tmp_path_factory.mktemp("recipes") / "stanford_tiny"
-    return recipe, root, run_recipe(recipe, root)
+    summary = run_recipe(recipe, root)
+    written = {name: (root / name).read_text() for name in ("RESULT.md", "result.json")}
+    return recipe, root, summary, written
 
 
 def test_smallest_recipe_runs_end_to_end(stanford_tiny):
-    recipe, root, summary = stanford_tiny
+    recipe, root, summary, written = stanford_tiny
     res = summary["results"]
     assert res["demo"]["videos"] == 40
     assert {s["stage"] for s in summary["stages"]} >= {"demo", "train_r2d", "train_r3d", "extract_1", "extract_2",
@@ -52,8 +55,8 @@ def test_smallest_recipe_runs_end_to_end(stanford_tiny):
     assert all(s["status"] == "ran" for s in summary["stages"])
     assert set(res["extract_1"]["runs"]) == {"rgb_r2d_logits"} and set(res["extract_2"]["runs"]) == {"rgb_r3d_logits"}
     assert len(res["heads"]["runs"]) == 2 and all(r["status"] == "ok" for r in res["heads"]["runs"])
-    assert (root / "RESULT.md").read_text() == summary["table"] + "\n"
-    assert json.loads((root / "result.json").read_text())["recipe"]["name"] == "stanford"
+    assert written["RESULT.md"] == summary["table"] + "\n"
+    assert json.loads(written["result.json"])["recipe"]["name"] == "stanford"
     from store import FeatureStore
 
     fs = FeatureStore.open(root / "store.zarr")
@@ -66,7 +69,7 @@ def test_recipe_figures_are_the_runs_metrics(stanford_tiny):
 
     from store import FeatureStore
 
-    _, root, summary = stanford_tiny
+    _, root, summary, _ = stanford_tiny
     fs = FeatureStore.open(root / "store.zarr")
     rows = fs.split_rows("test")
     labels = fs.labels()[rows]
@@ -82,7 +85,7 @@ def test_recipe_figures_are_the_runs_metrics(stanford_tiny):
 
 
 def test_rerun_resumes_every_stage(stanford_tiny):
-    recipe, root, summary = stanford_tiny
+    recipe, root, summary, _ = stanford_tiny
     again = run_recipe(recipe, root)
     assert {s["status"] for s in again["stages"]} == {"cached"}
     figures = [t["table"].split("Time per stage")[0] for t in (again, summary)]
@@ -91,7 +94,7 @@ def test_rerun_resumes_every_stage(stanford_tiny):
 
 @pytest.mark.parametrize("layout", RECIPES)
 def test_every_layout_renders_from_the_results(stanford_tiny, layout):
-    _, _, summary = stanford_tiny
+    _, _, summary, _ = stanford_tiny
     text = get_layout(layout)({**summary, "recipe": {**summary["recipe"], "layout": layout}})
     assert text.startswith("# Recipe `stanford`") and "## Table 1." in text and "Time per stage" in text
     fused = summary["results"]["fusion"]["methods"]["weighted"]["class_map"]

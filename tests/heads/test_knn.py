@@ -13,9 +13,11 @@ from heads.trainer import assign_folds
 from store import FeatureSetSpec, FeatureStore
 from store.index import IndexSpec
 from store.testing import make_synthetic_store
+from tests.topk import assert_top_k_equal
 
-PAIR_ANGLES = [0.0, 40.0, 80.0, 120.0]  # train pair p sits at PAIR_ANGLES[p] and PAIR_ANGLES[p] + 2 degrees
-TWIN = 2.0
+PAIR_ANGLES = [0.0, 40.0, 80.0, 120.0]  # train pair p sits at PAIR_ANGLES[p] and PAIR_ANGLES[p] + 10 degrees
+TWIN = 10.0
+VAL_TEST_ANGLES = [23.0, 103.0, 0.0, 100.0]  # rows 8-11; row 10 has no features
 
 
 def _unit(deg: float) -> np.ndarray:
@@ -26,7 +28,8 @@ def _unit(deg: float) -> np.ndarray:
 @pytest.fixture
 def tiny(tmp_path):
     """12 videos: 8 train in 4 twin pairs (each video: its private class + its pair's class), 2 val,
-    2 test; row 10 has no features. Each row's two clips are v +- e_z, so its mean vector is v."""
+    2 test; row 10 has no features. Each row's two clips are v +- e_z, so its mean vector is v. Every
+    neighbour order the tests rely on is decided by at least 4 degrees (cosines >= 0.018 apart): no tie."""
     classes = [f"private{i}" for i in range(8)] + [f"pair{p}" for p in range(4)]
     labels = np.zeros((12, 12), np.uint8)
     for i in range(8):
@@ -36,7 +39,7 @@ def tiny(tmp_path):
     split = ["train"] * 8 + ["val", "val", "test", "test"]
     fs.append_videos(pd.DataFrame({"id": [f"v{i:02d}" for i in range(12)], "path": [f"{i}.mp4" for i in range(12)],
                                    "split": split}), labels)
-    angles = [a + d for a in PAIR_ANGLES for d in (0.0, TWIN)] + [20.0, 99.0, 0.0, 61.0]
+    angles = [a + d for a in PAIR_ANGLES for d in (0.0, TWIN)] + VAL_TEST_ANGLES
     v = np.stack([_unit(a) for a in angles])  # (12, 4)
     e = np.array([0, 0, 0.5, 0], np.float32)
     data = np.stack([v + e, v - e], axis=1)  # (12, 2, 4)
@@ -76,25 +79,25 @@ def test_out_of_fold_votes_by_hand(tiny):
 def test_val_votes_by_hand_and_rows_without_features(tiny):
     fs, _ = tiny
     scores, fold = knn_predictions(fs, "toy", k=2, temperature=0.1, folds=2)
-    # val row 8 at 20 degrees: nearest train rows are v01 (2 deg, 18 away) and v02 (40 deg, 20 away)
-    w = np.exp(np.array([math.cos(math.radians(18)), math.cos(math.radians(20))]) / 0.1)
+    # val row 8 at 23 degrees: nearest train rows are v01 (10 deg, 13 away) and v02 (40 deg, 17 away);
+    # the next ones, v00 (0 deg) and v03 (50 deg), are 23 and 27 away
+    w = np.exp(np.array([math.cos(math.radians(13)), math.cos(math.radians(17))]) / 0.1)
     w /= w.sum()
     expected = np.zeros(12)
     expected[[1, 8]] = w[0]  # private1, pair0
     expected[[2, 9]] = w[1]  # private2, pair1
     np.testing.assert_allclose(scores[8], expected, atol=1e-5)
-    # val row 9 at 99 degrees: v05 at 82 (17 away), v04 at 80 (19 away; v06 at 120 is 21 away); no
-    # val/test row is a neighbour
-    w9 = np.exp(np.array([math.cos(math.radians(17)), math.cos(math.radians(19))]) / 0.1)
-    w9 /= w9.sum()
-    np.testing.assert_allclose(scores[9, [5, 4, 10]], [w9[0], w9[1], 1.0], atol=1e-5)
-    assert scores[9, [6, 11]].max() == 0
+    # val row 9 at 103 degrees: v05 at 90 (13 away), v06 at 120 (17 away), then v04 at 80 (23 away). Test
+    # row 11 at 100 degrees is 3 away, nearer than any train row, and still never votes
+    np.testing.assert_allclose(scores[9, [5, 10]], w[0], atol=1e-5)
+    np.testing.assert_allclose(scores[9, [6, 11]], w[1], atol=1e-5)
     np.testing.assert_array_equal(scores[10], 0)  # no features: score 0
     assert fold[10] == -1
 
 
-def _reference(fs, features, k, temperature, fold):
-    """Brute force: cosine to every allowed train row, top k, softmax(sim / T), label votes."""
+def _reference(fs, features, k, temperature, fold, found):
+    """Brute force: cosine to every allowed train row; ``found`` (the rows the index returned) must be a top
+    k of those (any order among near-ties); their votes are softmax(sim / T) over their labels."""
     data, valid = fs.feature_set(features).read()
     has = valid.any(axis=1) & fs.feature_set(features).done()
     mean = (data * valid[..., None]).sum(1) / np.maximum(valid.sum(1), 1)[:, None]
@@ -104,12 +107,13 @@ def _reference(fs, features, k, temperature, fold):
     labels = fs.labels().astype(np.float64)
     out = np.zeros(labels.shape)
     for i in np.flatnonzero(has):
-        allowed = np.flatnonzero(train & has & ((fold != fold[i]) if fold[i] >= 0 else True))
-        allowed = allowed[allowed != i]
-        sims = v[allowed] @ v[i]
-        top = np.argsort(-sims, kind="stable")[:k]
-        w = np.exp((sims[top] - sims[top].max()) / temperature)
-        out[i] = (w / w.sum()) @ labels[allowed[top]]
+        allowed = train & has & ((fold != fold[i]) if fold[i] >= 0 else True)
+        allowed[i] = False
+        sims = np.where(allowed, v @ v[i], -np.inf)  # (N,)
+        assert_top_k_equal(found[i : i + 1], sims[None])
+        top = sims[found[i]]  # (k,)
+        w = np.exp((top - top.max()) / temperature)
+        out[i] = (w / w.sum()) @ labels[found[i]]
     return out
 
 
@@ -126,7 +130,10 @@ def test_flat_scores_equal_brute_force(synthetic, folds):
     if folds:
         train = synthetic.split_rows("train")
         assert (fold[train] >= 0).all() and np.bincount(fold[train]).min() >= len(train) // 5
-    np.testing.assert_allclose(scores, _reference(synthetic, "synthetic", 5, 0.2, fold), atol=1e-5)
+    nb = knn_neighbours(synthetic, "synthetic", k=5, folds=folds, seed=3, index_spec=IndexSpec(kind="flat"))
+    np.testing.assert_array_equal(nb.fold, fold)
+    reference = _reference(synthetic, "synthetic", 5, 0.2, fold, nb.rows)
+    np.testing.assert_allclose(scores, reference, atol=1e-5)
 
 
 @pytest.mark.parametrize("spec", [IndexSpec(kind="ivf_flat", nlist=4, recall_target=0.5),
@@ -216,13 +223,12 @@ def test_audit_ranks_planted_label_noise_first(tmp_path, capsys):
 @pytest.mark.parametrize("args, message", [
     (["--store", "{missing}", "--features", "toy"], "no"),
     (["--store", "{store}", "--features", "nope"], "no feature set 'nope'"),
-    (["--store", "{store}", "--features", "toy", "--k", "0"], "k >= 1"),
     (["--store", "{store}", "--features", "toy", "--folds", "1"], "folds 0"),
     (["--store", "{store}", "--features", "toy", "--top", "5"], "belong to --audit"),
     (["--store", "{store}", "--features", "toy", "--run", "../x"], "invalid run name"),
-    (["--store", "{store}", "--features", "toy", "--temperature", "0"], "temperature"),
 ])
 def test_cli_errors_are_one_line_exit_2(tiny, tmp_path, capsys, args, message):
+    """(Zero and negative --k, --temperature are the parser's: tests/benchmarks/test_command_counts.py.)"""
     fs, _ = tiny
     argv = [a.format(store=fs.path, missing=tmp_path / "missing.zarr") for a in args]
     assert main(argv) == 2

@@ -133,7 +133,7 @@ def test_random_search_is_seeded_and_in_range():
     ({"base": BASE, "grid": {"lr": 0.1}}, "must be a non-empty list"),
     ({"base": BASE, "grid": {"head": ["mean_mlp", "max_mlp"], "head_kwargs.num_clusters": [4]}},
      r"point 1 of 2 \(head='mean_mlp', head_kwargs.num_clusters=4\): head 'mean_mlp' does not accept num_clusters"),
-    ({"base": BASE, "grid": {"lr": [0.1, -1.0]}}, r"point 2 of 2 \(lr=-1.0\): invalid lr"),
+    ({"base": BASE, "grid": {"lr": [0.1, -1.0]}}, r"point 2 of 2 \(lr=-1.0\): invalid --lr / lr -1.0: must be > 0"),
     ({"base": {**BASE, "lr": "fast"}, "runs": [{}]}, r"\[\[runs\]\] #1"),
     ({"base": BASE, "random": {"lr": {"loguniform": [0, 1]}, "n": 2}}, "loguniform needs low > 0"),
     ({"base": BASE, "random": {"lr": {"normal": [0, 1]}, "n": 2}}, "list of choices or one of"),
@@ -169,13 +169,13 @@ def test_sweep_on_two_workers_matches_serial_training(client, tmp_path):
     assert (table["status"] == "done").all() and sorted(_calls(calls)) == sorted(c.config_hash() for c in configs)
     assert list(table.columns[:6]) == ["run", "head", "loss", "features", "lr", "val_class_map"]
     assert table["val_class_map"].is_monotonic_decreasing
-    # features were read once per worker process, however many tasks it ran
-    # each worker read the features once, however many tasks it ran; and countered the nanny's
-    # MALLOC_TRIM_THRESHOLD_ (training took twice the CPU time with it)
+    # each worker keeps the features it read (one read per worker, however many tasks it ran) and countered
+    # the nanny's MALLOC_TRIM_THRESHOLD_ (training took twice the CPU time with it); the module's other tests
+    # share these workers, in any order, so their stores may be cached there too
     key = (str(fs.path.resolve()), ("synthetic",))
     states = list(client.run(_worker_state).values())
-    assert [key] in [keys for keys, _, _ in states]
-    assert all(keys in ([], [key]) and tuned == bool(keys) and env == "65536" for keys, tuned, env in states)
+    assert any(key in keys for keys, _, _ in states)
+    assert all(tuned == bool(keys) and env == "65536" for keys, tuned, env in states)
     data = FeatureCache.load(fs, ("synthetic",))
     for c in configs:
         ref = train_head(fs, c, data=data, write_predictions=False, progress=False)
@@ -198,7 +198,7 @@ def test_resume_after_the_sweep_is_killed(client, tmp_path):
                              "--workers", "1", "--quiet", "--out", str(tmp_path / "r.csv")], cwd=ROOT, env=env,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
     runs_dir = fs.path / "predictions"
-    deadline = time.monotonic() + 120
+    deadline = time.monotonic() + 600  # a guard against a hang only: loaded machines are slow
     try:
         while proc.poll() is None and time.monotonic() < deadline:
             if any(p.is_dir() and not p.name.startswith(".") for p in runs_dir.iterdir()):
@@ -292,8 +292,7 @@ def test_cli_on_an_existing_scheduler_then_everything_cached(client, tmp_path, c
     ({"grid": "missing.toml"}, "grid file .*missing.toml not found"),
     ({"store": "missing.zarr"}, "no feature store"),
     ({"toml": GRID_TOML.replace('["synthetic"]', '["nope"]')}, "nope"),
-    ({"toml": GRID_TOML.replace("lr = [", "lr = [-1, ")}, "invalid lr"),
-    ({"workers": "0"}, "--workers must be at least 1"),
+    ({"toml": GRID_TOML.replace("lr = [", "lr = [-1, ")}, "invalid --lr / lr -1"),
 ])
 def test_cli_errors_exit_2_with_one_line(tmp_path, capsys, change, message):
     fs = _store(tmp_path / "s.zarr")
@@ -308,7 +307,7 @@ def test_cli_errors_exit_2_with_one_line(tmp_path, capsys, change, message):
     assert fs.prediction_runs() == []
 
 
-# ------------------------------------------------------------------------------------ last: it restarts a worker
+# ------------------------------------------------------------------------- it restarts a worker: any order
 def test_a_worker_killed_during_a_task_is_survived(client, tmp_path):
     fs = _store(tmp_path / "s.zarr")
     configs = expand_grid(GRID)

@@ -5,7 +5,6 @@ import signal
 import subprocess
 import sys
 import textwrap
-import time
 from pathlib import Path
 
 import numpy as np
@@ -25,11 +24,16 @@ WRITER = textwrap.dedent("""
     fset = fs.feature_set("f")
     with fset.writer() as w:
         for r in fset.pending():
+            if r == {hold}:  # wait, lock held, until the test closes stdin (or kills us)
+                print("holding", flush=True)
+                sys.stdin.read()
             if r == {fail}:
                 w.write_errors([r], ["corrupt video"])
                 continue
             row = np.full((1, {K}, {D}), 0.0, np.float32) + (r % 997) / 64.0
             w.write_rows([r], row, valid=np.ones((1, {K}), bool))
+            if r == {ready}:
+                print("ready", flush=True)
     print("finished")
 """)
 
@@ -47,24 +51,25 @@ def _make(tmp_path: Path) -> FeatureStore:
     return fs
 
 
-def _writer(path: Path, fail: int = -10) -> subprocess.Popen:
-    code = WRITER.format(K=K, D=D, fail=fail)
+def _writer(path: Path, fail: int = -10, ready: int = -1, hold: int = -1) -> subprocess.Popen:
+    """A writer process over the pending rows: row ``fail`` gets an error; after writing row ``ready`` it
+    prints "ready"; before row ``hold`` it prints "holding" and waits until its stdin is closed. The
+    tests synchronise on those lines, never on the clock."""
+    code = WRITER.format(K=K, D=D, fail=fail, ready=ready, hold=hold)
     env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[2])}
-    return subprocess.Popen([sys.executable, "-c", code, str(path)], env=env,
+    return subprocess.Popen([sys.executable, "-c", code, str(path)], env=env, stdin=subprocess.PIPE,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 
 def test_sigkill_mid_write_then_rerun_completes_and_verifies(tmp_path):
     fs = _make(tmp_path)
-    proc = _writer(fs.path, fail=50)
+    proc = _writer(fs.path, fail=50, ready=100, hold=300)  # killed while writing rows 101-299, or held
     fset = fs.feature_set("f")
-    deadline = time.time() + 60
-    while fset.done().sum() < 100 and time.time() < deadline:
-        time.sleep(0.02)
+    assert proc.stdout.readline() == "ready\n", proc.stderr.read()
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     done_at_kill = int(fset.done().sum())
-    assert 100 <= done_at_kill < N, "the writer should have been killed mid-run"
+    assert 100 <= done_at_kill < 300, "the writer should have been killed mid-run"
     # Everything marked done is correct even right after the kill.
     rows = np.flatnonzero(fset.done())
     np.testing.assert_array_equal(fset.read(rows)[0], _expected(rows))
@@ -83,10 +88,9 @@ def test_sigkill_mid_write_then_rerun_completes_and_verifies(tmp_path):
 
 def test_lock_of_a_killed_writer_does_not_block_the_next(tmp_path):
     fs = _make(tmp_path)
-    proc = _writer(fs.path)
+    proc = _writer(fs.path, hold=5)
     fset = fs.feature_set("f")
-    while fset.done().sum() < 5:
-        time.sleep(0.01)
+    assert proc.stdout.readline() == "holding\n", proc.stderr.read()  # it holds the lock now
     os.kill(proc.pid, signal.SIGKILL)
     proc.wait()
     with fset.writer() as w:  # no StoreLocked: flock died with the process
@@ -150,7 +154,7 @@ def test_verify_of_a_missing_store_exits_2(tmp_path, capsys):
 
 def test_reader_beside_a_writer_never_sees_unfinished_rows(tmp_path):
     fs = _make(tmp_path)
-    proc = _writer(fs.path)
+    proc = _writer(fs.path, hold=N // 2)  # it waits half-way until the reader has seen that much
     reader = FeatureStore.open(fs.path, "r").feature_set("f")
     seen = 0
     try:
@@ -161,10 +165,14 @@ def test_reader_beside_a_writer_never_sees_unfinished_rows(tmp_path):
             np.testing.assert_array_equal(data[ok], _expected(rows))
             assert (data[~ok] == 0).all()
             seen = max(seen, len(rows))
+            if seen >= N // 2 and not proc.stdin.closed:
+                proc.stdin.close()  # go on writing while we keep reading
     finally:
+        if not proc.stdin.closed:
+            proc.stdin.close()
         proc.wait()
     assert proc.returncode == 0
-    assert seen > 0
+    assert seen >= N // 2
 
 
 def test_verify_finds_damage_in_late_chunks(tmp_path):
