@@ -19,6 +19,7 @@ Examples::
 
     python -m benchmarks.run                             # everything, then benchmarks/REPORT.md
     python -m benchmarks.run --only search --size 20000  # one benchmark (its result is saved)
+    python -m benchmarks.run --only scale --rows 100000  # every stage-two command at 100k videos
     python -m benchmarks.run --recipe stanford           # one challenge recipe on the demo set
     python -m benchmarks.run --report-only               # REPORT.md from the saved results
 """
@@ -42,6 +43,7 @@ import benchmarks.extract_bench  # noqa: F401  (registers "extract")
 import benchmarks.fusion_bench  # noqa: F401  (registers "fusion")
 import benchmarks.heads_bench  # noqa: F401  (registers "heads")
 import benchmarks.pipeline_bench  # noqa: F401  (registers "pipeline")
+import benchmarks.scale_bench  # noqa: F401  (registers "scale")
 import benchmarks.search_bench  # noqa: F401  (registers "search")
 import benchmarks.store_bench  # noqa: F401  (registers "store")
 import benchmarks.sweep_bench  # noqa: F401  (registers "sweep")
@@ -50,7 +52,8 @@ from benchmarks.recipes.recipe import list_recipes
 from benchmarks.recipes.runner import recipe_command
 from benchmarks.registry import describe, get_benchmark, list_benchmarks
 from benchmarks.report import write_report
-from store.cli import positive_int
+from benchmarks.scale_bench import STEPS as SCALE_STEPS
+from store.cli import positive_float, positive_int
 
 DEFAULT_REPORT = Path(__file__).resolve().parent / "REPORT.md"
 
@@ -104,6 +107,12 @@ def build_parser() -> argparse.ArgumentParser:
                     help="scratch directory for generated data; results/ and recipes/ in it feed the report "
                          "(default benchmarks/_work)")
     ap.add_argument("--size", type=positive_int, default=None, help="override the benchmark's main size (rows/vectors/videos)")
+    ap.add_argument("--rows", type=positive_int, default=None,
+                    help="scale: videos in the synthetic store (default 1,000,000; cached per size in the workdir)")
+    ap.add_argument("--steps", type=_scale_steps, default=None,
+                    help=f"scale: only these comma-separated steps (default all: {','.join(SCALE_STEPS)})")
+    ap.add_argument("--max-rss-gb", type=positive_float, default=16.0,
+                    help="scale: kill a step whose resident memory passes this (default 16)")
     ap.add_argument("--report", type=Path, default=DEFAULT_REPORT,
                     help="the Markdown report to write; plots go to report/ beside it (default benchmarks/REPORT.md)")
     mode = ap.add_mutually_exclusive_group()
@@ -111,6 +120,15 @@ def build_parser() -> argparse.ArgumentParser:
     mode.add_argument("--report-only", action="store_true",
                       help="write the report from the saved results in <workdir>/results/ and run nothing")
     return ap
+
+
+def _scale_steps(text: str) -> list[str]:
+    steps = [s for s in text.split(",") if s]
+    unknown = sorted(set(steps) - set(SCALE_STEPS))
+    if not steps or unknown:
+        raise argparse.ArgumentTypeError(f"unknown step(s) {', '.join(unknown) or '(none)'}; "
+                                         f"choose from {', '.join(SCALE_STEPS)}")
+    return steps
 
 
 def _command(argv: list[str] | None) -> str:

@@ -8,9 +8,10 @@
 Every row is scored by the similarity-weighted label votes of its ``k`` nearest **train**
 videos (:func:`store.search.propagate_labels`). Train rows are scored out-of-fold: the train
 rows are dealt into ``folds`` folds (:func:`heads.trainer.assign_folds`, the folds
-``heads.train --folds`` uses for the same seed), and a row of fold ``j`` searches an
-in-memory index of the other folds only, so it never votes for itself or a fold-mate. Val,
-test and other rows search an index of every train row. The scores become a prediction run
+``heads.train --folds`` uses for the same seed), and a row of fold ``j`` searches only the
+other folds' vectors, so it never votes for itself or a fold-mate. One in-memory index of
+every train row (one k-means) serves all folds: a fold's queries search it through a faiss ID
+selector that admits the other folds' vectors. Val, test and other rows search all of it. The scores become a prediction run
 (``score_type="probability"``, fold ids for the train rows) that fusion stacks like any head.
 
 The audit ranks train videos whose labels their neighbours disagree with (candidates for
@@ -77,14 +78,15 @@ class KnnNeighbours:
 
 
 def _search(index: FeatureIndex, queries: np.ndarray, k: int, exclude: np.ndarray | None,
-            progress: Progress | None, desc: str) -> tuple[np.ndarray, np.ndarray]:
-    """``index.search`` in batches of :data:`SEARCH_BATCH` queries."""
+            allowed: np.ndarray | None, progress: Progress | None, desc: str) -> tuple[np.ndarray, np.ndarray]:
+    """``index.search`` in batches of :data:`SEARCH_BATCH` queries (hits among ``allowed`` vectors)."""
     sims = np.full((len(queries), k), -np.inf, np.float32)
     rows = np.full((len(queries), k), -1, np.int64)
     starts = range(0, len(queries), SEARCH_BATCH)
     for s in progress(starts, desc=desc, unit="batch") if progress is not None else starts:
         sl = slice(s, s + SEARCH_BATCH)
-        sims[sl], rows[sl] = index.search(queries[sl], k, exclude_rows=None if exclude is None else exclude[sl])
+        sims[sl], rows[sl] = index.search(queries[sl], k, exclude_rows=None if exclude is None else exclude[sl],
+                                          allowed=allowed)
     return sims, rows
 
 
@@ -143,27 +145,30 @@ def knn_neighbours(fs: FeatureStore, features: str, *, k: int = 10, folds: int =
     nrows = np.full((n, k), -1, np.int64)
     described: list[str] = []
 
-    def search_in(pool: np.ndarray, query_rows: np.ndarray, exclude_self: bool, desc: str) -> None:
+    # One index over every train vector (one k-means for all folds); a fold's queries search
+    # it through an ID selector that admits only the other folds' vectors.
+    index = FeatureIndex.from_vectors(ivec, irows, spec, clips=iclips, progress=progress)
+    del ivec  # the index holds its own copy (IVF-Flat, Flat) or codes
+    described.append(f"all train: {index.describe()}")
+
+    def search_in(pool: np.ndarray | None, query_rows: np.ndarray, exclude_self: bool, desc: str) -> None:
         if not len(query_rows):
             return
-        if not pool.any():
+        if pool is not None and not pool.any():
             logger.warning("%s: no train vector outside the held-out rows; %d row(s) get no neighbours",
                            desc, len(query_rows))
             return
-        index = FeatureIndex.from_vectors(ivec[pool], irows[pool], spec,
-                                          clips=None if iclips is None else iclips[pool])
-        described.append(f"{desc}: {index.describe()}")
         q = vectors[np.searchsorted(vrows, query_rows)]
         sims[query_rows], nrows[query_rows] = _search(index, q, k, query_rows if exclude_self else None,
-                                                      progress, desc)
+                                                      pool, progress, desc)
 
     train_q = np.flatnonzero(queried & is_train)
     if folds:
         for j in range(folds):
             search_in(fold[irows] != j, train_q[fold[train_q] == j], False, f"fold {j}")
-        search_in(np.ones(len(irows), bool), np.flatnonzero(queried & ~is_train), False, "all train")
+        search_in(None, np.flatnonzero(queried & ~is_train), False, "all train")
     else:
-        search_in(np.ones(len(irows), bool), np.flatnonzero(queried), True, "all train")
+        search_in(None, np.flatnonzero(queried), True, "all train")
     return KnnNeighbours(sims, nrows, fold, has_vector, queried, tuple(described))
 
 

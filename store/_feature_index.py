@@ -23,6 +23,7 @@ import numpy as np
 
 from store._durable import fsync_dir
 from store._index_factory import (
+    IVF_KINDS,
     MAX_GPU_K,
     SEARCH_PARAM,
     IndexPlan,
@@ -31,15 +32,17 @@ from store._index_factory import (
     plan_index,
     set_search_param,
     to_device,
+    train_sample_size,
     tune_search_param,
 )
 from store._index_spec import IndexSpec, InvalidIndexSpec
-from store._index_vectors import is_unit_norm, l2_normalise
+from store._index_vectors import Progress, is_unit_norm, l2_normalise
 from store.errors import ShapeMismatch
 from store.schema import code_version
 
 logger = logging.getLogger(__name__)
 FORMAT_VERSION = 1
+ADD_BLOCK = 65_536  # vectors per faiss add() call: paces progress and bounds faiss's temporaries
 
 
 def read_meta(directory: Path) -> dict[str, Any]:
@@ -82,14 +85,20 @@ class FeatureIndex:
         rows: np.ndarray,
         spec: IndexSpec | None = None,
         clips: np.ndarray | None = None,
+        *,
+        progress: Progress | None = None,
     ) -> FeatureIndex:
         """Train, fill and tune an in-memory index (not saved).
+
+        IVF quantizers are trained on a seeded sample of :func:`train_sample_size` vectors;
+        all vectors are then added in blocks of :data:`ADD_BLOCK`.
 
         Args:
             vectors: ``(n, D)`` vectors; normalised here for the ``ip`` metric.
             rows: ``(n,)`` store row of each vector (what searches return).
             spec: Index settings (default ``IndexSpec()``).
             clips: ``(n,)`` clip slot of each vector, for clip-level indexes.
+            progress: Wraps the add blocks, e.g. ``tqdm``.
         """
         spec = spec or IndexSpec()
         t0 = time.perf_counter()
@@ -109,8 +118,18 @@ class FeatureIndex:
                 f" {n}; use kind='flat' (or 'auto') or a smaller nlist"
             )
         index = make_index(plan, spec.seed)
-        index.train(x)
-        index.add(x)
+        n_train = train_sample_size(plan, n)
+        t_train = time.perf_counter()
+        if n_train < n:
+            sample = np.sort(np.random.default_rng(spec.seed).choice(n, size=n_train, replace=False))
+            index.train(x[sample])
+        else:
+            index.train(x)
+        logger.info("trained %s on %d of %d vectors in %.1f s", plan.factory_string(), n_train, n,
+                    time.perf_counter() - t_train)
+        blocks = range(0, n, ADD_BLOCK)
+        for start in progress(blocks, desc="adding", unit="block") if progress is not None else blocks:
+            index.add(x[start:start + ADD_BLOCK])
         value, recall, n_queries = tune_search_param(
             index,
             plan,
@@ -134,6 +153,7 @@ class FeatureIndex:
                 "n_queries": n_queries,
                 "n_vectors": n,
             },
+            "train_vectors": n_train,
             "estimated_mb": round(estimate_mb(plan, n), 1),
             "build_seconds": round(time.perf_counter() - t0, 3),
             "built_at": utc_now(),
@@ -192,22 +212,54 @@ class FeatureIndex:
         """
         return self._search(_as_vectors(vectors, self.spec.metric), k)
 
-    def _search(self, q: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-        """:meth:`search_positions` on prepared (float32, normalised) queries."""
+    def _search(
+        self, q: np.ndarray, k: int, params: faiss.SearchParameters | None = None
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """:meth:`search_positions` on prepared (float32, normalised) queries.
+
+        ``params`` (an ID selector from :meth:`_selector_params`) searches the CPU index:
+        faiss's GPU indexes do not take selectors.
+        """
         if q.shape[1] != self.dim:
             raise ShapeMismatch(
                 f"query vectors have dim {q.shape[1]}, the index expects {self.dim}"
             )
         if k < 1:
             raise ValueError(f"k must be >= 1, got {k}")
-        k = min(k, self.n_vectors, MAX_GPU_K if self.on_gpu else self.n_vectors)
-        dist, pos = self._index.search(q, k)
+        gpu = self.on_gpu and params is None
+        k = min(k, self.n_vectors, MAX_GPU_K if gpu else self.n_vectors)
+        if params is None:
+            dist, pos = self._index.search(q, k)
+        else:
+            dist, pos = self._cpu.search(q, k, params=params)
         sims = -dist if self.spec.metric == "l2" else dist
         sims[pos < 0] = -np.inf
         return sims, pos
 
+    def _selector_params(self, allowed: np.ndarray) -> faiss.SearchParameters:
+        """Search parameters whose ID selector admits only the ``allowed`` positions, with
+        the index's tuned ``nprobe`` / ``efSearch`` (faiss would otherwise reset them)."""
+        mask = np.asarray(allowed, dtype=bool)
+        if mask.shape != (self.n_vectors,):
+            raise ShapeMismatch(f"allowed must have one entry per indexed vector ({self.n_vectors}), got {mask.shape}")
+        bitmap = np.packbits(mask, bitorder="little")  # bit i of byte i // 8 is position i
+        sel = faiss.IDSelectorBitmap(len(mask), faiss.swig_ptr(bitmap))
+        if self.plan.kind in IVF_KINDS:
+            params = faiss.SearchParametersIVF(sel=sel, nprobe=faiss.extract_index_ivf(self._cpu).nprobe)
+        elif self.plan.kind == "hnsw":
+            params = faiss.SearchParametersHNSW(sel=sel, efSearch=self._cpu.hnsw.efSearch)
+        else:
+            params = faiss.SearchParameters(sel=sel)
+        params.keep_alive = (sel, bitmap)  # faiss holds raw pointers to both
+        return params
+
     def search(
-        self, vectors: np.ndarray, k: int = 10, *, exclude_rows: np.ndarray | None = None
+        self,
+        vectors: np.ndarray,
+        k: int = 10,
+        *,
+        exclude_rows: np.ndarray | None = None,
+        allowed: np.ndarray | None = None,
     ) -> tuple[np.ndarray, np.ndarray]:
         """The ``k`` most similar videos (store rows) for each query vector.
 
@@ -218,6 +270,9 @@ class FeatureIndex:
             k: Neighbours per query.
             exclude_rows: ``(q,)`` one store row per query to leave out (the query video
                 itself when querying by row); -1 excludes nothing.
+            allowed: ``(n_vectors,)`` bool, the indexed vectors that may be hits for every
+                query (e.g. all but one fold's); a faiss ID selector applies it inside the
+                search, on the CPU index, so one trained index serves every subset.
 
         Returns:
             ``(sims (q, k) float32, rows (q, k) int64)`` best first; when fewer than ``k``
@@ -245,9 +300,14 @@ class FeatureIndex:
         per_video = 1 if self.clips is None or not len(self.clips) else int(self.clips.max()) + 1
         fetch = (k + 1) * per_video
         limit = min(self.n_vectors, MAX_GPU_K if self.on_gpu else self.n_vectors)
+        params = None if allowed is None else self._selector_params(allowed)
+        if params is not None:
+            limit = min(self.n_vectors, int(np.count_nonzero(allowed)))
+            if limit == 0:
+                return out_sims, out_rows
         todo = np.arange(n_q)
         while len(todo):
-            sims, pos = self._search(q[todo], min(fetch, limit))
+            sims, pos = self._search(q[todo], min(fetch, limit), params)
             out_sims[todo], out_rows[todo], complete = _first_k_distinct(
                 sims, pos, self.rows, exclude[todo], k
             )

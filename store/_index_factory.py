@@ -31,6 +31,9 @@ SEARCH_PARAM = {"ivf_flat": "nprobe", "ivf_sq8": "nprobe", "ivf_pq": "nprobe", "
 IVF_KINDS = ("ivf_flat", "ivf_sq8", "ivf_pq")
 MAX_GPU_K = 2048  # faiss GPU k-selection limit: largest k and nprobe on a GPU index
 MAX_EF_SEARCH = 4096
+MIN_POINTS_PER_CENTROID = 39  # faiss ClusteringParameters: fewer and k-means warns
+MAX_POINTS_PER_CENTROID = 256  # faiss ClusteringParameters: more are subsampled away anyway
+TRAIN_CAP = 100_000  # training vectors beyond the minimum per centroid (bounds k-means time)
 PLATEAU = 0.002  # tuning stops when doubling nprobe / efSearch gains less recall than this
 _MB = 2**20
 
@@ -88,8 +91,26 @@ class IndexPlan:
 
 
 def default_nlist(n: int) -> int:
-    """``4 sqrt(n)`` inverted lists, at most one per 39 vectors (faiss's k-means minimum)."""
-    return max(1, min(round(4 * math.sqrt(n)), n // 39))
+    """``4 sqrt(n)`` inverted lists (the low end of faiss's "4 sqrt(n) to 16 sqrt(n)"
+    guideline, whose k-means and list assignment are the cheapest), at most one per
+    :data:`MIN_POINTS_PER_CENTROID` vectors."""
+    return max(1, min(round(4 * math.sqrt(n)), n // MIN_POINTS_PER_CENTROID))
+
+
+def train_sample_size(plan: IndexPlan, n: int) -> int:
+    """How many of ``n`` vectors train the plan's coarse quantizer (k-means).
+
+    faiss's rule: at least :data:`MIN_POINTS_PER_CENTROID` and at most
+    :data:`MAX_POINTS_PER_CENTROID` training points per inverted list (its guideline: 30 to
+    256 x nlist); within that, at most :data:`TRAIN_CAP` so k-means time stays bounded
+    whatever ``n`` is. Non-IVF plans train on nothing (flat, HNSW) and return ``n``.
+    """
+    if plan.kind not in IVF_KINDS:
+        return n
+    want = min(MAX_POINTS_PER_CENTROID * plan.nlist, max(MIN_POINTS_PER_CENTROID * plan.nlist, TRAIN_CAP))
+    if plan.kind == "ivf_pq":
+        want = max(want, MIN_POINTS_PER_CENTROID * 2**plan.nbits)  # the PQ codebooks' k-means too
+    return min(n, want)
 
 
 def estimate_mb(plan: IndexPlan, n: int) -> float:

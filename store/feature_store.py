@@ -78,6 +78,7 @@ class FeatureStore:
         self.path = path
         self.root = root
         self.mode = mode
+        self._id_index: np.ndarray | None = None  # sorted id hashes of committed rows, built on first append
 
     # ------------------------------------------------------------------ open / create
     @classmethod
@@ -175,8 +176,8 @@ class FeatureStore:
         dup = ids[ids.duplicated()]
         if len(dup):
             raise DuplicateVideoId(f"video id {dup.iloc[0]!r} appears twice in the appended table")
-        existing = set(self.video_ids())
-        clash = [i for i in ids if i in existing]
+        new_hashes = id_hashes(ids.to_numpy(dtype=object))
+        clash = self._ids_in_store(ids.to_numpy(dtype=object), new_hashes)
         if clash:
             raise DuplicateVideoId(f"{len(clash)} video id(s) already in the store, e.g. {clash[0]!r}")
         multi_hot = self._labels_matrix(labels, n)
@@ -200,7 +201,30 @@ class FeatureStore:
                 for arr in self.feature_set(name).arrays.values():
                     arr.resize((new,) + arr.shape[1:])
             self.root.attrs.update({"n_videos": new, "columns": columns})  # the commit point
+        if self._id_index is not None:  # O(N) copy of 8-byte hashes, no store read
+            self._id_index = np.insert(self._id_index, np.searchsorted(self._id_index, np.sort(new_hashes)),
+                                       np.sort(new_hashes))
         return np.arange(old, new)
+
+    def _ids_in_store(self, ids: np.ndarray, hashes: np.ndarray) -> list[str]:
+        """The ``ids`` already in the store.
+
+        Committed ids are kept as a sorted array of their 64-bit hashes, read block by block
+        from ``videos/id`` on the first append after opening (8 bytes a row) and grown by each
+        append, so a batch costs a search per id; only ids whose hash matches are read back
+        and compared.
+        """
+        n = self.n_videos
+        if self._id_index is None or len(self._id_index) != n:  # first append, or rows appended elsewhere
+            col = self.root["videos"]["id"] if "id" in self.root["videos"] else None
+            parts = [id_hashes(np.asarray(col[a:a + VIDEO_CHUNK])) for a in range(0, n, VIDEO_CHUNK)] if col is not None else []
+            self._id_index = np.sort(np.concatenate(parts)) if parts else np.zeros(0, np.uint64)
+        pos = np.minimum(np.searchsorted(self._id_index, hashes), max(len(self._id_index) - 1, 0))
+        maybe = np.flatnonzero(self._id_index[pos] == hashes) if len(self._id_index) else np.zeros(0, np.int64)
+        if not len(maybe):
+            return []
+        existing = set(self.video_ids())  # a hash match: rare, so the exact check may read every id
+        return [str(ids[i]) for i in maybe if ids[i] in existing]
 
     def _resolve_columns(self, table: pd.DataFrame) -> dict[str, str]:
         columns = self.columns
@@ -513,6 +537,11 @@ class _FileLock:
         if self.fd >= 0:
             fcntl.flock(self.fd, fcntl.LOCK_UN)
             os.close(self.fd)
+
+
+def id_hashes(ids: np.ndarray) -> np.ndarray:
+    """``(n,)`` uint64 hash of each video id string (stable across runs and machines)."""
+    return pd.util.hash_array(np.asarray(ids).astype(object))
 
 
 def _first_difference(a: list[str], b: list[str]) -> str:

@@ -123,7 +123,7 @@ def build_index(
     Args:
         fset: A ``store.FeatureSet``.
         spec: Index settings; default ``IndexSpec()`` (auto kind, video level, cosine).
-        progress: Wraps the chunk reader (e.g. ``tqdm``) to show reading progress.
+        progress: Wraps the chunk reader and the add blocks (e.g. ``tqdm``) to show progress.
 
     Raises:
         InvalidIndexSpec: no row is extracted yet, or the spec cannot be met.
@@ -136,7 +136,7 @@ def build_index(
             f"feature set {fset.name!r} has no extracted rows with a valid clip to index;"
             " extract features first"
         )
-    index = FeatureIndex.from_vectors(vectors, rows, spec, clips=clips)
+    index = FeatureIndex.from_vectors(vectors, rows, spec, clips=clips, progress=progress)
     index.meta.update(
         feature_set=_identity(fset),
         excluded_rows=empty.tolist(),

@@ -173,3 +173,24 @@ def test_reader_beside_a_writer_never_sees_unfinished_rows(tmp_path):
         proc.wait()
     assert proc.returncode == 0
     assert seen >= N // 2
+
+
+def test_verify_finds_damage_in_late_chunks(tmp_path):
+    """verify walks every block: a bad label, a repeated id and a NaN score in the last rows are found."""
+    from store.feature_store import LABEL_CHUNK, VIDEO_CHUNK
+
+    n = VIDEO_CHUNK + 10  # past the first videos/id block and several label blocks
+    fs = FeatureStore.create(tmp_path / "s.zarr", classes=["a", "b"])
+    fs.append_videos(pd.DataFrame({"id": [f"v{i}" for i in range(n)], "path": "x"}),
+                     np.eye(2, dtype=np.uint8)[np.arange(n) % 2])
+    scores = np.zeros((n, 2), np.float32)
+    fs.write_predictions("run", scores)
+    assert verify_store(fs.path).ok
+    fs.root["labels"][n - 1, 0] = 2
+    assert n - 1 >= 4 * LABEL_CHUNK
+    fs.root["videos"]["id"][n - 1] = "v3"
+    fs.root["predictions/run/scores"][n - 1, 1] = np.nan
+    problems = " | ".join(verify_store(fs.path).problems)
+    assert "labels hold values other than 0 and 1" in problems
+    assert "video ids are not unique" in problems
+    assert "predictions/run/scores holds NaN or inf" in problems

@@ -10,7 +10,15 @@ import pytest
 
 from store import FeatureSetSpec, FeatureStore
 from store import index as I
-from store._index_factory import IndexPlan, default_nlist, estimate_mb, plan_index, recall_at_k
+from store._index_factory import (
+    IndexPlan,
+    default_nlist,
+    estimate_mb,
+    plan_index,
+    recall_at_k,
+    set_search_param,
+    train_sample_size,
+)
 from store.errors import StoreError
 from store.search import propagate_labels, search_by_rows
 from tests.topk import assert_top_k_equal
@@ -428,3 +436,36 @@ def test_index_the_gpu_cannot_hold_stays_on_cpu(monkeypatch, caplog):
 def test_store_errors_are_store_errors():
     assert issubclass(I.StaleIndex, StoreError) and issubclass(I.IndexNotFound, StoreError)
     assert issubclass(I.InvalidIndexSpec, StoreError)
+
+
+@pytest.mark.parametrize("kind", ["flat", "ivf_flat", "hnsw"])
+def test_search_among_allowed_vectors_equals_brute_force(kind):
+    """An ID selector restricts hits to the allowed vectors; IVF probes every list (exact)."""
+    x = I.clustered_vectors(2000, 32, 12, seed=4)
+    rows = np.arange(2000) * 3
+    index = I.FeatureIndex.from_vectors(x, rows, I.IndexSpec(kind=kind, nlist=16, recall_target=0.5))
+    if kind == "ivf_flat":
+        set_search_param(index._cpu, "ivf_flat", 16)  # nprobe = nlist: the selector must keep it
+    elif kind == "hnsw":
+        set_search_param(index._cpu, "hnsw", 2048)
+    allowed = np.random.default_rng(0).random(2000) < 0.4
+    sims, found = index.search(x[:40], 7, exclude_rows=rows[:40], allowed=allowed)
+    cos = x[:40] @ x.T  # (40, 2000)
+    cos[:, ~allowed] = -np.inf
+    cos[np.arange(40), np.arange(40)] = -np.inf  # the query's own row is excluded
+    top = np.argsort(-cos, axis=1)[:, :7]
+    np.testing.assert_array_equal(found, rows[top])
+    np.testing.assert_allclose(sims, np.take_along_axis(cos, top, axis=1), atol=1e-5)
+    assert allowed[found // 3].all()
+
+
+def test_ivf_trains_on_a_bounded_sample():
+    plan = IndexPlan("ivf_flat", dim=8, nlist=4000)
+    assert train_sample_size(plan, 1_000_000) == 39 * 4000  # faiss's minimum per centroid beats the cap
+    assert train_sample_size(IndexPlan("ivf_flat", dim=8, nlist=100), 1_000_000) == 25_600  # 256 per centroid
+    assert train_sample_size(IndexPlan("ivf_flat", dim=8, nlist=1000), 1_000_000) == 100_000  # the cap
+    assert train_sample_size(IndexPlan("ivf_flat", dim=8, nlist=1000), 50_000) == 50_000
+    assert train_sample_size(IndexPlan("flat", dim=8), 7) == 7
+    x = I.clustered_vectors(30_000, 16, 20, seed=2)
+    index = I.FeatureIndex.from_vectors(x, np.arange(30_000), I.IndexSpec(kind="ivf_flat", nlist=40))
+    assert index.meta["train_vectors"] == 256 * 40 and index.meta["recall"]["met"]
