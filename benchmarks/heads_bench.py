@@ -20,7 +20,7 @@ import torch
 
 from benchmarks.registry import register_benchmark
 from extract.backbones.registry import get_backbone
-from heads._train_data import MemorySource, StreamSource
+from heads import MemorySource, StreamSource
 from heads.trainer import FeatureCache, TrainConfig, build_head, fit, resolve_device
 from store import FeatureStore
 from store.errors import StoreError

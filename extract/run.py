@@ -34,15 +34,15 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from extract._config import read_toml_config
+from extract.dump.settings import DEVICES, MODALITIES, BackboneChoice, ExtractSettings, parse_shard
 from extract.errors import DemoError, ExtractError
-from extract.flow import FLOW_ALGORITHMS
-from extract.settings import DEVICES, MODALITIES, BackboneChoice, ExtractSettings, parse_shard
+from extract.media.flow import FLOW_ALGORITHMS
 from store.cli import non_negative_int, positive_float, positive_int
 from store.errors import StoreError
 from store.threads import add_threads_argument
 
 if TYPE_CHECKING:
-    from extract.pipeline import RunStats
+    from extract.dump.pipeline import RunStats
 
 log = logging.getLogger("extract.run")
 
@@ -367,7 +367,7 @@ def _settings(args: argparse.Namespace, demo: bool) -> ExtractSettings:
 def _summary(stats: RunStats, elapsed: float) -> str:
     """The end-of-run report: what was written, what failed and why, how fast."""
     lines = []
-    for name, spec in zip(stats.set_names, stats.specs):
+    for name, spec in stats.outputs:
         made = f"weights {spec.weights_sha256[:12]}" if spec.weights_sha256 else "random init"
         lines.append(
             f"extract: {stats.store} features/{name}: K={spec.clips} x D={spec.dim} {spec.dtype}, "
@@ -411,8 +411,8 @@ def run(args: argparse.Namespace) -> int:
     from tqdm import tqdm
     from tqdm.contrib.logging import logging_redirect_tqdm
 
-    from extract import pipeline
     from extract.demo import load_demo, make_demo
+    from extract.dump import pipeline
 
     t0 = time.perf_counter()
     demo = args.videos is None

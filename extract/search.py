@@ -10,7 +10,7 @@ Any feature set ``extract.run`` wrote can be searched: RGB, optical flow or audi
 embedded exactly as ``extract.run`` embedded the feature set: the producer is rebuilt from the
 set's recorded spec (modality, backbone, random-init seed or weights checksum, clip sampling,
 views, flow algorithm and bound, audio windows, chunking) through
-:func:`extract.pipeline.build_producers`, the file is
+:func:`extract.dump.pipeline.build_producers`, the file is
 decoded by the same worker function and embedded in the same model, and the features are
 rounded to the set's storage dtype. The per-video vector is the mean of the valid clips
 (:func:`store.index.pool_video_vectors`, what the index holds), and the search is
@@ -32,14 +32,14 @@ from pathlib import Path
 
 import numpy as np
 
-from extract._worker import DecodeTask, process_task
 from extract.backbones import file_sha256
+from extract.dump.makers import NO_AUDIO
+from extract.dump.pipeline import build_producers
+from extract.dump.producers import FeatureProducer
+from extract.dump.settings import DEVICES, MODALITIES, ExtractSettings
+from extract.dump.worker import DecodeTask, process_task
 from extract.errors import ExtractError
-from extract.makers import NO_AUDIO
-from extract.pipeline import build_producers
-from extract.producers import FeatureProducer
-from extract.sampling import ClipSampling, ViewSpec
-from extract.settings import DEVICES, MODALITIES, ExtractSettings
+from extract.media.sampling import ClipSampling, ViewSpec
 from store.cli import non_negative_int, positive_float, positive_int
 from store.errors import StoreError
 from store.feature_set import FeatureSet

@@ -1,6 +1,6 @@
 """Audio backbones: ResNet-18/34 and VGGish on log-mel patches, EnvNet-v2 on raw waveforms.
 
-Input conventions: mono audio as :mod:`extract.audio` prepares it with its default
+Input conventions: mono audio as :mod:`extract.media.audio` prepares it with its default
 ``AudioSettings`` (16 kHz, 2 s windows centred on the video clips, VGGish's log-mel: 25 ms
 frames every 10 ms, 64 HTK mel bands over 125-7500 Hz, ``log(mel + 0.01)``). A video without
 audio is masked upstream (``valid`` False), never an error here.
@@ -62,7 +62,7 @@ __all__ = [
 
 AUDIO_MEAN = (0.0,)
 AUDIO_STD = (1.0,)
-# What extract.audio produces with its default AudioSettings (VGGish's recipe at 16 kHz):
+# What extract.media.audio produces with its default AudioSettings (VGGish's recipe at 16 kHz):
 N_MELS = 64
 LOG_MEL_FRAMES = 198  # frames of a 2 s window: 1 + (32000 - 400) // 160
 VGGISH_FRAMES = 96  # frames of a VGGish patch (0.96 s)

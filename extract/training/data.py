@@ -12,7 +12,7 @@
   ``default_rng([seed, e])``, so the batches do not depend on the number of workers, on
   which worker decodes what, or on whether the run was interrupted and resumed. The key
   carries the epoch, so persistent workers need no message when an epoch starts.
-* **Bad videos** (any :class:`~extract.decode.DecodeError`: missing, corrupt, no audio for an
+* **Bad videos** (any :class:`~extract.media.decode.DecodeError`: missing, corrupt, no audio for an
   audio net) give a logged warning and ``None``; the collate functions drop them and count
   them in ``skipped``. An epoch never stops for one file.
 * A video's frame count and rate come from the table (``n_frames``/``fps`` columns, as a
@@ -32,7 +32,7 @@ import pandas as pd
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
-from extract.decode import DecodeError, probe_video
+from extract.media.decode import DecodeError, probe_video
 from extract.training.modality import ModalityInputs, VideoMeta
 
 log = logging.getLogger(__name__)

@@ -111,7 +111,7 @@ def resolve_device(recipe: TrainRecipe) -> torch.device:
 
 def default_workers(device: torch.device) -> int:
     """Decode processes: min(4, cores) on a CPU (the model needs the cores too); cores - 1 with
-    CUDA, where one core's decoding is far slower than the GPU (``extract.settings``' rule)."""
+    CUDA, where one core's decoding is far slower than the GPU (``extract.dump.settings``' rule)."""
     cores = available_cores()
     return max(1, cores - 1) if device.type == "cuda" else min(4, cores)
 

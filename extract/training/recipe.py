@@ -8,7 +8,7 @@ short-side resize + crop + flip, and fine-tuning only the last k stages.
 
 Fields left ``None`` depend on the backbone; :meth:`TrainRecipe.resolve` fills them from its
 :class:`~extract.backbones.BackboneInfo` with the same rules as ``extract.run``
-(:class:`~extract.settings.ExtractSettings`), so the evaluation clips of training are the
+(:class:`~extract.dump.settings.ExtractSettings`), so the evaluation clips of training are the
 clips ``extract.run`` later embeds with the same ``--crop/--frames/--stride`` flags. The
 resolved recipe is written next to the results as ``recipe.json``.
 """
@@ -20,8 +20,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from extract.backbones import BackboneInfo
-from extract.flow import FLOW_ALGORITHMS
-from extract.settings import DEVICES, ExtractSettings
+from extract.dump.settings import DEVICES, ExtractSettings
+from extract.media.flow import FLOW_ALGORITHMS
 from store.cli import setting_name
 
 MODALITIES = ("rgb", "flow", "audio")

@@ -4,14 +4,14 @@
 
     1 demo       make_demo: deterministic multi-label mp4s (labels in appearance, motion, sound)
     2 train_*    extract.training.fit: a small RGB clip net, a 2-channel flow net, a log-mel audio net
-    3 extract    extract.pipeline.extract: all three backbones from ONE decode per video -> demo.zarr
+    3 extract    extract.dump.pipeline.extract: all three backbones from ONE decode per video -> demo.zarr
     4 sweep      heads.sweep.run_sweep: each head on each modality, k-fold out-of-fold predictions
     5 knn        heads.knn.write_knn_run: kNN label transfer per modality (out-of-fold on train)
     6 fusion     fusion.fuse_runs: XGBoost (and mean, weighted, logistic) over the best head per modality
     7 summary    class mAP per modality x head (overall and per class family), kNN, fusion, time per stage
                  -> printed, pipeline_summary.md and pipeline_summary.json next to the store
 
-Rerunning resumes instead of redoing (:mod:`benchmarks._stages`): every stage records a key (a
+Rerunning resumes instead of redoing (:mod:`benchmarks.pipeline.stages`): every stage records a key (a
 hash of its settings and of what the stages it reads from produced) in
 ``runs/pipeline/state.json``. A finished stage whose key is unchanged and whose outputs are
 still on disk is skipped ("cached"); an interrupted one continues ("resumed"); one whose key
@@ -43,10 +43,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from benchmarks import _pipeline_steps as steps
 from benchmarks._markdown import pct, table
-from benchmarks._pipeline_steps import MODALITIES, Context, PipelineError, Workdir
-from benchmarks._stages import Stage, run_stages
+from benchmarks.pipeline import steps
+from benchmarks.pipeline.stages import Stage, run_stages
+from benchmarks.pipeline.steps import MODALITIES, Context, PipelineError, Workdir
 from extract.demo import DemoConfig
 from extract.training import TrainRecipe
 from heads.trainer import TrainConfig
@@ -369,8 +369,8 @@ def config_from_args(args: argparse.Namespace) -> PipelineConfig:
 def main(argv: list[str] | None = None) -> int:
     """Command-line entry point; returns the exit status."""
     from extract.errors import ExtractError
-    from heads._train_data import TrainError as HeadTrainError
     from heads.knn import KnnError
+    from heads.trainer import TrainError as HeadTrainError
     from store.errors import StoreError
 
     args = _parser().parse_args(argv)
@@ -405,6 +405,3 @@ def main(argv: list[str] | None = None) -> int:
     print(f"\nwrote {work.summary_md} and {work.summary_json}")
     return 0
 
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -1,11 +1,11 @@
 """Input makers: the decode-side half of a feature producer (numpy, picklable, in workers).
 
 An :class:`InputMaker` says which frames (and audio) it needs from a video and turns the
-one :class:`~extract.decode.DecodedVideo` of that video into ``K`` model inputs with their
+one :class:`~extract.media.decode.DecodedVideo` of that video into ``K`` model inputs with their
 valid mask and times (:class:`ModelInput`). Makers run in the decode worker processes, so
 they hold settings only; all of a modality's CPU work (crops, optical flow, log-mel)
 happens here, in parallel over the workers. The model-side half is
-:mod:`extract.producers`.
+:mod:`extract.dump.producers`.
 
 =========  ===============  ==========================================================
 modality   maker            inputs per video
@@ -28,18 +28,18 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from extract.audio import AudioSettings, audio_windows, log_mel, vggish_patches
 from extract.backbones import BackboneInfo
-from extract.decode import DecodedVideo
-from extract.flow import FlowSettings, clip_flow_stack, flow_frame_indices, flow_views
-from extract.sampling import (
+from extract.media.audio import AudioSettings, audio_windows, log_mel, vggish_patches
+from extract.media.decode import DecodedVideo
+from extract.media.flow import FlowSettings, clip_flow_stack, flow_frame_indices, flow_views
+from extract.media.sampling import (
     ClipSampling,
     ViewSpec,
     clip_frame_indices,
     clip_times,
     union_frame_indices,
 )
-from extract.transforms import make_views
+from extract.media.transforms import make_views
 
 __all__ = [
     "AUDIO_INPUTS",
@@ -167,14 +167,14 @@ class FlowClips(_ViewedClips):
     """The optical flow of the same N clips x V views as :class:`RGBClips`: ``K = N * V``.
 
     Flow ``t`` of a clip is the motion from its frame ``t`` to the next video frame
-    (:func:`extract.flow.flow_frame_indices`), so the decode needs each clip frame and its
+    (:func:`extract.media.flow.flow_frame_indices`), so the decode needs each clip frame and its
     successor; it is computed in the decode worker (one OpenCV thread per worker).
 
     Attributes:
         sampling: where the N clips of T frames go (the RGB timeline).
         view: resize and crops (mirrored views negate x).
         flow: algorithm, bound, size (the short side the flow is computed at).
-        backend: ``"cpu"`` or ``"cuda"`` (OpenCV's), from :func:`extract.flow.flow_backend`.
+        backend: ``"cpu"`` or ``"cuda"`` (OpenCV's), from :func:`extract.media.flow.flow_backend`.
     """
 
     flow: FlowSettings
@@ -202,7 +202,7 @@ class AudioWindows(InputMaker):
     """One audio window per clip of the run's timeline: ``K = N`` (no spatial views).
 
     A window is ``audio.window_s`` long, centred on its clip
-    (:func:`extract.audio.audio_windows`); its slot is valid when the clip is and the window
+    (:func:`extract.media.audio.audio_windows`); its slot is valid when the clip is and the window
     holds audio. A video without audio gives all-False slots and the note :data:`NO_AUDIO`;
     a track of zeros is real (silent) input: valid slots and the note :data:`SILENT_AUDIO`.
 

@@ -1,14 +1,14 @@
-"""The stages of a recipe run (:mod:`benchmarks.recipe`), built on the demo pipeline's helpers.
+"""The stages of a recipe run (:mod:`benchmarks.recipes`), built on the demo pipeline's helpers.
 
 ::
 
     demo          extract.demo.make_demo, shared by recipes with the same [demo] (recipes/_demo/<hash>)
     train_KEY     extract.training.fit per [backbones.KEY]            -> runs/KEY/backbone.pt
-    extract_N     extract.pipeline.extract per [[extract]] pass         -> store.zarr sets (+ <set>_logits runs)
+    extract_N     extract.dump.pipeline.extract per [[extract]] pass         -> store.zarr sets (+ <set>_logits runs)
     heads         heads.sweep.run_sweep over [heads]                    -> one prediction run per config
     knn           heads.knn.write_knn_run per [knn] set (optional)
     fusion        fusion.fuse_runs over [fusion] inputs, every method   -> fused_<method> run + report
-    analysis_NAME the layout's analyses (benchmarks._recipe_tables)
+    analysis_NAME the layout's analyses (benchmarks.recipes.tables)
 
 Every stage's result holds the metrics of the runs it wrote (val and test, per class family),
 so the tables are drawn from ``result.json`` alone.
@@ -20,7 +20,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from benchmarks._pipeline_steps import (
+from benchmarks.pipeline.stages import Stage
+from benchmarks.pipeline.steps import (
     PipelineError,
     clean,
     demo_matches,
@@ -33,8 +34,8 @@ from benchmarks._pipeline_steps import (
     train_backbone,
     weights_intact,
 )
-from benchmarks._stages import Stage
-from benchmarks.recipe import Recipe
+from benchmarks.recipes.analyses import best_run, get_analysis
+from benchmarks.recipes.recipe import Recipe
 
 __all__ = ["RecipeContext", "build_stages", "clean"]
 
@@ -83,7 +84,7 @@ def _train(ctx: RecipeContext, key: str, fresh: bool) -> dict[str, Any]:
 
 def _extract(ctx: RecipeContext, i: int, fresh: bool) -> dict[str, Any]:
     from extract.demo import load_demo
-    from extract.settings import BackboneChoice
+    from extract.dump.settings import BackboneChoice
 
     p = ctx.recipe.extract[i]
     choices = []
@@ -112,7 +113,7 @@ def _sets_intact(ctx: RecipeContext, result: dict[str, Any]) -> bool:
 
 
 def _heads(ctx: RecipeContext, fresh: bool) -> dict[str, Any]:
-    from heads._grid import expand_grid
+    from heads import expand_grid
     from heads.sweep import run_sweep
     from store.threads import available_cores
 
@@ -151,15 +152,6 @@ def _knn(ctx: RecipeContext, fresh: bool) -> dict[str, Any]:
         runs.append({"run": k.run, "features": s, "head": f"knn k={spec.get('k', 10)}", "status": "ok",
                      "scores": score_run(fs, k.run, fams)})
     return clean({"runs": runs})
-
-
-def best_run(ctx: RecipeContext, features: str) -> str:
-    """The head run on ``features`` with the best val class mAP."""
-    scored = [(r["scores"]["val"]["class_map"], r["run"]) for r in ctx.results["heads"]["runs"]
-              if r["features"] == features and r["status"] == "ok" and (r["scores"] or {}).get("val")]
-    if not scored:
-        raise PipelineError(f"[fusion] best:{features}: no head run on {features} has a val class mAP")
-    return max(scored)[1]
 
 
 def fusion_inputs(ctx: RecipeContext) -> list[str]:
@@ -201,7 +193,6 @@ def _fusion_intact(ctx: RecipeContext, result: dict[str, Any]) -> bool:
 
 def build_stages(ctx: RecipeContext) -> list[Stage]:
     """The recipe's stages in order, bound to ``ctx``."""
-    from benchmarks._recipe_analyses import get_analysis
 
     r = ctx.recipe
 
@@ -221,7 +212,7 @@ def build_stages(ctx: RecipeContext) -> list[Stage]:
         stages.append(Stage(name, deps, {"sets": p.sets, "settings": p.settings, "seed": r.demo.seed},
                             bound(_extract, i), bound(_sets_intact)))
         extracts.append(name)
-    from heads._grid import expand_grid
+    from heads import expand_grid
 
     hashes = [c.config_hash() for c in expand_grid(r.heads, name=r.name)]
     stages.append(Stage("heads", ("demo", *extracts), hashes, bound(_heads), bound(_runs_intact)))
@@ -238,7 +229,6 @@ def build_stages(ctx: RecipeContext) -> list[Stage]:
 
 
 def _analysis(ctx: RecipeContext, name: str, settings: dict[str, Any], fresh: bool) -> dict[str, Any]:
-    """Run the analysis ``name`` (registered in :mod:`benchmarks._recipe_tables`) with its settings."""
-    from benchmarks._recipe_analyses import get_analysis
+    """Run the analysis ``name`` (registered in :mod:`benchmarks.recipes.tables`) with its settings."""
 
     return clean(get_analysis(name)(ctx, settings))

@@ -8,9 +8,9 @@ rows, finished rows into chunk-aligned store writes.
     video c: K clips --+    (videos split across  +--> row c ...      |    finished chunk
                              batch boundaries)                       +--> (or every flush_s)
 
-:class:`RunLoop` drives it for every producer of a run: one :class:`ClipBatcher` per
-producer (its model's outputs side by side: features, then logits with ``head_logits``),
-one :class:`ChunkedRowWriter` per feature set.
+:class:`RunLoop` drives it for every job of a run (:class:`~extract.dump.jobs.PlannedJob`):
+one :class:`ClipBatcher` per job (its model's outputs side by side: features, then logits
+with ``head_logits``), one :class:`ChunkedRowWriter` per feature set of the job.
 """
 
 from __future__ import annotations
@@ -26,14 +26,14 @@ import numpy as np
 import pandas as pd
 import torch
 
-from extract._worker import DecodePool, DecodeResult, DecodeTask
-from extract.makers import ModelInput
-from extract.producers import FeatureProducer
-from store import FeatureSet, FeatureStore, FeatureWriter
+from extract.dump.makers import ModelInput
+from extract.dump.worker import DecodePool, DecodeResult, DecodeTask
+from store import FeatureStore, FeatureWriter
 from store.threads import set_threads
 
 if TYPE_CHECKING:
-    from extract.settings import ExtractSettings
+    from extract.dump.jobs import PlannedJob, RunPlan
+    from extract.dump.settings import ExtractSettings
 
 
 @dataclass
@@ -201,42 +201,37 @@ class RunLoop:
     """The main-process side of a run: decode results in, batches through the models, rows out.
 
     Args:
-        producers: the run's producers; producer ``i`` fills the sets ``sets_of[i]`` (its
-            :attr:`~extract.producers.FeatureProducer.outputs`, in order).
-        sets_of: feature set indices (into ``writers``) of each producer.
-        writers: one per feature set.
-        need: ``(n, sets)`` bool, which sets still lack each planned row (rows sorted in
-            ``rows``); a row done in a set is never rewritten there.
+        jobs: the run's jobs; job ``i`` fills its sets ``jobs[i].sets`` (its
+            :attr:`~extract.dump.jobs.FeatureSetJob.outputs`, in order).
+        writers: ``writers[i][j]`` writes set ``j`` of job ``i``.
         rows: the planned rows, sorted.
         batch_size: clips per model batch.
-        stats: the run's live :class:`~extract.pipeline.RunStats` (updated here).
+        stats: the run's live :class:`~extract.dump.pipeline.RunStats` (updated here).
         on_progress: called with ``stats`` after every video and every write.
 
-    A slot layout with no valid slot (an audio set of a video without audio) never reaches
-    the model: its row is written at once, zeros with an all-False mask.
+    A row done in a set is never rewritten there. A slot layout with no valid slot (an audio
+    set of a video without audio) never reaches the model: its row is written at once,
+    zeros with an all-False mask.
     """
 
     def __init__(
         self,
-        producers: Sequence[FeatureProducer],
-        sets_of: Sequence[Sequence[int]],
-        writers: Sequence[ChunkedRowWriter],
-        need: np.ndarray,
+        jobs: Sequence[PlannedJob],
+        writers: Sequence[Sequence[ChunkedRowWriter]],
         rows: np.ndarray,
         batch_size: int,
         stats: Any,
         on_progress: Callable[[Any], None] | None = None,
     ) -> None:
-        self.producers, self.sets_of, self.writers = producers, sets_of, writers
-        self.need, self.rows = need, rows
-        self.dims = [[spec.dim for _, spec in p.outputs] for p in producers]
+        self.jobs, self.writers, self.rows = jobs, writers, rows
+        self.lacking = [job.lacking(rows) for job in jobs]  # per job (n, sets): sets a row lacks
+        self.dims = [job.job.dims for job in jobs]
         self.batchers = [ClipBatcher(batch_size, sum(d)) for d in self.dims]
         self.stats, self.on_progress = stats, on_progress
 
     def _needed(self, row: int, i: int) -> list[int]:
-        """The sets of producer ``i`` that still lack ``row``."""
-        flags = self.need[np.searchsorted(self.rows, row)]
-        return [j for j in self.sets_of[i] if flags[j]]
+        """The sets of job ``i`` that still lack ``row``."""
+        return np.flatnonzero(self.lacking[i][np.searchsorted(self.rows, row)]).tolist()
 
     def take(self, res: DecodeResult) -> None:
         """Account for one decode result; run every batch it completes."""
@@ -249,7 +244,7 @@ class RunLoop:
             s.failed_by_reason[res.reason] += 1
             for i in res.makers:
                 for j in self._needed(res.row, i):
-                    self.writers[j].add_error(res.row, res.error)
+                    self.writers[i][j].add_error(res.row, res.error)
         else:
             s.videos_done += 1
             s.notes.update({item.note for item in res.inputs if item.note})
@@ -274,7 +269,7 @@ class RunLoop:
     def _run_batch(self, i: int) -> None:
         inputs, pieces = self.batchers[i].next_batch()
         t = time.perf_counter()
-        outs = self.producers[i].embed_outputs(inputs)  # (B, ...) -> [(B, D_j), ...]
+        outs = self.jobs[i].job.producer.embed_outputs(inputs)  # (B, ...) -> [(B, D_j), ...]
         self.stats.model_seconds += time.perf_counter() - t
         feats = np.concatenate(outs, axis=1) if len(outs) > 1 else outs[0]  # -> (B, sum D_j)
         for row, data, valid, times in self.batchers[i].put(pieces, feats):
@@ -283,45 +278,37 @@ class RunLoop:
     def _finish(self, i: int, row: int, data: np.ndarray, item: ModelInput) -> None:
         """Split a finished row ``(K, sum D_j)`` into its sets and buffer the needed ones."""
         bounds = np.cumsum([0, *self.dims[i]])
-        needed = set(self._needed(row, i))
-        for j, a, b in zip(self.sets_of[i], bounds[:-1], bounds[1:]):
-            if j in needed:
-                self.writers[j].add(row, data[:, a:b], item.valid, item.times)
+        for j in self._needed(row, i):
+            self.writers[i][j].add(row, data[:, bounds[j] : bounds[j + 1]], item.valid, item.times)
 
     def sync_writes(self) -> None:
         """Copy the writers' counters into the stats; report progress."""
         s = self.stats
-        s.rows_written = sum(w.rows_written for w in self.writers)
-        s.errors_written = sum(w.errors_written for w in self.writers)
-        s.writes = sum(w.writes for w in self.writers)
-        s.write_seconds = sum(w.seconds for w in self.writers)
+        every = [w for job_writers in self.writers for w in job_writers]
+        s.rows_written = sum(w.rows_written for w in every)
+        s.errors_written = sum(w.errors_written for w in every)
+        s.writes = sum(w.writes for w in every)
+        s.write_seconds = sum(w.seconds for w in every)
         if self.on_progress:
             self.on_progress(s)
 
 
 def extract_rows(
     fs: FeatureStore,
-    targets: pd.DataFrame,
-    producers: Sequence[FeatureProducer],
-    fsets: Sequence[FeatureSet],
-    sets_of: Sequence[Sequence[int]],
-    pending: Sequence[np.ndarray],
-    todo: np.ndarray,
-    shard_rows: tuple[int, int] | None,
+    paths: pd.Series,
+    plan: RunPlan,
     settings: ExtractSettings,
     stats: Any,
     on_progress: Callable[[Any], None] | None,
 ) -> None:
-    """The decode -> model -> write loop over the planned rows ``todo`` (sorted).
+    """The decode -> model -> write loop over the planned rows ``plan.todo`` (sorted).
 
-    ``pending[j]`` holds the rows feature set ``fsets[j]`` still lacks; producer ``i``
-    fills ``fsets[sets_of[i]]``. Every video is decoded once, for the producers with at
-    least one set that lacks it.
+    ``paths`` maps a store row to its video file. Every video is decoded once, for the jobs
+    with at least one set that lacks it.
     """
-    need = np.stack([np.isin(todo, p) for p in pending], axis=1)  # (n, sets): sets a row lacks
-    wants = np.stack([need[:, s].any(axis=1) for s in sets_of], axis=1)  # (n, producers)
+    todo = plan.todo
+    wants = np.stack([job.lacking(todo).any(axis=1) for job in plan.jobs], axis=1)  # (n, jobs)
     meta = fs.videos(["n_frames", "fps"])
-    paths = targets["path"]
     tasks = (
         DecodeTask(
             int(r),
@@ -338,34 +325,36 @@ def extract_rows(
     try:
         with contextlib.ExitStack() as stack:
             writers = [
-                ChunkedRowWriter(
-                    stack.enter_context(f.writer(shard_rows)),
-                    todo[need[:, i]],
-                    f.chunk_rows,
-                    flush_s=settings.flush_s,
-                    max_rows=max(1024, 2 * f.chunk_rows),
-                )
-                for i, f in enumerate(fsets)
+                [
+                    ChunkedRowWriter(
+                        stack.enter_context(s.fset.writer(plan.shard_rows)),
+                        todo[np.isin(todo, s.pending)],
+                        s.fset.chunk_rows,
+                        flush_s=settings.flush_s,
+                        max_rows=max(1024, 2 * s.fset.chunk_rows),
+                    )
+                    for s in job.sets
+                ]
+                for job in plan.jobs
             ]
-            ahead = max(8, 2 * settings.batch_size // min(p.spec.clips for p in producers))
+            ahead = max(8, 2 * settings.batch_size // min(job.job.producer.spec.clips for job in plan.jobs))
             pool = stack.enter_context(
                 DecodePool(
-                    [p.maker for p in producers],
+                    [job.job.maker for job in plan.jobs],
                     stats.workers,
                     timeout_s=settings.timeout_s,
                     max_ahead=ahead,
                 )
             )
-            loop = RunLoop(
-                producers, sets_of, writers, need, todo, settings.batch_size, stats, on_progress
-            )
+            loop = RunLoop(plan.jobs, writers, todo, settings.batch_size, stats, on_progress)
             try:
                 for res in pool.imap_unordered(tasks):
                     loop.take(res)
                 loop.drain()
             finally:  # also on Ctrl-C: what is finished gets written
-                for w in writers:
-                    w.flush()
+                for job_writers in writers:
+                    for w in job_writers:
+                        w.flush()
                 loop.sync_writes()
     finally:
         set_threads(old_threads)

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from extract._demo_classes import SOUND_CLASSES
+from extract.demo._classes import SOUND_CLASSES
 
 _FADE_S = 0.02
 

@@ -4,11 +4,12 @@
 
     open_video_list(source, store)          the list, with the store's classes when it has some
     prepare_store(path, videos)             create or extend the store (headers probed in workers;
-                                            both live in extract._prepare)
+                                            both live in extract.dump._prepare)
     build_producers(settings, device)       one FeatureProducer per backbone of the run
                                             (rgb / flow / audio, settings.choices())
     extract(source, store, settings)        all of the above and run_extraction, in one call
     run_extraction(fs, targets, producers, settings)
+        one FeatureSetJob per producer (extract.dump.jobs) -> a RunPlan of PlannedJobs:
         pending rows (not done in some set, in the shard) -> DecodeTask per video
         DecodePool (processes): ONE decode per video for every producer; each producer's
             maker builds its inputs there (crops, optical flow, log-mel)
@@ -38,20 +39,19 @@ import numpy as np
 import pandas as pd
 import torch
 
-from extract._assembly import extract_rows
-from extract._logits import check_classifier, write_logit_predictions
-from extract._prepare import (
+from extract.backbones import Backbone, BackboneInfo, get_backbone
+from extract.dump._assembly import extract_rows
+from extract.dump._logits import check_classifier, write_logit_predictions
+from extract.dump._prepare import (
     UNLABELLED_CLASSES,
     check_feature_sets,
     open_video_list,
     prepare_store,
     probe_table,
 )
-from extract.backbones import Backbone, BackboneInfo, get_backbone
-from extract.errors import ExtractError
-from extract.flow import FlowSettings, flow_backend
-from extract.makers import AudioWindows, FlowClips, RGBClips, audio_input_for
-from extract.producers import (
+from extract.dump.jobs import PendingSet, PlannedJob, RunPlan, make_jobs
+from extract.dump.makers import AudioWindows, FlowClips, RGBClips, audio_input_for
+from extract.dump.producers import (
     LOGITS_SUFFIX,
     AudioProducer,
     BackboneProducer,
@@ -59,8 +59,10 @@ from extract.producers import (
     FlowProducer,
     RGBProducer,
 )
-from extract.sampling import ClipSampling
-from extract.settings import BackboneChoice, ExtractSettings
+from extract.dump.settings import BackboneChoice, ExtractSettings
+from extract.errors import ExtractError
+from extract.media.flow import FlowSettings, flow_backend
+from extract.media.sampling import ClipSampling
 from store import FeatureSetSpec, FeatureStore
 
 __all__ = [
@@ -216,7 +218,7 @@ def output_set_names(
 ) -> list[tuple[str, FeatureSetSpec]]:
     """``(set name, spec)`` of every feature set the producers fill (``names``: one per
     producer; a producer's second output, the logits, is ``<name>__logits``)."""
-    return [(n + suffix, spec) for p, n in zip(producers, names) for suffix, spec in p.outputs]
+    return [out for job in make_jobs(producers, names) for out in job.outputs]
 
 
 def _base_names(settings: ExtractSettings, producers: Sequence[FeatureProducer]) -> list[str]:
@@ -246,9 +248,8 @@ def extract(
     videos = open_video_list(source, store=store, root=root, classes=classes)
     num_classes = len(videos.classes) or len(UNLABELLED_CLASSES)
     producers = build_producers(settings, device, num_classes=num_classes)
-    names = _base_names(settings, producers)
-    outputs = output_set_names(producers, names)
-    check_feature_sets(store, [spec for _, spec in outputs], [n for n, _ in outputs])
+    jobs = make_jobs(producers, _base_names(settings, producers))
+    check_feature_sets(store, [out for job in jobs for out in job.outputs])
     workers, _ = settings.parallelism(device)
     fs, targets = prepare_store(
         store, videos, workers=workers, timeout_s=settings.timeout_s, progress=on_probe
@@ -258,7 +259,7 @@ def extract(
         targets,
         producers,
         settings,
-        set_names=names,
+        set_names=[job.name for job in jobs],
         device=device,
         on_progress=on_progress,
     )
@@ -272,7 +273,10 @@ class RunStats:
     view, modality and feature set comes from one open); ``probe_calls`` counts header-only
     opens. ``notes`` counts videos by what the makers noted (``"no audio track"``: a video
     whose audio rows were written with an all-False mask; ``"silent audio track"``: a track
-    of zeros, whose rows are valid features of silence; neither is a failure).
+    of zeros, whose rows are valid features of silence; neither is a failure). ``outputs``
+    holds ``(set name, spec)`` of every set filled; ``producer_sets[i]`` and
+    ``make_seconds[i]`` belong to job ``i`` (its features' set name, its makers' time in the
+    decode workers).
     """
 
     planned: int = 0
@@ -298,10 +302,14 @@ class RunStats:
     threads: int = 0
     device: str = "cpu"
     store: str = ""
-    set_names: list[str] = field(default_factory=list)
-    specs: list[FeatureSetSpec] = field(default_factory=list)
+    outputs: list[tuple[str, FeatureSetSpec]] = field(default_factory=list)
     producer_sets: list[str] = field(default_factory=list)
     predictions: dict[str, dict] = field(default_factory=dict)
+
+    @property
+    def set_names(self) -> list[str]:
+        """Every feature set the run fills, in ``outputs`` order."""
+        return [name for name, _ in self.outputs]
 
     @property
     def decodes_per_video(self) -> float:
@@ -337,21 +345,18 @@ def run_extraction(
         StoreLocked: another writer holds the feature set (or an overlapping shard).
     """
     names = list(set_names) if set_names is not None else _base_names(settings, producers)
-    outputs = output_set_names(producers, names)
+    jobs = make_jobs(producers, names)
+    outputs = [out for job in jobs for out in job.outputs]
     stats = RunStats(
         device=device,
         store=str(fs.path),
-        set_names=[n for n, _ in outputs],
-        specs=[spec for _, spec in outputs],
+        outputs=outputs,
         producer_sets=names,
-        make_seconds=[0.0] * len(producers),
+        make_seconds=[0.0] * len(jobs),
     )
     stats.workers, stats.threads = settings.parallelism(device)
-    fsets = [fs.create_feature_set(name, spec) for name, spec in outputs]
-    sets_of, k = [], 0
-    for p in producers:
-        sets_of.append(list(range(k, k + len(p.outputs))))
-        k += len(p.outputs)
+    opened = [[fs.create_feature_set(name, spec) for name, spec in job.outputs] for job in jobs]
+    fsets = [f for sets in opened for f in sets]
     rows = np.sort(targets.index.to_numpy(dtype=np.int64))
     shard_rows = None
     if settings.shard is not None:
@@ -359,7 +364,11 @@ def run_extraction(
         inside = (rows >= shard_rows[0]) & (rows < shard_rows[1])
         stats.outside_shard = int((~inside).sum())
         rows = rows[inside]
-    pending = [f.pending(rows, retry_errors=settings.retry_errors) for f in fsets]
+    planned = tuple(
+        PlannedJob(job, tuple(PendingSet(f, f.pending(rows, retry_errors=settings.retry_errors)) for f in sets))
+        for job, sets in zip(jobs, opened)
+    )
+    pending = [s.pending for p in planned for s in p.sets]
     todo = np.unique(np.concatenate(pending)) if pending else np.zeros(0, np.int64)
     done_any = np.zeros(fs.n_videos, bool)
     for f in fsets:
@@ -370,22 +379,10 @@ def run_extraction(
         todo = todo[: settings.limit]
     stats.planned = len(todo)
     if len(todo):
-        extract_rows(
-            fs,
-            targets,
-            producers,
-            fsets,
-            sets_of,
-            pending,
-            todo,
-            shard_rows,
-            settings,
-            stats,
-            on_progress,
-        )
-    for p, name in zip(producers, names):
-        if getattr(p, "head_logits", False):
-            stats.predictions[f"{name}_logits"] = write_logit_predictions(
-                fs, name, f"{name}{LOGITS_SUFFIX}"
+        extract_rows(fs, targets["path"], RunPlan(planned, todo, shard_rows), settings, stats, on_progress)
+    for job in jobs:
+        if job.head_logits:
+            stats.predictions[f"{job.name}_logits"] = write_logit_predictions(
+                fs, job.name, f"{job.name}{LOGITS_SUFFIX}"
             )
     return stats

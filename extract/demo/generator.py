@@ -1,9 +1,9 @@
 """The demo dataset: deterministic multi-label mp4 clips whose labels live in different modalities.
 
-``python -m extract.demo --out DIR [--videos N] [--seed S] [--size PX] [--difficulty D]``
+:func:`make_demo` (the command: ``python -m extract.demo``, :mod:`extract.demo.__main__`)
 writes real mp4 files (H.264 yuv420p + AAC mono), about 3 s each like Moments-in-Time,
 small frames so a CPU can process hundreds in minutes. Every video has 1 to 4 labels over
-21 classes in three families (see :mod:`extract._demo_classes`): appearance (which objects
+21 classes in three families (see :mod:`extract.demo._classes`): appearance (which objects
 are on screen, visible in any frame), motion (what a neutral grey carrier does: pairs that
 are exact time reversals, invisible in a single frame) and sound (audio-only events).
 Distractors, background clutter, frame noise and audio noise grow with ``difficulty``.
@@ -40,15 +40,12 @@ directory raises :class:`~extract.errors.DemoConfigMismatch`.
 
 from __future__ import annotations
 
-import argparse
 import csv
 import dataclasses
 import io
 import json
 import logging
 import os
-import sys
-import time
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
@@ -57,8 +54,7 @@ from typing import Any
 import numpy as np
 from tqdm import tqdm
 
-from extract._demo_audio import synthesize_audio
-from extract._demo_classes import (
+from extract.demo._classes import (
     CLASS_FAMILIES,
     DEMO_CLASSES,
     SPLIT_NAMES,
@@ -67,11 +63,12 @@ from extract._demo_classes import (
     assign_splits,
     video_labels,
 )
-from extract._demo_render import render_frames
-from extract._video_writer import AAC_SAMPLE_RATES, write_video
-from extract.errors import DemoConfigMismatch, DemoError, ExtractError
+from extract.demo._render import render_frames
+from extract.demo._sound import synthesize_audio
+from extract.errors import DemoConfigMismatch, DemoError
 from extract.inputs import VideoList, read_video_list
-from store.cli import non_negative_int, positive_float, positive_int, setting_name
+from extract.media.video_writer import AAC_SAMPLE_RATES, write_video
+from store.cli import setting_name
 
 logger = logging.getLogger(__name__)
 
@@ -200,7 +197,7 @@ class DemoVideo:
         frames: ``(T, H, W, 3)`` uint8 RGB.
         audio: ``(S,)`` float32 mono samples.
         meta: render metadata: ``carrier`` trajectories, motion ``directions``, ``objects``,
-            ``noise_sigma`` (see :func:`extract._demo_render.render_frames`) and
+            ``noise_sigma`` (see :func:`extract.demo._render.render_frames`) and
             ``sound_events`` (``{"label", "start", "end"}`` in seconds).
     """
 
@@ -358,63 +355,3 @@ def load_demo(out_dir: str | Path = DEFAULT_DEMO_DIR) -> DemoManifest:
                         config_path=meta_path, classes_path=root / "classes.txt",
                         labels_csv=root / "labels.csv", videos_csv=root / "videos.csv",
                         split_csvs=split_csvs, n_videos=int(meta["n_videos"]))
-
-
-def _parser() -> argparse.ArgumentParser:
-    d = DemoConfig()
-    p = argparse.ArgumentParser(
-        prog="python -m extract.demo",
-        description=(
-            "Generate the demo dataset: deterministic multi-label mp4 clips (H.264 + AAC) over "
-            f"{len(DEMO_CLASSES)} classes in three families -- appearance (objects on screen), "
-            "motion (a grey carrier moving/rotating/zooming/appearing, in time-reversed pairs) "
-            "and sound (audio-only events). Writes DIR/videos/*.mp4, classes.txt, labels.csv, "
-            "train/val/test.csv (Multi-MiT style: path,label,...), videos.csv "
-            "(path,labels,split) and demo.json. Rerunning with the same settings reuses "
-            "finished files."),
-        epilog="classes: " + "; ".join(
-            f"{family}: {', '.join(c for c in DEMO_CLASSES if CLASS_FAMILIES[c] == family)}"
-            for family in ("appearance", "motion", "sound")),
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    p.add_argument("--out", type=Path, default=DEFAULT_DEMO_DIR, help="output folder")
-    p.add_argument("--videos", type=positive_int, default=d.videos, help="number of videos")
-    p.add_argument("--seed", type=non_negative_int, default=d.seed, help="random seed")
-    p.add_argument("--size", type=positive_int, default=d.size, help="frame size in pixels (even)")
-    p.add_argument("--fps", type=positive_float, default=d.fps, help="frames per second")
-    p.add_argument("--seconds", type=positive_float, default=d.seconds, help="clip duration")
-    p.add_argument("--difficulty", type=float, default=d.difficulty,
-                   help="0 = clean .. 1 = cluttered, noisy, confusable distractors")
-    p.add_argument("--sample-rate", type=positive_int, default=d.sample_rate, help="audio rate (Hz)")
-    p.add_argument("--splits", default=",".join(f"{s:g}" for s in d.splits),
-                   help="train,val,test fractions")
-    p.add_argument("--quiet", action="store_true", help="no progress bar")
-    return p
-
-
-def main(argv: list[str] | None = None) -> int:
-    """Command-line entry point; returns the exit status."""
-    args = _parser().parse_args(argv)
-    start = time.perf_counter()
-    try:
-        try:
-            splits = tuple(float(s) for s in args.splits.split(","))
-        except ValueError:
-            raise ValueError(f"--splits must be three numbers like 0.7,0.15,0.15, got "
-                             f"{args.splits!r}") from None
-        config = DemoConfig(videos=args.videos, seed=args.seed, size=args.size, fps=args.fps,
-                            seconds=args.seconds, difficulty=args.difficulty,
-                            sample_rate=args.sample_rate, splits=splits)
-        manifest = make_demo(args.out, config, progress=not args.quiet)
-    except (ExtractError, ValueError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
-    meta = json.loads(manifest.config_path.read_text(encoding="utf-8"))
-    counts = " / ".join(f"{meta['split_counts'][s]} {s}" for s in SPLIT_NAMES)
-    print(f"demo: {manifest.n_videos} videos ({counts}), {len(manifest.classes)} classes, "
-          f"{config.size} px, {config.n_frames} frames at {config.fps:g} fps, difficulty "
-          f"{config.difficulty:g} -> {manifest.videos_csv} ({time.perf_counter() - start:.1f} s)")
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -50,10 +50,10 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from extract.decode import DecodedVideo
 from extract.errors import ExtractError
-from extract.sampling import CROP_MODES, ViewSpec
-from extract.transforms import center_crop, five_crop, short_side_size, three_crop
+from extract.media.decode import DecodedVideo
+from extract.media.sampling import CROP_MODES, ViewSpec
+from extract.media.transforms import center_crop, five_crop, short_side_size, three_crop
 
 FLOW_ALGORITHMS = ("farneback", "tvl1")
 FLOW_DEVICES = ("auto", "cpu", "cuda")
@@ -431,7 +431,7 @@ def _rescale(stack: np.ndarray, out_h: int, out_w: int) -> np.ndarray:
 def flow_views(stack: np.ndarray, view: ViewSpec) -> np.ndarray:
     """The spatial views of one clip's flow, positioned exactly like the RGB views.
 
-    Crops use the RGB croppers of ``extract.transforms``; mirrored views (``"ten"``) negate
+    Crops use the RGB croppers of ``extract.media.transforms``; mirrored views (``"ten"``) negate
     x. An extra scale resizes the flow images (bilinear, antialiased) and multiplies x and
     y by the width and height factors, clamped to [-1, 1] (saturated values stay at the
     rescaled bound: the clip to ``bound`` happened at the computed size).

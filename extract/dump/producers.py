@@ -1,6 +1,6 @@
 """Feature producers: from one decoded video to the ``(K, ...)`` inputs and features of a set.
 
-A video is opened and decoded **once** (:func:`extract.decode.decode_video`) for every
+A video is opened and decoded **once** (:func:`extract.media.decode.decode_video`) for every
 feature set a run fills; each set has a producer in two halves::
 
     decode worker (numpy, picklable)          main process (torch, owns the model)
@@ -11,7 +11,7 @@ feature set a run fills; each set has a producer in two halves::
                                               FeatureProducer.spec -> the store's record
 
 The makers (:class:`RGBClips`, :class:`FlowClips`, :class:`AudioWindows`) live in
-:mod:`extract.makers` and are re-exported here. The producers:
+:mod:`extract.dump.makers` and are re-exported here. The producers:
 
 =============  ====================  =====================================================
 modality       producer              model input from the maker's batch
@@ -37,7 +37,7 @@ import numpy as np
 import torch
 
 from extract.backbones import Backbone
-from extract.makers import (  # noqa: F401  (re-exported: the decode-side halves)
+from extract.dump.makers import (  # noqa: F401  (re-exported: the decode-side halves)
     AUDIO_INPUTS,
     NO_AUDIO,
     AudioWindows,
@@ -47,8 +47,8 @@ from extract.makers import (  # noqa: F401  (re-exported: the decode-side halves
     RGBClips,
     audio_input_for,
 )
-from extract.sampling import ClipSampling
-from extract.transforms import normalize, to_tensor_clip
+from extract.media.sampling import ClipSampling
+from extract.media.transforms import normalize, to_tensor_clip
 from store import FeatureSetSpec
 
 log = logging.getLogger(__name__)

@@ -14,8 +14,9 @@ commands already read::
                        (the first is written), fit_split / eval_split
     [analyses.NAME]    optional analyses of the layout (thresholds, per-class comparison, confusion, ...)
 
-``python -m benchmarks.run --recipe NAME`` (or ``python -m benchmarks.recipe NAME``) runs it in
-``<workdir>/recipes/NAME/`` with the resumable stages of :mod:`benchmarks._stages` (a rerun
+``python -m benchmarks.run --recipe NAME`` (or ``python -m benchmarks.recipes NAME``,
+:mod:`benchmarks.recipes.runner`) runs it in
+``<workdir>/recipes/NAME/`` with the resumable stages of :mod:`benchmarks.pipeline.stages` (a rerun
 skips what is done), prints the recipe's table in the layout of the original report and writes
 it to ``RESULT.md`` (+ ``result.json``) there. ``--tiny`` shrinks everything (24-48 videos, one
 epoch) for the smoke test.
@@ -23,25 +24,21 @@ epoch) for the smoke test.
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import json
 import logging
-import sys
-import time
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from extract.demo import DemoConfig
-from extract.settings import BackboneChoice, ExtractSettings
+from extract.dump.settings import BackboneChoice, ExtractSettings
 from extract.training import TrainRecipe
-from store.cli import non_negative_int
 
 log = logging.getLogger(__name__)
 
-RECIPES_DIR = Path(__file__).resolve().parent / "recipes"
+RECIPES_DIR = Path(__file__).resolve().parent
 #: ExtractSettings fields a recipe's ``[[extract]]`` pass may set (what the features are).
 EXTRACT_KEYS = ("sampling", "clips", "frames", "stride", "short_side", "crop", "crops", "scales",
                 "flow_algorithm", "flow_bound", "head_logits", "chunk_rows")
@@ -142,7 +139,7 @@ def load_recipe(name_or_path: str | Path) -> Recipe:
 
 
 def _build(cfg: dict[str, Any], path: Path) -> Recipe:
-    from heads._grid import expand_grid
+    from heads import expand_grid
 
     where = str(path)
     meta = _section(cfg, "recipe", where)
@@ -201,8 +198,8 @@ def _build(cfg: dict[str, Any], path: Path) -> Recipe:
         raise ValueError(f"[knn] takes sets, k, folds; unknown keys {sorted(set(knn) - {'sets', 'k', 'folds'})}")
     if knn is not None and set(knn.get("sets", [])) - set(names):
         raise ValueError(f"[knn] sets must be extracted sets; unknown {sorted(set(knn['sets']) - set(names))}")
-    from benchmarks._recipe_analyses import list_analyses
-    from benchmarks._recipe_tables import get_layout
+    from benchmarks.recipes.analyses import list_analyses
+    from benchmarks.recipes.tables import get_layout
 
     get_layout(meta["layout"])  # KeyError names the layouts
     analyses = dict(cfg.get("analyses", {}))
@@ -230,83 +227,3 @@ def shrink(recipe: Recipe) -> Recipe:
     heads.setdefault("base", {}).update(epochs=2, folds=2 if heads.get("base", {}).get("folds") else 0)
     knn = None if recipe.knn is None else {**recipe.knn, "k": 3, "folds": 2}
     return dataclasses.replace(recipe, demo=demo, backbones=backbones, extract=passes, heads=heads, knn=knn)
-
-
-# ---------------------------------------------------------------------------------------- running
-def run_recipe(recipe: Recipe, workdir: str | Path, *, device: str = "auto", workers: int | None = None,
-               progress: bool = False, on_stage: Any = None) -> dict[str, Any]:
-    """Run (or resume) every stage of ``recipe`` in ``workdir``; write RESULT.md and result.json.
-
-    Returns:
-        ``{"recipe", "results" (per stage), "stages" (status and time), "total_seconds", "table"}``.
-    """
-    from benchmarks import _recipe_steps as rs
-    from benchmarks._recipe_tables import get_layout
-    from benchmarks._stages import run_stages
-
-    ctx = rs.RecipeContext(recipe, Path(workdir), device=device, workers=workers, progress=progress)
-    ctx.root.mkdir(parents=True, exist_ok=True)
-    start = time.perf_counter()
-    timeline = run_stages(rs.build_stages(ctx), ctx.root / "state.json", ctx.results, on_stage=on_stage)
-    backbones = {k: {"label": b.label, "backbone": b.recipe.backbone, "modality": b.recipe.modality}
-                 for k, b in recipe.backbones.items()}
-    summary = {"recipe": {"name": recipe.name, "title": recipe.title, "follows": recipe.follows,
-                          "scaled_down": recipe.scaled_down, "layout": recipe.layout, "backbones": backbones,
-                          "sets": {s: k for p in recipe.extract for s, k in p.sets.items()},
-                          "extract": [{"sets": list(p.sets), **p.settings} for p in recipe.extract]},
-               "results": ctx.results, "stages": timeline, "total_seconds": time.perf_counter() - start}
-    summary["table"] = get_layout(recipe.layout)(summary)
-    (ctx.root / "result.json").write_text(json.dumps(rs.clean(summary), indent=1) + "\n", encoding="utf-8")
-    (ctx.root / "RESULT.md").write_text(summary["table"] + "\n", encoding="utf-8")
-    return summary
-
-
-def recipe_command(name: str, workdir: Path, *, tiny: bool = False, device: str = "auto",
-                   workers: int | None = None, progress: bool = True) -> int:
-    """``--recipe NAME``: run it, print its table; returns the exit status (2: a user error)."""
-    from benchmarks._pipeline_steps import PipelineError
-    from extract.errors import ExtractError
-    from heads._train_data import TrainError as HeadTrainError
-    from heads.knn import KnnError
-    from store.errors import StoreError
-
-    logging.getLogger("extract.backbones.registry").setLevel(logging.ERROR)  # random init is on purpose
-
-    def on_stage(entry: dict[str, Any]) -> None:
-        print(f"stage {entry['stage']:<24} {entry['status']:<8} {entry['seconds']:.1f} s", file=sys.stderr, flush=True)
-
-    try:
-        recipe = load_recipe(name)
-        if tiny:
-            recipe = shrink(recipe)
-        root = workdir / "recipes" / (recipe.name + ("_tiny" if tiny else ""))
-        summary = run_recipe(recipe, root, device=device, workers=workers, progress=progress, on_stage=on_stage)
-    except (RecipeError, PipelineError, StoreError, ExtractError, KnnError, HeadTrainError, ValueError) as err:
-        print("error: " + " ".join(str(err).split()), file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print("interrupted: finished stages are kept; rerun the same command to continue", file=sys.stderr)
-        return 130
-    print(summary["table"])
-    print(f"\nwrote {root / 'RESULT.md'} and {root / 'result.json'} ({summary['total_seconds']:.0f} s)")
-    return 0
-
-
-def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m benchmarks.recipe", description=__doc__.split("\n\n")[0],
-                                 epilog=f"recipes: {', '.join(list_recipes())}")
-    ap.add_argument("recipe", help="a recipe name or a path to a recipe .toml")
-    ap.add_argument("--workdir", type=Path, default=Path("benchmarks/_work"),
-                    help="runs go to WORKDIR/recipes/NAME (default benchmarks/_work)")
-    ap.add_argument("--tiny", action="store_true", help="smoke-test size: 40 videos of 1 s, 1-2 epochs")
-    ap.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
-    ap.add_argument("--workers", type=non_negative_int, help="decode worker processes (default: by machine)")
-    ap.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
-    args = ap.parse_args(argv)
-    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
-    return recipe_command(args.recipe, args.workdir, tiny=args.tiny, device=args.device, workers=args.workers,
-                          progress=not args.quiet)
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -1,10 +1,10 @@
 """Spatial views of decoded clips: short-side resize, crops, normalisation, tensors.
 
-Frames are channel-last uint8 ``(T, H, W, 3)`` RGB, as :func:`extract.decode.decode_video`
+Frames are channel-last uint8 ``(T, H, W, 3)`` RGB, as :func:`extract.media.decode.decode_video`
 returns them; backbones get channel-first float ``(C, T, H, W)`` from :func:`to_tensor_clip`.
 The decoder's scaler normally does the resize (``decode_video(size=view.decode_short_side)``);
 :func:`short_side_resize` is then a no-op for the first scale and only works for the other
-scales of a multi-scale :class:`~extract.sampling.ViewSpec`.
+scales of a multi-scale :class:`~extract.media.sampling.ViewSpec`.
 
 Crop offsets: the centre of a side of length ``L`` for a crop ``c`` starts at ``(L - c) // 2``;
 the end crop starts at ``L - c``.
@@ -18,7 +18,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from extract.sampling import CROP_MODES, ViewSpec, short_side_size  # noqa: F401  (re-exported)
+from extract.media.sampling import CROP_MODES, ViewSpec, short_side_size  # noqa: F401  (re-exported)
 
 # ImageNet statistics (torchvision / Kinetics backbones), RGB order, for [0, 1] inputs.
 IMAGENET_MEAN = (0.485, 0.456, 0.406)

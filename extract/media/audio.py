@@ -135,7 +135,7 @@ def audio_windows(
     Args:
         audio: (S,) mono samples at ``sample_rate``, or None for a video without audio.
         sample_rate: Hz.
-        clip_times: (N, 2) ``[start, end]`` seconds from ``extract.sampling.clip_times``.
+        clip_times: (N, 2) ``[start, end]`` seconds from ``extract.media.sampling.clip_times``.
         window_s: window length in seconds.
 
     Returns:

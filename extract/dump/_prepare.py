@@ -17,9 +17,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from extract._worker import DecodePool, DecodeTask
+from extract.dump.worker import DecodePool, DecodeTask
 from extract.inputs import CLASS_FILE_NAMES, VideoList, read_video_list
-from extract.producers import FeatureProducer
 from store import FeatureSetSpec, FeatureStore
 from store.errors import ClassMismatch, DuplicateVideoId
 
@@ -136,19 +135,15 @@ def prepare_store(
 
 
 def check_feature_sets(
-    path: str | os.PathLike,
-    specs: Sequence[FeatureSetSpec | FeatureProducer],
-    set_names: Sequence[str],
+    path: str | os.PathLike, outputs: Sequence[tuple[str, FeatureSetSpec]]
 ) -> None:
     """Refuse early (before any probing) if an existing store holds one of the sets with
     another spec: creates the sets that are missing, raises FeatureSetExists otherwise.
 
-    ``specs`` are the sets' specs (or producers, for their first set), one per name."""
+    ``outputs`` are ``(set name, spec)`` pairs (``FeatureSetJob.outputs``)."""
     if (Path(path) / "zarr.json").is_file():
         fs = FeatureStore.open(path, "a")
-        pairs = [
-            (n, s.spec if isinstance(s, FeatureProducer) else s) for n, s in zip(set_names, specs)
-        ]
+        pairs = list(outputs)
         have = set(fs.feature_sets())
         pairs.sort(key=lambda p: p[0] not in have)  # existing sets first: refuse before creating
         for name, spec in pairs:

@@ -1,7 +1,7 @@
 """The recipes' tables, each in the layout of the report it follows (``layout = NAME`` in a recipe).
 
 A layout is ``fn(summary) -> Markdown`` over a recipe run's ``result.json`` (see
-:func:`benchmarks.recipe.run_recipe`); every figure comes from there. All figures are in %:
+:func:`benchmarks.recipes.runner.run_recipe`); every figure comes from there. All figures are in %:
 class mAP (the challenges' metric), GAP@20, and top-1 / top-5 (a video counts as a hit when one
 of its k highest-scored classes is one of its labels).
 """

@@ -4,7 +4,7 @@ Each stage function takes the :class:`Context` and ``fresh`` (True: the stage's 
 inputs changed since it last started, so its old outputs are dropped first; False: it
 continues what an interrupted run left) and returns a JSON-able result that describes what
 is now on disk (no timings: those live in the pipeline's state file), so a cached rerun
-reproduces the same summary. :mod:`benchmarks.pipeline` decides which stages run.
+reproduces the same summary. :mod:`benchmarks.pipeline.job` decides which stages run.
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 if TYPE_CHECKING:
-    from benchmarks.pipeline import PipelineConfig
+    from benchmarks.pipeline.job import PipelineConfig
 
 log = logging.getLogger(__name__)
 
@@ -307,9 +307,9 @@ def _open_store(ctx: Context, mode: str = "r") -> Any:
 
 
 def extract_step(ctx: Context, fresh: bool) -> dict[str, Any]:
-    """Stage 3: RGB, flow and audio features from one decode per video (``extract.pipeline.extract``)."""
+    """Stage 3: RGB, flow and audio features from one decode per video (``extract.dump.pipeline.extract``)."""
     from extract.demo import load_demo
-    from extract.settings import BackboneChoice
+    from extract.dump.settings import BackboneChoice
 
     cfg = ctx.config
     demo = load_demo(ctx.work.demo)
@@ -325,15 +325,15 @@ def extract_step(ctx: Context, fresh: bool) -> dict[str, Any]:
 
 def extract_sets(demo: Any, store: Path, choices: tuple[Any, ...], settings: dict[str, Any], *, par: Any,
                  progress: bool, fresh: bool, desc: str) -> dict[str, dict[str, Any]]:
-    """One ``extract.pipeline.extract`` pass of ``choices`` over a demo (one decode per video).
+    """One ``extract.dump.pipeline.extract`` pass of ``choices`` over a demo (one decode per video).
 
     ``settings`` are the ExtractSettings fields of what the features are; ``fresh`` deletes the
     choices' sets first (their backbone changed). Returns ``{set name: record}``.
     """
     from tqdm.auto import tqdm
 
-    from extract import pipeline as xp
-    from extract.settings import ExtractSettings
+    from extract.dump import pipeline as xp
+    from extract.dump.settings import ExtractSettings
     from store import FeatureStore
 
     if (store / "zarr.json").is_file():

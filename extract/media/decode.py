@@ -3,7 +3,7 @@
 The run's pattern, one decode per video for every clip, view and backbone::
 
     info = probe_video(path)                                   # header only, no decoding
-    idx, valid = clip_frame_indices(info.n_frames, sampling)   # (N, T), see extract.sampling
+    idx, valid = clip_frame_indices(info.n_frames, sampling)   # (N, T), see extract.media.sampling
     video = decode_video(path, union_frame_indices(idx, ...), size=view.decode_short_side)
     clips = video.take(idx)                                    # (N, T, H, W, 3) uint8
 
@@ -48,7 +48,7 @@ import numpy as np
 from av.video.reformatter import Interpolation, VideoReformatter
 
 from extract.errors import ExtractError
-from extract.sampling import short_side_size
+from extract.media.sampling import short_side_size
 
 logger = logging.getLogger(__name__)
 
@@ -386,7 +386,7 @@ def decode_video(
         frame_indices: frame numbers needed (any order, repeats allowed; made sorted unique),
             e.g. ``union_frame_indices`` of every sampler's indices. May be empty (audio only).
         size: None (native size), a short side in pixels (aspect kept, see
-            ``extract.sampling.short_side_size``) or an exact ``(height, width)``.
+            ``extract.media.sampling.short_side_size``) or an exact ``(height, width)``.
         threads: decoder threads (>= 1).
         timeout_s: deadline for the whole call, in seconds.
         audio_rate: if set, also decode the audio track to mono float32 at this rate.

@@ -29,9 +29,9 @@ from dataclasses import dataclass, field
 from multiprocessing.connection import Connection, wait
 from typing import Self
 
-from extract.decode import DecodeError, DecodeTimeout, decode_video, probe_video
-from extract.makers import InputMaker, ModelInput
-from extract.sampling import union_frame_indices
+from extract.dump.makers import InputMaker, ModelInput
+from extract.media.decode import DecodeError, DecodeTimeout, decode_video, probe_video
+from extract.media.sampling import union_frame_indices
 
 log = logging.getLogger(__name__)
 
@@ -145,7 +145,7 @@ def process_task(task: DecodeTask, makers: Sequence[InputMaker], timeout_s: floa
 def _serve(conn: Connection, makers: Sequence[InputMaker], timeout_s: float) -> None:
     """Worker loop: receive tasks, send results; exit on None or when the parent is gone."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the main process's to handle
-    if "torch" in sys.modules:  # imported through extract.transforms; keep it to one thread
+    if "torch" in sys.modules:  # imported through extract.media.transforms; keep it to one thread
         sys.modules["torch"].set_num_threads(1)
     while True:
         try:
@@ -203,7 +203,7 @@ class DecodePool:
         self.replaced = 0
         self._ctx = mp.get_context(start_method)
         if start_method == "forkserver":
-            self._ctx.set_forkserver_preload(["extract._worker"])
+            self._ctx.set_forkserver_preload(["extract.dump.worker"])
         self._slots: list[_Slot] = []
         self._stop = threading.Event()
         self._pump_thread: threading.Thread | None = None

@@ -1,4 +1,4 @@
-"""Resumable stages: the loop that ``benchmarks.pipeline`` and ``benchmarks.recipe`` share.
+"""Resumable stages: the loop that ``benchmarks.pipeline`` and ``benchmarks.recipes`` share.
 
 Every stage records a key (a hash of its settings and of what the stages it reads from
 produced) in a JSON state file. A finished stage whose key is unchanged and whose outputs are
@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from benchmarks._pipeline_steps import digest
+from benchmarks.pipeline.steps import digest
 
 log = logging.getLogger(__name__)
 

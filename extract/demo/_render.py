@@ -28,7 +28,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from extract._demo_classes import APPEARANCE_OBJECTS, MOTION_PAIRS
+from extract.demo._classes import APPEARANCE_OBJECTS, MOTION_PAIRS
 
 COLOURS: dict[str, tuple[int, int, int]] = {
     "red": (220, 40, 40),

@@ -20,6 +20,8 @@ from typing import Any
 
 import numpy as np
 
+from benchmarks.pipeline.steps import PipelineError
+
 Analysis = Callable[[Any, dict[str, Any]], dict[str, Any]]
 _ANALYSES: dict[str, Analysis] = {}
 
@@ -43,9 +45,16 @@ def list_analyses() -> list[str]:
     return sorted(_ANALYSES)
 
 
-def _resolve(ctx: Any, ref: str) -> str:
-    from benchmarks._recipe_steps import best_run
+def best_run(ctx: Any, features: str) -> str:
+    """The head run on ``features`` with the best val class mAP."""
+    scored = [(r["scores"]["val"]["class_map"], r["run"]) for r in ctx.results["heads"]["runs"]
+              if r["features"] == features and r["status"] == "ok" and (r["scores"] or {}).get("val")]
+    if not scored:
+        raise PipelineError(f"[fusion] best:{features}: no head run on {features} has a val class mAP")
+    return max(scored)[1]
 
+
+def _resolve(ctx: Any, ref: str) -> str:
     return best_run(ctx, ref.split(":", 1)[1]) if ref.startswith("best:") else ref
 
 

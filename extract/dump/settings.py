@@ -43,8 +43,8 @@ from typing import Any
 
 from extract.backbones import BackboneInfo
 from extract.errors import ExtractError
-from extract.flow import FLOW_ALGORITHMS
-from extract.sampling import SAMPLING_MODES, ClipSampling, ViewSpec
+from extract.media.flow import FLOW_ALGORITHMS
+from extract.media.sampling import SAMPLING_MODES, ClipSampling, ViewSpec
 from store.cli import setting_name
 from store.threads import free_cores
 
