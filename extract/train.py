@@ -253,7 +253,8 @@ def run(args: argparse.Namespace, config: dict[str, Any]) -> int:
     from extract.settings import available_cores
     from extract.training import fit
     from extract.training.checkpoint import RECIPE_JSON, save_json
-    from extract.training.loop import default_workers, resolve_device
+    from extract.training.loop import default_workers
+    from heads.device import resolve_device
 
     named = {**config, **{k: v for k, v in vars(args).items() if k in _RECIPE_FIELDS}}
     out = args.out or Path("runs") / f"{named.get('backbone', _R.backbone)}_{named.get('modality', _R.modality)}"
@@ -274,7 +275,7 @@ def run(args: argparse.Namespace, config: dict[str, Any]) -> int:
             print(f"making the demo set in {args.demo_dir} ...", file=sys.stderr)
             manifest = make_demo(args.demo_dir, progress=not args.quiet)
     data = _data(args, manifest)
-    device = resolve_device(recipe)
+    device = torch.device(resolve_device(recipe.device))
     workers = default_workers(device) if args.workers is None else args.workers
     if args.threads or device.type == "cpu":
         torch.set_num_threads(args.threads or max(1, available_cores() - workers))

@@ -205,14 +205,6 @@ class StreamSource:
 Source = MemorySource | StreamSource
 
 
-def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name.startswith("cuda") and not torch.cuda.is_available():
-        raise TrainError(f"device {name!r} asked for but CUDA is not available; use --device cpu or auto")
-    return torch.device(name)
-
-
 def make_source(store: FeatureStore, config: TrainConfig, data: FeatureCache | None = None) -> Source:
     """RAM or streaming source for ``config.features`` (``data``, when given, wins)."""
     check_feature_sets(store, config.features)

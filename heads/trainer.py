@@ -36,15 +36,17 @@ from typing import Any
 import numpy as np
 import torch
 
-from heads._fit import FitResult, derive_seed, evaluate_scores, fit, predict
-from heads._train_data import FeatureCache, Source, TrainError, make_source, resolve_device
+from heads._fit import FitResult, evaluate_scores, fit, predict
+from heads._train_data import FeatureCache, Source, TrainError, make_source
+from heads.device import resolve_device
 from heads.losses import get_loss
 from heads.registry import get_head, get_head_builder
+from heads.seeding import derive_seed
 from heads.swa import AVERAGING
 from store.feature_store import FeatureStore
 
 __all__ = ["FeatureCache", "TrainConfig", "TrainError", "TrainResult", "assign_folds", "build_head",
-           "evaluate_scores", "fit", "make_source", "predict", "resolve_device", "train_head"]
+           "evaluate_scores", "fit", "make_source", "predict", "train_head"]
 
 log = logging.getLogger(__name__)
 
@@ -304,7 +306,7 @@ def train_head(store: FeatureStore | str | Path, config: TrainConfig, *, run_nam
         raise TrainError(f"invalid run name {run_name!r}: use letters, digits, '_', '-', '.' (not leading)")
     out = Path(out_dir) if out_dir is not None else None
     source = make_source(fs, config, data)
-    device = resolve_device(config.device)
+    device = torch.device(resolve_device(config.device))
     train_rows = np.intersect1d(fs.split_rows("train"), source.rows)
     val_rows = np.intersect1d(fs.split_rows("val"), source.rows)
     if len(train_rows) < 2:

@@ -22,6 +22,7 @@ from typing import Any
 from extract.backbones import BackboneInfo
 from extract.flow import FLOW_ALGORITHMS
 from extract.settings import DEVICES, ExtractSettings
+from heads.schedule import LRSchedule
 
 MODALITIES = ("rgb", "flow", "audio")
 OPTIMIZERS = ("sgd", "adamw")
@@ -203,6 +204,14 @@ class TrainRecipe:
         sampling, view = settings.clip_sampling(info), settings.view_spec(info)
         return dataclasses.replace(self, frames=sampling.frames_per_clip, crop=view.crop,
                                    short_side=view.short_side, train_segments=segments)
+
+    def lr_schedule(self, steps_per_epoch: int) -> LRSchedule:
+        """The learning rate of every step of this recipe's run (SWA's constant rate over the last epochs)."""
+        total = self.epochs * steps_per_epoch
+        swa_start = (self.epochs - self.swa_epochs) * steps_per_epoch if self.swa_epochs else None
+        return LRSchedule(lr=self.lr, total_steps=total, warmup_steps=round(self.warmup_epochs * steps_per_epoch),
+                          kind=self.schedule, cycle_steps=max(1, self.cycle_epochs * steps_per_epoch),
+                          min_lr_ratio=self.min_lr_ratio, swa_start=swa_start, swa_lr=self.swa_lr)
 
     def differences(self, other: TrainRecipe) -> list[str]:
         """``"name: ours != theirs"`` for every field that differs (for resume checks)."""
