@@ -37,6 +37,8 @@ from typing import Any
 from extract.demo import DemoConfig
 from extract.settings import BackboneChoice, ExtractSettings
 from extract.training import TrainRecipe
+from store.cli import INTERRUPTED, report_error, run_command
+from store.errors import VideoFeatError
 
 log = logging.getLogger(__name__)
 
@@ -47,7 +49,7 @@ EXTRACT_KEYS = ("sampling", "clips", "frames", "stride", "short_side", "crop", "
 SPLITS = ("train", "val", "test")
 
 
-class RecipeError(Exception):
+class RecipeError(VideoFeatError):
     """A recipe file that cannot run (the message names the file and the key)."""
 
 
@@ -263,12 +265,6 @@ def run_recipe(recipe: Recipe, workdir: str | Path, *, device: str = "auto", wor
 def recipe_command(name: str, workdir: Path, *, tiny: bool = False, device: str = "auto",
                    workers: int | None = None, progress: bool = True) -> int:
     """``--recipe NAME``: run it, print its table; returns the exit status (2: a user error)."""
-    from benchmarks._pipeline_steps import PipelineError
-    from extract.errors import ExtractError
-    from heads._train_data import TrainError as HeadTrainError
-    from heads.knn import KnnError
-    from store.errors import StoreError
-
     logging.getLogger("extract.backbones.registry").setLevel(logging.ERROR)  # random init is on purpose
 
     def on_stage(entry: dict[str, Any]) -> None:
@@ -280,17 +276,17 @@ def recipe_command(name: str, workdir: Path, *, tiny: bool = False, device: str 
             recipe = shrink(recipe)
         root = workdir / "recipes" / (recipe.name + ("_tiny" if tiny else ""))
         summary = run_recipe(recipe, root, device=device, workers=workers, progress=progress, on_stage=on_stage)
-    except (RecipeError, PipelineError, StoreError, ExtractError, KnnError, HeadTrainError, ValueError) as err:
-        print("error: " + " ".join(str(err).split()), file=sys.stderr)
-        return 2
+    except VideoFeatError as err:  # one recipe's mistake; benchmarks.run goes on with the next recipe
+        return report_error(err)
     except KeyboardInterrupt:
         print("interrupted: finished stages are kept; rerun the same command to continue", file=sys.stderr)
-        return 130
+        return INTERRUPTED
     print(summary["table"])
     print(f"\nwrote {root / 'RESULT.md'} and {root / 'result.json'} ({summary['total_seconds']:.0f} s)")
     return 0
 
 
+@run_command
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m benchmarks.recipe", description=__doc__.split("\n\n")[0],
                                  epilog=f"recipes: {', '.join(list_recipes())}")

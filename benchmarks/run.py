@@ -49,6 +49,7 @@ import benchmarks.train_bench  # noqa: F401  (registers "train")
 from benchmarks.recipe import list_recipes, recipe_command
 from benchmarks.registry import describe, get_benchmark, list_benchmarks
 from benchmarks.report import write_report
+from store.cli import run_command
 
 DEFAULT_REPORT = Path(__file__).resolve().parent / "REPORT.md"
 
@@ -217,6 +218,7 @@ def run_benchmarks(args: argparse.Namespace, command: str, machine: str) -> int:
     return 1 if failed else 0
 
 
+@run_command
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     command, machine = _command(argv), describe_machine()

@@ -69,8 +69,10 @@ from extract._demo_classes import (
 )
 from extract._demo_render import render_frames
 from extract._video_writer import AAC_SAMPLE_RATES, write_video
-from extract.errors import DemoConfigMismatch, DemoError, ExtractError
+from extract.errors import DemoConfigMismatch, DemoError
 from extract.inputs import VideoList, read_video_list
+from store.cli import run_command
+from store.errors import SettingsError
 
 logger = logging.getLogger(__name__)
 
@@ -107,22 +109,22 @@ class DemoConfig:
         for name, low in (("videos", 1), ("seed", 0), ("size", 32), ("sample_rate", 8000)):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < low:
-                raise ValueError(f"DemoConfig.{name} must be an integer >= {low}, got {value!r}")
+                raise SettingsError(f"DemoConfig.{name} must be an integer >= {low}, got {value!r}")
         if self.size % 2 or self.size > 1024:
-            raise ValueError(f"DemoConfig.size must be even and <= 1024 (H.264 yuv420p), "
+            raise SettingsError(f"DemoConfig.size must be even and <= 1024 (H.264 yuv420p), "
                              f"got {self.size}")
         if self.sample_rate not in AAC_SAMPLE_RATES:
-            raise ValueError(f"DemoConfig.sample_rate must be one of {AAC_SAMPLE_RATES} "
+            raise SettingsError(f"DemoConfig.sample_rate must be one of {AAC_SAMPLE_RATES} "
                              f"(AAC), got {self.sample_rate}")
         for name, low, high in (("fps", 1.0, 120.0), ("seconds", 1.0, 60.0),
                                 ("difficulty", 0.0, 1.0)):
             value = float(getattr(self, name))
             if not low <= value <= high:
-                raise ValueError(f"DemoConfig.{name} must be in [{low}, {high}], got {value}")
+                raise SettingsError(f"DemoConfig.{name} must be in [{low}, {high}], got {value}")
             object.__setattr__(self, name, value)
         splits = tuple(float(s) for s in self.splits)
         if len(splits) != 3 or min(splits) < 0 or splits[0] <= 0 or abs(sum(splits) - 1) > 1e-6:
-            raise ValueError(f"DemoConfig.splits must be 3 fractions (train, val, test) >= 0 "
+            raise SettingsError(f"DemoConfig.splits must be 3 fractions (train, val, test) >= 0 "
                              f"summing to 1 with train > 0, got {self.splits}")
         object.__setattr__(self, "splits", splits)
 
@@ -141,7 +143,7 @@ class DemoConfig:
         known = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(d) - known)
         if unknown:
-            raise ValueError(f"DemoConfig.from_dict: unknown keys {unknown}; expected a subset "
+            raise SettingsError(f"DemoConfig.from_dict: unknown keys {unknown}; expected a subset "
                              f"of {sorted(known)} (was this written by a newer version?)")
         return cls(**{k: tuple(v) if k == "splits" else v for k, v in d.items()})
 
@@ -390,23 +392,20 @@ def _parser() -> argparse.ArgumentParser:
     return p
 
 
+@run_command
 def main(argv: list[str] | None = None) -> int:
     """Command-line entry point; returns the exit status."""
     args = _parser().parse_args(argv)
     start = time.perf_counter()
     try:
-        try:
-            splits = tuple(float(s) for s in args.splits.split(","))
-        except ValueError:
-            raise ValueError(f"--splits must be three numbers like 0.7,0.15,0.15, got "
-                             f"{args.splits!r}") from None
-        config = DemoConfig(videos=args.videos, seed=args.seed, size=args.size, fps=args.fps,
-                            seconds=args.seconds, difficulty=args.difficulty,
-                            sample_rate=args.sample_rate, splits=splits)
-        manifest = make_demo(args.out, config, progress=not args.quiet)
-    except (ExtractError, ValueError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
+        splits = tuple(float(s) for s in args.splits.split(","))
+    except ValueError:
+        raise SettingsError(f"--splits must be three numbers like 0.7,0.15,0.15, got "
+                         f"{args.splits!r}") from None
+    config = DemoConfig(videos=args.videos, seed=args.seed, size=args.size, fps=args.fps,
+                        seconds=args.seconds, difficulty=args.difficulty,
+                        sample_rate=args.sample_rate, splits=splits)
+    manifest = make_demo(args.out, config, progress=not args.quiet)
     meta = json.loads(manifest.config_path.read_text(encoding="utf-8"))
     counts = " / ".join(f"{meta['split_counts'][s]} {s}" for s in SPLIT_NAMES)
     print(f"demo: {manifest.n_videos} videos ({counts}), {len(manifest.classes)} classes, "

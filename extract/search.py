@@ -36,7 +36,7 @@ from extract.pipeline import build_producers
 from extract.producers import FeatureProducer
 from extract.sampling import ClipSampling, ViewSpec
 from extract.settings import DEVICES, ExtractSettings
-from store.errors import StoreError
+from store.cli import run_command
 from store.feature_set import FeatureSet
 from store.feature_store import FeatureStore
 from store.index import FeatureIndex, IndexSpec, ensure_index, pool_video_vectors
@@ -198,27 +198,24 @@ def _parser() -> argparse.ArgumentParser:
     return p
 
 
+@run_command
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     from tqdm import tqdm
 
-    try:
-        if args.k < 1 or args.temperature <= 0 or args.top_labels < 0:
-            raise ExtractError("need -k >= 1, --temperature > 0 and --top-labels >= 0")
-        if not args.video.is_file():
-            raise ExtractError(f"--video {args.video}: file not found")
-        fs = FeatureStore.open(args.store, "a" if os.access(args.store, os.W_OK) else "r")
-        fset = fs.feature_set(args.features)
-        producer = producer_for(fset, weights=args.weights, device=args.device)  # fails before any index work
-        spec = None if args.index is None else IndexSpec(kind=args.index)
-        index = ensure_index(fset, spec, rebuild=args.rebuild, progress=None if args.quiet else tqdm)
-        embedding = embed_video(producer, args.video, dtype=fset.spec.dtype)
-        result = neighbours(fs, args.features, vectors=embedding.vector(index.spec.metric), k=args.k,
-                            temperature=args.temperature, index=index)
-    except (StoreError, ExtractError) as err:
-        print("error: " + " ".join(str(err).split()), file=sys.stderr)
-        return 2
+    if args.k < 1 or args.temperature <= 0 or args.top_labels < 0:
+        raise ExtractError("need -k >= 1, --temperature > 0 and --top-labels >= 0")
+    if not args.video.is_file():
+        raise ExtractError(f"--video {args.video}: file not found")
+    fs = FeatureStore.open(args.store, "a" if os.access(args.store, os.W_OK) else "r")
+    fset = fs.feature_set(args.features)
+    producer = producer_for(fset, weights=args.weights, device=args.device)  # fails before any index work
+    spec = None if args.index is None else IndexSpec(kind=args.index)
+    index = ensure_index(fset, spec, rebuild=args.rebuild, progress=None if args.quiet else tqdm)
+    embedding = embed_video(producer, args.video, dtype=fset.spec.dtype)
+    result = neighbours(fs, args.features, vectors=embedding.vector(index.spec.metric), k=args.k,
+                        temperature=args.temperature, index=index)
     print(f"index: {index.describe()}")
     title = (f"neighbours of {args.video} ({int(embedding.valid.sum())} of {len(embedding.valid)} clips valid, "
              f"embedded with {fset.spec.backbone})")

@@ -35,7 +35,7 @@ from typing import Any
 from extract._config import read_toml_config
 from extract.errors import DemoError, ExtractError
 from extract.training.recipe import CLASS_WEIGHTS, MODALITIES, OPTIMIZERS, SCHEDULES, TrainRecipe
-from store.errors import StoreError
+from store.cli import run_command
 
 log = logging.getLogger("extract.train")
 
@@ -306,22 +306,16 @@ def run(args: argparse.Namespace, config: dict[str, Any]) -> int:
     return 0
 
 
+@run_command(interrupted="the last finished epoch is in last.pt; rerun with --resume to continue")
 def main(argv: list[str] | None = None) -> int:
     """Command-line entry point; returns the exit status."""
     parser = _parser()
-    try:
-        known, _ = parser.parse_known_args(argv)
-        config = _read_config(parser, known.config) if known.config else {}
-        args = parser.parse_args(argv)
-        logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
-                            format="%(levelname)s %(name)s: %(message)s")
-        return run(args, config)
-    except (StoreError, ExtractError) as err:
-        print("error: " + " ".join(str(err).split()), file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print("interrupted: the last finished epoch is in last.pt; rerun with --resume to continue", file=sys.stderr)
-        return 130
+    known, _ = parser.parse_known_args(argv)
+    config = _read_config(parser, known.config) if known.config else {}
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
+                        format="%(levelname)s %(name)s: %(message)s")
+    return run(args, config)
 
 
 if __name__ == "__main__":

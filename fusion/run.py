@@ -30,7 +30,7 @@ from fusion.errors import FusionError
 from fusion.pipeline import METRIC_NAMES, fuse_runs
 from fusion.registry import list_fusions
 from fusion.report import HEADERS, write_report
-from store.errors import StoreError
+from store.cli import run_command
 
 # flag -> (method, settings field)
 _FLAG_SETTINGS = {"device": ("xgboost", "device"), "n_jobs": ("xgboost", "n_jobs"), "seed": ("xgboost", "seed"),
@@ -100,6 +100,7 @@ def _connect(address: str) -> Any:
             from None
 
 
+@run_command
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(message)s")
@@ -124,12 +125,9 @@ def main(argv: list[str] | None = None) -> int:
         for bar in bars:
             bar.close()
         report = write_report(result, args.report) if args.report is not None else None
-    except StoreError as exc:  # FusionError is a StoreError
+    finally:  # a VideoFeatError goes on to run_command: one line, exit 2
         for bar in bars:
             bar.close()
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    finally:
         if client is not None:
             client.close()
     table = result.metrics_table()

@@ -29,7 +29,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 import torch
 
-from store.errors import ShapeMismatch
+from store.errors import ShapeMismatch, VideoFeatError
 from store.feature_store import FeatureStore
 from store.readers import ChunkShuffleDataset
 
@@ -42,7 +42,7 @@ Batch = dict[str, torch.Tensor]
 MEMORY_FRACTION = 0.25  # "auto" keeps the features in RAM when they take less than this of the free RAM
 
 
-class TrainError(ValueError):
+class TrainError(VideoFeatError):
     """A user-caused problem with the training data (empty split, no labels, bad cache)."""
 
 

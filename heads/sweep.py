@@ -50,7 +50,8 @@ from heads._train_data import (
     estimate_bytes,
 )
 from heads.trainer import TrainConfig, build_head, train_head
-from store.errors import StoreError
+from store.cli import run_command
+from store.errors import SettingsError, StoreError, VideoFeatError
 from store.feature_store import FeatureStore
 
 __all__ = ["METRICS", "available_cores", "completed_runs", "dashboard_link", "estimate_cost", "local_cluster",
@@ -163,7 +164,7 @@ def train_task(store: str, config: TrainConfig, run_name: str, torch_threads: in
             before_train(config)
         start, cpu = time.perf_counter(), time.process_time()
         result = train_head(fs, config, run_name=run_name, data=data, progress=False)
-    except (StoreError, ValueError) as exc:  # TrainError, a config the data cannot take: retrying won't help
+    except (VideoFeatError, ValueError) as exc:  # a user error, a config the data cannot take: retrying won't help
         return {"status": "failed", "run": run_name, "error": _one_line(exc)}
     finally:
         torch.set_num_threads(previous)
@@ -227,7 +228,7 @@ def plan_sweep(store: FeatureStore | str | Path, configs: Sequence[TrainConfig],
     shapes = {f: check_feature_sets(fs, f) for f in dict.fromkeys(c.features for c in configs)}
     names = {c.config_hash(): c.default_run_name() for c in configs}
     if len(set(names.values())) != len(names):  # two hashes with the same first 8 digits
-        raise ValueError("two configurations would write the same run name; change a setting of one of them")
+        raise GridError("two configurations would write the same run name; change a setting of one of them")
     done = completed_runs(fs) if resume else {}
     cached = {h: {"status": "cached", "run": done[h][0], "metrics": done[h][1].get("metrics", {})}
               for h in names if h in done}
@@ -392,7 +393,7 @@ def _sweep(args: argparse.Namespace, configs: list[TrainConfig]) -> pd.DataFrame
         try:
             client = Client(args.scheduler, timeout="20s")
         except OSError as exc:
-            raise ValueError(f"cannot reach the Dask scheduler at {args.scheduler} ({exc}); "
+            raise SettingsError(f"cannot reach the Dask scheduler at {args.scheduler} ({exc}); "
                              "start one (dask scheduler / dask worker) or drop --scheduler") from None
         cluster, threads = None, args.torch_threads or 1
     else:
@@ -409,26 +410,20 @@ def _sweep(args: argparse.Namespace, configs: list[TrainConfig]) -> pd.DataFrame
             cluster.close()
 
 
+@run_command(interrupted="finished runs are in the store; the same command continues the sweep")
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     out = args.out or Path("runs") / f"sweep_{args.grid.stem}.csv"
-    try:
-        for flag, value, least in (("--workers", args.workers, 1), ("--torch-threads", args.torch_threads, 1),
-                                   ("--retries", args.retries, 0)):
-            if value is not None and value < least:
-                raise ValueError(f"{flag} must be at least {least}")
-        configs = expand_grid(load_grid(args.grid), name=args.grid.name)
-        todo, cached = plan_sweep(args.store, configs, resume=not args.rerun)
-        print(f"sweep of {len(configs)} configuration(s): {len(todo)} to train, {len(cached)} in the store already",
-              flush=True)
-        table = _sweep(args, configs) if todo else results_table(configs, cached)
-    except (GridError, StoreError, ValueError) as exc:
-        print(f"error: {_one_line(exc)}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print("interrupted: finished runs are in the store; the same command continues the sweep", file=sys.stderr)
-        return 130
+    for flag, value, least in (("--workers", args.workers, 1), ("--torch-threads", args.torch_threads, 1),
+                               ("--retries", args.retries, 0)):
+        if value is not None and value < least:
+            raise SettingsError(f"{flag} must be at least {least}")
+    configs = expand_grid(load_grid(args.grid), name=args.grid.name)
+    todo, cached = plan_sweep(args.store, configs, resume=not args.rerun)
+    print(f"sweep of {len(configs)} configuration(s): {len(todo)} to train, {len(cached)} in the store already",
+          flush=True)
+    table = _sweep(args, configs) if todo else results_table(configs, cached)
     print(format_table(table))
     out.parent.mkdir(parents=True, exist_ok=True)
     table.to_csv(out, index=False)

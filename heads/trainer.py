@@ -43,6 +43,7 @@ from heads.losses import get_loss
 from heads.registry import get_head, get_head_builder
 from heads.seeding import derive_seed
 from heads.swa import AVERAGING
+from store.errors import SettingsError
 from store.feature_store import FeatureStore
 
 __all__ = ["FeatureCache", "TrainConfig", "TrainError", "TrainResult", "assign_folds", "build_head",
@@ -117,10 +118,10 @@ class TrainConfig:
         object.__setattr__(self, "head_kwargs", dict(self.head_kwargs))
         object.__setattr__(self, "loss_kwargs", dict(self.loss_kwargs))
         if not features or len(set(features)) != len(features):
-            raise ValueError(f"features must name one or more distinct feature sets, got {list(features)}")
+            raise SettingsError(f"features must name one or more distinct feature sets, got {list(features)}")
         for name, choices in _CHOICES.items():
             if getattr(self, name) not in choices:
-                raise ValueError(f"{name} must be one of {', '.join(choices)}; got {getattr(self, name)!r}")
+                raise SettingsError(f"{name} must be one of {', '.join(choices)}; got {getattr(self, name)!r}")
         checks = [("lr", self.lr > 0), ("weight_decay", self.weight_decay >= 0), ("epochs", self.epochs >= 1),
                   ("batch_size", self.batch_size >= 2), ("warmup", self.warmup >= 0),
                   ("grad_clip", self.grad_clip >= 0), ("dropout", 0 <= self.dropout < 1),
@@ -129,10 +130,10 @@ class TrainConfig:
                   ("swa_start", self.swa_start is None or 0 <= self.swa_start < self.epochs)]
         for name, ok in checks:
             if not ok:
-                raise ValueError(f"invalid {name}={getattr(self, name)!r}: see TrainConfig's docstring for "
+                raise SettingsError(f"invalid {name}={getattr(self, name)!r}: see TrainConfig's docstring for "
                                  "the allowed range (folds: 0 or >= 2; swa_start: below epochs)")
         if not (self.device in ("auto", "cpu", "cuda") or self.device.startswith("cuda:")):
-            raise ValueError(f"device must be auto, cpu, cuda or cuda:N; got {self.device!r}")
+            raise SettingsError(f"device must be auto, cpu, cuda or cuda:N; got {self.device!r}")
         self._check_builder_kwargs()
 
     def _check_builder_kwargs(self) -> None:
@@ -140,19 +141,19 @@ class TrainConfig:
             head_params = set(inspect.signature(get_head_builder(self.head)).parameters) - {"in_dim", "num_classes"}
             get_loss(self.loss, **self.loss_kwargs)  # builds a small module: checks names and values
         except (KeyError, TypeError) as exc:
-            raise ValueError(str(exc).strip("'\"")) from None
+            raise SettingsError(str(exc).strip("'\"")) from None
         unknown = sorted(set(self.head_kwargs) - head_params)
         if unknown:
-            raise ValueError(f"head {self.head!r} does not accept {', '.join(unknown)}; "
+            raise SettingsError(f"head {self.head!r} does not accept {', '.join(unknown)}; "
                              f"it accepts: {', '.join(sorted(head_params - {'dropout'}))}")
         if "dropout" in self.head_kwargs:
-            raise ValueError("set the head's dropout with TrainConfig.dropout (--dropout), not in head_kwargs")
+            raise SettingsError("set the head's dropout with TrainConfig.dropout (--dropout), not in head_kwargs")
         if self.dropout and "dropout" not in head_params:
-            raise ValueError(f"head {self.head!r} has no dropout; leave dropout at 0")
+            raise SettingsError(f"head {self.head!r} has no dropout; leave dropout at 0")
         try:
             json.dumps([self.head_kwargs, self.loss_kwargs])
         except TypeError as exc:
-            raise ValueError(f"head_kwargs / loss_kwargs must be JSON values: {exc}") from None
+            raise SettingsError(f"head_kwargs / loss_kwargs must be JSON values: {exc}") from None
 
     def resolved_swa_start(self) -> int:
         """The first averaged epoch."""
@@ -176,7 +177,7 @@ class TrainConfig:
         names = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(d) - names)
         if unknown:
-            raise ValueError(f"unknown TrainConfig field(s) {', '.join(unknown)}; "
+            raise SettingsError(f"unknown TrainConfig field(s) {', '.join(unknown)}; "
                              f"fields are {', '.join(sorted(names))}")
         return cls(**d)
 

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import numpy as np
 
-from store.errors import StoreError
+from store.cli import run_command
 from store.feature_store import FeatureStore
 
 
@@ -73,16 +73,13 @@ def describe(path: str | Path, max_classes: int = 20) -> str:
     return "\n".join(lines)
 
 
+@run_command
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m store.info", description=__doc__)
     ap.add_argument("path", help="the NAME.zarr store directory")
     ap.add_argument("--classes", type=int, default=20, help="how many class counts to list (default 20)")
     args = ap.parse_args(argv)
-    try:
-        print(describe(args.path, args.classes))
-    except StoreError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+    print(describe(args.path, args.classes))
     return 0
 
 

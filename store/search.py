@@ -29,6 +29,7 @@ from typing import Any
 import numpy as np
 
 from store._index_spec import KINDS, LEVELS, IndexSpec
+from store.cli import run_command
 from store.errors import ShapeMismatch, StoreError
 from store.feature_set import FeatureSet
 from store.feature_store import FeatureStore
@@ -326,31 +327,28 @@ def format_neighbours(fs: FeatureStore, result: Neighbours, title: str, *, tempe
     return "\n".join(lines)
 
 
+@run_command
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     from tqdm import tqdm
 
-    try:
-        if args.k < 1 or args.temperature <= 0 or args.top_labels < 0:
-            raise StoreError("need -k >= 1, --temperature > 0 and --top-labels >= 0")
-        # The index is saved inside the store: open it writable when we may.
-        fs = FeatureStore.open(args.store, "a" if os.access(args.store, os.W_OK) else "r")
-        fset = fs.feature_set(args.features)
-        query, title = _query(fs, args, fset.spec.dim)
-        index = ensure_index(
-            fset,
-            _requested_spec(fset, args),
-            rebuild=args.rebuild,
-            progress=tqdm,
-            gpu=False if args.cpu else None,
-        )
-        result = neighbours(
-            fs, args.features, k=args.k, temperature=args.temperature, index=index, **query
-        )
-    except StoreError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+    if args.k < 1 or args.temperature <= 0 or args.top_labels < 0:
+        raise StoreError("need -k >= 1, --temperature > 0 and --top-labels >= 0")
+    # The index is saved inside the store: open it writable when we may.
+    fs = FeatureStore.open(args.store, "a" if os.access(args.store, os.W_OK) else "r")
+    fset = fs.feature_set(args.features)
+    query, title = _query(fs, args, fset.spec.dim)
+    index = ensure_index(
+        fset,
+        _requested_spec(fset, args),
+        rebuild=args.rebuild,
+        progress=tqdm,
+        gpu=False if args.cpu else None,
+    )
+    result = neighbours(
+        fs, args.features, k=args.k, temperature=args.temperature, index=index, **query
+    )
     print(f"index: {index.describe()}")
     if "rows" in query:
         title += f"; its labels: {label_names(fs.classes, fs.labels(query['rows'][:1])[0])}"

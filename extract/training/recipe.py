@@ -23,6 +23,7 @@ from extract.backbones import BackboneInfo
 from extract.flow import FLOW_ALGORITHMS
 from extract.settings import DEVICES, ExtractSettings
 from heads.schedule import LRSchedule
+from store.errors import SettingsError
 
 MODALITIES = ("rgb", "flow", "audio")
 OPTIMIZERS = ("sgd", "adamw")
@@ -141,16 +142,16 @@ class TrainRecipe:
                               ("class_weights", CLASS_WEIGHTS), ("device", DEVICES),
                               ("flow_algorithm", FLOW_ALGORITHMS)):
             if getattr(self, name) not in choices:
-                raise ValueError(f"TrainRecipe.{name} must be one of {choices}, got {getattr(self, name)!r}")
+                raise SettingsError(f"TrainRecipe.{name} must be one of {choices}, got {getattr(self, name)!r}")
         if not self.backbone:
-            raise ValueError("TrainRecipe.backbone must name a registered backbone")
+            raise SettingsError("TrainRecipe.backbone must name a registered backbone")
         from heads.losses import list_losses
 
         if self.loss not in list_losses():
-            raise ValueError(f"TrainRecipe.loss must be one of {list_losses()}, got {self.loss!r}")
+            raise SettingsError(f"TrainRecipe.loss must be one of {list_losses()}, got {self.loss!r}")
         for name in ("flip", "amp"):
             if not isinstance(getattr(self, name), bool):
-                raise ValueError(f"TrainRecipe.{name} must be true or false, got {getattr(self, name)!r}")
+                raise SettingsError(f"TrainRecipe.{name} must be true or false, got {getattr(self, name)!r}")
 
     def _check_numbers(self) -> None:
         for name, low, optional in (("epochs", 1, False), ("batch_size", 1, False), ("cycle_epochs", 1, False),
@@ -159,24 +160,24 @@ class TrainRecipe:
                                     ("short_side", 1, True), ("frames", 1, True), ("train_segments", 1, True)):
             value = getattr(self, name)
             if not (optional and value is None) and (not _is_int(value) or value < low):
-                raise ValueError(f"TrainRecipe.{name} must be an integer >= {low}, got {value!r}")
+                raise SettingsError(f"TrainRecipe.{name} must be an integer >= {low}, got {value!r}")
         for name in ("lr", "flow_bound"):
             if not _is_number(getattr(self, name)) or not getattr(self, name) > 0:
-                raise ValueError(f"TrainRecipe.{name} must be > 0, got {getattr(self, name)!r}")
+                raise SettingsError(f"TrainRecipe.{name} must be > 0, got {getattr(self, name)!r}")
         for name in ("momentum", "min_lr_ratio"):
             if not _is_number(getattr(self, name)) or not 0 <= getattr(self, name) < 1:
-                raise ValueError(f"TrainRecipe.{name} must be in [0, 1), got {getattr(self, name)!r}")
+                raise SettingsError(f"TrainRecipe.{name} must be in [0, 1), got {getattr(self, name)!r}")
         if not 0 <= self.dropout < 1:
-            raise ValueError(f"TrainRecipe.dropout must be in [0, 1), got {self.dropout!r}")
+            raise SettingsError(f"TrainRecipe.dropout must be in [0, 1), got {self.dropout!r}")
         for name in ("weight_decay", "warmup_epochs", "grad_clip", "mixup_alpha"):
             if not _is_number(getattr(self, name)) or getattr(self, name) < 0:
-                raise ValueError(f"TrainRecipe.{name} must be >= 0, got {getattr(self, name)!r}")
+                raise SettingsError(f"TrainRecipe.{name} must be >= 0, got {getattr(self, name)!r}")
         if self.swa_lr is not None and not (_is_number(self.swa_lr) and self.swa_lr > 0):
-            raise ValueError(f"TrainRecipe.swa_lr must be > 0 or None, got {self.swa_lr!r}")
+            raise SettingsError(f"TrainRecipe.swa_lr must be > 0 or None, got {self.swa_lr!r}")
         if self.swa_epochs > self.epochs:
-            raise ValueError(f"TrainRecipe.swa_epochs ({self.swa_epochs}) cannot exceed epochs ({self.epochs})")
+            raise SettingsError(f"TrainRecipe.swa_epochs ({self.swa_epochs}) cannot exceed epochs ({self.epochs})")
         if len(self.scale) != 2 or not 0 < self.scale[0] <= self.scale[1]:
-            raise ValueError(f"TrainRecipe.scale must be (low, high) with 0 < low <= high, got {self.scale}")
+            raise SettingsError(f"TrainRecipe.scale must be (low, high) with 0 < low <= high, got {self.scale}")
 
     # ------------------------------------------------------------------ backbone-dependent values
     def extract_settings(self) -> ExtractSettings:
@@ -192,11 +193,11 @@ class TrainRecipe:
         """
         want = {"rgb": ("frame2d", "clip3d"), "flow": ("frame2d", "clip3d"), "audio": ("audio2d", "audio1d")}
         if info.kind not in want[self.modality]:
-            raise ValueError(f"--modality {self.modality} needs a backbone of kind {' or '.join(want[self.modality])}; "
+            raise SettingsError(f"--modality {self.modality} needs a backbone of kind {' or '.join(want[self.modality])}; "
                              f"{info.name} is {info.kind}")
         segments = self.train_segments or (3 if info.kind == "frame2d" else 1)
         if segments > 1 and info.kind != "frame2d":
-            raise ValueError(f"train_segments={segments} joins clips on the time axis, which only frame "
+            raise SettingsError(f"train_segments={segments} joins clips on the time axis, which only frame "
                              f"(TSN) backbones allow; {info.name} is {info.kind}: use 1")
         if self.modality == "audio":  # windows come from the backbone; no pictures to crop
             return dataclasses.replace(self, train_segments=1, frames=1, flip=False)
@@ -230,7 +231,7 @@ class TrainRecipe:
         known = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(d) - known)
         if unknown:
-            raise ValueError(f"TrainRecipe.from_dict: unknown keys {unknown}; expected a subset of {sorted(known)}")
+            raise SettingsError(f"TrainRecipe.from_dict: unknown keys {unknown}; expected a subset of {sorted(known)}")
         d = dict(d)
         if d.get("scale") is not None:
             d["scale"] = tuple(d["scale"])

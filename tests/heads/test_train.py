@@ -7,8 +7,16 @@ import pytest
 import torch
 
 from heads.train import main
-from heads.trainer import FeatureCache, TrainConfig, assign_folds, build_head, train_head
+from heads.trainer import (
+    FeatureCache,
+    TrainConfig,
+    TrainError,
+    assign_folds,
+    build_head,
+    train_head,
+)
 from store import FeatureSetSpec
+from store.errors import SettingsError
 from store.testing import make_synthetic_store
 
 FAST = {"features": ("synthetic",), "epochs": 3, "batch_size": 32, "lr": 1e-2, "warmup": 0.5, "device": "cpu"}
@@ -49,9 +57,9 @@ def test_config_round_trip_hash_and_checks():
            {"loss": "focal", "loss_kwargs": {"bogus": 1}}, {"swa_start": 20}, {"features": ()},
            {"device": "tpu"}, {"reader": "disk"}, {"mixup_alpha": -1.0}]
     for kw in bad:
-        with pytest.raises(ValueError):
+        with pytest.raises(SettingsError):
             TrainConfig(**{"features": ("a",), **kw})
-    with pytest.raises(ValueError, match="unknown TrainConfig field"):
+    with pytest.raises(SettingsError, match="unknown TrainConfig field"):
         TrainConfig.from_dict({"features": ["a"], "learning_rate": 1})
 
 
@@ -110,7 +118,7 @@ def test_resume_gives_the_uninterrupted_result(store, tmp_path):
     other = TrainConfig(**{**cfg.to_dict(), "lr": 0.1})
     with pytest.raises(Stop):
         train_head(store, cfg, out_dir=tmp_path / "x", write_predictions=False, progress=False, on_epoch_end=interrupt)
-    with pytest.raises(ValueError, match="another configuration"):
+    with pytest.raises(TrainError, match="another configuration"):
         train_head(store, other, out_dir=tmp_path / "x", resume=True, write_predictions=False, progress=False)
 
 
@@ -153,7 +161,7 @@ def test_stream_reader_and_shared_cache(store):
     assert shared.metrics["reader"] == "memory"
     stream = train_head(store, TrainConfig(**base, reader="stream"), write_predictions=False, progress=False)
     assert stream.metrics["reader"] == "stream" and stream.metrics["val"]["class_map"] > 0.8
-    with pytest.raises(ValueError, match="feature sets"):
+    with pytest.raises(TrainError, match="feature sets"):
         train_head(store, TrainConfig(**{**base, "features": ("synthetic", "extra")}), data=cache, progress=False)
 
 
