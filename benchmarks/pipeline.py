@@ -50,7 +50,7 @@ from benchmarks._stages import Stage, run_stages
 from extract.demo import DemoConfig
 from extract.training import TrainRecipe
 from heads.trainer import TrainConfig
-from store.cli import run_command
+from store.cli import non_negative_int, positive_int, run_command, setting_name
 from store.errors import SettingsError
 
 log = logging.getLogger(__name__)
@@ -69,6 +69,15 @@ HEAD_KWARGS: dict[str, dict[str, Any]] = {
     "netvlad": {"num_clusters": 8, "hidden_dim": 128}, "nextvlad": {"num_clusters": 8, "hidden_dim": 128},
     "softdbof": {"num_clusters": 32, "hidden_dim": 128}, "nonlocal_netvlad": {"num_clusters": 8, "hidden_dim": 128},
 }
+
+
+#: PipelineConfig fields with a flag of ``python -m benchmarks.pipeline`` (the others come from --size).
+_FLAGGED = ("videos", "epochs", "head_epochs", "folds", "knn_k", "seed", "workers", "sweep_workers", "heads")
+
+
+def _setting(name: str) -> str:
+    """A PipelineConfig field as the user sets it: its flag (if any) and its name."""
+    return setting_name(name, None if name in _FLAGGED else "")
 
 
 @dataclass(frozen=True)
@@ -136,16 +145,16 @@ class PipelineConfig:
                           ("batch_size", 2), ("head_epochs", 1), ("knn_k", 1), ("sweep_workers", 0)):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < low:
-                raise SettingsError(f"PipelineConfig.{name} must be an integer >= {low}, got {value!r}")
+                raise SettingsError(f"{_setting(name)} must be a whole number >= {low}, got {value!r}")
         if self.folds < 2:
-            raise SettingsError(f"PipelineConfig.folds must be >= 2 (fusion stacks out-of-fold predictions), "
+            raise SettingsError(f"{_setting('folds')} must be >= 2 (fusion stacks out-of-fold predictions), "
                              f"got {self.folds}")
         if self.workers is not None and self.workers < 0:
-            raise SettingsError(f"PipelineConfig.workers must be >= 0 or None, got {self.workers}")
+            raise SettingsError(f"{_setting('workers')} must be >= 0 (or left out), got {self.workers}")
         if not self.heads:
-            raise SettingsError("PipelineConfig.heads must name at least one head")
+            raise SettingsError(f"{_setting('heads')} must name at least one head")
         if not self.lr > 0:
-            raise SettingsError(f"PipelineConfig.lr must be > 0, got {self.lr}")
+            raise SettingsError(f"{_setting('lr')} must be > 0, got {self.lr}")
         from extract.backbones import list_backbones
         from fusion import list_fusions
 
@@ -330,17 +339,17 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--workdir", type=Path, default=Path("."),
                    help="where demo/, demo.zarr, runs/pipeline/ and pipeline_summary.{md,json} go (default: .)")
     g = p.add_argument_group("overrides of the preset")
-    g.add_argument("--videos", type=int, help="demo videos")
-    g.add_argument("--epochs", type=int, help="backbone training epochs")
-    g.add_argument("--head-epochs", dest="head_epochs", type=int, help="most epochs of a head")
+    g.add_argument("--videos", type=positive_int, help="demo videos")
+    g.add_argument("--epochs", type=positive_int, help="backbone training epochs")
+    g.add_argument("--head-epochs", dest="head_epochs", type=positive_int, help="most epochs of a head")
     g.add_argument("--heads", help=f"comma-separated heads of the sweep (default: {','.join(d.heads)})")
-    g.add_argument("--folds", type=int, help=f"out-of-fold folds of heads and kNN (default: {d.folds})")
-    g.add_argument("--knn-k", dest="knn_k", type=int, help=f"kNN neighbours (default: {d.knn_k})")
-    g.add_argument("--seed", type=int, help=f"seed of everything (default: {d.seed})")
+    g.add_argument("--folds", type=positive_int, help=f"out-of-fold folds of heads and kNN (default: {d.folds})")
+    g.add_argument("--knn-k", dest="knn_k", type=positive_int, help=f"kNN neighbours (default: {d.knn_k})")
+    g.add_argument("--seed", type=non_negative_int, help=f"seed of everything (default: {d.seed})")
     g = p.add_argument_group("run")
     g.add_argument("--device", choices=("auto", "cpu", "cuda"), help="default: auto (CUDA when present)")
-    g.add_argument("--workers", type=int, help="decode worker processes (default: by machine; 0: in this process)")
-    g.add_argument("--sweep-workers", dest="sweep_workers", type=int,
+    g.add_argument("--workers", type=non_negative_int, help="decode worker processes (default: by machine; 0: in this process)")
+    g.add_argument("--sweep-workers", dest="sweep_workers", type=non_negative_int,
                    help="Dask LocalCluster workers for the head sweep (default: 0, in this process)")
     g.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
     g.add_argument("-v", "--verbose", action="store_true", help="log INFO messages")

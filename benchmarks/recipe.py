@@ -37,7 +37,7 @@ from typing import Any
 from extract.demo import DemoConfig
 from extract.settings import BackboneChoice, ExtractSettings
 from extract.training import TrainRecipe
-from store.cli import INTERRUPTED, report_error, run_command
+from store.cli import INTERRUPTED, non_negative_int, report_error, run_command
 from store.errors import VideoFeatError
 
 log = logging.getLogger(__name__)
@@ -295,7 +295,7 @@ def main(argv: list[str] | None = None) -> int:
                     help="runs go to WORKDIR/recipes/NAME (default benchmarks/_work)")
     ap.add_argument("--tiny", action="store_true", help="smoke-test size: 40 videos of 1 s, 1-2 epochs")
     ap.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
-    ap.add_argument("--workers", type=int, help="decode worker processes (default: by machine)")
+    ap.add_argument("--workers", type=non_negative_int, help="decode worker processes (default: by machine)")
     ap.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")

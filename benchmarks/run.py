@@ -49,7 +49,7 @@ import benchmarks.train_bench  # noqa: F401  (registers "train")
 from benchmarks.recipe import list_recipes, recipe_command
 from benchmarks.registry import describe, get_benchmark, list_benchmarks
 from benchmarks.report import write_report
-from store.cli import run_command
+from store.cli import positive_int, run_command
 
 DEFAULT_REPORT = Path(__file__).resolve().parent / "REPORT.md"
 
@@ -102,7 +102,7 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--workdir", type=Path, default=Path("benchmarks/_work"),
                     help="scratch directory for generated data; results/ and recipes/ in it feed the report "
                          "(default benchmarks/_work)")
-    ap.add_argument("--size", type=int, default=None, help="override the benchmark's main size (rows/vectors/videos)")
+    ap.add_argument("--size", type=positive_int, default=None, help="override the benchmark's main size (rows/vectors/videos)")
     ap.add_argument("--report", type=Path, default=DEFAULT_REPORT,
                     help="the Markdown report to write; plots go to report/ beside it (default benchmarks/REPORT.md)")
     mode = ap.add_mutually_exclusive_group()

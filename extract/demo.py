@@ -71,7 +71,7 @@ from extract._demo_render import render_frames
 from extract._video_writer import AAC_SAMPLE_RATES, write_video
 from extract.errors import DemoConfigMismatch, DemoError
 from extract.inputs import VideoList, read_video_list
-from store.cli import run_command
+from store.cli import non_negative_int, positive_float, positive_int, run_command, setting_name
 from store.errors import SettingsError
 
 logger = logging.getLogger(__name__)
@@ -109,22 +109,22 @@ class DemoConfig:
         for name, low in (("videos", 1), ("seed", 0), ("size", 32), ("sample_rate", 8000)):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < low:
-                raise SettingsError(f"DemoConfig.{name} must be an integer >= {low}, got {value!r}")
+                raise SettingsError(f"{setting_name(name)} must be a whole number >= {low}, got {value!r}")
         if self.size % 2 or self.size > 1024:
-            raise SettingsError(f"DemoConfig.size must be even and <= 1024 (H.264 yuv420p), "
+            raise SettingsError(f"{setting_name('size')} must be even and <= 1024 (H.264 yuv420p), "
                              f"got {self.size}")
         if self.sample_rate not in AAC_SAMPLE_RATES:
-            raise SettingsError(f"DemoConfig.sample_rate must be one of {AAC_SAMPLE_RATES} "
+            raise SettingsError(f"{setting_name('sample_rate')} must be one of {AAC_SAMPLE_RATES} "
                              f"(AAC), got {self.sample_rate}")
         for name, low, high in (("fps", 1.0, 120.0), ("seconds", 1.0, 60.0),
                                 ("difficulty", 0.0, 1.0)):
             value = float(getattr(self, name))
             if not low <= value <= high:
-                raise SettingsError(f"DemoConfig.{name} must be in [{low}, {high}], got {value}")
+                raise SettingsError(f"{setting_name(name)} must be in [{low}, {high}], got {value}")
             object.__setattr__(self, name, value)
         splits = tuple(float(s) for s in self.splits)
         if len(splits) != 3 or min(splits) < 0 or splits[0] <= 0 or abs(sum(splits) - 1) > 1e-6:
-            raise SettingsError(f"DemoConfig.splits must be 3 fractions (train, val, test) >= 0 "
+            raise SettingsError(f"splits must be 3 fractions (train, val, test) >= 0 "
                              f"summing to 1 with train > 0, got {self.splits}")
         object.__setattr__(self, "splits", splits)
 
@@ -378,14 +378,14 @@ def _parser() -> argparse.ArgumentParser:
             for family in ("appearance", "motion", "sound")),
         formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("--out", type=Path, default=DEFAULT_DEMO_DIR, help="output folder")
-    p.add_argument("--videos", type=int, default=d.videos, help="number of videos")
-    p.add_argument("--seed", type=int, default=d.seed, help="random seed")
-    p.add_argument("--size", type=int, default=d.size, help="frame size in pixels (even)")
-    p.add_argument("--fps", type=float, default=d.fps, help="frames per second")
-    p.add_argument("--seconds", type=float, default=d.seconds, help="clip duration")
+    p.add_argument("--videos", type=positive_int, default=d.videos, help="number of videos")
+    p.add_argument("--seed", type=non_negative_int, default=d.seed, help="random seed")
+    p.add_argument("--size", type=positive_int, default=d.size, help="frame size in pixels (even)")
+    p.add_argument("--fps", type=positive_float, default=d.fps, help="frames per second")
+    p.add_argument("--seconds", type=positive_float, default=d.seconds, help="clip duration")
     p.add_argument("--difficulty", type=float, default=d.difficulty,
                    help="0 = clean .. 1 = cluttered, noisy, confusable distractors")
-    p.add_argument("--sample-rate", type=int, default=d.sample_rate, help="audio rate (Hz)")
+    p.add_argument("--sample-rate", type=positive_int, default=d.sample_rate, help="audio rate (Hz)")
     p.add_argument("--splits", default=",".join(f"{s:g}" for s in d.splits),
                    help="train,val,test fractions")
     p.add_argument("--quiet", action="store_true", help="no progress bar")

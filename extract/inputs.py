@@ -15,13 +15,16 @@
   (CVDF flat layout), ``<label>/``, ``<label with _>/``, ``./``; the first that exists wins
   (the first one is reported when none does). ``<split>`` is tried as written and as its
   normal name (``validate``/``validation`` -> ``val``), which is also the row's split.
-* **Table** (header whose first column is ``path``): columns ``path`` and optionally
-  ``labels`` (several joined by ``;``) and ``split``; other columns are ignored. The demo's
-  ``videos.csv`` is one.
+* **Table** (header whose first column is ``path``, ``video``, ``video_path``, ``file`` or
+  ``filename``): the path column and optionally ``labels`` (or ``label``; several joined by
+  ``;``, or, when it is the last column, also in further fields as in Multi-MiT rows) and
+  ``split``; other columns are ignored. The demo's ``videos.csv`` is one.
 * **a folder**: every video file under it, recursively (hidden files and folders skipped),
   sorted, unlabelled.
 
-Blank rows and rows starting with ``#`` are skipped. Paths are relative to ``root``
+Blank rows and rows starting with ``#`` are skipped; fields are stripped of spaces and
+trailing empty fields (``a.mp4,x,``) dropped; ``\r\n`` and ``\r`` line ends and a UTF-8 byte
+order mark read like a clean file. A file that is not UTF-8 fails with its first bad line. Paths are relative to ``root``
 (default: the CSV's folder, or the folder itself); absolute paths are kept. A video's
 ``id`` is its path relative to ``root`` without the extension (POSIX separators), e.g.
 ``training/arresting/yt-Cl8xbqCv_vU_42``; the path as written is used when it lies outside
@@ -42,6 +45,7 @@ names the file and line.
 from __future__ import annotations
 
 import csv
+import io
 import logging
 import os
 import re
@@ -71,6 +75,9 @@ UNSPLIT = "unsplit"
 SPLIT_ALIASES = {"train": "train", "training": "train", "val": "val", "valid": "val",
                  "validate": "val", "validation": "val", "test": "test", "testing": "test"}
 LABEL_SEPARATOR = ";"
+#: First-column names that mark a header line of a table (``path,labels,split``).
+PATH_HEADERS = ("path", "video", "video_path", "file", "filename")
+LABEL_HEADERS = ("label", "labels")
 CLASS_FILE_NAMES = ("classes.txt", "moments_categories.txt")
 _INT = re.compile(r"^[+-]?\d+$")
 _SPLIT_WORD = re.compile(r"(?<![a-z])(train|val|test)")
@@ -157,20 +164,36 @@ def read_class_list(path: str | Path) -> list[str]:
 
 
 def _csv_rows(path: Path) -> list[tuple[int, list[str]]]:
-    """(line number, stripped fields) of the non-blank, non-comment rows."""
+    """(line number, stripped fields) of the non-blank, non-comment rows.
+
+    Fields are stripped of spaces. Line ends may be ``\n``, ``\r\n`` or ``\r``; a UTF-8 byte order mark is skipped.
+    """
+    data = path.read_bytes()
+    try:
+        text = data.decode("utf-8-sig")
+    except UnicodeDecodeError as err:
+        line = data.count(b"\n", 0, err.start) + 1
+        raise MalformedRowError("is not UTF-8 text (byte 0x%02x); save the file as UTF-8"
+                                % data[err.start], path, line) from None
     rows = []
-    with path.open(newline="", encoding="utf-8-sig") as f:
-        reader = csv.reader(f)
-        for fields in reader:
-            fields = [x.strip() for x in fields]
-            if not any(fields) or fields[0].startswith("#"):
-                continue
-            rows.append((reader.line_num, fields))
+    reader = csv.reader(io.StringIO(text, newline=""))
+    for fields in reader:
+        fields = [x.strip() for x in fields]
+        if not any(fields) or fields[0].startswith("#"):
+            continue
+        rows.append((reader.line_num, fields))
     return rows
 
 
 def _dedupe(labels: list[str]) -> list[str]:
     return list(dict.fromkeys(x for x in labels if x))
+
+
+def _trim(fields: list[str]) -> list[str]:
+    """A row without its trailing empty fields (``a.mp4,x,,`` -> ``a.mp4,x``)."""
+    while fields and not fields[-1]:
+        fields = fields[:-1]
+    return fields
 
 
 def _is_mit_v1(rows: list[tuple[int, list[str]]]) -> bool:
@@ -179,6 +202,7 @@ def _is_mit_v1(rows: list[tuple[int, list[str]]]) -> bool:
 
 
 def _parse_headerless(rows: list[tuple[int, list[str]]], source: Path) -> tuple[str, list[_Row]]:
+    rows = [(line, _trim(fields) or [""]) for line, fields in rows]
     mit = _is_mit_v1(rows)
     out = []
     for line, fields in rows:
@@ -191,8 +215,13 @@ def _parse_headerless(rows: list[tuple[int, list[str]]], source: Path) -> tuple[
 
 def _header_index(header: list[str], rows: list[tuple[int, list[str]]],
                   source: Path) -> dict[str, int]:
+    """Column indexes by name. A row may have more fields than the header when they are
+    empty (trailing commas), or when the last column is ``label(s)``: more labels (a
+    Multi-MiT list with a header line)."""
+    more_labels = header[-1] in LABEL_HEADERS
     for line, fields in rows:
-        if len(fields) != len(header):
+        extra = len(fields) > len(header) and not more_labels and any(fields[len(header):])
+        if extra or len(fields) < len(header):
             raise MalformedRowError(f"expected {len(header)} fields ({','.join(header)}), got "
                                     f"{len(fields)}; quote fields that contain commas",
                                     source, line)
@@ -201,13 +230,16 @@ def _header_index(header: list[str], rows: list[tuple[int, list[str]]],
 
 def _parse_table(header: list[str], rows: list[tuple[int, list[str]]],
                  source: Path) -> list[_Row]:
+    header = ["path", *header[1:]]
     col = _header_index(header, rows, source)
     labels_col = col.get("labels", col.get("label"))
+    last = labels_col is not None and labels_col == len(header) - 1
     out = []
     for line, f in rows:
         if not f[col["path"]]:
             raise MalformedRowError("empty path", source, line)
-        labels = f[labels_col].split(LABEL_SEPARATOR) if labels_col is not None else []
+        cells = (f[labels_col:] if last else [f[labels_col]]) if labels_col is not None else []
+        labels = [x for cell in cells for x in cell.split(LABEL_SEPARATOR)]
         out.append(_Row(line, f[col["path"]], _dedupe([x.strip() for x in labels]),
                         f[col["split"]] if "split" in col and f[col["split"]] else None))
     return out
@@ -377,7 +409,7 @@ def read_video_list(
         header = [x.lower() for x in raw[0][1]]
         if "youtube_id" in header:
             rows, fmt = _parse_kinetics(header, raw[1:], source, root), "kinetics"
-        elif header[0] == "path":
+        elif header[0] in PATH_HEADERS:
             rows, fmt = _parse_table(header, raw[1:], source), "table"
         else:
             fmt, rows = _parse_headerless(raw, source)

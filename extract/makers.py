@@ -44,6 +44,7 @@ from extract.transforms import make_views
 __all__ = [
     "AUDIO_INPUTS",
     "NO_AUDIO",
+    "SILENT_AUDIO",
     "AudioWindows",
     "FlowClips",
     "InputMaker",
@@ -56,6 +57,9 @@ __all__ = [
 AUDIO_INPUTS = ("log_mel", "vggish_patches", "waveform")
 #: ModelInput.note of a video whose audio windows hold no sample (no or empty track).
 NO_AUDIO = "no audio track"
+#: ModelInput.note of a video whose audio track is all zeros: its windows are valid inputs
+#: (log-mel ``log(log_offset)`` everywhere, finite) and their features are stored as usual.
+SILENT_AUDIO = "silent audio track"
 
 
 @dataclass(frozen=True, eq=False)
@@ -67,7 +71,8 @@ class ModelInput:
         valid: ``(K,)`` bool, False for padded slots (clips past a short video's end,
             audio windows without audio).
         times: ``(K, 2)`` float32 start/end seconds of each slot.
-        note: something the run counts in its summary (:data:`NO_AUDIO`), or None.
+        note: something the run counts in its summary (:data:`NO_AUDIO`,
+            :data:`SILENT_AUDIO`), or None.
     """
 
     inputs: np.ndarray
@@ -198,7 +203,8 @@ class AudioWindows(InputMaker):
 
     A window is ``audio.window_s`` long, centred on its clip
     (:func:`extract.audio.audio_windows`); its slot is valid when the clip is and the window
-    holds audio. A video without audio gives all-False slots and the note :data:`NO_AUDIO`.
+    holds audio. A video without audio gives all-False slots and the note :data:`NO_AUDIO`;
+    a track of zeros is real (silent) input: valid slots and the note :data:`SILENT_AUDIO`.
 
     Attributes:
         sampling: the N clips whose times the windows follow (the RGB timeline).
@@ -248,7 +254,7 @@ class AudioWindows(InputMaker):
             if self.input == "vggish_patches":
                 mel = vggish_patches(mel, self.patch_frames, self.patch_frames)  # -> (N, P, 96, M)
             inputs = mel.numpy()
-        note = None if heard.any() else NO_AUDIO
+        note = NO_AUDIO if not heard.any() else None if wave.any() else SILENT_AUDIO
         return ModelInput(inputs, valid, times.astype(np.float32), note)
 
 

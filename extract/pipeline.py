@@ -271,7 +271,8 @@ class RunStats:
     ``decode_calls / videos_decoded`` is the number of decodes per video (1: every clip,
     view, modality and feature set comes from one open); ``probe_calls`` counts header-only
     opens. ``notes`` counts videos by what the makers noted (``"no audio track"``: a video
-    whose audio rows were written with an all-False mask; not a failure).
+    whose audio rows were written with an all-False mask; ``"silent audio track"``: a track
+    of zeros, whose rows are valid features of silence; neither is a failure).
     """
 
     planned: int = 0

@@ -37,7 +37,7 @@ from extract._config import read_toml_config
 from extract.errors import DemoError, ExtractError
 from extract.flow import FLOW_ALGORITHMS
 from extract.settings import DEVICES, MODALITIES, BackboneChoice, ExtractSettings, parse_shard
-from store.cli import run_command
+from store.cli import non_negative_int, positive_float, positive_int, run_command
 from store.errors import SettingsError
 
 if TYPE_CHECKING:
@@ -153,7 +153,7 @@ def _parser() -> argparse.ArgumentParser:
         "<set>_logits for fusion. Every backbone needs weights with such a classifier",
     )
     g.add_argument(
-        "--seed", type=int, default=_D.seed, help=f"seed of a random init (default: {_D.seed})"
+        "--seed", type=non_negative_int, default=_D.seed, help=f"seed of a random init (default: {_D.seed})"
     )
     g = p.add_argument_group("clips and views")
     g.add_argument(
@@ -163,28 +163,28 @@ def _parser() -> argparse.ArgumentParser:
     )
     g.add_argument(
         "--clips",
-        type=int,
+        type=positive_int,
         default=_D.clips,
         help=f"clips (TSN segments) per video (default: {_D.clips})",
     )
     g.add_argument(
         "--frames",
-        type=int,
+        type=positive_int,
         help="frames per clip (default: the backbone's clip length, 1 for frame nets)",
     )
     g.add_argument(
         "--stride",
-        type=int,
+        type=positive_int,
         default=_D.stride,
         help=f"frame step inside a clip (default: {_D.stride})",
     )
     g.add_argument(
         "--crop",
-        type=int,
+        type=positive_int,
         help=f"square crop side in px (default: the backbone's input size; {DEMO_CROP} on the demo set)",
     )
     g.add_argument(
-        "--short-side", type=int, help="resize the short side to this first (default: crop * 8/7)"
+        "--short-side", type=positive_int, help="resize the short side to this first (default: crop * 8/7)"
     )
     g.add_argument(
         "--crops",
@@ -209,7 +209,7 @@ def _parser() -> argparse.ArgumentParser:
     )
     g.add_argument(
         "--flow-bound",
-        type=float,
+        type=positive_float,
         default=_D.flow_bound,
         help=f"clip flows to +-this many pixels per frame, then scale to [-1, 1] (default: "
         f"{_D.flow_bound:g})",
@@ -229,25 +229,25 @@ def _parser() -> argparse.ArgumentParser:
     )
     g.add_argument(
         "--batch-size",
-        type=int,
+        type=positive_int,
         default=_D.batch_size,
         help=f"clips per model batch, gathered across videos (default: {_D.batch_size})",
     )
     g.add_argument(
         "--workers",
-        type=int,
+        type=non_negative_int,
         help="decode processes; 0 decodes in the main process (default: max(1, cores // 4) on CPU, "
         "cores - 1 with CUDA; measured by benchmarks.run --only extract)",
     )
     g.add_argument(
         "--threads",
-        type=int,
+        type=positive_int,
         help="torch threads of the model (default: max(1, cores - workers) on CPU, 1 with CUDA)",
     )
     g.add_argument(
         "--timeout",
         dest="timeout_s",
-        type=float,
+        type=positive_float,
         default=_D.timeout_s,
         help=f"seconds one video may take to decode; a worker past it is killed and the row gets a "
         f"'decode timed out' error (default: {_D.timeout_s:g})",
@@ -257,20 +257,20 @@ def _parser() -> argparse.ArgumentParser:
         metavar="i/n",
         help="fill only the i-th of n chunk-aligned row ranges (default: all)",
     )
-    g.add_argument("--limit", type=int, help="process at most N pending rows (default: all)")
+    g.add_argument("--limit", type=positive_int, help="process at most N pending rows (default: all)")
     g.add_argument(
         "--retry-errors", action="store_true", help="also retry rows that failed in an earlier run"
     )
     g.add_argument(
         "--chunk-rows",
-        type=int,
+        type=positive_int,
         default=_D.chunk_rows,
         help=f"rows per storage chunk of a new feature set (default: {_D.chunk_rows})",
     )
     g.add_argument(
         "--flush-every",
         dest="flush_s",
-        type=float,
+        type=positive_float,
         default=_D.flush_s,
         help=f"write finished rows at least every this many seconds (default: {_D.flush_s:g})",
     )

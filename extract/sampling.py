@@ -65,6 +65,11 @@ def _check_fields(cls: type, d: dict[str, Any]) -> None:
         )
 
 
+#: The flags of ClipSampling's numbers (extract.run; extract.train's --train-segments and
+#: --eval-clips also set the clips).
+_CLIP_FLAGS = {"num_clips": "--clips", "frames_per_clip": "--frames", "stride": "--stride"}
+
+
 @dataclass(frozen=True)
 class ClipSampling:
     """How clips are placed in time.
@@ -86,12 +91,12 @@ class ClipSampling:
     def __post_init__(self) -> None:
         if self.mode not in SAMPLING_MODES:
             raise ValueError(
-                f"ClipSampling.mode must be one of {SAMPLING_MODES}, got {self.mode!r}"
+                f"--sampling must be one of {SAMPLING_MODES}, got {self.mode!r}"
             )
         for name in ("num_clips", "frames_per_clip", "stride"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
-                raise ValueError(f"ClipSampling.{name} must be an integer >= 1, got {value!r}")
+                raise ValueError(f"{_CLIP_FLAGS[name]} must be a whole number >= 1, got {value!r}")
         if type(self.random) not in (bool, np.bool_):
             raise ValueError(f"ClipSampling.random must be a bool, got {self.random!r}")
 
@@ -135,23 +140,23 @@ class ViewSpec:
     def __post_init__(self) -> None:
         scales = tuple(self.scales)
         if any(isinstance(s, bool) or not isinstance(s, (int, np.integer)) for s in scales):
-            raise ValueError(f"ViewSpec.scales must be integer short sides, got {self.scales!r}")
+            raise ValueError(f"--scales must be whole short sides in pixels, got {self.scales!r}")
         object.__setattr__(self, "scales", tuple(int(s) for s in scales))
         for name in ("short_side", "crop"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
-                raise ValueError(f"ViewSpec.{name} must be an integer >= 1, got {value!r}")
+                raise ValueError(f"--{name.replace('_', '-')} must be a whole number >= 1, got {value!r}")
         if self.crops not in CROP_MODES:
             raise ValueError(
-                f"ViewSpec.crops must be one of {sorted(CROP_MODES)}, got {self.crops!r}"
+                f"--crops must be one of {sorted(CROP_MODES)}, got {self.crops!r}"
             )
         sides = self.short_sides
         if len(set(sides)) != len(sides):
-            raise ValueError(f"ViewSpec: repeated short side in {sides}; list each scale once")
+            raise ValueError(f"--short-side and --scales repeat a short side ({sides}); list each scale once")
         if min(sides) < self.crop:
             raise ValueError(
-                f"ViewSpec: crop {self.crop} is larger than short side {min(sides)}; "
-                "lower crop or raise short_side/scales"
+                f"--crop {self.crop} is larger than the short side {min(sides)}; "
+                "lower --crop or raise --short-side / --scales"
             )
 
     @property

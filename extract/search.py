@@ -4,10 +4,13 @@
 
     python -m extract.search --store demo.zarr --features rgb_resnet18 --video clip.mp4 [-k 10]
     python -m extract.search --store mit.zarr --features rgb_r2plus1d_18 --video x.mp4 --weights r2plus1d_18.pth
+    python -m extract.search --store demo.zarr --features audio_resnet18_audio --video clip.mp4
 
-The file is embedded exactly as ``extract.run`` embedded the feature set: the producer is
-rebuilt from the set's recorded spec (backbone, random-init seed or weights checksum, clip
-sampling, views, chunking) through :func:`extract.pipeline.build_producers`, the file is
+Any feature set ``extract.run`` wrote can be searched: RGB, optical flow or audio. The file is
+embedded exactly as ``extract.run`` embedded the feature set: the producer is rebuilt from the
+set's recorded spec (modality, backbone, random-init seed or weights checksum, clip sampling,
+views, flow algorithm and bound, audio windows, chunking) through
+:func:`extract.pipeline.build_producers`, the file is
 decoded by the same worker function and embedded in the same model, and the features are
 rounded to the set's storage dtype. The per-video vector is the mean of the valid clips
 (:func:`store.index.pool_video_vectors`, what the index holds), and the search is
@@ -32,11 +35,12 @@ import numpy as np
 from extract._worker import DecodeTask, process_task
 from extract.backbones import file_sha256
 from extract.errors import ExtractError
+from extract.makers import NO_AUDIO
 from extract.pipeline import build_producers
 from extract.producers import FeatureProducer
 from extract.sampling import ClipSampling, ViewSpec
-from extract.settings import DEVICES, ExtractSettings
-from store.cli import run_command
+from extract.settings import DEVICES, MODALITIES, ExtractSettings
+from store.cli import non_negative_int, positive_float, positive_int, run_command
 from store.feature_set import FeatureSet
 from store.feature_store import FeatureStore
 from store.index import FeatureIndex, IndexSpec, ensure_index, pool_video_vectors
@@ -52,11 +56,20 @@ def _settings_from_spec(fset: FeatureSet, weights: str | os.PathLike | None, dev
     """The :class:`ExtractSettings` that made ``fset`` (as far as they shape the features)."""
     spec = fset.spec
     sampling = spec.sampling if isinstance(spec.sampling, dict) else {}
-    if spec.modality != "rgb" or "clips" not in sampling or "views" not in sampling:
+    views_needed = spec.modality != "audio"  # audio windows follow the clips, with no views
+    flow = spec.extra.get("flow") if spec.modality == "flow" else {}
+    if (spec.modality not in MODALITIES or "clips" not in sampling or (views_needed and "views" not in sampling)
+            or not isinstance(flow, dict) or (spec.modality == "flow" and not {"algorithm", "bound"} <= set(flow))):
         raise ExtractError(f"feature set {fset.name!r} (backbone {spec.backbone!r}, modality {spec.modality!r}) was"
-                           " not written by extract.run's RGB producer, so its embedding cannot be rebuilt; search"
-                           " it by id or vector with `python -m store.search`")
-    clips, views = ClipSampling.from_dict(sampling["clips"]), ViewSpec.from_dict(sampling["views"])
+                           " not written by extract.run, so its embedding cannot be rebuilt; search it by id or"
+                           " vector with `python -m store.search`")
+    clips = ClipSampling.from_dict(sampling["clips"])
+    shape: dict[str, object] = {}
+    if views_needed:
+        views = ViewSpec.from_dict(sampling["views"])
+        shape = {"short_side": views.short_side, "crop": views.crop, "crops": views.crops, "scales": views.scales}
+    if spec.modality == "flow":
+        shape |= {"flow_algorithm": flow["algorithm"], "flow_bound": flow["bound"]}
     if spec.weights_sha256 is None and weights is not None:
         raise ExtractError(f"feature set {fset.name!r} was extracted from a random init (seed "
                            f"{spec.extra.get('random_init_seed', 0)}), not from a checkpoint; drop --weights")
@@ -71,11 +84,10 @@ def _settings_from_spec(fset: FeatureSet, weights: str | os.PathLike | None, dev
             raise ExtractError(f"--weights {weights} has sha256 {digest[:16]}... but feature set {fset.name!r} was"
                                f" extracted with {spec.weights_sha256[:16]}...; pass the checkpoint it was made with")
     return ExtractSettings(
-        backbone=spec.backbone, weights=None if weights is None else str(weights),
+        backbone=spec.backbone, modality=spec.modality, weights=None if weights is None else str(weights),
         seed=int(spec.extra.get("random_init_seed", 0)), sampling=clips.mode, clips=clips.num_clips,
-        frames=clips.frames_per_clip, stride=clips.stride, short_side=views.short_side, crop=views.crop,
-        crops=views.crops, scales=views.scales, amp=spec.extra.get("precision") == "amp", device=device,
-        batch_size=batch_size, chunk_rows=spec.chunk_rows)
+        frames=clips.frames_per_clip, stride=clips.stride, amp=spec.extra.get("precision") == "amp", device=device,
+        batch_size=batch_size, chunk_rows=spec.chunk_rows, **shape)
 
 
 def producer_for(fset: FeatureSet, *, weights: str | os.PathLike | None = None, device: str = "auto",
@@ -140,14 +152,16 @@ def embed_video(producer: FeatureProducer, path: str | os.PathLike, *, dtype: st
     """Decode ``path`` once and embed its K clips with the producer, as ``extract.run`` does.
 
     Raises:
-        ExtractError: the file is missing or cannot be decoded, or has no valid clip.
+        ExtractError: the file is missing or cannot be decoded, or has no valid clip (too
+            short, or no audio track for an audio set).
     """
     res = process_task(DecodeTask(0, str(path), makers=(0,)), [producer.maker], timeout_s)
     if res.error:
         raise ExtractError(res.error)
     item = res.inputs[0]
     if not item.valid.any():
-        raise ExtractError(f"{path}: no valid clip could be sampled; the video is too short for this feature set")
+        why = "it has no audio track" if item.note == NO_AUDIO else "the video is too short for this feature set"
+        raise ExtractError(f"{path}: no valid clip to embed ({why})")
     feats = np.concatenate([producer.embed(item.inputs[s:s + batch_size])  # (B, ...) -> (B, D)
                             for s in range(0, len(item.inputs), batch_size)])
     data = feats.astype(dtype).astype(np.float32)  # what the store would hand back
@@ -187,9 +201,9 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--features", required=True, help="feature set to search (written by extract.run)")
     p.add_argument("--video", required=True, type=Path, help="the video file to search by")
     p.add_argument("--weights", type=Path, help="the checkpoint the set was extracted with (sha256 is checked)")
-    p.add_argument("-k", type=int, default=10, help="neighbours to show (default 10)")
-    p.add_argument("--temperature", type=float, default=0.1, help="softmax temperature of the votes (default 0.1)")
-    p.add_argument("--top-labels", type=int, default=5, help="propagated label scores to show (default 5)")
+    p.add_argument("-k", type=positive_int, default=10, help="neighbours to show (default 10)")
+    p.add_argument("--temperature", type=positive_float, default=0.1, help="softmax temperature of the votes (default 0.1)")
+    p.add_argument("--top-labels", type=non_negative_int, default=5, help="propagated label scores to show (default 5)")
     p.add_argument("--device", choices=DEVICES, default="auto", help="where the backbone runs (default auto)")
     p.add_argument("--index", choices=("auto", "flat", "ivf_flat", "ivf_sq8", "ivf_pq", "hnsw"),
                    help="index kind (default: the saved one, else auto)")
@@ -204,8 +218,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     from tqdm import tqdm
 
-    if args.k < 1 or args.temperature <= 0 or args.top_labels < 0:
-        raise ExtractError("need -k >= 1, --temperature > 0 and --top-labels >= 0")
     if not args.video.is_file():
         raise ExtractError(f"--video {args.video}: file not found")
     fs = FeatureStore.open(args.store, "a" if os.access(args.store, os.W_OK) else "r")

@@ -46,6 +46,7 @@ from extract.backbones import BackboneInfo
 from extract.errors import ExtractError
 from extract.flow import FLOW_ALGORITHMS
 from extract.sampling import SAMPLING_MODES, ClipSampling, ViewSpec
+from store.cli import setting_name
 from store.errors import SettingsError
 
 DEVICES = ("auto", "cpu", "cuda")
@@ -82,11 +83,16 @@ def parse_shard(text: str) -> tuple[int, int]:
     return int(m.group(1)), int(m.group(2))
 
 
+#: extract.run's flags whose name is not ``--`` + the field with dashes.
+_FLAGS = {"timeout_s": "--timeout", "flush_s": "--flush-every"}
+
+
 def _positive_int(name: str, value: Any, *, allow_none: bool = False, low: int = 1) -> None:
     if value is None and allow_none:
         return
     if isinstance(value, bool) or not isinstance(value, int) or value < low:
-        raise SettingsError(f"ExtractSettings.{name} must be an integer >= {low}, got {value!r}")
+        raise SettingsError(f"{setting_name(name, _FLAGS.get(name))} must be a whole number >= {low}, "
+                         f"got {value!r}")
 
 
 def _check_set_name(name: str | None) -> None:
@@ -244,15 +250,16 @@ class ExtractSettings:
             object.__setattr__(self, "shard", tuple(self.shard))
             if len(self.shard) != 2 or not 0 <= self.shard[0] < self.shard[1]:
                 raise SettingsError(
-                    f"ExtractSettings.shard must be (i, n) with 0 <= i < n, got {self.shard}"
+                    f"{setting_name('shard')} must be i/n with 0 <= i < n, got {self.shard}"
                 )
         if not self.backbone:
-            raise SettingsError("ExtractSettings.backbone must name a registered backbone")
+            raise SettingsError(f"{setting_name('backbone')} must name a registered backbone")
         _check_set_name(self.set_name)
         if self.backbones and (self.weights or self.set_name or self.modality != "rgb"):
             raise SettingsError(
-                "ExtractSettings: give the backbones either as backbone/modality/weights/set_name "
-                "(one feature set) or as backbones (several), not both"
+                "give the backbones either as --backbone NAME with --modality/--weights/--set (one "
+                "feature set) or as several --backbone MODALITY:NAME@WEIGHTS (in a --config file: "
+                "backbone = [...]), not both"
             )
         BackboneChoice(self.backbone, self.modality)  # checks the modality
         names = [c.set_name or c.default_set_name for c in self.choices()]
@@ -281,7 +288,8 @@ class ExtractSettings:
         for name in ("timeout_s", "flush_s"):
             if not float(getattr(self, name)) > 0:
                 raise SettingsError(
-                    f"ExtractSettings.{name} must be > 0 seconds, got {getattr(self, name)!r}"
+                    f"{setting_name(name, _FLAGS.get(name))} must be > 0 seconds, "
+                    f"got {getattr(self, name)!r}"
                 )
 
     # ------------------------------------------------------------------ resolution

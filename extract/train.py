@@ -35,7 +35,7 @@ from typing import Any
 from extract._config import read_toml_config
 from extract.errors import DemoError, ExtractError
 from extract.training.recipe import CLASS_WEIGHTS, MODALITIES, OPTIMIZERS, SCHEDULES, TrainRecipe
-from store.cli import run_command
+from store.cli import non_negative_int, positive_float, positive_int, run_command
 
 log = logging.getLogger("extract.train")
 
@@ -73,7 +73,7 @@ def _recipe_flags(p: argparse.ArgumentParser) -> None:
                    help="rgb clips, flow stacks (2-channel backbone) or audio windows (audio backbone) "
                         f"(default: {_R.modality})")
     g.add_argument("--weights", default=S, metavar="PATH", help="initial local checkpoint (default: random init)")
-    g.add_argument("--train-stages", dest="train_stages", type=int, default=S, metavar="K",
+    g.add_argument("--train-stages", dest="train_stages", type=non_negative_int, default=S, metavar="K",
                    help="fine-tune only the last K stages, the classifier counting as one; 0 = all (default: 0)")
     g.add_argument("--dropout", type=float, default=S, help=f"dropout before the classifier (default: {_R.dropout})")
     g = p.add_argument_group("loss and optimiser")
@@ -84,7 +84,7 @@ def _recipe_flags(p: argparse.ArgumentParser) -> None:
     g.add_argument("--class-weights", dest="class_weights", choices=CLASS_WEIGHTS, default=S,
                    help="per-class loss weights from train label counts: 1/sqrt(n) or 1/n (default: none)")
     g.add_argument("--optimizer", choices=OPTIMIZERS, default=S, help=f"(default: {_R.optimizer})")
-    g.add_argument("--lr", type=float, default=S, help=f"peak learning rate (default: {_R.lr})")
+    g.add_argument("--lr", type=positive_float, default=S, help=f"peak learning rate (default: {_R.lr})")
     g.add_argument("--momentum", type=float, default=S, help=f"SGD momentum / AdamW beta1 (default: {_R.momentum})")
     g.add_argument("--weight-decay", dest="weight_decay", type=float, default=S,
                    help=f"on conv/linear weights (default: {_R.weight_decay})")
@@ -92,41 +92,41 @@ def _recipe_flags(p: argparse.ArgumentParser) -> None:
                    help=f"cosine after warm-up, or cyclic cosine restarts (default: {_R.schedule})")
     g.add_argument("--warmup-epochs", dest="warmup_epochs", type=float, default=S,
                    help=f"linear warm-up (default: {_R.warmup_epochs})")
-    g.add_argument("--cycle-epochs", dest="cycle_epochs", type=int, default=S,
+    g.add_argument("--cycle-epochs", dest="cycle_epochs", type=positive_int, default=S,
                    help=f"cycle length of --schedule cyclic (default: {_R.cycle_epochs})")
     g.add_argument("--min-lr-ratio", dest="min_lr_ratio", type=float, default=S,
                    help=f"lowest rate as a fraction of --lr (default: {_R.min_lr_ratio})")
     g.add_argument("--grad-clip", dest="grad_clip", type=float, default=S,
                    help=f"clip the gradient norm; 0 = off (default: {_R.grad_clip})")
-    g.add_argument("--swa-epochs", dest="swa_epochs", type=int, default=S,
+    g.add_argument("--swa-epochs", dest="swa_epochs", type=non_negative_int, default=S,
                    help="average the weights of the last N epochs -> backbone_swa.pt (default: 0, off)")
-    g.add_argument("--swa-lr", dest="swa_lr", type=float, default=S,
+    g.add_argument("--swa-lr", dest="swa_lr", type=positive_float, default=S,
                    help="constant rate during the SWA epochs (default: keep the schedule)")
     g = p.add_argument_group("data and augmentation")
-    g.add_argument("--epochs", type=int, default=S, help=f"(default: {_R.epochs})")
-    g.add_argument("--batch-size", dest="batch_size", type=int, default=S,
+    g.add_argument("--epochs", type=positive_int, default=S, help=f"(default: {_R.epochs})")
+    g.add_argument("--batch-size", dest="batch_size", type=positive_int, default=S,
                    help=f"clips per step (default: {_R.batch_size})")
     g.add_argument("--mixup-alpha", dest="mixup_alpha", type=float, default=S,
                    help="between-class mixing of clip pairs, ratio ~ Beta(a, a); 0 = off (default: 0)")
-    g.add_argument("--crop", type=int, default=S,
+    g.add_argument("--crop", type=positive_int, default=S,
                    help=f"square crop side (default: the backbone's input size; {DEMO_CROP} on the demo set)")
-    g.add_argument("--short-side", dest="short_side", type=int, default=S,
+    g.add_argument("--short-side", dest="short_side", type=positive_int, default=S,
                    help="evaluation resize before the centre crop (default: crop * 8/7, as extract.run)")
     g.add_argument("--scale", type=_scale, default=S, metavar="LOW,HIGH",
                    help="training short side = short side x U(LOW, HIGH), then a random crop (default: 1.0,1.25)")
     g.add_argument("--flip", action=argparse.BooleanOptionalAction, default=S, help="random horizontal flips (default: off; mirroring swaps left/right and cw/ccw motion without swapping labels)")
-    g.add_argument("--frames", type=int, default=S, help="frames per clip (default: the backbone's clip length)")
-    g.add_argument("--stride", type=int, default=S, help=f"frame step in a clip (default: {_R.stride})")
-    g.add_argument("--train-segments", dest="train_segments", type=int, default=S,
+    g.add_argument("--frames", type=positive_int, default=S, help="frames per clip (default: the backbone's clip length)")
+    g.add_argument("--stride", type=positive_int, default=S, help=f"frame step in a clip (default: {_R.stride})")
+    g.add_argument("--train-segments", dest="train_segments", type=positive_int, default=S,
                    help="random clips per example, TSN consensus; frame backbones only (default: 3 for frame "
                         "backbones, else 1)")
-    g.add_argument("--eval-clips", dest="eval_clips", type=int, default=S,
+    g.add_argument("--eval-clips", dest="eval_clips", type=positive_int, default=S,
                    help=f"deterministic clips per val video, scores averaged (default: {_R.eval_clips})")
     g.add_argument("--flow-algorithm", dest="flow_algorithm", choices=("farneback", "tvl1"), default=S,
                    help=f"(--modality flow; default: {_R.flow_algorithm})")
-    g.add_argument("--flow-bound", dest="flow_bound", type=float, default=S,
+    g.add_argument("--flow-bound", dest="flow_bound", type=positive_float, default=S,
                    help=f"clip flow to +-N px/frame (default: {_R.flow_bound})")
-    g.add_argument("--seed", type=int, default=S, help=f"init, shuffles, clips, augmentation (default: {_R.seed})")
+    g.add_argument("--seed", type=non_negative_int, default=S, help=f"init, shuffles, clips, augmentation (default: {_R.seed})")
     g.add_argument("--device", choices=("auto", "cpu", "cuda"), default=S, help="(default: auto: CUDA if present)")
     g.add_argument("--amp", action=argparse.BooleanOptionalAction, default=S,
                    help="float16 autocast on CUDA (default: on; never on CPU)")
@@ -152,10 +152,10 @@ def _parser() -> argparse.ArgumentParser:
                    help="where the demo set lives when --videos is not given (default: demo)")
     _recipe_flags(p)
     g = p.add_argument_group("run")
-    g.add_argument("--workers", type=int, help="decode worker processes; 0 decodes in the main process "
+    g.add_argument("--workers", type=non_negative_int, help="decode worker processes; 0 decodes in the main process "
                                                "(default: min(4, cores) on CPU, cores - 1 with CUDA)")
-    g.add_argument("--threads", type=int, help="torch threads (default: cores - workers on CPU, at least 1)")
-    g.add_argument("--timeout", dest="timeout_s", type=float, default=60.0,
+    g.add_argument("--threads", type=positive_int, help="torch threads (default: cores - workers on CPU, at least 1)")
+    g.add_argument("--timeout", dest="timeout_s", type=positive_float, default=60.0,
                    help="seconds one video may take to decode (default: 60)")
     g.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
     g.add_argument("-v", "--verbose", action="store_true", help="log INFO messages")
@@ -249,6 +249,7 @@ def run(args: argparse.Namespace, config: dict[str, Any]) -> int:
     from tqdm import tqdm
     from tqdm.contrib.logging import logging_redirect_tqdm
 
+    from extract.backbones import read_torch_file
     from extract.demo import load_demo, make_demo
     from extract.settings import available_cores
     from extract.training import fit
@@ -279,6 +280,8 @@ def run(args: argparse.Namespace, config: dict[str, Any]) -> int:
     workers = default_workers(device) if args.workers is None else args.workers
     if args.threads or device.type == "cpu":
         torch.set_num_threads(args.threads or max(1, available_cores() - workers))
+    if recipe.weights is not None:
+        read_torch_file(recipe.weights)  # a file that is no checkpoint fails before --out is made
     out.mkdir(parents=True, exist_ok=True)
     save_json({k: str(Path(getattr(args, k)).resolve()) if getattr(args, k) is not None else None for k in _RUN_KEYS},
               out / RUN_JSON)

@@ -19,6 +19,6 @@ class SettingsMixin:
         names = {f.name for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
         unknown = sorted(set(d or {}) - names)
         if unknown:
-            raise FusionError(f"unknown setting(s) {', '.join(unknown)} for {cls.__name__}; "
+            raise FusionError(f"unknown setting(s) {', '.join(unknown)}; "
                               f"known: {', '.join(sorted(names)) or 'none'}")
         return cls(**(d or {}))

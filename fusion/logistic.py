@@ -47,7 +47,8 @@ class LogisticSettings(SettingsMixin):
 
     def __post_init__(self) -> None:
         if self.c <= 0 or self.max_iter < 1:
-            raise FusionError(f"logistic fusion needs c > 0 and max_iter >= 1, got {self.c}, {self.max_iter}")
+            raise FusionError(f"logistic fusion needs c > 0 (--logistic-c / [logistic] c) and max_iter >= 1 "
+                              f"([logistic] max_iter), got {self.c}, {self.max_iter}")
 
 
 def linear_features(x: StackInputs, availability: bool) -> np.ndarray:

@@ -13,7 +13,7 @@ from typing import Any, ClassVar
 
 import numpy as np
 
-from fusion.errors import UnknownMethod
+from fusion.errors import FusionError, UnknownMethod
 from fusion.inputs import StackInputs
 
 _METHODS: dict[str, type[Fuser]] = {}
@@ -95,5 +95,8 @@ def get_fusion(name: str, settings: Any = None, **kwargs: Any) -> Fuser:
     """
     cls = fusion_class(name)
     if settings is None or isinstance(settings, dict):
-        settings = cls.Settings.from_dict(settings)
+        try:
+            settings = cls.Settings.from_dict(settings)
+        except FusionError as err:
+            raise FusionError(f"fusion method {name!r} ([{name}] table of --config): {err}") from None
     return cls(settings, **kwargs)

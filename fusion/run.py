@@ -30,7 +30,7 @@ from fusion.errors import FusionError
 from fusion.pipeline import METRIC_NAMES, fuse_runs
 from fusion.registry import list_fusions
 from fusion.report import HEADERS, write_report
-from store.cli import run_command
+from store.cli import non_negative_int, positive_float, positive_int, run_command
 
 # flag -> (method, settings field)
 _FLAG_SETTINGS = {"device": ("xgboost", "device"), "n_jobs": ("xgboost", "n_jobs"), "seed": ("xgboost", "seed"),
@@ -57,14 +57,14 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--scheduler", default=None, help="Dask scheduler address (tcp://...): xgboost.dask training")
     ap.add_argument("--config", type=Path, default=None, help="TOML file with [xgboost]/[weighted]/[logistic] settings")
     ap.add_argument("--device", choices=("auto", "cpu", "cuda"), default=None, help="xgboost device (default auto)")
-    ap.add_argument("--n-jobs", type=int, default=None, help="xgboost threads (default: every core)")
-    ap.add_argument("--seed", type=int, default=None, help="xgboost seed (default 0)")
-    ap.add_argument("--max-depth", type=int, default=None, help="xgboost tree depth (default 3)")
-    ap.add_argument("--rounds", type=int, default=None, help="xgboost most rounds per class (default 200)")
-    ap.add_argument("--learning-rate", type=float, default=None, help="xgboost eta (default 0.1)")
+    ap.add_argument("--n-jobs", type=non_negative_int, default=None, help="xgboost threads (default: every core)")
+    ap.add_argument("--seed", type=non_negative_int, default=None, help="xgboost seed (default 0)")
+    ap.add_argument("--max-depth", type=positive_int, default=None, help="xgboost tree depth (default 3)")
+    ap.add_argument("--rounds", type=positive_int, default=None, help="xgboost most rounds per class (default 200)")
+    ap.add_argument("--learning-rate", type=positive_float, default=None, help="xgboost eta (default 0.1)")
     ap.add_argument("--other-scores", type=int, default=None,
                     help="other (run, class) scores per class for the trees; -1 all (default 8)")
-    ap.add_argument("--logistic-c", type=float, default=None, help="inverse L2 strength of the logistic stacker")
+    ap.add_argument("--logistic-c", type=positive_float, default=None, help="inverse L2 strength of the logistic stacker")
     ap.add_argument("--weighted-per-class", action="store_true", help="fit one weight vector per class")
     ap.add_argument("-v", "--verbose", action="store_true", help="log progress of the library")
     return ap

@@ -42,7 +42,8 @@ class WeightedSettings(SettingsMixin):
 
     def __post_init__(self) -> None:
         if self.max_iter < 1 or self.tol <= 0:
-            raise FusionError(f"weighted fusion needs max_iter >= 1 and tol > 0, got {self.max_iter}, {self.tol}")
+            raise FusionError(f"weighted fusion needs max_iter >= 1 and tol > 0 ([weighted] max_iter, tol in "
+                              f"--config), got {self.max_iter}, {self.tol}")
 
 
 def fit_mixture_weights(p: np.ndarray, y: np.ndarray, *, max_iter: int = 200, tol: float = 1e-9) -> np.ndarray:

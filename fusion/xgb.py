@@ -52,9 +52,16 @@ from fusion.inputs import EPS, StackInputs
 from fusion.logistic import LogisticFusion, LogisticSettings, out_of_fold_margin
 from fusion.registry import Fuser, register_fusion
 from heads.device import resolve_device
+from store.cli import setting_name
 
 log = logging.getLogger(__name__)
 DEVICES = ("auto", "cpu", "cuda")
+
+
+#: fusion.run's flags of XGBSettings fields (the others are keys of the [xgboost] table of --config).
+_FLAGS = {"max_depth": "--max-depth", "n_rounds": "--rounds", "learning_rate": "--learning-rate",
+          "other_scores": "--other-scores", "n_jobs": "--n-jobs", "seed": "--seed",
+          "device": "--device"}
 
 
 @dataclass(frozen=True)
@@ -105,17 +112,17 @@ class XGBSettings(SettingsMixin):
     seed: int = 0
 
     def __post_init__(self) -> None:
-        problems = []
-        if self.max_depth < 1 or self.n_rounds < 1 or self.early_stopping_rounds < 1 or self.max_bin < 2:
-            problems.append("max_depth, n_rounds, early_stopping_rounds >= 1 and max_bin >= 2")
-        if not 0 < self.valid_fraction < 1 or not 0 < self.subsample <= 1 or self.learning_rate <= 0:
-            problems.append("0 < valid_fraction < 1, 0 < subsample <= 1, learning_rate > 0")
-        if self.other_scores < -1 or self.base_folds < 2 or self.n_jobs < 0 or self.logistic_c <= 0:
-            problems.append("other_scores >= -1, base_folds >= 2, n_jobs >= 0, logistic_c > 0")
-        if self.device not in DEVICES:
-            problems.append(f"device in {DEVICES}")
+        checks = [("max_depth", self.max_depth >= 1, ">= 1"), ("n_rounds", self.n_rounds >= 1, ">= 1"),
+                  ("early_stopping_rounds", self.early_stopping_rounds >= 1, ">= 1"),
+                  ("max_bin", self.max_bin >= 2, ">= 2"), ("valid_fraction", 0 < self.valid_fraction < 1, "in (0, 1)"),
+                  ("subsample", 0 < self.subsample <= 1, "in (0, 1]"), ("learning_rate", self.learning_rate > 0, "> 0"),
+                  ("other_scores", self.other_scores >= -1, ">= -1 (-1: all)"),
+                  ("base_folds", self.base_folds >= 2, ">= 2"), ("n_jobs", self.n_jobs >= 0, ">= 0 (0: every core)"),
+                  ("logistic_c", self.logistic_c > 0, "> 0"), ("device", self.device in DEVICES, f"one of {DEVICES}")]
+        problems = [f"{setting_name(name, _FLAGS.get(name, ''))} must be {rule}, got {getattr(self, name)!r}"
+                    for name, ok, rule in checks if not ok]
         if problems:
-            raise FusionError(f"invalid xgboost settings {self.to_dict()}: need {'; '.join(problems)}")
+            raise FusionError(f"invalid xgboost settings ([xgboost] in --config): {'; '.join(problems)}")
 
     def params(self, device: str, nthread: int) -> dict[str, Any]:
         """The ``xgboost.train`` parameters of one class's booster."""

@@ -34,7 +34,7 @@ import numpy as np
 import pandas as pd
 
 from heads.trainer import assign_folds, evaluate_scores
-from store.cli import run_command
+from store.cli import non_negative_int, positive_float, positive_int, run_command
 from store.errors import VideoFeatError
 from store.feature_store import FeatureStore
 from store.index import FeatureIndex, IndexSpec, Progress, feature_vectors
@@ -312,18 +312,18 @@ def _parser() -> argparse.ArgumentParser:
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--store", required=True, help="the NAME.zarr store")
     p.add_argument("--features", required=True, help="feature set whose neighbours vote")
-    p.add_argument("-k", "--k", type=int, default=10, help="neighbours per video (default 10)")
-    p.add_argument("--temperature", type=float, default=0.1,
+    p.add_argument("-k", "--k", type=positive_int, default=10, help="neighbours per video (default 10)")
+    p.add_argument("--temperature", type=positive_float, default=0.1,
                    help="softmax temperature of the votes, in cosine units (default 0.1)")
-    p.add_argument("--folds", type=int, default=5,
+    p.add_argument("--folds", type=non_negative_int, default=5,
                    help="folds of the out-of-fold train scores, >= 2; 0: leave-one-out (default 5)")
-    p.add_argument("--seed", type=int, default=0, help="seed of the fold assignment (default 0)")
+    p.add_argument("--seed", type=non_negative_int, default=0, help="seed of the fold assignment (default 0)")
     p.add_argument("--run", help="prediction run name (default knn_<features>_k<K>)")
     p.add_argument("--index", choices=("auto", "flat", "ivf_flat", "ivf_sq8", "ivf_pq", "hnsw"), default="auto",
                    help="index kind of the in-memory indexes (default auto: exact below 20k train vectors)")
     p.add_argument("--level", choices=("video", "clip"), default="video",
                    help="index one mean vector per video or every clip (default video)")
-    p.add_argument("--recall-target", type=float, default=0.95,
+    p.add_argument("--recall-target", type=positive_float, default=0.95,
                    help="recall@10 an approximate index is tuned to (default 0.95)")
     p.add_argument("--cpu", action="store_true", help="search on the CPU even if faiss sees a GPU")
     a = p.add_argument_group("label audit")
@@ -331,7 +331,7 @@ def _parser() -> argparse.ArgumentParser:
                    help="rank train videos whose labels their neighbours disagree with; each is scored by all other "
                         "train videos (leave-one-out: --folds/--seed do not apply); writes a CSV, no run")
     a.add_argument("--out", type=Path, help="audit CSV (default knn_audit_<features>.csv)")
-    a.add_argument("--top", type=int, help="keep only the N strongest candidates in the CSV (default all)")
+    a.add_argument("--top", type=positive_int, help="keep only the N strongest candidates in the CSV (default all)")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
     return p
 
@@ -352,24 +352,19 @@ def _metrics_table(run: KnnRun) -> str:
 
 
 def _write_csv(table: pd.DataFrame, path: Path) -> None:
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-        table.to_csv(tmp, index=False)
-        os.replace(tmp, path)
-    except OSError as exc:
-        raise KnnError(f"cannot write --out {path}: {exc}") from None
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    table.to_csv(tmp, index=False)
+    os.replace(tmp, path)
 
 
-@run_command
+@run_command(path_errors=True)  # OSError: an unwritable --out
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     from tqdm import tqdm
 
     progress = None if args.quiet else tqdm
-    if args.top is not None and args.top < 1:
-        raise KnnError(f"--top must be >= 1, got {args.top}")
     if not args.audit and (args.out is not None or args.top is not None):
         raise KnnError("--out and --top belong to --audit; add --audit or drop them")
     spec = IndexSpec(kind=args.index, level=args.level, recall_target=args.recall_target, gpu=not args.cpu)

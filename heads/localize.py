@@ -34,7 +34,7 @@ from torch import nn
 from heads._train_data import StreamSource, TrainError
 from heads.pooling import MeanPooling, PooledHead
 from heads.trainer import TrainConfig, build_head, predict
-from store.cli import run_command
+from store.cli import positive_int, run_command
 from store.feature_store import FeatureStore
 
 log = logging.getLogger(__name__)
@@ -180,13 +180,13 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--store", type=Path, help="the store (default: the one recorded in the run)")
     ap.add_argument("--video", action="append", metavar="ID", help="print this video's localisation (repeat)")
     ap.add_argument("--split", default="val", help="rows to score with --save / --confusion (default val)")
-    ap.add_argument("--top", type=int, default=3, help="classes shown per video (default 3)")
+    ap.add_argument("--top", type=positive_int, default=3, help="classes shown per video (default 3)")
     ap.add_argument("--save", action="store_true",
                     help="write per-clip scores of --split to an NPZ (rows, ids, clip_scores (n, K, C) float16, "
                          "video_scores, mask, times, classes)")
     ap.add_argument("--out", type=Path, help="NPZ path for --save (default RUN/clip_scores_<split>.npz)")
     ap.add_argument("--confusion", action="store_true", help="print the most confused class pairs on --split")
-    ap.add_argument("--pairs", type=int, default=10, help="pairs in the confusion report (default 10)")
+    ap.add_argument("--pairs", type=positive_int, default=10, help="pairs in the confusion report (default 10)")
     ap.add_argument("--predictions", metavar="RUN", help="confusion from this prediction run of --store instead")
     ap.add_argument("--device", default="cpu")
     return ap

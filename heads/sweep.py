@@ -50,7 +50,7 @@ from heads._train_data import (
     estimate_bytes,
 )
 from heads.trainer import TrainConfig, build_head, train_head
-from store.cli import run_command
+from store.cli import non_negative_int, positive_int, run_command
 from store.errors import SettingsError, StoreError, VideoFeatError
 from store.feature_store import FeatureStore
 
@@ -364,12 +364,12 @@ def build_parser() -> argparse.ArgumentParser:
     where = ap.add_mutually_exclusive_group()
     where.add_argument("--scheduler", metavar="tcp://HOST:PORT", help="an existing Dask cluster's scheduler")
     where.add_argument("--serial", action="store_true", help="train one after another in this process (no Dask)")
-    ap.add_argument("--workers", type=int, help="LocalCluster worker processes (default: one per core)")
-    ap.add_argument("--torch-threads", type=int,
+    ap.add_argument("--workers", type=positive_int, help="LocalCluster worker processes (default: one per core)")
+    ap.add_argument("--torch-threads", type=positive_int,
                     help="torch threads per task (default: cores / workers locally, 1 on --scheduler)")
     ap.add_argument("--out", type=Path, metavar="CSV", help="results table (default runs/sweep_<grid name>.csv)")
     ap.add_argument("--rerun", action="store_true", help="train configurations already in the store again")
-    ap.add_argument("--retries", type=int, default=2, help="resubmissions of a task that raised (default 2)")
+    ap.add_argument("--retries", type=non_negative_int, default=2, help="resubmissions of a task that raised (default 2)")
     ap.add_argument("--quiet", action="store_true", help="no progress bar")
     return ap
 
@@ -415,10 +415,6 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     out = args.out or Path("runs") / f"sweep_{args.grid.stem}.csv"
-    for flag, value, least in (("--workers", args.workers, 1), ("--torch-threads", args.torch_threads, 1),
-                               ("--retries", args.retries, 0)):
-        if value is not None and value < least:
-            raise SettingsError(f"{flag} must be at least {least}")
     configs = expand_grid(load_grid(args.grid), name=args.grid.name)
     todo, cached = plan_sweep(args.store, configs, resume=not args.rerun)
     print(f"sweep of {len(configs)} configuration(s): {len(todo)} to train, {len(cached)} in the store already",

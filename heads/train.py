@@ -26,7 +26,7 @@ from heads._train_data import TrainError
 from heads.losses import list_losses
 from heads.registry import list_heads
 from heads.trainer import TrainConfig, train_head
-from store.cli import run_command
+from store.cli import non_negative_int, positive_float, positive_int, run_command
 
 _FILE_KEYS = ("store", "out", "run_name")
 _METRIC_COLUMNS = (("class_map", "class mAP"), ("sample_map", "sample mAP"), ("gap20", "GAP@20"),
@@ -64,21 +64,21 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--loss-arg", action="append", type=_key_value, metavar="KEY=VALUE", dest="loss_kwargs",
                    help="a keyword of the loss, e.g. gamma=2 (repeat)")
     g.add_argument("--optimizer", choices=("adam", "adamw"))
-    g.add_argument("--lr", type=float)
+    g.add_argument("--lr", type=positive_float)
     g.add_argument("--weight-decay", type=float)
-    g.add_argument("--epochs", type=int)
-    g.add_argument("--batch-size", type=int)
+    g.add_argument("--epochs", type=positive_int)
+    g.add_argument("--batch-size", type=positive_int)
     g.add_argument("--warmup", type=float, help="epochs of linear warm-up")
     g.add_argument("--cosine", action=argparse.BooleanOptionalAction, default=None, help="cosine decay after warm-up")
     g.add_argument("--grad-clip", type=float, help="max gradient norm (0: off)")
     g.add_argument("--dropout", type=float)
     g.add_argument("--mixup-alpha", type=float, help="feature-space mixup Beta(a, a) (0: off)")
-    g.add_argument("--patience", type=int, help="early stopping on val class mAP (0: off)")
+    g.add_argument("--patience", type=non_negative_int, help="early stopping on val class mAP (0: off)")
     g.add_argument("--swa", choices=("none", "swa", "ema"))
-    g.add_argument("--swa-start", type=int, help="first averaged epoch")
+    g.add_argument("--swa-start", type=non_negative_int, help="first averaged epoch")
     g.add_argument("--ema-decay", type=float)
-    g.add_argument("--seed", type=int)
-    g.add_argument("--folds", type=int, help="k >= 2: out-of-fold predictions for the train rows")
+    g.add_argument("--seed", type=non_negative_int)
+    g.add_argument("--folds", type=non_negative_int, help="k >= 2: out-of-fold predictions for the train rows")
     g.add_argument("--device", help="auto, cpu, cuda, cuda:N")
     g.add_argument("--class-weights", choices=("none", "sqrt", "linear"))
     g.add_argument("--reader", choices=("auto", "memory", "stream"))

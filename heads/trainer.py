@@ -43,6 +43,7 @@ from heads.losses import get_loss
 from heads.registry import get_head, get_head_builder
 from heads.seeding import derive_seed
 from heads.swa import AVERAGING
+from store.cli import setting_name
 from store.errors import SettingsError
 from store.feature_store import FeatureStore
 
@@ -54,6 +55,12 @@ log = logging.getLogger(__name__)
 _RUN_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]*$")  # the store's rule for prediction run names
 _CHOICES = {"optimizer": ("adam", "adamw"), "swa": AVERAGING, "class_weights": ("none", "sqrt", "linear"),
             "reader": ("auto", "memory", "stream")}
+#: The allowed range of each checked number, for the error message.
+_RANGES = {"lr": "must be > 0", "weight_decay": "must be >= 0", "epochs": "must be >= 1",
+           "batch_size": "must be >= 2", "warmup": "must be >= 0", "grad_clip": "must be >= 0 (0: off)",
+           "dropout": "must be in [0, 1)", "mixup_alpha": "must be >= 0 (0: off)",
+           "patience": "must be >= 0 (0: off)", "ema_decay": "must be in (0, 1)",
+           "folds": "must be 0 (off) or >= 2", "swa_start": "must be >= 0 and below the epochs"}
 
 
 @dataclass(frozen=True)
@@ -118,10 +125,12 @@ class TrainConfig:
         object.__setattr__(self, "head_kwargs", dict(self.head_kwargs))
         object.__setattr__(self, "loss_kwargs", dict(self.loss_kwargs))
         if not features or len(set(features)) != len(features):
-            raise SettingsError(f"features must name one or more distinct feature sets, got {list(features)}")
+            raise SettingsError(f"{setting_name('features')} must name one or more distinct feature sets, "
+                             f"got {list(features)}")
         for name, choices in _CHOICES.items():
             if getattr(self, name) not in choices:
-                raise SettingsError(f"{name} must be one of {', '.join(choices)}; got {getattr(self, name)!r}")
+                raise SettingsError(f"{setting_name(name)} must be one of {', '.join(choices)}; "
+                                 f"got {getattr(self, name)!r}")
         checks = [("lr", self.lr > 0), ("weight_decay", self.weight_decay >= 0), ("epochs", self.epochs >= 1),
                   ("batch_size", self.batch_size >= 2), ("warmup", self.warmup >= 0),
                   ("grad_clip", self.grad_clip >= 0), ("dropout", 0 <= self.dropout < 1),
@@ -130,10 +139,9 @@ class TrainConfig:
                   ("swa_start", self.swa_start is None or 0 <= self.swa_start < self.epochs)]
         for name, ok in checks:
             if not ok:
-                raise SettingsError(f"invalid {name}={getattr(self, name)!r}: see TrainConfig's docstring for "
-                                 "the allowed range (folds: 0 or >= 2; swa_start: below epochs)")
+                raise SettingsError(f"invalid {setting_name(name)} {getattr(self, name)!r}: {_RANGES[name]}")
         if not (self.device in ("auto", "cpu", "cuda") or self.device.startswith("cuda:")):
-            raise SettingsError(f"device must be auto, cpu, cuda or cuda:N; got {self.device!r}")
+            raise SettingsError(f"{setting_name('device')} must be auto, cpu, cuda or cuda:N; got {self.device!r}")
         self._check_builder_kwargs()
 
     def _check_builder_kwargs(self) -> None:
@@ -147,13 +155,14 @@ class TrainConfig:
             raise SettingsError(f"head {self.head!r} does not accept {', '.join(unknown)}; "
                              f"it accepts: {', '.join(sorted(head_params - {'dropout'}))}")
         if "dropout" in self.head_kwargs:
-            raise SettingsError("set the head's dropout with TrainConfig.dropout (--dropout), not in head_kwargs")
+            raise SettingsError("set the head's dropout with --dropout / dropout, not with --head-arg / head_kwargs")
         if self.dropout and "dropout" not in head_params:
-            raise SettingsError(f"head {self.head!r} has no dropout; leave dropout at 0")
+            raise SettingsError(f"head {self.head!r} has no dropout; leave --dropout / dropout at 0")
         try:
             json.dumps([self.head_kwargs, self.loss_kwargs])
         except TypeError as exc:
-            raise SettingsError(f"head_kwargs / loss_kwargs must be JSON values: {exc}") from None
+            raise SettingsError(f"--head-arg / head_kwargs and --loss-arg / loss_kwargs must be JSON values: {exc}") \
+                from None
 
     def resolved_swa_start(self) -> int:
         """The first averaged epoch."""
@@ -177,8 +186,8 @@ class TrainConfig:
         names = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(d) - names)
         if unknown:
-            raise SettingsError(f"unknown TrainConfig field(s) {', '.join(unknown)}; "
-                             f"fields are {', '.join(sorted(names))}")
+            raise SettingsError(f"unknown setting(s) {', '.join(unknown)}; the settings (TOML keys, and flags "
+                             f"with -- and dashes) are {', '.join(sorted(names))}")
         return cls(**d)
 
     def config_hash(self) -> str:

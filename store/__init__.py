@@ -9,6 +9,8 @@ Public API::
     verify_store                                the checks behind ``python -m store.verify``
     IndexSpec, FeatureIndex, ensure_index, ...  faiss indexes over feature sets (store.index)
     store.search.neighbours, ...                nearest-neighbour search (import store.search)
+    store.export.export_features, export_run    feature sets / runs to npy, HDF5, Parquet
+    store.feature_import.import_features        npy / HDF5 features of other tools into a set
 """
 
 from store.errors import StoreError

@@ -14,6 +14,10 @@ work starts::
 
     p.add_argument("--clips", type=positive_int, default=8)
     p.add_argument("--workers", type=non_negative_int)
+
+Settings dataclasses that serve both a command and a file (or the Python API) name a bad
+value the way the user wrote it, with :func:`setting_name`: ``--batch-size / batch_size must be
+a whole number >= 1, got 0``.
 """
 
 from __future__ import annotations
@@ -37,14 +41,16 @@ def report_error(exc: BaseException) -> int:
     return USER_ERROR
 
 
-def run_command(main: Callable[P, int] | None = None, *,
-                interrupted: str | None = None) -> Callable[P, int] | Callable[[Callable[P, int]], Callable[P, int]]:
+def run_command(main: Callable[P, int] | None = None, *, interrupted: str | None = None,
+                path_errors: bool = False) -> Callable[P, int] | Callable[[Callable[P, int]], Callable[P, int]]:
     """Decorate a command's ``main``: the project's errors become one line and exit status 2.
 
     Args:
         main: the command's entry point (returns its exit status).
         interrupted: what to tell the user after Ctrl-C (``interrupted: ...``, exit 130); None
             lets ``KeyboardInterrupt`` through.
+        path_errors: an ``OSError`` is a user error too (commands whose work is reading and
+            writing the files the user names: an unreadable input, an unwritable output).
 
     Usable bare (``@run_command``) or with arguments (``@run_command(interrupted="...")``).
     """
@@ -54,6 +60,10 @@ def run_command(main: Callable[P, int] | None = None, *,
             try:
                 return fn(*args, **kwargs)
             except VideoFeatError as exc:
+                return report_error(exc)
+            except OSError as exc:
+                if not path_errors:
+                    raise
                 return report_error(exc)
             except KeyboardInterrupt:
                 if interrupted is None:
@@ -97,3 +107,16 @@ def positive_float(text: str) -> float:
     if not value > 0:
         raise argparse.ArgumentTypeError(f"must be greater than 0, got {text}")
     return value
+
+
+def setting_name(field: str, flag: str | None = None) -> str:
+    """A setting in the user's terms, for error messages of settings that serve both a command
+    and a file (or the Python API): its flag and its key, ``"--batch-size / batch_size"``.
+
+    Args:
+        field: the dataclass field, which is also the key in config files.
+        flag: the command's flag when it is not ``--`` + the field with dashes; ``""`` for a
+            setting without a flag (then only the key is named).
+    """
+    flag = "--" + field.replace("_", "-") if flag is None else flag
+    return f"{flag} / {field}" if flag else field

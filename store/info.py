@@ -9,7 +9,7 @@ from pathlib import Path
 
 import numpy as np
 
-from store.cli import run_command
+from store.cli import non_negative_int, run_command
 from store.feature_store import FeatureStore
 
 
@@ -77,7 +77,7 @@ def describe(path: str | Path, max_classes: int = 20) -> str:
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m store.info", description=__doc__)
     ap.add_argument("path", help="the NAME.zarr store directory")
-    ap.add_argument("--classes", type=int, default=20, help="how many class counts to list (default 20)")
+    ap.add_argument("--classes", type=non_negative_int, default=20, help="how many class counts to list (default 20)")
     args = ap.parse_args(argv)
     print(describe(args.path, args.classes))
     return 0

@@ -29,7 +29,7 @@ from typing import Any
 import numpy as np
 
 from store._index_spec import KINDS, LEVELS, IndexSpec
-from store.cli import run_command
+from store.cli import non_negative_int, positive_float, positive_int, run_command
 from store.errors import ShapeMismatch, StoreError
 from store.feature_set import FeatureSet
 from store.feature_store import FeatureStore
@@ -231,7 +231,7 @@ def _parser() -> argparse.ArgumentParser:
     query = p.add_mutually_exclusive_group(required=True)
     query.add_argument("--id", help="id of a stored video (it is left out of its own neighbours)")
     query.add_argument("--vector", help=".npy file holding one (D,) or (1, D) query vector")
-    p.add_argument("-k", type=int, default=10, help="neighbours to show (default 10)")
+    p.add_argument("-k", type=positive_int, default=10, help="neighbours to show (default 10)")
     p.add_argument(
         "--index",
         choices=KINDS,
@@ -246,7 +246,7 @@ def _parser() -> argparse.ArgumentParser:
     )
     p.add_argument(
         "--recall-target",
-        type=float,
+        type=positive_float,
         default=None,
         help="recall@10 to tune an approximate index to (default: saved, else 0.95)",
     )
@@ -257,12 +257,12 @@ def _parser() -> argparse.ArgumentParser:
     )
     p.add_argument(
         "--temperature",
-        type=float,
+        type=positive_float,
         default=0.1,
         help="softmax temperature of the label votes (default 0.1)",
     )
     p.add_argument(
-        "--top-labels", type=int, default=5, help="propagated label scores to show (default 5)"
+        "--top-labels", type=non_negative_int, default=5, help="propagated label scores to show (default 5)"
     )
     p.add_argument("--cpu", action="store_true", help="search on the CPU even if faiss sees a GPU")
     return p
@@ -333,8 +333,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     from tqdm import tqdm
 
-    if args.k < 1 or args.temperature <= 0 or args.top_labels < 0:
-        raise StoreError("need -k >= 1, --temperature > 0 and --top-labels >= 0")
     # The index is saved inside the store: open it writable when we may.
     fs = FeatureStore.open(args.store, "a" if os.access(args.store, os.W_OK) else "r")
     fset = fs.feature_set(args.features)

@@ -33,7 +33,13 @@ from extract.backbones.registry import (
     register_backbone,
 )
 from extract.backbones.tsm import temporal_shift
-from extract.backbones.weights import WeightsError, adapt_first_conv, file_sha256, load_weights
+from extract.backbones.weights import (
+    WeightsError,
+    adapt_first_conv,
+    file_sha256,
+    load_weights,
+    read_torch_file,
+)
 
 __all__ = [
     "Backbone",
@@ -44,6 +50,7 @@ __all__ = [
     "get_backbone",
     "list_backbones",
     "load_weights",
+    "read_torch_file",
     "register_backbone",
     "temporal_shift",
 ]

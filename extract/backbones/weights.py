@@ -20,6 +20,7 @@ import os
 import pickle
 from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch import Tensor, nn
@@ -28,7 +29,7 @@ from extract.errors import ExtractError
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["WeightsError", "adapt_first_conv", "file_sha256", "load_weights"]
+__all__ = ["WeightsError", "adapt_first_conv", "file_sha256", "load_weights", "read_torch_file"]
 
 #: Keys of the classifier, which may be absent or differently shaped (other class counts).
 CLASSIFIER_PREFIX = "fc."
@@ -107,20 +108,54 @@ def adapt_first_conv(module: nn.Module, in_channels: int) -> nn.Module:
     return new
 
 
+#: What a weights file must be, for error messages.
+EXPECTED = (
+    "expected a torch state dict (torch.save(model.state_dict(), path)) or a checkpoint saved by "
+    "extract.train (OUT/backbone.pt, backbone_swa.pt, best.pt or last.pt)"
+)
+
+
+def _what_file(path: Path) -> str:
+    """A few words on what a file that torch cannot load looks like."""
+    with open(path, "rb") as f:
+        head = f.read(256)
+    if not head:
+        return "an empty file"
+    if head.startswith(b"PK"):
+        return "a zip archive torch cannot read (truncated or damaged?)"
+    if head.startswith(b"\x80"):
+        return "a pickle of objects other than tensors, numbers and strings"
+    try:
+        text = head.decode("utf-8")
+    except UnicodeDecodeError:
+        return "not a file written by torch.save"
+    if "\x00" in text:
+        return "not a file written by torch.save"
+    first = text.lstrip("\ufeff").splitlines()[0] if text.strip() else ""
+    return f"a text file (first line {first[:40]!r})"
+
+
+def read_torch_file(path: str | os.PathLike[str]) -> Any:
+    """``torch.load(path, weights_only=True)`` on the CPU, with one-line errors for the user.
+
+    Raises:
+        WeightsError: the path is missing, a folder, or not a file written by ``torch.save``.
+    """
+    path = Path(path)
+    if path.is_dir():
+        raise WeightsError(f"weights file {path} is a folder; {EXPECTED}")
+    if not path.is_file():
+        raise WeightsError(f"weights file {path} does not exist; {EXPECTED}")
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except (pickle.UnpicklingError, RuntimeError, KeyError, EOFError, ValueError,
+            IndexError, TypeError, AttributeError) as err:
+        raise WeightsError(f"weights file {path} is {_what_file(path)}; {EXPECTED}") from err
+
+
 def _read_state_dict(path: Path) -> dict[str, Tensor]:
     """Load a file with ``weights_only=True`` and return its state_dict (prefixes removed)."""
-    if not path.is_file():
-        raise WeightsError(
-            f"weights file {path} does not exist; pass the path of a local .pth file"
-        )
-    try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
-    except (pickle.UnpicklingError, RuntimeError, KeyError, EOFError, ValueError) as err:
-        reason = str(err).splitlines()[0] if str(err) else type(err).__name__
-        raise WeightsError(
-            f"{path} is not a PyTorch checkpoint that loads with weights_only=True ({reason}); "
-            "save one with torch.save(model.state_dict(), path)"
-        ) from err
+    obj = read_torch_file(path)
     if isinstance(obj, Mapping):
         for key in ("state_dict", "model"):
             if isinstance(obj.get(key), Mapping):
@@ -128,14 +163,12 @@ def _read_state_dict(path: Path) -> dict[str, Tensor]:
                 break
     if not isinstance(obj, Mapping) or not obj:
         raise WeightsError(
-            f"{path} holds a {type(obj).__name__}, not a state_dict; expected a dict of "
-            "tensors, or a checkpoint dict with the state_dict under 'model' or 'state_dict'"
+            f"weights file {path} holds a {type(obj).__name__}, not a state_dict; {EXPECTED}"
         )
     not_tensors = [k for k, v in obj.items() if not isinstance(v, Tensor)]
     if not_tensors:
         raise WeightsError(
-            f"{path}: entries {not_tensors[:_SHOW]} are not tensors; expected a state_dict, or a "
-            "checkpoint dict with the state_dict under 'model' or 'state_dict'"
+            f"weights file {path}: entries {not_tensors[:_SHOW]} are not tensors; {EXPECTED}"
         )
     return {k.removeprefix(_MODULE_PREFIX): v for k, v in obj.items()}
 
@@ -200,8 +233,10 @@ def load_weights(model: nn.Module, path: str | os.PathLike[str]) -> str:
             )
             if keys
         ]
+        info = getattr(model, "info", None)
+        name = getattr(info, "name", type(model).__name__)
         raise WeightsError(
-            f"{path} does not fit {type(model).__name__}: {'; '.join(problems)}. Is it a "
+            f"weights file {path} does not fit backbone {name}: {'; '.join(problems)}. Is it a "
             "checkpoint for this backbone (same architecture and depth)?"
         )
     loadable = {}

@@ -25,6 +25,8 @@ from typing import Any
 import torch
 from torch import nn
 
+from extract.backbones import read_torch_file
+
 LAST, BEST, FINAL, SWA = "last.pt", "best.pt", "backbone.pt", "backbone_swa.pt"
 RECIPE_JSON, METRICS_JSON = "recipe.json", "metrics.json"
 
@@ -64,5 +66,9 @@ def set_rng_state(state: dict[str, Any]) -> None:
 
 
 def load_checkpoint(path: Path) -> dict[str, Any]:
-    """Read ``last.pt`` (``weights_only=True``: plain tensors, numbers, strings, lists, dicts)."""
-    return torch.load(path, map_location="cpu", weights_only=True)
+    """Read ``last.pt`` (``weights_only=True``: plain tensors, numbers, strings, lists, dicts).
+
+    Raises:
+        WeightsError: the file is not one ``torch.save`` wrote (one line, for the user).
+    """
+    return read_torch_file(path)

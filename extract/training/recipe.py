@@ -23,6 +23,7 @@ from extract.backbones import BackboneInfo
 from extract.flow import FLOW_ALGORITHMS
 from extract.settings import DEVICES, ExtractSettings
 from heads.schedule import LRSchedule
+from store.cli import setting_name
 from store.errors import SettingsError
 
 MODALITIES = ("rgb", "flow", "audio")
@@ -142,16 +143,16 @@ class TrainRecipe:
                               ("class_weights", CLASS_WEIGHTS), ("device", DEVICES),
                               ("flow_algorithm", FLOW_ALGORITHMS)):
             if getattr(self, name) not in choices:
-                raise SettingsError(f"TrainRecipe.{name} must be one of {choices}, got {getattr(self, name)!r}")
+                raise SettingsError(f"{setting_name(name)} must be one of {choices}, got {getattr(self, name)!r}")
         if not self.backbone:
-            raise SettingsError("TrainRecipe.backbone must name a registered backbone")
+            raise SettingsError(f"{setting_name('backbone')} must name a registered backbone")
         from heads.losses import list_losses
 
         if self.loss not in list_losses():
-            raise SettingsError(f"TrainRecipe.loss must be one of {list_losses()}, got {self.loss!r}")
+            raise SettingsError(f"{setting_name('loss')} must be one of {list_losses()}, got {self.loss!r}")
         for name in ("flip", "amp"):
             if not isinstance(getattr(self, name), bool):
-                raise SettingsError(f"TrainRecipe.{name} must be true or false, got {getattr(self, name)!r}")
+                raise SettingsError(f"{setting_name(name)} must be true or false, got {getattr(self, name)!r}")
 
     def _check_numbers(self) -> None:
         for name, low, optional in (("epochs", 1, False), ("batch_size", 1, False), ("cycle_epochs", 1, False),
@@ -160,24 +161,25 @@ class TrainRecipe:
                                     ("short_side", 1, True), ("frames", 1, True), ("train_segments", 1, True)):
             value = getattr(self, name)
             if not (optional and value is None) and (not _is_int(value) or value < low):
-                raise SettingsError(f"TrainRecipe.{name} must be an integer >= {low}, got {value!r}")
+                raise SettingsError(f"{setting_name(name)} must be a whole number >= {low}, got {value!r}")
         for name in ("lr", "flow_bound"):
             if not _is_number(getattr(self, name)) or not getattr(self, name) > 0:
-                raise SettingsError(f"TrainRecipe.{name} must be > 0, got {getattr(self, name)!r}")
+                raise SettingsError(f"{setting_name(name)} must be > 0, got {getattr(self, name)!r}")
         for name in ("momentum", "min_lr_ratio"):
             if not _is_number(getattr(self, name)) or not 0 <= getattr(self, name) < 1:
-                raise SettingsError(f"TrainRecipe.{name} must be in [0, 1), got {getattr(self, name)!r}")
+                raise SettingsError(f"{setting_name(name)} must be in [0, 1), got {getattr(self, name)!r}")
         if not 0 <= self.dropout < 1:
-            raise SettingsError(f"TrainRecipe.dropout must be in [0, 1), got {self.dropout!r}")
+            raise SettingsError(f"{setting_name('dropout')} must be in [0, 1), got {self.dropout!r}")
         for name in ("weight_decay", "warmup_epochs", "grad_clip", "mixup_alpha"):
             if not _is_number(getattr(self, name)) or getattr(self, name) < 0:
-                raise SettingsError(f"TrainRecipe.{name} must be >= 0, got {getattr(self, name)!r}")
+                raise SettingsError(f"{setting_name(name)} must be >= 0, got {getattr(self, name)!r}")
         if self.swa_lr is not None and not (_is_number(self.swa_lr) and self.swa_lr > 0):
-            raise SettingsError(f"TrainRecipe.swa_lr must be > 0 or None, got {self.swa_lr!r}")
+            raise SettingsError(f"{setting_name('swa_lr')} must be > 0 (or left out), got {self.swa_lr!r}")
         if self.swa_epochs > self.epochs:
-            raise SettingsError(f"TrainRecipe.swa_epochs ({self.swa_epochs}) cannot exceed epochs ({self.epochs})")
+            raise SettingsError(f"{setting_name('swa_epochs')} ({self.swa_epochs}) cannot exceed "
+                             f"{setting_name('epochs')} ({self.epochs})")
         if len(self.scale) != 2 or not 0 < self.scale[0] <= self.scale[1]:
-            raise SettingsError(f"TrainRecipe.scale must be (low, high) with 0 < low <= high, got {self.scale}")
+            raise SettingsError(f"{setting_name('scale')} must be LOW,HIGH with 0 < LOW <= HIGH, got {self.scale}")
 
     # ------------------------------------------------------------------ backbone-dependent values
     def extract_settings(self) -> ExtractSettings:
@@ -197,7 +199,7 @@ class TrainRecipe:
                              f"{info.name} is {info.kind}")
         segments = self.train_segments or (3 if info.kind == "frame2d" else 1)
         if segments > 1 and info.kind != "frame2d":
-            raise SettingsError(f"train_segments={segments} joins clips on the time axis, which only frame "
+            raise SettingsError(f"{setting_name('train_segments')} {segments} joins clips on the time axis, which only frame "
                              f"(TSN) backbones allow; {info.name} is {info.kind}: use 1")
         if self.modality == "audio":  # windows come from the backbone; no pictures to crop
             return dataclasses.replace(self, train_segments=1, frames=1, flip=False)

@@ -234,3 +234,46 @@ def test_source_and_class_list_errors(tmp_path):
     assert "repeated" in _error(ClassListError, csv, classes=["x", "x"])
     assert "class list not found" in _error(SourceNotFoundError, csv,
                                             classes=tmp_path / "missing.txt")
+
+
+CLEAN = "v/a.mp4,running,jumping\nv/b.mp4,jumping\nv/c.mp4,swimming\n"
+VARIANTS = {
+    "header path,label": "path,label\n" + CLEAN,
+    "header path,labels": "path,labels\n" + CLEAN,
+    "header video,label": "video,label\n" + CLEAN,
+    "blank lines": "\n" + CLEAN.replace("\n", "\n\n\n") + "   \n",
+    "trailing spaces": "v/a.mp4 , running ,jumping   \nv/b.mp4,jumping \t\n  v/c.mp4,swimming  \n",
+    "trailing commas": CLEAN.replace("\n", ",\n"),
+    "windows line endings": CLEAN.replace("\n", "\r\n"),
+    "old mac line endings": CLEAN.replace("\n", "\r"),
+    "no final newline": CLEAN.rstrip("\n"),
+    "utf-8 bom": "\ufeff" + CLEAN,
+    "everything at once": "\ufeffpath,label \r\n\r\n" + CLEAN.replace("\n", " ,\r\n\r\n"),
+}
+
+
+@pytest.mark.parametrize("variant", sorted(VARIANTS))
+def test_a_messy_list_reads_the_same_as_a_clean_one(variant, tmp_path):
+    _touch(tmp_path, "v/a.mp4", "v/b.mp4", "v/c.mp4")
+    clean = read_video_list(_write(tmp_path / "clean.csv", CLEAN))
+    messy = tmp_path / "messy.csv"
+    messy.write_bytes(VARIANTS[variant].encode("utf-8"))
+    got = read_video_list(messy)
+    assert got.classes == clean.classes == ["jumping", "running", "swimming"]
+    for column in ("id", "path", "split", "labels"):
+        assert got.videos[column].tolist() == clean.videos[column].tolist(), column
+
+
+@pytest.mark.parametrize("text, line, words", [
+    ("v/a.mp4,running\nv/b.mp4,caf\xe9\n", 2, "not UTF-8"),
+    ("path,labels,split\nv/a.mp4,running,train\n\nv/b.mp4,running,train,extra\n", 4, "expected 3 fields"),
+    ("\ufeffv/a.mp4,running\r\n\r\n,running\r\n", 3, "empty path"),
+], ids=["latin-1", "extra field", "empty path"])
+def test_a_bad_line_is_named_with_its_number(text, line, words, tmp_path):
+    _touch(tmp_path, "v/a.mp4", "v/b.mp4")
+    bad = tmp_path / "bad.csv"
+    bad.write_bytes(text.encode("latin-1" if "\xe9" in text else "utf-8"))
+    with pytest.raises(MalformedRowError) as err:
+        read_video_list(bad)
+    assert err.value.line == line and err.value.path == bad
+    assert str(err.value).startswith(f"{bad}:{line}: ") and words in str(err.value)

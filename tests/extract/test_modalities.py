@@ -1,5 +1,6 @@
 """RGB, optical flow and audio feature sets from one decode per video (``extract.run``):
-three sets in one pass, hand-built flow and audio references, a video without audio,
+three sets in one pass, hand-built flow and audio references, a video without audio, one
+with a silent (all-zero) track,
 ``--head-logits``, resume of a multi-set run, the ``--backbone`` syntax and its errors.
 
 Tiny demo videos (48 px, 1 s, 25 frames) and tiny backbones (resnet_tiny for RGB and for
@@ -18,11 +19,12 @@ from extract.backbones import file_sha256, get_backbone
 from extract.decode import decode_video
 from extract.demo import DemoConfig, make_demo
 from extract.flow import FlowSettings, compute_flow
-from extract.makers import NO_AUDIO, AudioWindows, audio_input_for
+from extract.makers import NO_AUDIO, SILENT_AUDIO, AudioWindows, audio_input_for
 from extract.producers import AudioProducer
 from extract.run import main
 from extract.sampling import ClipSampling
 from extract.settings import BackboneChoice, ExtractSettings
+from extract.train import main as train_main
 from store import FeatureStore
 from store.verify import verify_store
 
@@ -145,6 +147,41 @@ def test_audio_features_match_a_hand_reference(three):
     with torch.no_grad():
         ref = model.forward_features(log_mel(windows, AudioSettings()).unsqueeze(1))  # (3, 64)
     np.testing.assert_allclose(data[3], ref.numpy(), rtol=2e-3, atol=2e-3)
+
+
+def test_a_silent_track_is_valid_input_in_every_audio_backbone(videos, tmp_path, capsys):
+    """An all-zero track: valid rows equal to the backbone on log(0.01) (or zero samples)."""
+    path = videos.parent / "videos" / "demo_00001.mp4"
+    frames = decode_video(path, np.arange(N_FRAMES)).frames
+    silent = tmp_path / "zeros.mp4"
+    write_video(silent, frames, FPS, audio=np.zeros(16000, np.float32), sample_rate=16000)
+    assert np.all(decode_video(silent, [], audio_rate=16000).audio == 0)
+    csv = tmp_path / "list.csv"
+    csv.write_text(f"{path}\n{silent}\n")
+    store = tmp_path / "s.zarr"
+    names = ["resnet_audio_tiny", "vggish_tiny", "envnet_tiny"]
+    args = [a for n in names for a in ("--backbone", f"audio:{n}")]
+    assert main(["--videos", str(csv), "--store", str(store), *args, *CLI]) == 0
+    assert "silent audio track: 1" in capsys.readouterr().out
+    assert verify_store(store).ok
+    for name in names:
+        data, valid, _, done, spec = _read(store, f"audio_{name}")
+        assert done.all() and valid.all() and np.isfinite(data).all()
+        torch.manual_seed(0)
+        model = get_backbone(name).eval()
+        kind = spec.extra["input"]
+        maker = AudioWindows(ClipSampling.from_dict(spec.sampling["clips"]),
+                             AudioSettings.from_dict(spec.extra["audio"]), kind, model.info.clip_len)
+        item = maker.make(decode_video(silent, [], audio_rate=16000), N_FRAMES, FPS)
+        assert item.note == SILENT_AUDIO and item.valid.all() and np.isfinite(item.inputs).all()
+        if kind != "waveform":  # log-mel of silence: log(log_offset) everywhere
+            np.testing.assert_allclose(item.inputs, np.log(0.01), rtol=1e-6)
+        with torch.no_grad():
+            x = torch.from_numpy(item.inputs)
+            x = x.reshape(-1, 1, *x.shape[-2:]) if kind == "vggish_patches" else x[:, None]
+            ref = model.forward_features(x).view(CLIPS, -1, data.shape[-1]).mean(1)  # (K, D)
+        np.testing.assert_allclose(data[1], ref.numpy(), rtol=2e-3, atol=2e-3)
+        assert not np.allclose(data[0], data[1], atol=1e-3)  # sound and silence differ
 
 
 @pytest.mark.parametrize(
@@ -283,6 +320,43 @@ def test_backbone_flag_errors(extra, words, videos, tmp_path, capsys):
     err = capsys.readouterr().err.strip().splitlines()[-1]
     assert err.startswith("error: ") and words in err
     assert not (tmp_path / "x.zarr").exists()
+
+
+WEIGHTS_CASES = {
+    "text": ("a text file (first line 'path,label')", lambda p: p.write_text("path,label\n")),
+    "empty": ("an empty file", lambda p: p.write_bytes(b"")),
+    "missing": ("does not exist", lambda p: None),
+    "folder": ("is a folder", lambda p: p.mkdir()),
+    "wrong_keys": ("does not fit backbone resnet_tiny: missing (45): conv1.weight, bn1.weight",
+                   lambda p: torch.save(get_backbone("r3d_tiny").state_dict(), p)),
+    "wrong_shapes": ("shape mismatch (1): conv1.weight (8, 1, 7, 7) != (8, 3, 7, 7)",
+                     lambda p: torch.save(get_backbone("resnet_tiny", in_channels=1).state_dict(), p)),
+}
+
+
+@pytest.mark.parametrize("case", sorted(WEIGHTS_CASES))
+def test_a_bad_weights_file_is_one_error_line(case, videos, tmp_path, capsys):
+    """``--backbone rgb:resnet_tiny@FILE`` (extract.run) and ``--weights FILE`` (extract.train)."""
+    words, make = WEIGHTS_CASES[case]
+    weights = tmp_path / "some.pt"
+    make(weights)
+    store = tmp_path / "x.zarr"
+    assert main(["--videos", str(videos), "--store", str(store),
+                 "--backbone", f"rgb:resnet_tiny@{weights}", *CLI]) == 2
+    err = capsys.readouterr().err
+    assert "Traceback" not in err and len(err.strip().splitlines()) == 1
+    assert err.startswith(f"error: weights file {weights} ") and words in err
+    if case not in ("wrong_keys", "wrong_shapes"):
+        assert "expected a torch state dict" in err and "extract.train" in err
+    assert not store.exists()
+    out = tmp_path / "run"
+    args = ["--videos", str(videos), "--backbone", "resnet_tiny", "--weights", str(weights)]
+    assert train_main([*args, "--out", str(out), "--epochs", "1", "--crop", "32", "-q"]) == 2
+    err = capsys.readouterr().err
+    assert "Traceback" not in err and err.startswith(f"error: weights file {weights} ")
+    assert words.split(":")[0] in err
+    if case not in ("wrong_keys", "wrong_shapes"):  # refused before the run folder is made
+        assert not out.exists()
 
 
 def test_backbone_syntax():

@@ -248,6 +248,8 @@ def test_two_shards_fill_one_store(demo, ref_store, tmp_path):
         ("other_settings", "exists with a different spec"),
         ("other_classes", "the video list has 2 classes"),
         ("bad_config", "unknown key 'batchsize'"),
+        ("config_zero_limit", "--limit / limit must be a whole number >= 1, got 0"),
+        ("crop_over_short_side", "--crop 32 is larger than the short side 16; lower --crop or raise"),
     ],
 )
 def test_user_errors_print_one_line_and_exit_2(case, words, demo, ref_store, tmp_path, capsys):
@@ -267,6 +269,8 @@ def test_user_errors_print_one_line_and_exit_2(case, words, demo, ref_store, tmp
         "other_settings": ["--clips", "3"],
         "other_classes": ["--classes", str(tmp_path / "c2.txt")],
         "bad_config": ["--config", str(tmp_path / "c.toml")],
+        "config_zero_limit": ["--config", str(tmp_path / "zero.toml")],
+        "crop_over_short_side": ["--short-side", "16"],
     }.get(case, [])
     argv = ["--videos", source, "--store", target, *extra]
     if case == "unknown_label":
@@ -277,6 +281,7 @@ def test_user_errors_print_one_line_and_exit_2(case, words, demo, ref_store, tmp
         csv.write_text(f"{tmp_path / 'gone.mp4'},{demo.classes[0]}\n")
     (tmp_path / "c2.txt").write_text("x\ny\n")
     (tmp_path / "c.toml").write_text("batchsize = 3\n")
+    (tmp_path / "zero.toml").write_text("limit = 0\n")  # a file's value: the settings check it
     before = sorted(p.name for p in Path(ref_store).rglob("*"))
     assert main([*TINY, *argv]) == 2
     err = capsys.readouterr().err.strip().splitlines()

@@ -132,10 +132,10 @@ def test_union_frame_indices():
 @pytest.mark.parametrize(
     "kwargs,field",
     [
-        ({"mode": "sparse"}, "mode"),
-        ({"num_clips": 0}, "num_clips"),
-        ({"frames_per_clip": 2.0}, "frames_per_clip"),
-        ({"stride": True}, "stride"),
+        ({"mode": "sparse"}, "--sampling must be one of"),
+        ({"num_clips": 0}, "--clips must be a whole number >= 1, got 0"),
+        ({"frames_per_clip": 2.0}, "--frames must be"),
+        ({"stride": True}, "--stride must be"),
         ({"random": "yes"}, "random"),
     ],
 )
@@ -165,12 +165,12 @@ def test_view_spec_properties_and_round_trip():
 @pytest.mark.parametrize(
     "kwargs,match",
     [
-        ({"crop": 129}, "larger than short side"),
-        ({"scales": (100,)}, "larger than short side"),
-        ({"crops": "four"}, "crops"),
-        ({"short_side": 0}, "short_side"),
-        ({"scales": (128,)}, "repeated"),
-        ({"scales": (160.5,)}, "integer short sides"),
+        ({"crop": 129}, "--crop 129 is larger than the short side 128"),
+        ({"scales": (100,)}, "--crop 112 is larger than the short side 100"),
+        ({"crops": "four"}, "--crops must be one of"),
+        ({"short_side": 0}, "--short-side must be a whole number >= 1, got 0"),
+        ({"scales": (128,)}, "--short-side and --scales repeat a short side"),
+        ({"scales": (160.5,)}, "--scales must be whole short sides"),
     ],
 )
 def test_view_spec_validation(kwargs, match):

@@ -1,6 +1,6 @@
-"""``python -m extract.search`` on a tiny store built by ``extract.run`` with a tiny backbone: a stored
-video's file finds itself first at similarity ~1 with the features extract.run stored; weights are
-checked by sha256; user errors are one line with exit 2."""
+"""``python -m extract.search`` on tiny stores built by ``extract.run`` with tiny backbones: a stored
+video's file finds itself first at similarity ~1 with the features extract.run stored, in RGB, flow
+and audio sets; weights are checked by sha256; user errors are one line with exit 2."""
 
 import numpy as np
 import pytest
@@ -19,10 +19,15 @@ SET = "rgb_resnet_tiny"
 
 
 @pytest.fixture(scope="module")
-def built(tmp_path_factory):
-    """Six 1-second 48 px demo videos, extracted twice: random init (seed 3) and from a checkpoint."""
+def demo(tmp_path_factory):
+    """Six 1-second 48 px demo videos (with sound)."""
+    return make_demo(tmp_path_factory.mktemp("demo"), DemoConfig(videos=6, size=48, seconds=1.0), progress=False)
+
+
+@pytest.fixture(scope="module")
+def built(demo, tmp_path_factory):
+    """The demo extracted twice: random init (seed 3) and from a checkpoint."""
     root = tmp_path_factory.mktemp("search")
-    demo = make_demo(root / "demo", DemoConfig(videos=6, size=48, seconds=1.0), progress=False)
     store = root / "s.zarr"
     assert extract_main(["--videos", str(demo.videos_csv), "--store", str(store), "--seed", "3", *TINY]) == 0
     torch.manual_seed(11)
@@ -72,6 +77,45 @@ def test_cli_prints_the_video_itself_first(built, capsys):
     first = lines[3].split()
     assert first[:2] == ["1", fs.video_ids()[2]] and float(first[2]) == pytest.approx(1.0, abs=1e-3)
     assert lines[-1].startswith("propagated label scores (T=0.1): ")
+
+
+MODALITY_SETS = ["rgb_resnet_tiny", "flow_resnet_tiny", "audio_resnet_audio_tiny"]
+
+
+@pytest.fixture(scope="module")
+def three(demo, tmp_path_factory):
+    """RGB, flow and audio sets from one extract.run (the flow and audio sets as a user would add them)."""
+    store = tmp_path_factory.mktemp("three") / "m.zarr"
+    sets = ["--backbone", "rgb:resnet_tiny", "--backbone", "flow:resnet_tiny", "--backbone", "audio:resnet_audio_tiny"]
+    args = [a for a in TINY if a not in ("--backbone", "resnet_tiny")]
+    assert extract_main(["--videos", str(demo.videos_csv), "--store", str(store), "--seed", "5", *sets, *args]) == 0
+    return FeatureStore.open(store)
+
+
+def _brute_force_cosines(data, valid):
+    """(n, n) cosine similarities of the videos' mean valid clip features, by numpy."""
+    means = (data * valid[..., None]).sum(1) / valid.sum(1, keepdims=True)  # (n, K, D) -> (n, D)
+    unit = means / np.linalg.norm(means, axis=1, keepdims=True)
+    return unit @ unit.T
+
+
+@pytest.mark.parametrize("features", MODALITY_SETS)
+def test_every_modality_finds_its_own_video_first(three, features):
+    fs = three
+    fset = fs.feature_set(features)
+    data, valid = fset.read()
+    assert valid.all()
+    cos = _brute_force_cosines(data.astype(np.float64), valid)
+    np.fill_diagonal(cos, -np.inf)
+    gaps = 1 - cos.max(axis=1)  # how far each video is from its nearest other video
+    row = int(np.argmax(gaps))  # the most distinct video: the test never rests on a near tie
+    gap = gaps[row]
+    assert gap > 1e-4, f"{features}: the stored videos are all alike ({gap})"
+    result, emb = search_video(fs, features, fs.videos()["path"][row], k=3, device="cpu")
+    np.testing.assert_array_equal(emb.valid, valid[row])
+    np.testing.assert_allclose(emb.data, data[row], rtol=2e-3, atol=2e-3)  # the features extract.run stored
+    assert result.rows[0, 0] == row and result.sims[0, 0] > 1 - gap / 10  # itself, at distance ~0
+    assert result.sims[0, 1] < result.sims[0, 0] - gap / 2  # then, clearly further, another video
 
 
 @pytest.mark.parametrize("case, message", [

@@ -133,7 +133,7 @@ def test_random_search_is_seeded_and_in_range():
     ({"base": BASE, "grid": {"lr": 0.1}}, "must be a non-empty list"),
     ({"base": BASE, "grid": {"head": ["mean_mlp", "max_mlp"], "head_kwargs.num_clusters": [4]}},
      r"point 1 of 2 \(head='mean_mlp', head_kwargs.num_clusters=4\): head 'mean_mlp' does not accept num_clusters"),
-    ({"base": BASE, "grid": {"lr": [0.1, -1.0]}}, r"point 2 of 2 \(lr=-1.0\): invalid lr"),
+    ({"base": BASE, "grid": {"lr": [0.1, -1.0]}}, r"point 2 of 2 \(lr=-1.0\): invalid --lr / lr -1.0: must be > 0"),
     ({"base": {**BASE, "lr": "fast"}, "runs": [{}]}, r"\[\[runs\]\] #1"),
     ({"base": BASE, "random": {"lr": {"loguniform": [0, 1]}, "n": 2}}, "loguniform needs low > 0"),
     ({"base": BASE, "random": {"lr": {"normal": [0, 1]}, "n": 2}}, "list of choices or one of"),
@@ -292,8 +292,7 @@ def test_cli_on_an_existing_scheduler_then_everything_cached(client, tmp_path, c
     ({"grid": "missing.toml"}, "grid file .*missing.toml not found"),
     ({"store": "missing.zarr"}, "no feature store"),
     ({"toml": GRID_TOML.replace('["synthetic"]', '["nope"]')}, "nope"),
-    ({"toml": GRID_TOML.replace("lr = [", "lr = [-1, ")}, "invalid lr"),
-    ({"workers": "0"}, "--workers must be at least 1"),
+    ({"toml": GRID_TOML.replace("lr = [", "lr = [-1, ")}, "invalid --lr / lr -1"),
 ])
 def test_cli_errors_exit_2_with_one_line(tmp_path, capsys, change, message):
     fs = _store(tmp_path / "s.zarr")

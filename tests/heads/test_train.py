@@ -1,6 +1,7 @@
 """heads.trainer / heads.train on tiny synthetic stores (300 videos, K=4, D=16)."""
 
 import json
+import re
 
 import numpy as np
 import pytest
@@ -59,8 +60,17 @@ def test_config_round_trip_hash_and_checks():
     for kw in bad:
         with pytest.raises(SettingsError):
             TrainConfig(**{"features": ("a",), **kw})
-    with pytest.raises(SettingsError, match="unknown TrainConfig field"):
+    with pytest.raises(ValueError, match="unknown setting.s. learning_rate; the settings"):
         TrainConfig.from_dict({"features": ["a"], "learning_rate": 1})
+    # the messages name the flag and the TOML key the user wrote, not internal names
+    for kw, words in [({"lr": 0}, "invalid --lr / lr 0: must be > 0"),
+                      ({"folds": 1}, "invalid --folds / folds 1: must be 0 (off) or >= 2"),
+                      ({"batch_size": 1}, "invalid --batch-size / batch_size 1: must be >= 2"),
+                      ({"swa_start": 20}, "invalid --swa-start / swa_start 20: must be >= 0 and below the epochs"),
+                      ({"device": "tpu"}, "--device / device must be auto, cpu, cuda or cuda:N; got 'tpu'"),
+                      ({"head_kwargs": {"dropout": 0.1}}, "with --dropout / dropout, not with --head-arg")]:
+        with pytest.raises(ValueError, match=re.escape(words)):
+            TrainConfig(**{"features": ("a",), **kw})
 
 
 @pytest.mark.parametrize("head, kw", [("mean_mlp", {"hidden_dim": 16}), ("netvlad", NETVLAD["head_kwargs"])])

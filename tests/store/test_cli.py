@@ -39,6 +39,16 @@ def test_other_errors_pass_through_and_success_keeps_its_status(capsys):
     assert found_problems() == 1 and capsys.readouterr().err == ""
 
 
+def test_path_errors_are_user_errors_only_where_asked(capsys):
+    def unwritable(argv=None):
+        raise PermissionError(13, "Permission denied", "/out/x.h5")
+
+    assert run_command(path_errors=True)(unwritable)() == 2
+    assert capsys.readouterr().err == "error: [Errno 13] Permission denied: '/out/x.h5'\n"
+    with pytest.raises(PermissionError):
+        run_command(unwritable)()
+
+
 def test_interrupt_prints_how_to_continue(capsys):
     def stop(argv=None):
         raise KeyboardInterrupt
