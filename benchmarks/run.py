@@ -53,7 +53,7 @@ from benchmarks.recipes.runner import recipe_command
 from benchmarks.registry import describe, get_benchmark, list_benchmarks
 from benchmarks.report import write_report
 from benchmarks.scale_bench import STEPS as SCALE_STEPS
-from store.cli import positive_float, positive_int
+from store.cli import positive_float, positive_int, run_command
 
 DEFAULT_REPORT = Path(__file__).resolve().parent / "REPORT.md"
 
@@ -237,6 +237,7 @@ def run_benchmarks(args: argparse.Namespace, command: str, machine: str) -> int:
     return 1 if failed else 0
 
 
+@run_command
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     command, machine = _command(argv), describe_machine()

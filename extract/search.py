@@ -40,8 +40,7 @@ from extract.dump.settings import DEVICES, MODALITIES, ExtractSettings
 from extract.dump.worker import DecodeTask, process_task
 from extract.errors import ExtractError
 from extract.media.sampling import ClipSampling, ViewSpec
-from store.cli import non_negative_int, positive_float, positive_int
-from store.errors import StoreError
+from store.cli import non_negative_int, positive_float, positive_int, run_command
 from store.feature_set import FeatureSet
 from store.feature_store import FeatureStore
 from store.index import FeatureIndex, IndexSpec, ensure_index, pool_video_vectors
@@ -215,26 +214,23 @@ def _parser() -> argparse.ArgumentParser:
     return p
 
 
+@run_command
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     set_threads(args.threads)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     from tqdm import tqdm
 
-    try:
-        if not args.video.is_file():
-            raise ExtractError(f"--video {args.video}: file not found")
-        fs = FeatureStore.open(args.store, "a" if os.access(args.store, os.W_OK) else "r")
-        fset = fs.feature_set(args.features)
-        producer = producer_for(fset, weights=args.weights, device=args.device)  # fails before any index work
-        spec = None if args.index is None else IndexSpec(kind=args.index)
-        index = ensure_index(fset, spec, rebuild=args.rebuild, progress=None if args.quiet else tqdm)
-        embedding = embed_video(producer, args.video, dtype=fset.spec.dtype)
-        result = neighbours(fs, args.features, vectors=embedding.vector(index.spec.metric), k=args.k,
-                            temperature=args.temperature, index=index)
-    except (StoreError, ExtractError) as err:
-        print("error: " + " ".join(str(err).split()), file=sys.stderr)
-        return 2
+    if not args.video.is_file():
+        raise ExtractError(f"--video {args.video}: file not found")
+    fs = FeatureStore.open(args.store, "a" if os.access(args.store, os.W_OK) else "r")
+    fset = fs.feature_set(args.features)
+    producer = producer_for(fset, weights=args.weights, device=args.device)  # fails before any index work
+    spec = None if args.index is None else IndexSpec(kind=args.index)
+    index = ensure_index(fset, spec, rebuild=args.rebuild, progress=None if args.quiet else tqdm)
+    embedding = embed_video(producer, args.video, dtype=fset.spec.dtype)
+    result = neighbours(fs, args.features, vectors=embedding.vector(index.spec.metric), k=args.k,
+                        temperature=args.temperature, index=index)
     print(f"index: {index.describe()}")
     title = (f"neighbours of {args.video} ({int(embedding.valid.sum())} of {len(embedding.valid)} clips valid, "
              f"embedded with {fset.spec.backbone})")

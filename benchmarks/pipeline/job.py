@@ -46,11 +46,12 @@ from typing import Any
 from benchmarks._markdown import pct, table
 from benchmarks.pipeline import steps
 from benchmarks.pipeline.stages import Stage, run_stages
-from benchmarks.pipeline.steps import MODALITIES, Context, PipelineError, Workdir
+from benchmarks.pipeline.steps import MODALITIES, Context, Workdir
 from extract.demo import DemoConfig
 from extract.training import TrainRecipe
 from heads.trainer import TrainConfig
-from store.cli import non_negative_int, positive_int, setting_name
+from store.cli import non_negative_int, positive_int, run_command, setting_name
+from store.errors import SettingsError
 
 log = logging.getLogger(__name__)
 
@@ -144,25 +145,25 @@ class PipelineConfig:
                           ("batch_size", 2), ("head_epochs", 1), ("knn_k", 1), ("sweep_workers", 0)):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < low:
-                raise ValueError(f"{_setting(name)} must be a whole number >= {low}, got {value!r}")
+                raise SettingsError(f"{_setting(name)} must be a whole number >= {low}, got {value!r}")
         if self.folds < 2:
-            raise ValueError(f"{_setting('folds')} must be >= 2 (fusion stacks out-of-fold predictions), "
+            raise SettingsError(f"{_setting('folds')} must be >= 2 (fusion stacks out-of-fold predictions), "
                              f"got {self.folds}")
         if self.workers is not None and self.workers < 0:
-            raise ValueError(f"{_setting('workers')} must be >= 0 (or left out), got {self.workers}")
+            raise SettingsError(f"{_setting('workers')} must be >= 0 (or left out), got {self.workers}")
         if not self.heads:
-            raise ValueError(f"{_setting('heads')} must name at least one head")
+            raise SettingsError(f"{_setting('heads')} must name at least one head")
         if not self.lr > 0:
-            raise ValueError(f"{_setting('lr')} must be > 0, got {self.lr}")
+            raise SettingsError(f"{_setting('lr')} must be > 0, got {self.lr}")
         from extract.backbones import list_backbones
         from fusion import list_fusions
 
         for m in MODALITIES:
             if self.backbone(m) not in list_backbones():
-                raise ValueError(f"unknown {m} backbone {self.backbone(m)!r}; choose one of {list_backbones()}")
+                raise SettingsError(f"unknown {m} backbone {self.backbone(m)!r}; choose one of {list_backbones()}")
         unknown = [f for f in (self.fusion, *self.compare) if f not in list_fusions()]
         if unknown:
-            raise ValueError(f"unknown fusion method {unknown[0]!r}; choose from {list_fusions()}")
+            raise SettingsError(f"unknown fusion method {unknown[0]!r}; choose from {list_fusions()}")
         self.demo_config()  # the demo's, the recipes' and the heads' settings check themselves
         for m in MODALITIES:
             self.recipe(m)
@@ -205,7 +206,7 @@ class PipelineConfig:
         known = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(d) - known)
         if unknown:
-            raise ValueError(f"PipelineConfig.from_dict: unknown keys {unknown}; expected a subset of {sorted(known)}")
+            raise SettingsError(f"PipelineConfig.from_dict: unknown keys {unknown}; expected a subset of {sorted(known)}")
         return cls(**d)
 
 
@@ -366,23 +367,15 @@ def config_from_args(args: argparse.Namespace) -> PipelineConfig:
     return PipelineConfig(**values)
 
 
+@run_command(interrupted="finished work is kept; rerun the same command to continue")
 def main(argv: list[str] | None = None) -> int:
     """Command-line entry point; returns the exit status."""
-    from extract.errors import ExtractError
-    from heads.knn import KnnError
-    from heads.trainer import TrainError as HeadTrainError
-    from store.errors import StoreError
-
     args = _parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
                         format="%(levelname)s %(name)s: %(message)s")
     # Training starts every backbone from random init on purpose: no "randomly initialised" warnings.
     logging.getLogger("extract.backbones.registry").setLevel(logging.ERROR)
-    try:
-        config = config_from_args(args)
-    except ValueError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
+    config = config_from_args(args)
 
     def on_stage(entry: dict[str, Any]) -> None:
         took = f"{entry['seconds']:.1f} s" + (f" (computed in {entry['computed_seconds']:.1f} s)"
@@ -391,15 +384,8 @@ def main(argv: list[str] | None = None) -> int:
 
     from tqdm.contrib.logging import logging_redirect_tqdm
 
-    try:
-        with logging_redirect_tqdm():
-            summary = run_pipeline(config, args.workdir, progress=not args.quiet, on_stage=on_stage)
-    except (PipelineError, StoreError, ExtractError, KnnError, HeadTrainError) as err:
-        print("error: " + " ".join(str(err).split()), file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print("interrupted: finished work is kept; rerun the same command to continue", file=sys.stderr)
-        return 130
+    with logging_redirect_tqdm():
+        summary = run_pipeline(config, args.workdir, progress=not args.quiet, on_stage=on_stage)
     print(format_summary(summary))
     work = Workdir(args.workdir)
     print(f"\nwrote {work.summary_md} and {work.summary_json}")

@@ -22,6 +22,8 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from store.errors import VideoFeatError
+
 if TYPE_CHECKING:
     from benchmarks.pipeline.job import PipelineConfig
 
@@ -31,7 +33,7 @@ MODALITIES = ("rgb", "flow", "audio")
 SPLITS = ("val", "test")
 
 
-class PipelineError(Exception):
+class PipelineError(VideoFeatError):
     """A problem the user can fix (the message says how); the command prints it on one line."""
 
 

@@ -35,6 +35,7 @@ from typing import Any
 from extract.demo import DemoConfig
 from extract.dump.settings import BackboneChoice, ExtractSettings
 from extract.training import TrainRecipe
+from store.errors import VideoFeatError
 
 log = logging.getLogger(__name__)
 
@@ -45,7 +46,7 @@ EXTRACT_KEYS = ("sampling", "clips", "frames", "stride", "short_side", "crop", "
 SPLITS = ("train", "val", "test")
 
 
-class RecipeError(Exception):
+class RecipeError(VideoFeatError):
     """A recipe file that cannot run (the message names the file and the key)."""
 
 

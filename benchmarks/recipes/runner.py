@@ -15,11 +15,11 @@ from pathlib import Path
 from typing import Any
 
 from benchmarks.pipeline.stages import run_stages
-from benchmarks.pipeline.steps import PipelineError
 from benchmarks.recipes import steps as rs
-from benchmarks.recipes.recipe import Recipe, RecipeError, list_recipes, load_recipe, shrink
+from benchmarks.recipes.recipe import Recipe, list_recipes, load_recipe, shrink
 from benchmarks.recipes.tables import get_layout
-from store.cli import non_negative_int
+from store.cli import INTERRUPTED, non_negative_int, report_error, run_command
+from store.errors import VideoFeatError
 
 __all__ = ["main", "recipe_command", "run_recipe"]
 
@@ -51,11 +51,6 @@ def run_recipe(recipe: Recipe, workdir: str | Path, *, device: str = "auto", wor
 def recipe_command(name: str, workdir: Path, *, tiny: bool = False, device: str = "auto",
                    workers: int | None = None, progress: bool = True) -> int:
     """``--recipe NAME``: run it, print its table; returns the exit status (2: a user error)."""
-    from extract.errors import ExtractError
-    from heads.knn import KnnError
-    from heads.trainer import TrainError as HeadTrainError
-    from store.errors import StoreError
-
     logging.getLogger("extract.backbones.registry").setLevel(logging.ERROR)  # random init is on purpose
 
     def on_stage(entry: dict[str, Any]) -> None:
@@ -67,17 +62,17 @@ def recipe_command(name: str, workdir: Path, *, tiny: bool = False, device: str 
             recipe = shrink(recipe)
         root = workdir / "recipes" / (recipe.name + ("_tiny" if tiny else ""))
         summary = run_recipe(recipe, root, device=device, workers=workers, progress=progress, on_stage=on_stage)
-    except (RecipeError, PipelineError, StoreError, ExtractError, KnnError, HeadTrainError, ValueError) as err:
-        print("error: " + " ".join(str(err).split()), file=sys.stderr)
-        return 2
+    except VideoFeatError as err:  # one recipe's mistake; benchmarks.run goes on with the next recipe
+        return report_error(err)
     except KeyboardInterrupt:
         print("interrupted: finished stages are kept; rerun the same command to continue", file=sys.stderr)
-        return 130
+        return INTERRUPTED
     print(summary["table"])
     print(f"\nwrote {root / 'RESULT.md'} and {root / 'result.json'} ({summary['total_seconds']:.0f} s)")
     return 0
 
 
+@run_command
 def main(argv: list[str] | None = None) -> int:
     """Command-line entry point (``python -m benchmarks.recipes``); returns the exit status."""
     ap = argparse.ArgumentParser(prog="python -m benchmarks.recipes",

@@ -13,8 +13,8 @@ from pathlib import Path
 
 from extract.demo._classes import CLASS_FAMILIES, DEMO_CLASSES, SPLIT_NAMES
 from extract.demo.generator import DEFAULT_DEMO_DIR, DemoConfig, make_demo
-from extract.errors import ExtractError
-from store.cli import non_negative_int, positive_float, positive_int
+from store.cli import non_negative_int, positive_float, positive_int, run_command
+from store.errors import SettingsError
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -48,23 +48,20 @@ def _parser() -> argparse.ArgumentParser:
     return p
 
 
+@run_command
 def main(argv: list[str] | None = None) -> int:
     """Command-line entry point; returns the exit status."""
     args = _parser().parse_args(argv)
     start = time.perf_counter()
     try:
-        try:
-            splits = tuple(float(s) for s in args.splits.split(","))
-        except ValueError:
-            raise ValueError(f"--splits must be three numbers like 0.7,0.15,0.15, got "
-                             f"{args.splits!r}") from None
-        config = DemoConfig(videos=args.videos, seed=args.seed, size=args.size, fps=args.fps,
-                            seconds=args.seconds, difficulty=args.difficulty,
-                            sample_rate=args.sample_rate, splits=splits)
-        manifest = make_demo(args.out, config, progress=not args.quiet)
-    except (ExtractError, ValueError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
+        splits = tuple(float(s) for s in args.splits.split(","))
+    except ValueError:
+        raise SettingsError(f"--splits must be three numbers like 0.7,0.15,0.15, got "
+                            f"{args.splits!r}") from None
+    config = DemoConfig(videos=args.videos, seed=args.seed, size=args.size, fps=args.fps,
+                        seconds=args.seconds, difficulty=args.difficulty,
+                        sample_rate=args.sample_rate, splits=splits)
+    manifest = make_demo(args.out, config, progress=not args.quiet)
     meta = json.loads(manifest.config_path.read_text(encoding="utf-8"))
     counts = " / ".join(f"{meta['split_counts'][s]} {s}" for s in SPLIT_NAMES)
     print(f"demo: {manifest.n_videos} videos ({counts}), {len(manifest.classes)} classes, "

@@ -69,6 +69,7 @@ from extract.errors import DemoConfigMismatch, DemoError
 from extract.inputs import VideoList, read_video_list
 from extract.media.video_writer import AAC_SAMPLE_RATES, write_video
 from store.cli import setting_name
+from store.errors import SettingsError
 
 logger = logging.getLogger(__name__)
 
@@ -105,22 +106,22 @@ class DemoConfig:
         for name, low in (("videos", 1), ("seed", 0), ("size", 32), ("sample_rate", 8000)):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < low:
-                raise ValueError(f"{setting_name(name)} must be a whole number >= {low}, got {value!r}")
+                raise SettingsError(f"{setting_name(name)} must be a whole number >= {low}, got {value!r}")
         if self.size % 2 or self.size > 1024:
-            raise ValueError(f"{setting_name('size')} must be even and <= 1024 (H.264 yuv420p), "
+            raise SettingsError(f"{setting_name('size')} must be even and <= 1024 (H.264 yuv420p), "
                              f"got {self.size}")
         if self.sample_rate not in AAC_SAMPLE_RATES:
-            raise ValueError(f"{setting_name('sample_rate')} must be one of {AAC_SAMPLE_RATES} "
+            raise SettingsError(f"{setting_name('sample_rate')} must be one of {AAC_SAMPLE_RATES} "
                              f"(AAC), got {self.sample_rate}")
         for name, low, high in (("fps", 1.0, 120.0), ("seconds", 1.0, 60.0),
                                 ("difficulty", 0.0, 1.0)):
             value = float(getattr(self, name))
             if not low <= value <= high:
-                raise ValueError(f"{setting_name(name)} must be in [{low}, {high}], got {value}")
+                raise SettingsError(f"{setting_name(name)} must be in [{low}, {high}], got {value}")
             object.__setattr__(self, name, value)
         splits = tuple(float(s) for s in self.splits)
         if len(splits) != 3 or min(splits) < 0 or splits[0] <= 0 or abs(sum(splits) - 1) > 1e-6:
-            raise ValueError(f"splits must be 3 fractions (train, val, test) >= 0 "
+            raise SettingsError(f"splits must be 3 fractions (train, val, test) >= 0 "
                              f"summing to 1 with train > 0, got {self.splits}")
         object.__setattr__(self, "splits", splits)
 
@@ -139,7 +140,7 @@ class DemoConfig:
         known = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(d) - known)
         if unknown:
-            raise ValueError(f"DemoConfig.from_dict: unknown keys {unknown}; expected a subset "
+            raise SettingsError(f"DemoConfig.from_dict: unknown keys {unknown}; expected a subset "
                              f"of {sorted(known)} (was this written by a newer version?)")
         return cls(**{k: tuple(v) if k == "splits" else v for k, v in d.items()})
 

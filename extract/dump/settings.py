@@ -46,6 +46,7 @@ from extract.errors import ExtractError
 from extract.media.flow import FLOW_ALGORITHMS
 from extract.media.sampling import SAMPLING_MODES, ClipSampling, ViewSpec
 from store.cli import setting_name
+from store.errors import SettingsError
 from store.threads import free_cores
 
 DEVICES = ("auto", "cpu", "cuda")
@@ -71,7 +72,7 @@ def parse_shard(text: str) -> tuple[int, int]:
     """``"i/n"`` -> ``(i, n)`` with ``0 <= i < n``; ValueError with a usable message otherwise."""
     m = re.fullmatch(r"\s*(\d+)\s*/\s*(\d+)\s*", text or "")
     if not m or not 0 <= int(m.group(1)) < int(m.group(2)):
-        raise ValueError(f"--shard must be i/n with 0 <= i < n (e.g. 0/4), got {text!r}")
+        raise SettingsError(f"--shard must be i/n with 0 <= i < n (e.g. 0/4), got {text!r}")
     return int(m.group(1)), int(m.group(2))
 
 
@@ -83,13 +84,13 @@ def _positive_int(name: str, value: Any, *, allow_none: bool = False, low: int =
     if value is None and allow_none:
         return
     if isinstance(value, bool) or not isinstance(value, int) or value < low:
-        raise ValueError(f"{setting_name(name, _FLAGS.get(name))} must be a whole number >= {low}, "
+        raise SettingsError(f"{setting_name(name, _FLAGS.get(name))} must be a whole number >= {low}, "
                          f"got {value!r}")
 
 
 def _check_set_name(name: str | None) -> None:
     if name is not None and not _SET_NAME.match(name):
-        raise ValueError(f"--set {name!r}: use letters, digits, '_', '-', '.' (not leading)")
+        raise SettingsError(f"--set {name!r}: use letters, digits, '_', '-', '.' (not leading)")
 
 
 @dataclass(frozen=True)
@@ -112,9 +113,9 @@ class BackboneChoice:
 
     def __post_init__(self) -> None:
         if not self.backbone:
-            raise ValueError("a backbone choice must name a registered backbone")
+            raise SettingsError("a backbone choice must name a registered backbone")
         if self.modality not in MODALITIES:
-            raise ValueError(
+            raise SettingsError(
                 f"modality must be one of {MODALITIES}, got {self.modality!r} "
                 f"(--backbone MODALITY:NAME, e.g. flow:resnet18)"
             )
@@ -139,13 +140,13 @@ class BackboneChoice:
         if colon and head in MODALITIES:
             modality, text = head, rest
         elif colon and "@" not in head:
-            raise ValueError(
+            raise SettingsError(
                 f"--backbone {text!r}: the part before ':' must be one of {MODALITIES} "
                 "(MODALITY:NAME[@WEIGHTS])"
             )
         name, at, weights = text.partition("@")
         if at and not weights:
-            raise ValueError(f"--backbone {text!r}: give the checkpoint path after '@'")
+            raise SettingsError(f"--backbone {text!r}: give the checkpoint path after '@'")
         return cls(name.strip(), modality, weights or None, set_name)
 
     def to_dict(self) -> dict[str, Any]:
@@ -241,14 +242,14 @@ class ExtractSettings:
         if self.shard is not None:
             object.__setattr__(self, "shard", tuple(self.shard))
             if len(self.shard) != 2 or not 0 <= self.shard[0] < self.shard[1]:
-                raise ValueError(
+                raise SettingsError(
                     f"{setting_name('shard')} must be i/n with 0 <= i < n, got {self.shard}"
                 )
         if not self.backbone:
-            raise ValueError(f"{setting_name('backbone')} must name a registered backbone")
+            raise SettingsError(f"{setting_name('backbone')} must name a registered backbone")
         _check_set_name(self.set_name)
         if self.backbones and (self.weights or self.set_name or self.modality != "rgb"):
-            raise ValueError(
+            raise SettingsError(
                 "give the backbones either as --backbone NAME with --modality/--weights/--set (one "
                 "feature set) or as several --backbone MODALITY:NAME@WEIGHTS (in a --config file: "
                 "backbone = [...]), not both"
@@ -257,20 +258,20 @@ class ExtractSettings:
         names = [c.set_name or c.default_set_name for c in self.choices()]
         twice = sorted({n for n in names if names.count(n) > 1})
         if twice:
-            raise ValueError(
+            raise SettingsError(
                 f"two backbones of the run would write the feature set {twice[0]!r}; "
                 "give each its own name with --set (one per --backbone, in order)"
             )
         if self.flow_algorithm not in FLOW_ALGORITHMS:
-            raise ValueError(
+            raise SettingsError(
                 f"--flow must be one of {FLOW_ALGORITHMS}, got {self.flow_algorithm!r}"
             )
         if not float(self.flow_bound) > 0:
-            raise ValueError(f"--flow-bound must be > 0 pixels per frame, got {self.flow_bound!r}")
+            raise SettingsError(f"--flow-bound must be > 0 pixels per frame, got {self.flow_bound!r}")
         if self.sampling is not None and self.sampling not in SAMPLING_MODES:
-            raise ValueError(f"--sampling must be one of {SAMPLING_MODES}, got {self.sampling!r}")
+            raise SettingsError(f"--sampling must be one of {SAMPLING_MODES}, got {self.sampling!r}")
         if self.device not in DEVICES:
-            raise ValueError(f"--device must be one of {DEVICES}, got {self.device!r}")
+            raise SettingsError(f"--device must be one of {DEVICES}, got {self.device!r}")
         for name in ("clips", "stride", "batch_size", "chunk_rows"):
             _positive_int(name, getattr(self, name))
         for name in ("frames", "short_side", "crop", "threads", "limit"):
@@ -279,7 +280,7 @@ class ExtractSettings:
         _positive_int("seed", self.seed, low=0)
         for name in ("timeout_s", "flush_s"):
             if not float(getattr(self, name)) > 0:
-                raise ValueError(
+                raise SettingsError(
                     f"{setting_name(name, _FLAGS.get(name))} must be > 0 seconds, "
                     f"got {getattr(self, name)!r}"
                 )
@@ -342,7 +343,7 @@ class ExtractSettings:
         known = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(d) - known)
         if unknown:
-            raise ValueError(
+            raise SettingsError(
                 f"ExtractSettings.from_dict: unknown keys {unknown}; expected a subset of {sorted(known)}"
             )
         d = dict(d)
