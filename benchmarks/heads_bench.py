@@ -21,9 +21,9 @@ import torch
 from benchmarks.registry import register_benchmark
 from extract.backbones.registry import get_backbone
 from heads import MemorySource, StreamSource
-from heads.device import resolve_device
 from heads.trainer import FeatureCache, TrainConfig, build_head, fit
 from store import FeatureStore
+from store.device import resolve_device
 from store.errors import StoreError
 from store.testing import make_synthetic_store
 

@@ -256,7 +256,7 @@ def run(args: argparse.Namespace, config: dict[str, Any]) -> int:
     from extract.training import fit
     from extract.training.checkpoint import RECIPE_JSON, save_json
     from extract.training.loop import default_workers
-    from heads.device import resolve_device
+    from store.device import resolve_device
 
     named = {**config, **{k: v for k, v in vars(args).items() if k in _RECIPE_FIELDS}}
     out = args.out or Path("runs") / f"{named.get('backbone', _R.backbone)}_{named.get('modality', _R.modality)}"

@@ -51,8 +51,8 @@ from fusion.errors import FusionError
 from fusion.inputs import EPS, StackInputs, row_blocks
 from fusion.logistic import LogisticFusion, LogisticSettings, out_of_fold_margin
 from fusion.registry import Fuser, register_fusion
-from heads.device import resolve_device
 from store.cli import setting_name
+from store.device import resolve_device
 from store.threads import free_cores
 
 log = logging.getLogger(__name__)

@@ -38,12 +38,12 @@ import torch
 
 from heads._fit import FitResult, evaluate_scores, fit, predict
 from heads._train_data import FeatureCache, Source, TrainError, make_source
-from heads.device import resolve_device
 from heads.losses import get_loss
 from heads.registry import get_head, get_head_builder
 from heads.seeding import derive_seed
 from heads.swa import AVERAGING
 from store.cli import setting_name
+from store.device import resolve_device
 from store.errors import SettingsError
 from store.feature_store import FeatureStore
 

@@ -39,12 +39,12 @@ from extract.training.evaluate import predict_videos
 from extract.training.freeze import freeze_all_but_last, set_train_mode
 from extract.training.modality import make_inputs
 from extract.training.recipe import RESUMABLE_CHANGES, TrainRecipe
-from heads.device import resolve_device
 from heads.losses import class_weights, get_loss
 from heads.metrics import evaluate as evaluate_scores
 from heads.mixup import draw_mix, mix_batch
 from heads.seeding import keyed_rng
 from heads.swa import make_averager, update_bn
+from store.device import resolve_device
 from store.threads import available_cores
 
 log = logging.getLogger(__name__)

@@ -1,4 +1,4 @@
-"""The training toolkit both trainers share: heads.schedule, heads.swa, heads.mixup, heads.device,
+"""The training toolkit both trainers share: heads.schedule, heads.swa, heads.mixup, store.device,
 heads.seeding; each checked against hand-computed values or torch's own implementation."""
 
 import math
@@ -10,11 +10,11 @@ from torch import nn
 from torch.optim.swa_utils import update_bn as torch_update_bn
 
 from heads._masking import MaskedBatchNorm1d
-from heads.device import DeviceUnavailable, resolve_device
 from heads.mixup import draw_mix, mix_batch
 from heads.schedule import LRSchedule
 from heads.seeding import derive_seed, keyed_rng
 from heads.swa import make_averager, update_bn
+from store.device import DeviceUnavailable, resolve_device
 from store.errors import VideoFeatError
 
 
