@@ -42,7 +42,8 @@ def test_every_error_class_derives_from_the_root():
 
 def test_every_command_is_found():
     assert {m.__name__ for m in COMMANDS} == {
-        "store.info", "store.verify", "store.search", "store.export", "store.import", "heads.train", "heads.sweep", "heads.knn", "heads.localize",
+        "store.info", "store.verify", "store.search", "store.export", "store.import",
+        "heads.train", "heads.sweep", "heads.knn", "heads.localize",
         "extract.run", "extract.train", "extract.search", "extract.demo", "fusion.run", "benchmarks.run",
         "benchmarks.recipe", "benchmarks.pipeline"}
 
