@@ -34,9 +34,6 @@ MAX_EF_SEARCH = 4096
 MIN_POINTS_PER_CENTROID = 39  # faiss ClusteringParameters: fewer and k-means warns
 MAX_POINTS_PER_CENTROID = 256  # faiss ClusteringParameters: more are subsampled away anyway
 TRAIN_CAP = 100_000  # training vectors beyond the minimum per centroid (bounds k-means time)
-HNSW_COARSE_MIN_NLIST = 2048  # from here on, IVF lists are assigned through an HNSW graph of centroids
-COARSE_HNSW_M = 32  # graph degree of that coarse quantizer (faiss's IVF{nlist}_HNSW32 for ~1M-10M vectors)
-COARSE_EF_SEARCH = 128  # its search beam (faiss widens it to nprobe when nprobe is larger)
 PLATEAU = 0.002  # tuning stops when doubling nprobe / efSearch gains less recall than this
 _MB = 2**20
 
@@ -54,9 +51,6 @@ class IndexPlan:
         nbits: Bits per PQ sub-quantizer code (``ivf_pq`` only).
         hnsw_m: Graph degree M (``hnsw`` only).
         ef_construction: HNSW build-time beam width (``hnsw`` only).
-        coarse: IVF coarse quantizer: ``flat`` (exact assignment, O(nlist) per vector) or
-            ``hnsw`` (an HNSW graph over the centroids, O(log nlist); faiss's choice for
-            large nlist).
     """
 
     kind: str
@@ -67,19 +61,17 @@ class IndexPlan:
     nbits: int = 8
     hnsw_m: int | None = None
     ef_construction: int | None = None
-    coarse: str = "flat"
 
     def factory_string(self) -> str:
         """The ``faiss.index_factory`` description, e.g. ``IVF1024,Flat``."""
         if self.kind == "flat":
             return "Flat"
-        ivf = f"IVF{self.nlist}" + (f"_HNSW{COARSE_HNSW_M}" if self.coarse == "hnsw" else "")
         if self.kind == "ivf_flat":
-            return f"{ivf},Flat"
+            return f"IVF{self.nlist},Flat"
         if self.kind == "ivf_sq8":
-            return f"{ivf},SQ8"
+            return f"IVF{self.nlist},SQ8"
         if self.kind == "ivf_pq":
-            return f"{ivf},PQ{self.m}x{self.nbits}np"  # np: no polysemous training (slow)
+            return f"IVF{self.nlist},PQ{self.m}x{self.nbits}np"  # np: no polysemous training (slow)
         return f"HNSW{self.hnsw_m},Flat"
 
     def min_train_vectors(self) -> int:
@@ -150,8 +142,6 @@ def plan_index(spec: IndexSpec, n: int, dim: int) -> IndexPlan:
     common = {"dim": dim, "metric": spec.metric}
     if spec.kind == "flat":
         return IndexPlan("flat", **common)
-    if spec.kind != "hnsw" and nlist >= HNSW_COARSE_MIN_NLIST:
-        common["coarse"] = "hnsw"
     if spec.kind in ("ivf_flat", "ivf_sq8"):
         return IndexPlan(spec.kind, nlist=nlist, **common)
     if spec.kind == "hnsw":
@@ -165,7 +155,7 @@ def plan_index(spec: IndexSpec, n: int, dim: int) -> IndexPlan:
             **common,
         )
     # auto
-    flat = IndexPlan("flat", dim=dim, metric=spec.metric)
+    flat = IndexPlan("flat", **common)
     if n < spec.flat_max_vectors and estimate_mb(flat, n) <= spec.memory_budget_mb:
         return flat
     for kind in ("ivf_flat", "ivf_sq8"):
@@ -201,8 +191,6 @@ def make_index(plan: IndexPlan, seed: int = 0) -> faiss.Index:
     if plan.kind in IVF_KINDS:
         ivf = faiss.downcast_index(faiss.extract_index_ivf(index))
         ivf.cp.seed = seed
-        if plan.coarse == "hnsw":
-            faiss.downcast_index(ivf.quantizer).hnsw.efSearch = COARSE_EF_SEARCH
         if plan.kind == "ivf_pq":
             ivf.pq.cp.seed = seed
     elif plan.kind == "hnsw":
