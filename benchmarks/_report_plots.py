@@ -17,7 +17,7 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
 
-from benchmarks._pipeline_steps import MODALITIES
+from benchmarks.pipeline.steps import MODALITIES
 
 OURS, PLAIN = "#1f77b4", "#b0b0b0"
 MODALITY_COLOURS = {"rgb": "#d62728", "flow": "#2ca02c", "audio": "#9467bd"}

@@ -6,7 +6,7 @@ On demo videos (112 px, 3 s at 25 fps) with the TSN ResNet-18 frame backbone at 
 * ``decode_clips_per_s``: the decode stage alone (``DecodePool``, the default worker count:
   decode, frame selection, crops), in model inputs (clips x views) per second;
 * ``model_clips_per_s``: the model stage alone on those inputs (default threads, batch 64);
-* ``pipeline_clips_per_s``: ``extract.pipeline.run_extraction`` end to end, store writes included;
+* ``pipeline_clips_per_s``: ``extract.dump.pipeline.run_extraction`` end to end, store writes included;
 * ``naive_clips_per_s``: the style of today's extraction scripts: one video at a time,
   decode the whole video to RGB frames (PyAV defaults), pick the sampled frames, resize,
   crop and normalise them, one model batch per video, ``np.save`` per video; torch gets
@@ -15,7 +15,7 @@ On demo videos (112 px, 3 s at 25 fps) with the TSN ResNet-18 frame backbone at 
   three crops per clip).
 
 Then a sweep of decode workers x model threads (the evidence behind
-``extract.settings.default_parallelism``) and the same four figures for R(2+1)D-18
+``extract.dump.settings.default_parallelism``) and the same four figures for R(2+1)D-18
 (16 x 112 x 112 clips) on a few videos. Then the other modalities:
 
 * ``flow_farneback_pairs_per_s`` / ``flow_tvl1_pairs_per_s``: ``compute_flow`` on demo
@@ -49,17 +49,17 @@ import torch
 import torch.nn.functional as F
 
 from benchmarks.registry import register_benchmark
-from extract import pipeline
-from extract._worker import DecodePool, DecodeTask
-from extract.audio import AudioSettings
 from extract.backbones import get_backbone
-from extract.decode import decode_video
 from extract.demo import DemoConfig, make_demo
-from extract.flow import FlowSettings, compute_flow
-from extract.makers import AudioWindows
-from extract.producers import AudioProducer
-from extract.sampling import ClipSampling, clip_frame_indices
-from extract.settings import BackboneChoice, ExtractSettings, default_parallelism
+from extract.dump import pipeline
+from extract.dump.makers import AudioWindows
+from extract.dump.producers import AudioProducer
+from extract.dump.settings import BackboneChoice, ExtractSettings, default_parallelism
+from extract.dump.worker import DecodePool, DecodeTask
+from extract.media.audio import AudioSettings
+from extract.media.decode import decode_video
+from extract.media.flow import FlowSettings, compute_flow
+from extract.media.sampling import ClipSampling, clip_frame_indices
 from store.threads import available_cores
 
 VIDEOS = 60

@@ -20,9 +20,10 @@ import torch
 
 from benchmarks.registry import register_benchmark
 from extract.backbones.registry import get_backbone
-from heads._train_data import MemorySource, StreamSource
-from heads.trainer import FeatureCache, TrainConfig, build_head, fit, resolve_device
+from heads import MemorySource, StreamSource
+from heads.trainer import FeatureCache, TrainConfig, build_head, fit
 from store import FeatureStore
+from store.device import resolve_device
 from store.errors import StoreError
 from store.testing import make_synthetic_store
 
@@ -73,7 +74,7 @@ def _epoch(fs: FeatureStore, source, head: str, train: np.ndarray, device: torch
 @register_benchmark("heads", "head epoch rows/s, data wait fraction, cached features vs a backbone pass")
 def bench_heads(args: argparse.Namespace) -> dict[str, float]:
     n = args.size or 20000
-    device = resolve_device("auto")
+    device = torch.device(resolve_device("auto"))
     fs = _store(args, n)
     train = fs.split_rows("train")
     t = time.perf_counter()

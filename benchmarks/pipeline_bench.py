@@ -37,7 +37,7 @@ TINY_MAX_VIDEOS = 100
 
 def pipeline_size(size: int | None) -> tuple[str, dict[str, Any]]:
     """``(preset, PipelineConfig keywords)`` for ``--size`` (videos; None: the small preset)."""
-    from benchmarks.pipeline import SIZES
+    from benchmarks.pipeline.job import SIZES
 
     if size is None:
         return "small", dict(SIZES["small"])
@@ -47,7 +47,7 @@ def pipeline_size(size: int | None) -> tuple[str, dict[str, Any]]:
 
 def summary_metrics(summary: dict[str, Any]) -> dict[str, Any]:
     """The flat metrics of a :func:`run_pipeline` summary (see the module docstring)."""
-    from benchmarks._pipeline_steps import MODALITIES
+    from benchmarks.pipeline.steps import MODALITIES
 
     res = summary["results"]
     m: dict[str, Any] = {"videos": res["demo"]["videos"], "classes": len(res["demo"]["classes"])}
@@ -76,7 +76,7 @@ def summary_metrics(summary: dict[str, Any]) -> dict[str, Any]:
 
 @register_benchmark("pipeline", "the demo pipeline end to end: mAP per modality x head, kNN, fusion; time per stage")
 def bench_pipeline(args: argparse.Namespace) -> dict[str, Any]:
-    from benchmarks.pipeline import PipelineConfig, format_summary, run_pipeline
+    from benchmarks.pipeline.job import PipelineConfig, format_summary, run_pipeline
 
     preset, values = pipeline_size(args.size)
     config = PipelineConfig(**values)

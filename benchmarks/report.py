@@ -26,8 +26,8 @@ from typing import Any
 
 from benchmarks import _report_plots as plots
 from benchmarks._markdown import table
-from benchmarks._pipeline_steps import MODALITIES
 from benchmarks._report_sections import OPS, SEARCH_RECALL_TARGET, SECTIONS, Row, Section
+from benchmarks.pipeline.steps import MODALITIES
 
 
 # ------------------------------------------------------------------------------------ numbers

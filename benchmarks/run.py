@@ -9,7 +9,7 @@ and the others still run. A run of all benchmarks (no ``--only``) then writes
 saved results without running anything. ``--json OUT`` also writes one
 ``{"benchmark": name, "metrics": {...}}`` object per line for this run.
 
-The challenge recipes (``benchmarks/recipes/NAME.toml``, :mod:`benchmarks.recipe`) run with
+The challenge recipes (``benchmarks/recipes/NAME.toml``, :mod:`benchmarks.recipes`) run with
 ``--recipe NAME``, each end to end on the demo set, printing its table in the layout of the
 report it follows; a run of everything runs every recipe after the benchmarks (resuming what
 is done; ``--no-recipes`` skips them). Their tables (``<workdir>/recipes/*/RESULT.md``) are
@@ -48,11 +48,12 @@ import benchmarks.search_bench  # noqa: F401  (registers "search")
 import benchmarks.store_bench  # noqa: F401  (registers "store")
 import benchmarks.sweep_bench  # noqa: F401  (registers "sweep")
 import benchmarks.train_bench  # noqa: F401  (registers "train")
-from benchmarks.recipe import list_recipes, recipe_command
+from benchmarks.recipes.recipe import list_recipes
+from benchmarks.recipes.runner import recipe_command
 from benchmarks.registry import describe, get_benchmark, list_benchmarks
 from benchmarks.report import write_report
 from benchmarks.scale_bench import STEPS as SCALE_STEPS
-from store.cli import positive_float, positive_int
+from store.cli import positive_float, positive_int, run_command
 
 DEFAULT_REPORT = Path(__file__).resolve().parent / "REPORT.md"
 
@@ -236,6 +237,7 @@ def run_benchmarks(args: argparse.Namespace, command: str, machine: str) -> int:
     return 1 if failed else 0
 
 
+@run_command
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     command, machine = _command(argv), describe_machine()

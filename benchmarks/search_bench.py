@@ -33,8 +33,13 @@ from typing import Any
 import numpy as np
 
 from benchmarks.registry import register_benchmark
-from store._index_factory import search_param_candidates, set_search_param
-from store.index import FeatureIndex, IndexSpec, clustered_vectors
+from store.index import (
+    FeatureIndex,
+    IndexSpec,
+    clustered_vectors,
+    search_param_candidates,
+    set_search_param,
+)
 
 DIM = 512
 N_CLUSTERS = 1000

@@ -54,7 +54,7 @@ def bench_sweep(args: argparse.Namespace) -> dict[str, float]:
     import pandas as pd
     from distributed import Client, LocalCluster
 
-    from heads._grid import expand_grid, load_grid
+    from heads import expand_grid, load_grid
     from heads.sweep import run_sweep
     from store.testing import make_synthetic_store
 

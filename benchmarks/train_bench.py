@@ -5,7 +5,7 @@ fewer confusable distractors and less noise than the default 0.5, so a tiny net 
 from a few hundred videos in minutes), a tiny temporal backbone (TSM, 4 frames at stride 6,
 48 px crops: the demo's motion classes are time reversals, invisible to a frame model) is
 trained with ``extract.training.fit`` (AdamW, cosine, mixup 0.4, random resize + crop + flip)
-for a CPU-affordable number of epochs. Then ``extract.pipeline`` (the library behind
+for a CPU-affordable number of epochs. Then ``extract.dump.pipeline`` (the library behind
 ``extract.run``) embeds every video twice into one store: with the trained ``backbone.pt``
 and with the random init it started from (same seed). A linear probe (one-vs-rest logistic
 regression on the mean of the valid clip features, standardised on train) is fitted on the
@@ -58,9 +58,9 @@ def _linear_probe_map(features: np.ndarray, valid: np.ndarray, labels: np.ndarra
 def bench_train(args: argparse.Namespace) -> dict[str, float]:
     import torch
 
-    from extract import pipeline
     from extract.demo import DemoConfig, make_demo
-    from extract.settings import ExtractSettings
+    from extract.dump import pipeline
+    from extract.dump.settings import ExtractSettings
     from extract.training import TrainData, TrainRecipe, fit
     from store import FeatureStore
     from store.threads import available_cores

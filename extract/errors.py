@@ -1,12 +1,14 @@
 """Typed errors of the ``extract`` package for mistakes a user can make.
 
 Every error carries a one-line message that names the file (and the line, where there is
-one) and says what to do next. Commands catch :class:`ExtractError`, print the message and
-exit non-zero.
+one) and says what to do next. ``ExtractError`` derives from the project's root
+:class:`store.errors.VideoFeatError`, which every command turns into one ``error: ...`` line and
+exit status 2 (:func:`store.cli.run_command`).
 
 Hierarchy::
 
-    ExtractError
+    VideoFeatError (store.errors)
+    +-- ExtractError
     +-- InputError (also a ValueError): a video list or class list cannot be used
     |   +-- SourceNotFoundError     the CSV / folder / class file does not exist
     |   +-- EmptyListError          no videos listed (empty CSV, folder without videos)
@@ -24,8 +26,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from store.errors import VideoFeatError
 
-class ExtractError(Exception):
+
+class ExtractError(VideoFeatError):
     """Base class of every error ``extract`` raises for a user's mistake."""
 
 

@@ -34,15 +34,15 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from extract._config import read_toml_config
+from extract.dump.settings import DEVICES, MODALITIES, BackboneChoice, ExtractSettings, parse_shard
 from extract.errors import DemoError, ExtractError
-from extract.flow import FLOW_ALGORITHMS
-from extract.settings import DEVICES, MODALITIES, BackboneChoice, ExtractSettings, parse_shard
-from store.cli import non_negative_int, positive_float, positive_int
-from store.errors import StoreError
+from extract.media.flow import FLOW_ALGORITHMS
+from store.cli import non_negative_int, positive_float, positive_int, run_command
+from store.errors import SettingsError
 from store.threads import add_threads_argument
 
 if TYPE_CHECKING:
-    from extract.pipeline import RunStats
+    from extract.dump.pipeline import RunStats
 
 log = logging.getLogger("extract.run")
 
@@ -298,7 +298,7 @@ def _choices(args: argparse.Namespace, demo: bool) -> dict:
     names = _as_list(args.backbone) or (list(DEMO_BACKBONES) if demo else [_D.backbone])
     sets = _as_list(args.set_name)
     if sets and len(sets) != len(names):
-        raise ValueError(
+        raise SettingsError(
             f"--set: give one name per --backbone, in the same order ({len(names)} backbone(s), "
             f"{len(sets)} name(s)), or none for the defaults"
         )
@@ -306,7 +306,7 @@ def _choices(args: argparse.Namespace, demo: bool) -> dict:
     if len(names) == 1:
         c = BackboneChoice.parse(names[0], modality=args.modality)
         if c.weights and weights:
-            raise ValueError("--weights and --backbone NAME@PATH both give weights; keep one")
+            raise SettingsError("--weights and --backbone NAME@PATH both give weights; keep one")
         return {
             "backbone": c.backbone,
             "modality": c.modality,
@@ -314,7 +314,7 @@ def _choices(args: argparse.Namespace, demo: bool) -> dict:
             "set_name": sets[0] if sets else None,
         }
     if weights:
-        raise ValueError(
+        raise SettingsError(
             "--weights is for a run with one --backbone; with several, give each its "
             "checkpoint as --backbone MODALITY:NAME@PATH"
         )
@@ -333,7 +333,7 @@ def _settings(args: argparse.Namespace, demo: bool) -> ExtractSettings:
     try:
         scales = tuple(int(s) for s in raw if str(s).strip())
     except ValueError:
-        raise ValueError(
+        raise SettingsError(
             f"--scales must be comma-separated integers, got {args.scales!r}"
         ) from None
     return ExtractSettings(
@@ -367,7 +367,7 @@ def _settings(args: argparse.Namespace, demo: bool) -> ExtractSettings:
 def _summary(stats: RunStats, elapsed: float) -> str:
     """The end-of-run report: what was written, what failed and why, how fast."""
     lines = []
-    for name, spec in zip(stats.set_names, stats.specs):
+    for name, spec in stats.outputs:
         made = f"weights {spec.weights_sha256[:12]}" if spec.weights_sha256 else "random init"
         lines.append(
             f"extract: {stats.store} features/{name}: K={spec.clips} x D={spec.dim} {spec.dtype}, "
@@ -411,8 +411,8 @@ def run(args: argparse.Namespace) -> int:
     from tqdm import tqdm
     from tqdm.contrib.logging import logging_redirect_tqdm
 
-    from extract import pipeline
     from extract.demo import load_demo, make_demo
+    from extract.dump import pipeline
 
     t0 = time.perf_counter()
     demo = args.videos is None
@@ -483,28 +483,19 @@ def run(args: argparse.Namespace) -> int:
     return 0 if report.ok else 1
 
 
+@run_command(interrupted="finished rows were written; rerun the same command to resume")
 def main(argv: list[str] | None = None) -> int:
     """Command-line entry point; returns the exit status."""
     parser = _parser()
-    try:
-        known, _ = parser.parse_known_args(argv)
-        if known.config:
-            parser.set_defaults(**read_toml_config(parser, known.config))
-        args = parser.parse_args(argv)
-        logging.basicConfig(
-            level=logging.INFO if args.verbose else logging.WARNING,
-            format="%(levelname)s %(name)s: %(message)s",
-        )
-        return run(args)
-    except (StoreError, ExtractError) as err:
-        print("error: " + " ".join(str(err).split()), file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print(
-            "interrupted: finished rows were written; rerun the same command to resume",
-            file=sys.stderr,
-        )
-        return 130
+    known, _ = parser.parse_known_args(argv)
+    if known.config:
+        parser.set_defaults(**read_toml_config(parser, known.config))
+    args = parser.parse_args(argv)
+    logging.basicConfig(
+        level=logging.INFO if args.verbose else logging.WARNING,
+        format="%(levelname)s %(name)s: %(message)s",
+    )
+    return run(args)
 
 
 if __name__ == "__main__":

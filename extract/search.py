@@ -10,7 +10,7 @@ Any feature set ``extract.run`` wrote can be searched: RGB, optical flow or audi
 embedded exactly as ``extract.run`` embedded the feature set: the producer is rebuilt from the
 set's recorded spec (modality, backbone, random-init seed or weights checksum, clip sampling,
 views, flow algorithm and bound, audio windows, chunking) through
-:func:`extract.pipeline.build_producers`, the file is
+:func:`extract.dump.pipeline.build_producers`, the file is
 decoded by the same worker function and embedded in the same model, and the features are
 rounded to the set's storage dtype. The per-video vector is the mean of the valid clips
 (:func:`store.index.pool_video_vectors`, what the index holds), and the search is
@@ -32,16 +32,15 @@ from pathlib import Path
 
 import numpy as np
 
-from extract._worker import DecodeTask, process_task
 from extract.backbones import file_sha256
+from extract.dump.makers import NO_AUDIO
+from extract.dump.pipeline import build_producers
+from extract.dump.producers import FeatureProducer
+from extract.dump.settings import DEVICES, MODALITIES, ExtractSettings
+from extract.dump.worker import DecodeTask, process_task
 from extract.errors import ExtractError
-from extract.makers import NO_AUDIO
-from extract.pipeline import build_producers
-from extract.producers import FeatureProducer
-from extract.sampling import ClipSampling, ViewSpec
-from extract.settings import DEVICES, MODALITIES, ExtractSettings
-from store.cli import non_negative_int, positive_float, positive_int
-from store.errors import StoreError
+from extract.media.sampling import ClipSampling, ViewSpec
+from store.cli import non_negative_int, positive_float, positive_int, run_command
 from store.feature_set import FeatureSet
 from store.feature_store import FeatureStore
 from store.index import FeatureIndex, IndexSpec, ensure_index, pool_video_vectors
@@ -215,26 +214,23 @@ def _parser() -> argparse.ArgumentParser:
     return p
 
 
+@run_command
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     set_threads(args.threads)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     from tqdm import tqdm
 
-    try:
-        if not args.video.is_file():
-            raise ExtractError(f"--video {args.video}: file not found")
-        fs = FeatureStore.open(args.store, "a" if os.access(args.store, os.W_OK) else "r")
-        fset = fs.feature_set(args.features)
-        producer = producer_for(fset, weights=args.weights, device=args.device)  # fails before any index work
-        spec = None if args.index is None else IndexSpec(kind=args.index)
-        index = ensure_index(fset, spec, rebuild=args.rebuild, progress=None if args.quiet else tqdm)
-        embedding = embed_video(producer, args.video, dtype=fset.spec.dtype)
-        result = neighbours(fs, args.features, vectors=embedding.vector(index.spec.metric), k=args.k,
-                            temperature=args.temperature, index=index)
-    except (StoreError, ExtractError) as err:
-        print("error: " + " ".join(str(err).split()), file=sys.stderr)
-        return 2
+    if not args.video.is_file():
+        raise ExtractError(f"--video {args.video}: file not found")
+    fs = FeatureStore.open(args.store, "a" if os.access(args.store, os.W_OK) else "r")
+    fset = fs.feature_set(args.features)
+    producer = producer_for(fset, weights=args.weights, device=args.device)  # fails before any index work
+    spec = None if args.index is None else IndexSpec(kind=args.index)
+    index = ensure_index(fset, spec, rebuild=args.rebuild, progress=None if args.quiet else tqdm)
+    embedding = embed_video(producer, args.video, dtype=fset.spec.dtype)
+    result = neighbours(fs, args.features, vectors=embedding.vector(index.spec.metric), k=args.k,
+                        temperature=args.temperature, index=index)
     print(f"index: {index.describe()}")
     title = (f"neighbours of {args.video} ({int(embedding.valid.sum())} of {len(embedding.valid)} clips valid, "
              f"embedded with {fset.spec.backbone})")

@@ -35,8 +35,7 @@ from typing import Any
 from extract._config import read_toml_config
 from extract.errors import DemoError, ExtractError
 from extract.training.recipe import CLASS_WEIGHTS, MODALITIES, OPTIMIZERS, SCHEDULES, TrainRecipe
-from store.cli import non_negative_int, positive_float, positive_int
-from store.errors import StoreError
+from store.cli import non_negative_int, positive_float, positive_int, run_command
 from store.threads import add_threads_argument, free_cores, set_threads
 
 log = logging.getLogger("extract.train")
@@ -248,6 +247,7 @@ def _summary(result) -> str:
 
 def run(args: argparse.Namespace, config: dict[str, Any]) -> int:
     """Run the command on parsed arguments; returns the exit status."""
+    import torch
     from tqdm import tqdm
     from tqdm.contrib.logging import logging_redirect_tqdm
 
@@ -255,7 +255,8 @@ def run(args: argparse.Namespace, config: dict[str, Any]) -> int:
     from extract.demo import load_demo, make_demo
     from extract.training import fit
     from extract.training.checkpoint import RECIPE_JSON, save_json
-    from extract.training.loop import default_workers, resolve_device
+    from extract.training.loop import default_workers
+    from store.device import resolve_device
 
     named = {**config, **{k: v for k, v in vars(args).items() if k in _RECIPE_FIELDS}}
     out = args.out or Path("runs") / f"{named.get('backbone', _R.backbone)}_{named.get('modality', _R.modality)}"
@@ -276,7 +277,7 @@ def run(args: argparse.Namespace, config: dict[str, Any]) -> int:
             print(f"making the demo set in {args.demo_dir} ...", file=sys.stderr)
             manifest = make_demo(args.demo_dir, progress=not args.quiet)
     data = _data(args, manifest)
-    device = resolve_device(recipe)
+    device = torch.device(resolve_device(recipe.device))
     workers = default_workers(device) if args.workers is None else args.workers
     set_threads(args.threads or (max(1, free_cores() - workers) if device.type == "cpu" else None))
     if recipe.weights is not None:
@@ -308,22 +309,16 @@ def run(args: argparse.Namespace, config: dict[str, Any]) -> int:
     return 0
 
 
+@run_command(interrupted="the last finished epoch is in last.pt; rerun with --resume to continue")
 def main(argv: list[str] | None = None) -> int:
     """Command-line entry point; returns the exit status."""
     parser = _parser()
-    try:
-        known, _ = parser.parse_known_args(argv)
-        config = _read_config(parser, known.config) if known.config else {}
-        args = parser.parse_args(argv)
-        logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
-                            format="%(levelname)s %(name)s: %(message)s")
-        return run(args, config)
-    except (StoreError, ExtractError) as err:
-        print("error: " + " ".join(str(err).split()), file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print("interrupted: the last finished epoch is in last.pt; rerun with --resume to continue", file=sys.stderr)
-        return 130
+    known, _ = parser.parse_known_args(argv)
+    config = _read_config(parser, known.config) if known.config else {}
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
+                        format="%(levelname)s %(name)s: %(message)s")
+    return run(args, config)
 
 
 if __name__ == "__main__":

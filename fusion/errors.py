@@ -1,16 +1,17 @@
 """Typed errors of the fusion package.
 
 Each names what went wrong and what to do next; ``python -m fusion.run`` prints the message
-on one line and exits with status 2. They subclass :class:`store.errors.StoreError`, so a
-caller that already handles store errors handles these too.
+on one line and exits with status 2. They derive from the project's error root
+:class:`store.errors.VideoFeatError` (not from ``StoreError``: a fusion mistake is not a damaged
+or misused store).
 """
 
 from __future__ import annotations
 
-from store.errors import StoreError
+from store.errors import VideoFeatError
 
 
-class FusionError(StoreError):
+class FusionError(VideoFeatError):
     """Base class of every error fusion raises for a user's mistake."""
 
 

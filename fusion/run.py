@@ -30,8 +30,7 @@ from fusion.errors import FusionError
 from fusion.pipeline import DEFAULT_FIT_ROWS, METRIC_NAMES, fuse_runs
 from fusion.registry import list_fusions
 from fusion.report import HEADERS, write_report
-from store.cli import non_negative_int, positive_float, positive_int
-from store.errors import StoreError
+from store.cli import non_negative_int, positive_float, positive_int, run_command
 from store.threads import add_threads_argument, set_threads
 
 # flag -> (method, settings field)
@@ -106,6 +105,7 @@ def _connect(address: str) -> Any:
             from None
 
 
+@run_command
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(message)s")
@@ -131,12 +131,9 @@ def main(argv: list[str] | None = None) -> int:
         for bar in bars:
             bar.close()
         report = write_report(result, args.report) if args.report is not None else None
-    except StoreError as exc:  # FusionError is a StoreError
+    finally:  # a VideoFeatError goes on to run_command: one line, exit 2
         for bar in bars:
             bar.close()
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    finally:
         if client is not None:
             client.close()
     table = result.metrics_table()

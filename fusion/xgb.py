@@ -52,6 +52,7 @@ from fusion.inputs import EPS, StackInputs, row_blocks
 from fusion.logistic import LogisticFusion, LogisticSettings, out_of_fold_margin
 from fusion.registry import Fuser, register_fusion
 from store.cli import setting_name
+from store.device import resolve_device
 from store.threads import free_cores
 
 log = logging.getLogger(__name__)
@@ -146,15 +147,6 @@ def cuda_visible() -> bool:
     return json.loads(booster.save_config())["learner"]["generic_param"]["device"].startswith("cuda")
 
 
-def resolve_device(device: str) -> str:
-    """``auto`` -> ``cuda`` or ``cpu``; ``cuda`` without a visible GPU is an error."""
-    if device == "auto":
-        return "cuda" if cuda_visible() else "cpu"
-    if device == "cuda" and not cuda_visible():
-        raise FusionError("device='cuda' but XGBoost sees no GPU; use --device cpu (or auto)")
-    return device
-
-
 def screen_other_scores(logits: np.ndarray, labels: np.ndarray, k: int, max_rows: int = 100_000,
                         seed: int = 0) -> np.ndarray:
     """For each class, the ``k`` (run, class') columns most correlated with its label (own class excluded).
@@ -229,7 +221,7 @@ class XGBoostFusion(Fuser):
         if n_valid < 1 or n - n_valid < 2:
             raise FusionError(f"{n} fit rows are too few to hold out {s.valid_fraction:.0%} for early stopping")
         self.names_ = x.names
-        self.device_ = resolve_device(s.device)
+        self.device_ = resolve_device(s.device, gpu_visible=cuda_visible, library="XGBoost")
         self.other_ = screen_other_scores(x.filled_logits(), labels, s.other_scores, seed=s.seed)
         if s.linear_base:
             base_settings = LogisticSettings(c=s.logistic_c, availability=s.availability)

@@ -7,6 +7,8 @@ Public API::
     evaluate, class_map, sample_map, gap     heads.metrics
     TrainConfig, train_head, FeatureCache    heads.trainer (python -m heads.train)
     run_sweep                                heads.sweep (python -m heads.sweep, on Dask)
+    load_grid, expand_grid                   a sweep's grid file -> validated TrainConfigs
+    MemorySource, StreamSource               the trainer's feature sources (in memory / streamed)
 
 See heads/README.md for the equations and references.
 """
@@ -22,6 +24,8 @@ _EXPORTS = {
     "get_head": "heads.registry", "list_heads": "heads.registry", "register_head": "heads.registry",
     "FeatureCache": "heads.trainer", "TrainConfig": "heads.trainer", "TrainResult": "heads.trainer",
     "train_head": "heads.trainer", "run_sweep": "heads.sweep",
+    "expand_grid": "heads._grid", "load_grid": "heads._grid",
+    "MemorySource": "heads._train_data", "StreamSource": "heads._train_data",
 }
 __all__ = sorted(_EXPORTS)
 

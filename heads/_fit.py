@@ -24,6 +24,9 @@ from torch.optim.lr_scheduler import LambdaLR
 from heads._train_data import Batch, Source, n_batches, prefetched
 from heads.losses import class_weights, get_loss
 from heads.metrics import evaluate
+from heads.mixup import draw_mix, mix_batch
+from heads.schedule import LRSchedule
+from heads.seeding import derive_seed, keyed_rng
 from heads.swa import make_averager, update_bn
 
 if TYPE_CHECKING:
@@ -32,22 +35,6 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 PREDICT_BATCH = 1024
-
-
-def derive_seed(*parts: int | str) -> int:
-    """A 31-bit seed from a tuple of ints and words (stable across runs and machines)."""
-    ints = [p if isinstance(p, int) else int.from_bytes(p.encode(), "little") for p in parts]
-    return int(np.random.SeedSequence(ints).generate_state(1)[0] & 0x7FFFFFFF)
-
-
-def lr_factor(step: int, *, warmup_steps: int, total_steps: int, cosine: bool) -> float:
-    """Multiplier of the base learning rate at optimiser step ``step`` (0-based)."""
-    if step < warmup_steps:
-        return (step + 1) / warmup_steps  # linear warm-up
-    if not cosine:
-        return 1.0
-    t = (step - warmup_steps) / max(1, total_steps - warmup_steps)
-    return 0.5 * (1.0 + math.cos(math.pi * min(t, 1.0)))  # cosine decay to 0
 
 
 def evaluate_scores(scores: np.ndarray, labels: np.ndarray) -> dict[str, float] | None:
@@ -78,19 +65,6 @@ def predict(model: nn.Module, source: Source, rows: np.ndarray, *, device: torch
     if out is None:
         raise ValueError("predict got no rows: pass at least one row done in the feature sets")
     return out[inverse]
-
-
-def _mixup(x: torch.Tensor, mask: torch.Tensor, y: torch.Tensor, alpha: float,
-           rng: np.random.Generator) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Feature-space mixup of a batch with a permutation of itself (one ``lam`` per batch).
-
-    Padded clips are zeroed first; a slot is valid in the mix if it is valid in either video.
-    """
-    lam = float(rng.beta(alpha, alpha))
-    perm = torch.from_numpy(rng.permutation(x.shape[0])).to(x.device)
-    x = torch.where(mask.unsqueeze(-1), x, torch.zeros((), dtype=x.dtype, device=x.device))
-    x = lam * x + (1.0 - lam) * x[perm]  # (B, K, D)
-    return x, mask | mask[perm], lam * y + (1.0 - lam) * y[perm]
 
 
 @dataclass
@@ -148,7 +122,8 @@ def fit(model: nn.Module, source: Source, train_rows: np.ndarray, val_rows: np.n
     drop_last = len(train_rows) > config.batch_size  # never a 1-row batch norm batch
     steps = n_batches(len(train_rows), config.batch_size, drop_last)
     warmup, total = round(config.warmup * steps), config.epochs * steps
-    sched = LambdaLR(opt, lambda s: lr_factor(s, warmup_steps=warmup, total_steps=total, cosine=config.cosine))
+    schedule = LRSchedule(config.lr, total, warmup, kind="cosine" if config.cosine else "constant")
+    sched = LambdaLR(opt, schedule.factor)
     averager = make_averager(model, config.swa, ema_decay=config.ema_decay) if config.swa != "none" else None
     swa_start = config.resolved_swa_start()
     val_labels = source.labels(val_rows) if len(val_rows) else np.zeros((0, 0), np.uint8)
@@ -176,7 +151,7 @@ def fit(model: nn.Module, source: Source, train_rows: np.ndarray, val_rows: np.n
     while st["epoch"] < config.epochs and not st["stopped"]:
         epoch = st["epoch"]
         torch.manual_seed(derive_seed(config.seed, fold, epoch, "torch"))
-        mix_rng = np.random.default_rng(derive_seed(config.seed, fold, epoch, "mixup"))
+        mix_rng = keyed_rng(derive_seed(config.seed, fold, epoch, "mixup"))
         batches = source.batches(train_rows, batch_size=config.batch_size, shuffle=True, seed=order_seed,
                                  epoch=epoch, drop_last=drop_last)
         use_ema = averager is not None and config.swa == "ema" and epoch >= swa_start
@@ -236,7 +211,8 @@ def _train_epoch(model: nn.Module, batches: Iterator[Batch], loss_fn: nn.Module,
         mask = batch["mask"].to(device, non_blocking=True)
         y = batch["labels"].to(device, non_blocking=True)
         if config.mixup_alpha > 0:
-            x, mask, y = _mixup(x, mask, y, config.mixup_alpha, mix_rng)
+            draw = draw_mix(len(y), config.mixup_alpha, mix_rng, per_example=False)
+            x, y, mask = mix_batch(x, y, draw, mask)
         loss = loss_fn(model(x, mask), y, weight=weight)
         opt.zero_grad(set_to_none=True)
         loss.backward()
@@ -260,8 +236,9 @@ def _finish(model: nn.Module, source: Source, train_rows: np.ndarray, config: Tr
     if averaged:
         final = averager.module
         torch.manual_seed(derive_seed(config.seed, fold, "bn"))
-        update_bn(final, prefetched(source.batches(train_rows, batch_size=config.batch_size, shuffle=False, seed=0,
-                                                   epoch=0, drop_last=drop_last)), device=device)
+        batches = prefetched(source.batches(train_rows, batch_size=config.batch_size, shuffle=False, seed=0, epoch=0,
+                                            drop_last=drop_last))
+        update_bn(final, ((b["features"].to(device), b["mask"].to(device)) for b in batches))
     else:
         if averager is not None:
             log.warning("fold %d stopped before swa_start=%d: no average; keeping the best epoch", fold,

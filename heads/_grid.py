@@ -42,6 +42,7 @@ from typing import Any
 import numpy as np
 
 from heads.trainer import TrainConfig
+from store.errors import VideoFeatError
 
 __all__ = ["GridError", "expand_grid", "flat_settings", "load_grid", "varied_settings"]
 
@@ -53,7 +54,7 @@ DISTRIBUTIONS = ("choice", "uniform", "loguniform", "randint")
 _FIELDS = tuple(TrainConfig.__dataclass_fields__)
 
 
-class GridError(ValueError):
+class GridError(VideoFeatError):
     """A grid file that cannot be expanded (the message names the table and the key)."""
 
 

@@ -29,7 +29,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 import torch
 
-from store.errors import ShapeMismatch
+from store.errors import ShapeMismatch, VideoFeatError
 from store.feature_store import FeatureStore
 from store.readers import ChunkShuffleDataset
 
@@ -42,7 +42,7 @@ Batch = dict[str, torch.Tensor]
 MEMORY_FRACTION = 0.25  # "auto" keeps the features in RAM when they take less than this of the free RAM
 
 
-class TrainError(ValueError):
+class TrainError(VideoFeatError):
     """A user-caused problem with the training data (empty split, no labels, bad cache)."""
 
 
@@ -203,14 +203,6 @@ class StreamSource:
 
 
 Source = MemorySource | StreamSource
-
-
-def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name.startswith("cuda") and not torch.cuda.is_available():
-        raise TrainError(f"device {name!r} asked for but CUDA is not available; use --device cpu or auto")
-    return torch.device(name)
 
 
 def make_source(store: FeatureStore, config: TrainConfig, data: FeatureCache | None = None) -> Source:

@@ -35,8 +35,8 @@ import numpy as np
 import pandas as pd
 
 from heads.trainer import assign_folds, evaluate_scores
-from store.cli import non_negative_int, positive_float, positive_int
-from store.errors import StoreError
+from store.cli import non_negative_int, positive_float, positive_int, run_command
+from store.errors import VideoFeatError
 from store.feature_store import FeatureStore
 from store.index import FeatureIndex, IndexSpec, Progress, feature_vectors
 from store.search import propagate_labels
@@ -52,7 +52,7 @@ _METRIC_COLUMNS = (("class_map", "class mAP"), ("sample_map", "sample mAP"), ("g
                    ("top1", "top-1"), ("top5", "top-5"))
 
 
-class KnnError(ValueError):
+class KnnError(VideoFeatError):
     """A user-caused problem with a kNN run (too few train rows, bad settings)."""
 
 
@@ -369,6 +369,7 @@ def _write_csv(table: pd.DataFrame, path: Path) -> None:
     os.replace(tmp, path)
 
 
+@run_command(path_errors=True)  # OSError: an unwritable --out
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     set_threads(args.threads)
@@ -376,23 +377,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     from tqdm import tqdm
 
     progress = None if args.quiet else tqdm
-    try:
-        if not args.audit and (args.out is not None or args.top is not None):
-            raise KnnError("--out and --top belong to --audit; add --audit or drop them")
-        spec = IndexSpec(kind=args.index, level=args.level, recall_target=args.recall_target, gpu=not args.cpu)
-        fs = FeatureStore.open(args.store, "r" if args.audit else "a")
-        if args.audit:
-            table = label_audit(fs, args.features, k=args.k, temperature=args.temperature, index_spec=spec,
-                                progress=progress)
-            table = table.head(args.top) if args.top else table
-            out = args.out or Path(f"knn_audit_{args.features}.csv")
-            _write_csv(table, out)
-        else:
-            run = write_knn_run(fs, args.features, run=args.run, k=args.k, temperature=args.temperature,
-                                folds=args.folds, seed=args.seed, index_spec=spec, progress=progress)
-    except (StoreError, KnnError, OSError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+    if not args.audit and (args.out is not None or args.top is not None):
+        raise KnnError("--out and --top belong to --audit; add --audit or drop them")
+    spec = IndexSpec(kind=args.index, level=args.level, recall_target=args.recall_target, gpu=not args.cpu)
+    fs = FeatureStore.open(args.store, "r" if args.audit else "a")
+    if args.audit:
+        table = label_audit(fs, args.features, k=args.k, temperature=args.temperature, index_spec=spec,
+                            progress=progress)
+        table = table.head(args.top) if args.top else table
+        out = args.out or Path(f"knn_audit_{args.features}.csv")
+        _write_csv(table, out)
+    else:
+        run = write_knn_run(fs, args.features, run=args.run, k=args.k, temperature=args.temperature,
+                            folds=args.folds, seed=args.seed, index_spec=spec, progress=progress)
     if args.audit:
         with pd.option_context("display.width", 160, "display.max_colwidth", 40):
             print(table.head(20).drop(columns=["path", "row"]).to_string(index=False))

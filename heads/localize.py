@@ -34,8 +34,7 @@ from torch import nn
 from heads._train_data import StreamSource, TrainError
 from heads.pooling import MeanPooling, PooledHead
 from heads.trainer import TrainConfig, build_head, predict
-from store.cli import positive_int
-from store.errors import StoreError
+from store.cli import positive_int, run_command
 from store.feature_store import FeatureStore
 from store.threads import add_threads_argument, set_threads
 
@@ -195,42 +194,39 @@ def build_parser() -> argparse.ArgumentParser:
     return ap
 
 
+@run_command
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     set_threads(args.threads)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
-    try:
-        if args.run is None and not (args.predictions and args.store and args.confusion):
-            raise TrainError("give --run DIR (or --store S --predictions RUN --confusion)")
-        if args.predictions:
-            fs = FeatureStore.open(args.store, "r")
-            rows = fs.split_rows(args.split)
-            scores = fs.read_predictions(args.predictions)[0][rows]
-            print(confusion_report(scores, fs.labels(rows), fs.classes, top=args.pairs))
-            return 0
-        run = TrainedRun.load(args.run, store=args.store, device=args.device)
-        fs = run.store
-        for vid in args.video or []:
-            print(describe_video(run, int(fs.rows_of([vid])[0]), top=args.top))
+    if args.run is None and not (args.predictions and args.store and args.confusion):
+        raise TrainError("give --run DIR (or --store S --predictions RUN --confusion)")
+    if args.predictions:
+        fs = FeatureStore.open(args.store, "r")
         rows = fs.split_rows(args.split)
-        if (args.save or args.confusion) and not len(rows):
-            raise TrainError(f"split {args.split!r} has no rows in {fs.path}")
-        if args.save:
-            rows, probs, mask = run.clip_scores(rows)
-            out = args.out or run.run_dir / f"clip_scores_{args.split}.npz"
-            np.savez_compressed(out, rows=rows, ids=fs.video_ids()[rows].astype(str),
-                                clip_scores=probs.astype(np.float16),
-                                video_scores=run.video_scores(rows), mask=mask, classes=np.array(fs.classes),
-                                times=fs.feature_set(run.config.features[0]).read_times(rows))
-            print(f"wrote per-clip scores of {len(rows)} {args.split} videos to {out}")
-        if args.confusion:
-            rows = np.intersect1d(rows, run.source().rows)
-            print(confusion_report(run.video_scores(rows), fs.labels(rows), fs.classes, top=args.pairs))
-        if not (args.video or args.save or args.confusion):
-            raise TrainError("nothing to do: give --video ID, --save or --confusion")
-    except (StoreError, ValueError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+        scores = fs.read_predictions(args.predictions)[0][rows]
+        print(confusion_report(scores, fs.labels(rows), fs.classes, top=args.pairs))
+        return 0
+    run = TrainedRun.load(args.run, store=args.store, device=args.device)
+    fs = run.store
+    for vid in args.video or []:
+        print(describe_video(run, int(fs.rows_of([vid])[0]), top=args.top))
+    rows = fs.split_rows(args.split)
+    if (args.save or args.confusion) and not len(rows):
+        raise TrainError(f"split {args.split!r} has no rows in {fs.path}")
+    if args.save:
+        rows, probs, mask = run.clip_scores(rows)
+        out = args.out or run.run_dir / f"clip_scores_{args.split}.npz"
+        np.savez_compressed(out, rows=rows, ids=fs.video_ids()[rows].astype(str),
+                            clip_scores=probs.astype(np.float16),
+                            video_scores=run.video_scores(rows), mask=mask, classes=np.array(fs.classes),
+                            times=fs.feature_set(run.config.features[0]).read_times(rows))
+        print(f"wrote per-clip scores of {len(rows)} {args.split} videos to {out}")
+    if args.confusion:
+        rows = np.intersect1d(rows, run.source().rows)
+        print(confusion_report(run.video_scores(rows), fs.labels(rows), fs.classes, top=args.pairs))
+    if not (args.video or args.save or args.confusion):
+        raise TrainError("nothing to do: give --video ID, --save or --confusion")
     return 0
 
 

@@ -14,9 +14,6 @@ from torch import Tensor, nn
 from torch.nn.utils.rnn import pack_padded_sequence
 
 from heads._masking import prepare_clips
-from heads.moe import ClassifierKind
-from heads.pooling import PooledHead, assemble_head
-from heads.registry import register_head
 
 
 def valid_clips_first(x: Tensor, mask: Tensor) -> tuple[Tensor, Tensor]:
@@ -79,75 +76,3 @@ class LSTMPooling(nn.Module):
         _, (h_n, _) = self.lstm(packed)  # h_n: (layers * dirs, B, H)
         last = h_n.view(self.num_layers, self.num_directions, x.shape[0], -1)[-1]  # (dirs, B, H)
         return last.transpose(0, 1).reshape(x.shape[0], self.out_dim)  # (dirs, B, H) -> (B, dirs H)
-
-
-def _lstm_head(
-    *,
-    in_dim: int,
-    num_classes: int,
-    bidirectional: bool,
-    lstm_size: int,
-    num_layers: int,
-    hidden_dim: int | None,
-    gating: bool,
-    classifier: ClassifierKind,
-    num_experts: int,
-    dropout: float,
-) -> PooledHead:
-    pooling = LSTMPooling(in_dim, lstm_size, num_layers=num_layers, bidirectional=bidirectional,
-                          dropout=dropout)
-    return assemble_head(pooling, num_classes=num_classes, hidden_dim=hidden_dim,
-                         gating="context" if gating else "none", classifier=classifier,
-                         num_experts=num_experts, dropout=dropout)
-
-
-@register_head("lstm")
-def lstm(
-    *,
-    in_dim: int,
-    num_classes: int,
-    lstm_size: int = 256,
-    num_layers: int = 1,
-    hidden_dim: int | None = None,
-    gating: bool = False,
-    classifier: ClassifierKind = "logistic",
-    num_experts: int = 2,
-    dropout: float = 0.0,
-) -> PooledHead:
-    """LSTM final state -> [hidden layer] -> [context gating] -> classifier.
-
-    Args:
-        in_dim: clip feature size ``D``.
-        num_classes: number of classes ``C``.
-        lstm_size: LSTM units ``H``.
-        num_layers: stacked LSTM layers.
-        hidden_dim: units of an optional hidden layer after the LSTM (``None``: none).
-        gating: context gating before the classifier.
-        classifier: ``"logistic"`` or ``"moe"``.
-        num_experts: experts per class of the ``"moe"`` classifier.
-        dropout: dropout between LSTM layers and before the linear layers.
-    """
-    return _lstm_head(in_dim=in_dim, num_classes=num_classes, bidirectional=False,
-                      lstm_size=lstm_size, num_layers=num_layers, hidden_dim=hidden_dim,
-                      gating=gating, classifier=classifier, num_experts=num_experts,
-                      dropout=dropout)
-
-
-@register_head("bilstm")
-def bilstm(
-    *,
-    in_dim: int,
-    num_classes: int,
-    lstm_size: int = 256,
-    num_layers: int = 1,
-    hidden_dim: int | None = None,
-    gating: bool = False,
-    classifier: ClassifierKind = "logistic",
-    num_experts: int = 2,
-    dropout: float = 0.0,
-) -> PooledHead:
-    """Bidirectional LSTM (both final states, ``2 H``) -> ...; arguments as :func:`lstm`."""
-    return _lstm_head(in_dim=in_dim, num_classes=num_classes, bidirectional=True,
-                      lstm_size=lstm_size, num_layers=num_layers, hidden_dim=hidden_dim,
-                      gating=gating, classifier=classifier, num_experts=num_experts,
-                      dropout=dropout)

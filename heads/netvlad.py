@@ -20,9 +20,6 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from heads._masking import MaskedBatchNorm1d, prepare_clips
-from heads.moe import ClassifierKind
-from heads.pooling import PooledHead, assemble_head
-from heads.registry import register_head
 
 
 class SoftAssignment(nn.Module):
@@ -115,74 +112,3 @@ class SoftDBoF(nn.Module):
             return pooled
         # soft-assignments are positive and padded clips have a = 0, so the max is exact
         return torch.cat([pooled, F.normalize(a.amax(1), dim=-1)], dim=-1)  # -> (B, 2 Kc)
-
-
-@register_head("netvlad")
-def netvlad(
-    *,
-    in_dim: int,
-    num_classes: int,
-    num_clusters: int = 32,
-    hidden_dim: int | None = 512,
-    gating: bool = True,
-    classifier: ClassifierKind = "logistic",
-    num_experts: int = 2,
-    dropout: float = 0.0,
-) -> PooledHead:
-    """NetVLAD -> projection (Linear, BN, ReLU) -> context gating -> classifier.
-
-    Args:
-        in_dim: clip feature size ``D``.
-        num_classes: number of classes ``C``.
-        num_clusters: clusters ``Kc``; the descriptor has ``Kc * D`` values.
-        hidden_dim: size of the projection; ``None`` classifies the raw descriptor.
-        gating: context gating after the projection.
-        classifier: ``"logistic"`` or ``"moe"``.
-        num_experts: experts per class of the ``"moe"`` classifier.
-        dropout: dropout before the linear layers.
-    """
-    return assemble_head(NetVLAD(in_dim, num_clusters), num_classes=num_classes,
-                         hidden_dim=hidden_dim, gating="context" if gating else "none",
-                         classifier=classifier, num_experts=num_experts, dropout=dropout)
-
-
-@register_head("netrvlad")
-def netrvlad(
-    *,
-    in_dim: int,
-    num_classes: int,
-    num_clusters: int = 32,
-    hidden_dim: int | None = 512,
-    gating: bool = True,
-    classifier: ClassifierKind = "logistic",
-    num_experts: int = 2,
-    dropout: float = 0.0,
-) -> PooledHead:
-    """NetRVLAD -> projection -> context gating -> classifier; arguments as :func:`netvlad`."""
-    return assemble_head(NetRVLAD(in_dim, num_clusters), num_classes=num_classes,
-                         hidden_dim=hidden_dim, gating="context" if gating else "none",
-                         classifier=classifier, num_experts=num_experts, dropout=dropout)
-
-
-@register_head("softdbof")
-def softdbof(
-    *,
-    in_dim: int,
-    num_classes: int,
-    num_clusters: int = 256,
-    max_pool: bool = False,
-    hidden_dim: int | None = 512,
-    gating: bool = True,
-    classifier: ClassifierKind = "logistic",
-    num_experts: int = 2,
-    dropout: float = 0.0,
-) -> PooledHead:
-    """Soft-DBoF -> projection -> context gating -> classifier.
-
-    ``num_clusters`` is the number of visual words; ``max_pool`` also concatenates the
-    max-pooled assignments; the other arguments are those of :func:`netvlad`.
-    """
-    pooling = SoftDBoF(in_dim, num_clusters, max_pool=max_pool)
-    return assemble_head(pooling, num_classes=num_classes,
-                         hidden_dim=hidden_dim, gating="context" if gating else "none",
-                         classifier=classifier, num_experts=num_experts, dropout=dropout)

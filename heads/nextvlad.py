@@ -20,9 +20,6 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from heads._masking import MaskedBatchNorm1d, prepare_clips
-from heads.moe import ClassifierKind
-from heads.pooling import PooledHead, assemble_head
-from heads.registry import register_head
 
 
 class NeXtVLAD(nn.Module):
@@ -77,39 +74,3 @@ class NeXtVLAD(nn.Module):
         vlad = vlad - a.sum(1).unsqueeze(-1) * self.centres  # (B, Kc, 1) * (Kc, D') -> (B, Kc, D')
         vlad = F.normalize(vlad, dim=-1)  # intra-normalisation
         return self.vlad_bn(vlad.flatten(1))  # (B, Kc, D') -> (B, Kc * D')
-
-
-@register_head("nextvlad")
-def nextvlad(
-    *,
-    in_dim: int,
-    num_classes: int,
-    num_clusters: int = 64,
-    expansion: int = 2,
-    groups: int = 8,
-    hidden_dim: int | None = 512,
-    gating: bool = True,
-    se_reduction: int = 8,
-    classifier: ClassifierKind = "logistic",
-    num_experts: int = 2,
-    dropout: float = 0.0,
-) -> PooledHead:
-    """NeXtVLAD -> dropout -> projection (Linear, BN, ReLU) -> SE context gating -> classifier.
-
-    Args:
-        in_dim: clip feature size ``D``.
-        num_classes: number of classes ``C``.
-        num_clusters: clusters ``Kc``.
-        expansion: expansion factor ``lambda``.
-        groups: groups ``G`` (must divide ``expansion * in_dim``).
-        hidden_dim: size of the projection; ``None`` classifies the raw descriptor.
-        gating: SE context gating after the projection.
-        se_reduction: bottleneck ratio of the SE gating.
-        classifier: ``"logistic"`` or ``"moe"``.
-        num_experts: experts per class of the ``"moe"`` classifier.
-        dropout: dropout before the linear layers (Lin et al. use 0.5).
-    """
-    pooling = NeXtVLAD(in_dim, num_clusters, expansion=expansion, groups=groups)
-    return assemble_head(pooling, num_classes=num_classes, hidden_dim=hidden_dim,
-                         gating="se" if gating else "none", se_reduction=se_reduction,
-                         classifier=classifier, num_experts=num_experts, dropout=dropout)

@@ -28,7 +28,6 @@ from torch import Tensor, nn
 from heads._masking import prepare_clips
 from heads.gating import ContextGating, SEContextGating
 from heads.moe import ClassifierKind, make_classifier
-from heads.registry import register_head
 
 GatingKind = Literal["none", "context", "se"]
 GATINGS: tuple[str, ...] = ("none", "context", "se")
@@ -174,47 +173,3 @@ def assemble_head(
                    se_reduction=se_reduction)
     head_classifier = make_classifier(classifier, mlp.out_dim, num_classes, num_experts=num_experts)
     return PooledHead(pooling, mlp, head_classifier, num_classes=num_classes)
-
-
-@register_head("mean_mlp")
-def mean_mlp(
-    *,
-    in_dim: int,
-    num_classes: int,
-    hidden_dim: int | None = 512,
-    gating: bool = False,
-    classifier: ClassifierKind = "logistic",
-    num_experts: int = 2,
-    dropout: float = 0.0,
-) -> PooledHead:
-    """Mean over valid clips -> MLP (``hidden_dim`` units, None = no hidden layer) -> classifier.
-
-    Args:
-        in_dim: clip feature size ``D``.
-        num_classes: number of classes ``C``.
-        hidden_dim: units of the hidden layer; ``None`` for a linear model on the mean.
-        gating: context gating after the hidden layer.
-        classifier: ``"logistic"`` or ``"moe"``.
-        num_experts: experts per class of the ``"moe"`` classifier.
-        dropout: dropout before the linear layers.
-    """
-    return assemble_head(MeanPooling(in_dim), num_classes=num_classes, hidden_dim=hidden_dim,
-                         gating="context" if gating else "none", classifier=classifier,
-                         num_experts=num_experts, dropout=dropout)
-
-
-@register_head("max_mlp")
-def max_mlp(
-    *,
-    in_dim: int,
-    num_classes: int,
-    hidden_dim: int | None = 512,
-    gating: bool = False,
-    classifier: ClassifierKind = "logistic",
-    num_experts: int = 2,
-    dropout: float = 0.0,
-) -> PooledHead:
-    """Max over valid clips -> MLP -> classifier; arguments as :func:`mean_mlp`."""
-    return assemble_head(MaxPooling(in_dim), num_classes=num_classes, hidden_dim=hidden_dim,
-                         gating="context" if gating else "none", classifier=classifier,
-                         num_experts=num_experts, dropout=dropout)

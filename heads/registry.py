@@ -1,7 +1,10 @@
 """The head registry: a dict of builder functions and a decorator that fills it.
 
-Adding a head is one file with one builder decorated by ``@register_head("name")``; the
-parametrised tests in ``tests/heads/test_layers.py`` pick every registered name up.
+The built-in heads are the entries of the table in :mod:`heads.builders` (a pooling, its
+keywords, a few defaults); adding one with an existing pooling is one entry there. Any other
+builder is registered with ``@register_head("name")`` in a module listed in
+``_BUILTIN_MODULES``; the parametrised tests in ``tests/heads/test_layers.py`` pick every
+registered name up.
 
 Example::
 
@@ -30,13 +33,7 @@ _HEADS: dict[str, HeadBuilder] = {}
 
 # The modules whose builders make up the built-in heads; imported on first use of the registry
 # so that ``get_head`` works whatever ``heads/__init__.py`` imports.
-_BUILTIN_MODULES = (
-    "heads.pooling",
-    "heads.lstm",
-    "heads.netvlad",
-    "heads.nextvlad",
-    "heads.nonlocal_gating",
-)
+_BUILTIN_MODULES = ("heads.builders",)  # the table of the built-in heads
 
 
 def register_head(name: str) -> Callable[[BuilderT], BuilderT]:

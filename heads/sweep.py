@@ -50,8 +50,8 @@ from heads._train_data import (
     estimate_bytes,
 )
 from heads.trainer import TrainConfig, build_head, train_head
-from store.cli import non_negative_int, positive_int
-from store.errors import StoreError
+from store.cli import non_negative_int, positive_int, run_command
+from store.errors import SettingsError, StoreError, VideoFeatError
 from store.feature_store import FeatureStore
 from store.threads import add_threads_argument, available_cores, free_cores, set_threads
 
@@ -158,7 +158,7 @@ def train_task(store: str, config: TrainConfig, run_name: str, torch_threads: in
             before_train(config)
         start, cpu = time.perf_counter(), time.process_time()
         result = train_head(fs, config, run_name=run_name, data=data, progress=False)
-    except (StoreError, ValueError) as exc:  # TrainError, a config the data cannot take: retrying won't help
+    except (VideoFeatError, ValueError) as exc:  # a user error, a config the data cannot take: retrying won't help
         return {"status": "failed", "run": run_name, "error": _one_line(exc)}
     finally:
         if torch_threads:
@@ -223,7 +223,7 @@ def plan_sweep(store: FeatureStore | str | Path, configs: Sequence[TrainConfig],
     shapes = {f: check_feature_sets(fs, f) for f in dict.fromkeys(c.features for c in configs)}
     names = {c.config_hash(): c.default_run_name() for c in configs}
     if len(set(names.values())) != len(names):  # two hashes with the same first 8 digits
-        raise ValueError("two configurations would write the same run name; change a setting of one of them")
+        raise GridError("two configurations would write the same run name; change a setting of one of them")
     done = completed_runs(fs) if resume else {}
     cached = {h: {"status": "cached", "run": done[h][0], "metrics": done[h][1].get("metrics", {})}
               for h in names if h in done}
@@ -388,7 +388,7 @@ def _sweep(args: argparse.Namespace, configs: list[TrainConfig]) -> pd.DataFrame
         try:
             client = Client(args.scheduler, timeout="20s")
         except OSError as exc:
-            raise ValueError(f"cannot reach the Dask scheduler at {args.scheduler} ({exc}); "
+            raise SettingsError(f"cannot reach the Dask scheduler at {args.scheduler} ({exc}); "
                              "start one (dask scheduler / dask worker) or drop --scheduler") from None
         cluster, threads = None, args.threads or 1
     else:
@@ -405,22 +405,16 @@ def _sweep(args: argparse.Namespace, configs: list[TrainConfig]) -> pd.DataFrame
             cluster.close()
 
 
+@run_command(interrupted="finished runs are in the store; the same command continues the sweep")
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     out = args.out or Path("runs") / f"sweep_{args.grid.stem}.csv"
-    try:
-        configs = expand_grid(load_grid(args.grid), name=args.grid.name)
-        todo, cached = plan_sweep(args.store, configs, resume=not args.rerun)
-        print(f"sweep of {len(configs)} configuration(s): {len(todo)} to train, {len(cached)} in the store already",
-              flush=True)
-        table = _sweep(args, configs) if todo else results_table(configs, cached)
-    except (GridError, StoreError, ValueError) as exc:
-        print(f"error: {_one_line(exc)}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print("interrupted: finished runs are in the store; the same command continues the sweep", file=sys.stderr)
-        return 130
+    configs = expand_grid(load_grid(args.grid), name=args.grid.name)
+    todo, cached = plan_sweep(args.store, configs, resume=not args.rerun)
+    print(f"sweep of {len(configs)} configuration(s): {len(todo)} to train, {len(cached)} in the store already",
+          flush=True)
+    table = _sweep(args, configs) if todo else results_table(configs, cached)
     print(format_table(table))
     out.parent.mkdir(parents=True, exist_ok=True)
     table.to_csv(out, index=False)

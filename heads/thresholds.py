@@ -36,6 +36,7 @@ import torch
 
 from heads.losses import ThresholdHead, threshold_loss
 from heads.metrics import _prepare
+from store.errors import SettingsError
 
 logger = logging.getLogger(__name__)
 
@@ -69,13 +70,13 @@ class ThresholdModel:
 
     def __post_init__(self) -> None:
         if self.mode not in THRESHOLD_MODES:
-            raise ValueError(f"mode must be one of {THRESHOLD_MODES}, got {self.mode!r}")
+            raise SettingsError(f"mode must be one of {THRESHOLD_MODES}, got {self.mode!r}")
         weight = np.asarray(self.weight, dtype=np.float64)
         bias = np.asarray(self.bias, dtype=np.float64)
         c = bias.shape[0] if bias.ndim == 1 else -1
         want = (c, 1 if self.mode == "per_class" else c)
         if c < 1 or weight.shape != want:
-            raise ValueError(
+            raise SettingsError(
                 f"a {self.mode} ThresholdModel needs bias (C,) and weight {want[0], want[1]} with "
                 f"C >= 1, got {bias.shape} and {weight.shape}"
             )

@@ -26,8 +26,7 @@ from heads._train_data import TrainError
 from heads.losses import list_losses
 from heads.registry import list_heads
 from heads.trainer import TrainConfig, train_head
-from store.cli import non_negative_int, positive_float, positive_int
-from store.errors import StoreError
+from store.cli import non_negative_int, positive_float, positive_int, run_command
 from store.threads import add_threads_argument, set_threads
 
 _FILE_KEYS = ("store", "out", "run_name")
@@ -129,22 +128,16 @@ def summary(result: Any) -> str:
     return "\n".join(lines)
 
 
+@run_command(interrupted="continue with the same command and --resume")
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     set_threads(args.threads)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
-    try:
-        config, files = resolve(args)
-        run_name = files["run_name"] or config.default_run_name()
-        out = Path(files["out"]) if files["out"] else Path("runs") / run_name
-        result = train_head(files["store"], config, run_name=run_name, out_dir=out, resume=args.resume,
-                            write_predictions=not args.no_predictions, progress=not args.quiet)
-    except (StoreError, ValueError) as exc:  # TrainError and TrainConfig's checks are ValueErrors
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print("interrupted: continue with the same command and --resume", file=sys.stderr)
-        return 130
+    config, files = resolve(args)
+    run_name = files["run_name"] or config.default_run_name()
+    out = Path(files["out"]) if files["out"] else Path("runs") / run_name
+    result = train_head(files["store"], config, run_name=run_name, out_dir=out, resume=args.resume,
+                        write_predictions=not args.no_predictions, progress=not args.quiet)
     print(summary(result))
     where = "" if args.no_predictions else f"prediction run '{run_name}' in {files['store']}; "
     print(f"wrote {where}run directory {out}")

@@ -36,16 +36,19 @@ from typing import Any
 import numpy as np
 import torch
 
-from heads._fit import FitResult, derive_seed, evaluate_scores, fit, predict
-from heads._train_data import FeatureCache, Source, TrainError, make_source, resolve_device
+from heads._fit import FitResult, evaluate_scores, fit, predict
+from heads._train_data import FeatureCache, Source, TrainError, make_source
 from heads.losses import get_loss
 from heads.registry import get_head, get_head_builder
+from heads.seeding import derive_seed
 from heads.swa import AVERAGING
 from store.cli import setting_name
+from store.device import resolve_device
+from store.errors import SettingsError
 from store.feature_store import FeatureStore
 
 __all__ = ["FeatureCache", "TrainConfig", "TrainError", "TrainResult", "assign_folds", "build_head",
-           "evaluate_scores", "fit", "make_source", "predict", "resolve_device", "train_head"]
+           "evaluate_scores", "fit", "make_source", "predict", "train_head"]
 
 log = logging.getLogger(__name__)
 
@@ -122,11 +125,11 @@ class TrainConfig:
         object.__setattr__(self, "head_kwargs", dict(self.head_kwargs))
         object.__setattr__(self, "loss_kwargs", dict(self.loss_kwargs))
         if not features or len(set(features)) != len(features):
-            raise ValueError(f"{setting_name('features')} must name one or more distinct feature sets, "
+            raise SettingsError(f"{setting_name('features')} must name one or more distinct feature sets, "
                              f"got {list(features)}")
         for name, choices in _CHOICES.items():
             if getattr(self, name) not in choices:
-                raise ValueError(f"{setting_name(name)} must be one of {', '.join(choices)}; "
+                raise SettingsError(f"{setting_name(name)} must be one of {', '.join(choices)}; "
                                  f"got {getattr(self, name)!r}")
         checks = [("lr", self.lr > 0), ("weight_decay", self.weight_decay >= 0), ("epochs", self.epochs >= 1),
                   ("batch_size", self.batch_size >= 2), ("warmup", self.warmup >= 0),
@@ -136,9 +139,9 @@ class TrainConfig:
                   ("swa_start", self.swa_start is None or 0 <= self.swa_start < self.epochs)]
         for name, ok in checks:
             if not ok:
-                raise ValueError(f"invalid {setting_name(name)} {getattr(self, name)!r}: {_RANGES[name]}")
+                raise SettingsError(f"invalid {setting_name(name)} {getattr(self, name)!r}: {_RANGES[name]}")
         if not (self.device in ("auto", "cpu", "cuda") or self.device.startswith("cuda:")):
-            raise ValueError(f"{setting_name('device')} must be auto, cpu, cuda or cuda:N; got {self.device!r}")
+            raise SettingsError(f"{setting_name('device')} must be auto, cpu, cuda or cuda:N; got {self.device!r}")
         self._check_builder_kwargs()
 
     def _check_builder_kwargs(self) -> None:
@@ -146,19 +149,19 @@ class TrainConfig:
             head_params = set(inspect.signature(get_head_builder(self.head)).parameters) - {"in_dim", "num_classes"}
             get_loss(self.loss, **self.loss_kwargs)  # builds a small module: checks names and values
         except (KeyError, TypeError) as exc:
-            raise ValueError(str(exc).strip("'\"")) from None
+            raise SettingsError(str(exc).strip("'\"")) from None
         unknown = sorted(set(self.head_kwargs) - head_params)
         if unknown:
-            raise ValueError(f"head {self.head!r} does not accept {', '.join(unknown)}; "
+            raise SettingsError(f"head {self.head!r} does not accept {', '.join(unknown)}; "
                              f"it accepts: {', '.join(sorted(head_params - {'dropout'}))}")
         if "dropout" in self.head_kwargs:
-            raise ValueError("set the head's dropout with --dropout / dropout, not with --head-arg / head_kwargs")
+            raise SettingsError("set the head's dropout with --dropout / dropout, not with --head-arg / head_kwargs")
         if self.dropout and "dropout" not in head_params:
-            raise ValueError(f"head {self.head!r} has no dropout; leave --dropout / dropout at 0")
+            raise SettingsError(f"head {self.head!r} has no dropout; leave --dropout / dropout at 0")
         try:
             json.dumps([self.head_kwargs, self.loss_kwargs])
         except TypeError as exc:
-            raise ValueError(f"--head-arg / head_kwargs and --loss-arg / loss_kwargs must be JSON values: {exc}") \
+            raise SettingsError(f"--head-arg / head_kwargs and --loss-arg / loss_kwargs must be JSON values: {exc}") \
                 from None
 
     def resolved_swa_start(self) -> int:
@@ -183,7 +186,7 @@ class TrainConfig:
         names = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(d) - names)
         if unknown:
-            raise ValueError(f"unknown setting(s) {', '.join(unknown)}; the settings (TOML keys, and flags "
+            raise SettingsError(f"unknown setting(s) {', '.join(unknown)}; the settings (TOML keys, and flags "
                              f"with -- and dashes) are {', '.join(sorted(names))}")
         return cls(**d)
 
@@ -313,7 +316,7 @@ def train_head(store: FeatureStore | str | Path, config: TrainConfig, *, run_nam
         raise TrainError(f"invalid run name {run_name!r}: use letters, digits, '_', '-', '.' (not leading)")
     out = Path(out_dir) if out_dir is not None else None
     source = make_source(fs, config, data)
-    device = resolve_device(config.device)
+    device = torch.device(resolve_device(config.device))
     train_rows = np.intersect1d(fs.split_rows("train"), source.rows)
     val_rows = np.intersect1d(fs.split_rows("val"), source.rows)
     if len(train_rows) < 2:

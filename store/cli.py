@@ -1,4 +1,12 @@
-"""Argument types shared by every ``python -m ...`` command of the project.
+"""What every ``python -m ...`` command of the project shares: the error exit and argument types.
+
+A command's ``main`` is wrapped by :func:`run_command`: any :class:`~store.errors.VideoFeatError`
+(the project's one error root) raised inside it ends as one ``error: ...`` line on stderr and
+exit status 2, with no traceback; Ctrl-C prints how to continue and exits 130::
+
+    @run_command(interrupted="rerun the same command to resume")
+    def main(argv: list[str] | None = None) -> int:
+        ...
 
 Counts a user types (``--clips``, ``--batch-size``, ``--k``, ``--folds`` ...) are checked by the
 argument parser itself, so a zero or negative value is refused with the flag's name before any
@@ -15,6 +23,56 @@ a whole number >= 1, got 0``.
 from __future__ import annotations
 
 import argparse
+import functools
+import sys
+from collections.abc import Callable
+from typing import ParamSpec
+
+from store.errors import VideoFeatError
+
+P = ParamSpec("P")
+USER_ERROR = 2  # exit status of a command stopped by a user's mistake
+INTERRUPTED = 130  # exit status after Ctrl-C (128 + SIGINT)
+
+
+def report_error(exc: BaseException) -> int:
+    """Print ``exc`` as one ``error: ...`` line on stderr; returns the exit status 2."""
+    print("error: " + " ".join(str(exc).split()), file=sys.stderr)
+    return USER_ERROR
+
+
+def run_command(main: Callable[P, int] | None = None, *, interrupted: str | None = None,
+                path_errors: bool = False) -> Callable[P, int] | Callable[[Callable[P, int]], Callable[P, int]]:
+    """Decorate a command's ``main``: the project's errors become one line and exit status 2.
+
+    Args:
+        main: the command's entry point (returns its exit status).
+        interrupted: what to tell the user after Ctrl-C (``interrupted: ...``, exit 130); None
+            lets ``KeyboardInterrupt`` through.
+        path_errors: an ``OSError`` is a user error too (commands whose work is reading and
+            writing the files the user names: an unreadable input, an unwritable output).
+
+    Usable bare (``@run_command``) or with arguments (``@run_command(interrupted="...")``).
+    """
+    def wrap(fn: Callable[P, int]) -> Callable[P, int]:
+        @functools.wraps(fn)
+        def command(*args: P.args, **kwargs: P.kwargs) -> int:
+            try:
+                return fn(*args, **kwargs)
+            except VideoFeatError as exc:
+                return report_error(exc)
+            except OSError as exc:
+                if not path_errors:
+                    raise
+                return report_error(exc)
+            except KeyboardInterrupt:
+                if interrupted is None:
+                    raise
+                print(f"interrupted: {interrupted}", file=sys.stderr)
+                return INTERRUPTED
+        return command
+
+    return wrap if main is None else wrap(main)
 
 
 def _integer(text: str) -> int:

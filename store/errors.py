@@ -1,14 +1,29 @@
-"""The store's typed errors.
+"""The project's error root and the store's typed errors.
 
-Every mistake a user can make with a store raises one of these, with a message that says
-what to do next. Commands catch :class:`StoreError`, print its message on one line and exit
-with status 2.
+:class:`VideoFeatError` is the root of every error any package raises for a mistake a user
+can make (a wrong flag, a missing file, a bad CSV row, a damaged store): ``store``'s
+:class:`StoreError` family below, ``heads``' ``TrainError`` / ``GridError`` / ``KnnError``,
+``extract``'s ``ExtractError`` family, ``fusion``'s ``FusionError`` family, the benchmarks'
+``RecipeError`` / ``PipelineError``. Its message says what to do next. Every command runs
+under :func:`store.cli.run_command`, which turns it into one ``error: ...`` line on stderr and
+exit status 2.
 """
 
 from __future__ import annotations
 
 
-class StoreError(Exception):
+class VideoFeatError(Exception):
+    """Root of every error the project raises for a user's mistake; its message is one line."""
+
+
+class SettingsError(VideoFeatError, ValueError):
+    """A settings value (a flag, a config-file entry, a settings field) is unknown or out of range.
+
+    Also a ``ValueError``: code that validated settings with ``except ValueError`` still works.
+    """
+
+
+class StoreError(VideoFeatError):
     """Base class of every error the store raises for a user's mistake or a damaged store."""
 
 

@@ -41,6 +41,7 @@ from store._exchange import (
     write_json,
 )
 from store._export_formats import WRITERS, Block
+from store.cli import run_command
 from store.errors import StoreError
 from store.feature_set import FeatureSet
 from store.feature_store import LABEL_CHUNK, FeatureStore
@@ -238,6 +239,7 @@ def export_run(fs: FeatureStore, run: str, fmt: str, out: str | os.PathLike, *,
     return ExportSummary(out, n, 0, 0)
 
 
+@run_command(path_errors=True)  # OSError: an unwritable or unreadable path
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m store.export", description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -250,14 +252,10 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     from tqdm import tqdm
 
-    try:
-        fs = FeatureStore.open(args.store, "r")
-        kind, name = choose_source(fs, args.features, args.run)
-        export = export_features if kind == "features" else export_run
-        s = export(fs, name, args.to, args.out, progress=tqdm)
-    except (StoreError, OSError) as exc:  # OSError: an unwritable or unreadable path
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+    fs = FeatureStore.open(args.store, "r")
+    kind, name = choose_source(fs, args.features, args.run)
+    export = export_features if kind == "features" else export_run
+    s = export(fs, name, args.to, args.out, progress=tqdm)
     what = "videos" if kind == "features" else "score rows"
     print(f"exported {s.written} {what} of {name} to {s.out}"
           + (f"; {s.earlier} were written by an earlier, interrupted run" if s.earlier else "")

@@ -20,12 +20,12 @@ import argparse
 import logging
 import sys
 
-from store.cli import positive_int
-from store.errors import StoreError
+from store.cli import positive_int, run_command
 from store.feature_import import IMPORT_FORMATS, MAX_CLIPS, ImportOptions, import_features
 from store.feature_store import FeatureStore
 
 
+@run_command(path_errors=True)  # OSError: an unwritable or unreadable path
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m store.import", description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -50,15 +50,11 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     from tqdm import tqdm
 
-    try:
-        fs = FeatureStore.open(args.store, "a")
-        options = ImportOptions(suffix=args.suffix, dataset=args.dataset, ids_from=args.ids_from,
-                                allow_missing=args.allow_missing, max_clips=args.max_clips, dtype=args.dtype,
-                                backbone=args.backbone, modality=args.modality, chunk_rows=args.chunk_rows)
-        s = import_features(fs, args.features, args.fmt, args.src, options, progress=tqdm)
-    except (StoreError, OSError) as exc:  # OSError: an unwritable or unreadable path
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+    fs = FeatureStore.open(args.store, "a")
+    options = ImportOptions(suffix=args.suffix, dataset=args.dataset, ids_from=args.ids_from,
+                            allow_missing=args.allow_missing, max_clips=args.max_clips, dtype=args.dtype,
+                            backbone=args.backbone, modality=args.modality, chunk_rows=args.chunk_rows)
+    s = import_features(fs, args.features, args.fmt, args.src, options, progress=tqdm)
     print(f"imported {s.written} videos into {s.feature_set} (K-max {s.clips}, D {s.dim})"
           + (f"; {s.earlier} were imported by an earlier run" if s.earlier else "")
           + (f"; {s.missing} store videos without an input skipped" if s.missing else "")

@@ -26,7 +26,13 @@ from typing import Any
 import numpy as np
 
 from store._feature_index import FeatureIndex, read_meta, utc_now
-from store._index_factory import IndexPlan, gpu_available, plan_index
+from store._index_factory import (
+    IndexPlan,
+    gpu_available,
+    plan_index,
+    search_param_candidates,
+    set_search_param,
+)
 from store._index_spec import IndexNotFound, IndexSpec, InvalidIndexSpec, StaleIndex
 from store._index_vectors import Progress, l2_normalise, pool_video_vectors, read_vectors
 from store._synthetic import clustered_vectors
@@ -49,6 +55,8 @@ __all__ = [
     "open_index",
     "pool_video_vectors",
     "saved_spec",
+    "search_param_candidates",
+    "set_search_param",
     "update_index",
 ]
 

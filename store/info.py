@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from store.cli import non_negative_int
+from store.cli import non_negative_int, run_command
 from store.errors import StoreError
 from store.feature_store import FeatureStore
 
@@ -134,6 +134,7 @@ def write_retry_list(fs: FeatureStore, failed: pd.DataFrame, path: str | Path) -
     return int(rows.size)
 
 
+@run_command
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m store.info", description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -148,24 +149,20 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     if args.features and not (args.errors or args.errors_csv):
         ap.error("--features needs --errors or --errors-csv")
-    try:
-        if not (args.errors or args.errors_csv):
-            print(describe(args.path, args.classes))
-            return 0
-        fs = FeatureStore.open(args.path, "r")
-        failed = failed_rows(fs, args.features)
-        if args.errors:
-            for r in failed.itertuples(index=False):
-                print(f"{r.features}\t{r.id}\t{r.path}\t{' '.join(r.error.split())}")
-            print(f"{len(failed)} failed row(s)", file=sys.stderr)
-        if args.errors_csv:
-            n = write_retry_list(fs, failed, args.errors_csv)
-            print(f"wrote {n} video(s) to {args.errors_csv}; retry them with: python -m extract.run "
-                  f"--videos {args.errors_csv} --store {args.path} --retry-errors "
-                  "(and the same --backbone flags)", file=sys.stderr)
-    except StoreError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+    if not (args.errors or args.errors_csv):
+        print(describe(args.path, args.classes))
+        return 0
+    fs = FeatureStore.open(args.path, "r")
+    failed = failed_rows(fs, args.features)
+    if args.errors:
+        for r in failed.itertuples(index=False):
+            print(f"{r.features}\t{r.id}\t{r.path}\t{' '.join(r.error.split())}")
+        print(f"{len(failed)} failed row(s)", file=sys.stderr)
+    if args.errors_csv:
+        n = write_retry_list(fs, failed, args.errors_csv)
+        print(f"wrote {n} video(s) to {args.errors_csv}; retry them with: python -m extract.run "
+              f"--videos {args.errors_csv} --store {args.path} --retry-errors "
+              "(and the same --backbone flags)", file=sys.stderr)
     return 0
 
 

@@ -29,7 +29,7 @@ from typing import Any
 import numpy as np
 
 from store._index_spec import KINDS, LEVELS, IndexSpec
-from store.cli import non_negative_int, positive_float, positive_int
+from store.cli import non_negative_int, positive_float, positive_int, run_command
 from store.errors import ShapeMismatch, StoreError
 from store.feature_set import FeatureSet
 from store.feature_store import FeatureStore
@@ -329,30 +329,27 @@ def format_neighbours(fs: FeatureStore, result: Neighbours, title: str, *, tempe
     return "\n".join(lines)
 
 
+@run_command
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     set_threads(args.threads)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     from tqdm import tqdm
 
-    try:
-        # The index is saved inside the store: open it writable when we may.
-        fs = FeatureStore.open(args.store, "a" if os.access(args.store, os.W_OK) else "r")
-        fset = fs.feature_set(args.features)
-        query, title = _query(fs, args, fset.spec.dim)
-        index = ensure_index(
-            fset,
-            _requested_spec(fset, args),
-            rebuild=args.rebuild,
-            progress=tqdm,
-            gpu=False if args.cpu else None,
-        )
-        result = neighbours(
-            fs, args.features, k=args.k, temperature=args.temperature, index=index, **query
-        )
-    except StoreError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+    # The index is saved inside the store: open it writable when we may.
+    fs = FeatureStore.open(args.store, "a" if os.access(args.store, os.W_OK) else "r")
+    fset = fs.feature_set(args.features)
+    query, title = _query(fs, args, fset.spec.dim)
+    index = ensure_index(
+        fset,
+        _requested_spec(fset, args),
+        rebuild=args.rebuild,
+        progress=tqdm,
+        gpu=False if args.cpu else None,
+    )
+    result = neighbours(
+        fs, args.features, k=args.k, temperature=args.temperature, index=index, **query
+    )
     print(f"index: {index.describe()}")
     if "rows" in query:
         title += f"; its labels: {label_names(fs.classes, fs.labels(query['rows'][:1])[0])}"

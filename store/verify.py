@@ -19,7 +19,7 @@ import numpy as np
 from store._column import swap_interrupted
 from store._durable import partial_files
 from store._lock import is_locked
-from store.errors import StoreError
+from store.cli import run_command
 from store.feature_store import LABEL_CHUNK, VIDEO_CHUNK, FeatureStore, id_hashes
 from store.schema import FeatureSetSpec
 
@@ -156,6 +156,7 @@ def _verify_feature_set(fs: FeatureStore, name: str, rep: VerifyReport) -> None:
     rep.notes.append(f"features/{name}: {int(done.sum())}/{n} rows done, {n_err} with errors")
 
 
+@run_command
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m store.verify", description=__doc__.split("\n\n")[0],
                                  formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -163,11 +164,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("path", help="the NAME.zarr store directory")
     ap.add_argument("-q", "--quiet", action="store_true", help="print problems only")
     args = ap.parse_args(argv)
-    try:
-        rep = verify_store(args.path)
-    except StoreError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+    rep = verify_store(args.path)
     if not args.quiet:
         for note in rep.notes:
             print(f"  {note}")

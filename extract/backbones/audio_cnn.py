@@ -1,6 +1,6 @@
 """Audio backbones: ResNet-18/34 and VGGish on log-mel patches, EnvNet-v2 on raw waveforms.
 
-Input conventions: mono audio as :mod:`extract.audio` prepares it with its default
+Input conventions: mono audio as :mod:`extract.media.audio` prepares it with its default
 ``AudioSettings`` (16 kHz, 2 s windows centred on the video clips, VGGish's log-mel: 25 ms
 frames every 10 ms, 64 HTK mel bands over 125-7500 Hz, ``log(mel + 0.01)``). A video without
 audio is masked upstream (``valid`` False), never an error here.
@@ -46,23 +46,13 @@ from torchvision.models import resnet as tv_resnet
 from extract.backbones._narrow import NarrowResNet, _init_like_torchvision
 from extract.backbones.frame2d import _TRUNK_NAMES, TINY_WIDTHS, FrameResNet
 from extract.backbones.registry import Backbone, BackboneInfo, BackboneKind, register_backbone
+from extract.backbones.variants import register_variants
 
-__all__ = [
-    "AudioResNet",
-    "EnvNetV2",
-    "VGGish",
-    "envnet_tiny",
-    "envnet_v2",
-    "resnet18_audio",
-    "resnet34_audio",
-    "resnet_audio_tiny",
-    "vggish",
-    "vggish_tiny",
-]
+__all__ = ["ENVNET_VARIANTS", "RESNET_VARIANTS", "VGGISH_VARIANTS", "AudioResNet", "EnvNetV2", "VGGish"]
 
 AUDIO_MEAN = (0.0,)
 AUDIO_STD = (1.0,)
-# What extract.audio produces with its default AudioSettings (VGGish's recipe at 16 kHz):
+# What extract.media.audio produces with its default AudioSettings (VGGish's recipe at 16 kHz):
 N_MELS = 64
 LOG_MEL_FRAMES = 198  # frames of a 2 s window: 1 + (32000 - 400) // 160
 VGGISH_FRAMES = 96  # frames of a VGGish patch (0.96 s)
@@ -132,13 +122,14 @@ class AudioResNet(FrameResNet):
 def _resnet_audio(
     name: str,
     arch: str,
-    clip_len: int,
     *,
-    in_channels: int,
-    num_classes: int | None,
-    dropout: float,
-    modality: str | None,
+    in_channels: int = 1,
+    num_classes: int | None = None,
+    dropout: float = 0.5,
+    modality: str | None = None,
+    clip_len: int = LOG_MEL_FRAMES,
 ) -> AudioResNet:
+    """A torchvision ResNet (``arch``, or the tiny one) with a 1-channel stem, on log-mel patches."""
     if arch == "tiny":
         net: tv_resnet.ResNet = NarrowResNet(tv_resnet.BasicBlock, [1, 1, 1, 1], TINY_WIDTHS)
     else:
@@ -187,11 +178,12 @@ def _vggish(
     widths: Sequence[int],
     fc: Sequence[int],
     *,
-    in_channels: int,
-    num_classes: int | None,
-    dropout: float,
-    modality: str | None,
+    in_channels: int = 1,
+    num_classes: int | None = None,
+    dropout: float = 0.5,
+    modality: str | None = None,
 ) -> VGGish:
+    """VGGish with conv ``widths`` per group and fully connected sizes ``fc``."""
     layers: list[nn.Module] = []
     cin = 1
     for group, width in enumerate(widths):
@@ -270,13 +262,15 @@ def _envnet(
     name: str,
     channels: Sequence[int],
     fc: int,
-    samples: int,
     *,
-    in_channels: int,
-    num_classes: int | None,
-    dropout: float,
-    modality: str | None,
+    in_channels: int = 1,
+    num_classes: int | None = None,
+    dropout: float = 0.5,
+    modality: str | None = None,
+    clip_len: int = ENVNET_SAMPLES,
 ) -> EnvNetV2:
+    """EnvNet-v2's layer table with ``channels`` filters and an ``fc``-wide head, on ``clip_len`` samples."""
+    samples = clip_len
     c = channels
     trunk: dict[str, nn.Module] = {
         "conv1": _conv_bn_relu(1, c[0], 64, stride=2, dims=1),
@@ -304,148 +298,25 @@ def _envnet(
     return EnvNetV2(info, trunk, num_classes=num_classes, dropout=dropout)
 
 
-@register_backbone("resnet18_audio")
-def resnet18_audio(
-    *,
-    in_channels: int = 1,
-    num_classes: int | None = None,
-    dropout: float = 0.5,
-    modality: str | None = None,
-    clip_len: int = LOG_MEL_FRAMES,
-) -> AudioResNet:
-    """ResNet-18 on ``(B, 1, 198, 64)`` log-mel patches (2 s), D=512."""
-    return _resnet_audio(
-        "resnet18_audio",
-        "resnet18",
-        clip_len,
-        in_channels=in_channels,
-        num_classes=num_classes,
-        dropout=dropout,
-        modality=modality,
-    )
-
-
-@register_backbone("resnet34_audio")
-def resnet34_audio(
-    *,
-    in_channels: int = 1,
-    num_classes: int | None = None,
-    dropout: float = 0.5,
-    modality: str | None = None,
-    clip_len: int = LOG_MEL_FRAMES,
-) -> AudioResNet:
-    """ResNet-34 on ``(B, 1, 198, 64)`` log-mel patches (2 s), D=512."""
-    return _resnet_audio(
-        "resnet34_audio",
-        "resnet34",
-        clip_len,
-        in_channels=in_channels,
-        num_classes=num_classes,
-        dropout=dropout,
-        modality=modality,
-    )
-
-
-@register_backbone("resnet_audio_tiny")
-def resnet_audio_tiny(
-    *,
-    in_channels: int = 1,
-    num_classes: int | None = None,
-    dropout: float = 0.5,
-    modality: str | None = None,
-    clip_len: int = LOG_MEL_FRAMES,
-) -> AudioResNet:
-    """Test / CPU-smoke variant: the tiny ResNet (widths 8..64) on ``(B, 1, 198, 64)``, D=64."""
-    return _resnet_audio(
-        "resnet_audio_tiny",
-        "tiny",
-        clip_len,
-        in_channels=in_channels,
-        num_classes=num_classes,
-        dropout=dropout,
-        modality=modality,
-    )
-
-
-@register_backbone("vggish")
-def vggish(
-    *,
-    in_channels: int = 1,
-    num_classes: int | None = None,
-    dropout: float = 0.5,
-    modality: str | None = None,
-) -> VGGish:
-    """VGGish on ``(B, 1, 96, 64)`` log-mel patches (0.96 s), D=128."""
-    return _vggish(
-        "vggish",
-        VGGISH_WIDTHS,
-        VGGISH_FC,
-        in_channels=in_channels,
-        num_classes=num_classes,
-        dropout=dropout,
-        modality=modality,
-    )
-
-
-@register_backbone("vggish_tiny")
-def vggish_tiny(
-    *,
-    in_channels: int = 1,
-    num_classes: int | None = None,
-    dropout: float = 0.5,
-    modality: str | None = None,
-) -> VGGish:
-    """Test / CPU-smoke variant: VGGish widths 8..64, fc 128-128-32, same input, D=32."""
-    return _vggish(
-        "vggish_tiny",
-        TINY_WIDTHS,
-        (128, 128, 32),
-        in_channels=in_channels,
-        num_classes=num_classes,
-        dropout=dropout,
-        modality=modality,
-    )
-
-
-@register_backbone("envnet_v2")
-def envnet_v2(
-    *,
-    in_channels: int = 1,
-    num_classes: int | None = None,
-    dropout: float = 0.5,
-    modality: str | None = None,
-    clip_len: int = ENVNET_SAMPLES,
-) -> EnvNetV2:
-    """EnvNet-v2 on ``(B, 1, 32000)`` waveforms (2 s at 16 kHz), D=4096."""
-    return _envnet(
-        "envnet_v2",
-        ENVNET_V2_CHANNELS,
-        4096,
-        clip_len,
-        in_channels=in_channels,
-        num_classes=num_classes,
-        dropout=dropout,
-        modality=modality,
-    )
-
-
-@register_backbone("envnet_tiny")
-def envnet_tiny(
-    *,
-    in_channels: int = 1,
-    num_classes: int | None = None,
-    dropout: float = 0.5,
-    modality: str | None = None,
-    clip_len: int = ENVNET_SAMPLES,
-) -> EnvNetV2:
-    """Test / CPU-smoke variant: EnvNet-v2's layers with few filters and fc 64, D=64."""
-    return _envnet(
-        "envnet_tiny",
-        ENVNET_TINY_CHANNELS,
-        64,
-        clip_len,
-        in_channels=in_channels,
-        num_classes=num_classes,
-        dropout=dropout,
-        modality=modality,
-    )
+#: The audio CNN variants: ``create`` per family, then its fixed arguments.
+RESNET_VARIANTS: dict[str, dict] = {
+    "resnet18_audio": {"doc": "ResNet-18 on ``(B, 1, 198, 64)`` log-mel patches (2 s), D=512.", "arch": "resnet18"},
+    "resnet34_audio": {"doc": "ResNet-34 on ``(B, 1, 198, 64)`` log-mel patches (2 s), D=512.", "arch": "resnet34"},
+    "resnet_audio_tiny": {"doc": "Test / CPU-smoke variant: the tiny ResNet (widths 8..64) on ``(B, 1, 198, 64)``, "
+                                 "D=64.", "arch": "tiny"},
+}
+VGGISH_VARIANTS: dict[str, dict] = {
+    "vggish": {"doc": "VGGish on ``(B, 1, 96, 64)`` log-mel patches (0.96 s), D=128.",
+               "widths": VGGISH_WIDTHS, "fc": VGGISH_FC},
+    "vggish_tiny": {"doc": "Test / CPU-smoke variant: VGGish widths 8..64, fc 128-128-32, same input, D=32.",
+                    "widths": TINY_WIDTHS, "fc": (128, 128, 32)},
+}
+ENVNET_VARIANTS: dict[str, dict] = {
+    "envnet_v2": {"doc": "EnvNet-v2 on ``(B, 1, 32000)`` waveforms (2 s at 16 kHz), D=4096.",
+                  "channels": ENVNET_V2_CHANNELS, "fc": 4096},
+    "envnet_tiny": {"doc": "Test / CPU-smoke variant: EnvNet-v2's layers with few filters and fc 64, D=64.",
+                    "channels": ENVNET_TINY_CHANNELS, "fc": 64},
+}
+register_variants(register_backbone, _resnet_audio, RESNET_VARIANTS)
+register_variants(register_backbone, _vggish, VGGISH_VARIANTS)
+register_variants(register_backbone, _envnet, ENVNET_VARIANTS)

@@ -21,8 +21,9 @@ from extract.backbones.registry import (
     BackboneInfo,
     register_backbone,
 )
+from extract.backbones.variants import register_variants
 
-__all__ = ["FrameResNet", "resnet18", "resnet50", "resnet101", "resnet_tiny", "resnet_trunk"]
+__all__ = ["VARIANTS", "FrameResNet", "resnet_trunk"]
 
 _TRUNK_NAMES = (
     "conv1",
@@ -99,11 +100,12 @@ def _frame_resnet(
     arch: str,
     input_size: int,
     *,
-    in_channels: int,
-    num_classes: int | None,
-    dropout: float,
-    modality: str | None,
+    in_channels: int = 3,
+    num_classes: int | None = None,
+    dropout: float = 0.5,
+    modality: str | None = None,
 ) -> FrameResNet:
+    """A torchvision ResNet trunk (``arch``, or the tiny one) applied per frame."""
     trunk, feature_dim = resnet_trunk(arch)
     info = BackboneInfo(
         name=name,
@@ -117,81 +119,14 @@ def _frame_resnet(
     return FrameResNet(info, trunk, num_classes=num_classes, dropout=dropout)
 
 
-@register_backbone("resnet18")
-def resnet18(
-    *,
-    in_channels: int = 3,
-    num_classes: int | None = None,
-    dropout: float = 0.5,
-    modality: str | None = None,
-) -> FrameResNet:
-    """ResNet-18 per frame (TSN), D=512, 224 px crops, ImageNet normalisation."""
-    return _frame_resnet(
-        "resnet18",
-        "resnet18",
-        224,
-        in_channels=in_channels,
-        num_classes=num_classes,
-        dropout=dropout,
-        modality=modality,
-    )
-
-
-@register_backbone("resnet50")
-def resnet50(
-    *,
-    in_channels: int = 3,
-    num_classes: int | None = None,
-    dropout: float = 0.5,
-    modality: str | None = None,
-) -> FrameResNet:
-    """ResNet-50 per frame (TSN), D=2048, 224 px crops, ImageNet normalisation."""
-    return _frame_resnet(
-        "resnet50",
-        "resnet50",
-        224,
-        in_channels=in_channels,
-        num_classes=num_classes,
-        dropout=dropout,
-        modality=modality,
-    )
-
-
-@register_backbone("resnet101")
-def resnet101(
-    *,
-    in_channels: int = 3,
-    num_classes: int | None = None,
-    dropout: float = 0.5,
-    modality: str | None = None,
-) -> FrameResNet:
-    """ResNet-101 per frame (TSN), D=2048, 224 px crops, ImageNet normalisation."""
-    return _frame_resnet(
-        "resnet101",
-        "resnet101",
-        224,
-        in_channels=in_channels,
-        num_classes=num_classes,
-        dropout=dropout,
-        modality=modality,
-    )
-
-
-@register_backbone("resnet_tiny")
-def resnet_tiny(
-    *,
-    in_channels: int = 3,
-    num_classes: int | None = None,
-    dropout: float = 0.5,
-    modality: str | None = None,
-) -> FrameResNet:
-    """Test / CPU-smoke variant: the ResNet code path with widths 8..64, D=64, 32 px crops."""
-    return _frame_resnet(
-        "resnet_tiny",
-        "tiny",
-        TINY_INPUT_SIZE,
-        in_channels=in_channels,
-        num_classes=num_classes,
-        dropout=dropout,
-        modality=modality,
-    )
+VARIANTS: dict[str, dict] = {
+    "resnet18": {"doc": "ResNet-18 per frame (TSN), D=512, 224 px crops, ImageNet normalisation.",
+                 "arch": "resnet18", "input_size": 224},
+    "resnet50": {"doc": "ResNet-50 per frame (TSN), D=2048, 224 px crops, ImageNet normalisation.",
+                 "arch": "resnet50", "input_size": 224},
+    "resnet101": {"doc": "ResNet-101 per frame (TSN), D=2048, 224 px crops, ImageNet normalisation.",
+                  "arch": "resnet101", "input_size": 224},
+    "resnet_tiny": {"doc": "Test / CPU-smoke variant: the ResNet code path with widths 8..64, D=64, 32 px crops.",
+                    "arch": "tiny", "input_size": TINY_INPUT_SIZE},
+}
+register_variants(register_backbone, _frame_resnet, VARIANTS)

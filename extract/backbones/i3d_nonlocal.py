@@ -42,6 +42,7 @@ from torch import Tensor, nn
 
 from extract.backbones._narrow import _init_like_torchvision
 from extract.backbones.registry import Backbone, BackboneInfo, register_backbone
+from extract.backbones.variants import register_variants
 from extract.backbones.weights import WeightsError, _average_kernel, _read_state_dict
 
 logger = logging.getLogger(__name__)
@@ -53,8 +54,7 @@ __all__ = [
     "I3DResNet",
     "NonLocalBlock",
     "TemporalPadConv3d",
-    "i3d_nl_r50",
-    "i3d_nl_tiny",
+    "VARIANTS",
     "inflate_from_2d",
 ]
 
@@ -311,15 +311,16 @@ def _i3d(
     widths: Sequence[int],
     input_size: int,
     *,
-    in_channels: int,
-    num_classes: int | None,
-    dropout: float,
-    modality: str | None,
-    clip_len: int,
-    nonlocal_at: Sequence[Sequence[int]],
-    temporal_padding: TemporalPadding,
-    nl_zero_init: bool,
+    in_channels: int = 3,
+    num_classes: int | None = None,
+    dropout: float = 0.5,
+    modality: str | None = None,
+    clip_len: int = 8,
+    nonlocal_at: Sequence[Sequence[int]] = R50_NONLOCAL_AT,
+    temporal_padding: TemporalPadding = "replicate",
+    nl_zero_init: bool = True,
 ) -> I3DResNet:
+    """An I3D ResNet of ``layers`` blocks and ``widths`` per stage, non-local blocks at ``nonlocal_at``."""
     trunk, feature_dim = i3d_trunk(
         layers, widths, nonlocal_at, temporal_padding=temporal_padding, nl_zero_init=nl_zero_init
     )
@@ -335,65 +336,15 @@ def _i3d(
     return I3DResNet(info, trunk, num_classes=num_classes, dropout=dropout)
 
 
-@register_backbone("i3d_nl_r50")
-def i3d_nl_r50(
-    *,
-    in_channels: int = 3,
-    num_classes: int | None = None,
-    dropout: float = 0.5,
-    modality: str | None = None,
-    clip_len: int = 8,
-    nonlocal_at: Sequence[Sequence[int]] = R50_NONLOCAL_AT,
-    temporal_padding: TemporalPadding = "replicate",
-    nl_zero_init: bool = True,
-) -> I3DResNet:
-    """I3D ResNet-50 + 5 non-local blocks (res3: 1, 3; res4: 1, 3, 5): D=2048, 8x224x224 clips.
-
-    ``nonlocal_at=((), (), (), ())`` gives the plain I3D ResNet-50.
-    """
-    return _i3d(
-        "i3d_nl_r50",
-        R50_LAYERS,
-        R50_WIDTHS,
-        224,
-        in_channels=in_channels,
-        num_classes=num_classes,
-        dropout=dropout,
-        modality=modality,
-        clip_len=clip_len,
-        nonlocal_at=nonlocal_at,
-        temporal_padding=temporal_padding,
-        nl_zero_init=nl_zero_init,
-    )
-
-
-@register_backbone("i3d_nl_tiny")
-def i3d_nl_tiny(
-    *,
-    in_channels: int = 3,
-    num_classes: int | None = None,
-    dropout: float = 0.5,
-    modality: str | None = None,
-    clip_len: int = 4,
-    nonlocal_at: Sequence[Sequence[int]] = TINY_NONLOCAL_AT,
-    temporal_padding: TemporalPadding = "replicate",
-    nl_zero_init: bool = True,
-) -> I3DResNet:
-    """Test / CPU-smoke variant: blocks 1,2,2,1 of widths 8..64, 2 non-local blocks, D=256, 4x32x32."""
-    return _i3d(
-        "i3d_nl_tiny",
-        TINY_LAYERS,
-        TINY_WIDTHS,
-        32,
-        in_channels=in_channels,
-        num_classes=num_classes,
-        dropout=dropout,
-        modality=modality,
-        clip_len=clip_len,
-        nonlocal_at=nonlocal_at,
-        temporal_padding=temporal_padding,
-        nl_zero_init=nl_zero_init,
-    )
+VARIANTS: dict[str, dict] = {
+    # nonlocal_at=((), (), (), ()) gives the plain I3D ResNet-50
+    "i3d_nl_r50": {"doc": "I3D ResNet-50 + 5 non-local blocks (res3: 1, 3; res4: 1, 3, 5): D=2048, 8x224x224 clips.",
+                   "layers": R50_LAYERS, "widths": R50_WIDTHS, "input_size": 224},
+    "i3d_nl_tiny": {"doc": "Test / CPU-smoke variant: blocks 1,2,2,1 of widths 8..64, 2 non-local blocks, D=256, "
+                           "4x32x32.", "layers": TINY_LAYERS, "widths": TINY_WIDTHS, "input_size": 32,
+                    "defaults": {"clip_len": 4, "nonlocal_at": TINY_NONLOCAL_AT}},
+}
+register_variants(register_backbone, _i3d, VARIANTS)
 
 
 def _inflated(key: str, theirs: Tensor, ours: Tensor) -> Tensor:

@@ -29,6 +29,7 @@ from typing import Any, Literal
 from torch import Tensor, nn
 
 from extract.backbones.weights import adapt_first_conv, load_weights
+from store.errors import SettingsError
 
 logger = logging.getLogger(__name__)
 
@@ -323,7 +324,7 @@ def get_backbone(
         WeightsError: the checkpoint cannot be read or does not fit the backbone.
     """
     if name not in _BACKBONES:
-        raise ValueError(
+        raise SettingsError(
             f"unknown backbone {name!r}; available: {', '.join(list_backbones())} "
             "(or register one with @register_backbone)"
         )

@@ -47,6 +47,7 @@ from extract.backbones.i3d_nonlocal import (
     make_layer3d,
 )
 from extract.backbones.registry import Backbone, BackboneInfo, register_backbone
+from extract.backbones.variants import register_variants
 from extract.backbones.weights import adapt_first_conv
 
 __all__ = [
@@ -54,11 +55,7 @@ __all__ = [
     "ShiftConv3d",
     "SlowFast",
     "shifted_name",
-    "slowfast_r50",
-    "slowfast_r101",
-    "slowfast_shift_r50",
-    "slowfast_shift_tiny",
-    "slowfast_tiny",
+    "VARIANTS",
     "temporal_shift_5d",
 ]
 
@@ -273,19 +270,22 @@ def _slowfast(
     layers: Sequence[int],
     widths: Sequence[int],
     input_size: int,
+    base: str | None = None,
     *,
-    in_channels: int,
-    num_classes: int | None,
-    dropout: float,
-    modality: str | None,
-    clip_len: int,
-    alpha: int,
-    beta_inv: int,
-    shift_div: int,
+    in_channels: int = 3,
+    num_classes: int | None = None,
+    dropout: float = 0.5,
+    modality: str | None = None,
+    clip_len: int = 32,
+    alpha: int = 8,
+    beta_inv: int = 8,
+    shift_div: int = 0,
 ) -> SlowFast:
+    """A SlowFast of ``layers`` blocks and Slow ``widths``; ``info.name`` records the shift
+    (:func:`shifted_name` of ``base``, the unshifted variant, or of ``name``)."""
     trunk, feature_dim = slowfast_trunk(layers, widths, alpha, beta_inv, shift_div)
     info = BackboneInfo(
-        name=shifted_name(name, shift_div),
+        name=shifted_name(base or name, shift_div),
         kind="clip3d",
         feature_dim=feature_dim,
         clip_len=clip_len,
@@ -296,141 +296,21 @@ def _slowfast(
     return SlowFast(info, trunk, alpha=alpha, num_classes=num_classes, dropout=dropout)
 
 
-@register_backbone("slowfast_r50")
-def slowfast_r50(
-    *,
-    in_channels: int = 3,
-    num_classes: int | None = None,
-    dropout: float = 0.5,
-    modality: str | None = None,
-    clip_len: int = 32,
-    alpha: int = 8,
-    beta_inv: int = 8,
-    shift_div: int = 0,
-) -> SlowFast:
-    """SlowFast R50 4x16: 32x224x224 clips, Slow on 4 frames (alpha 8), beta 1/8, D=2304."""
-    return _slowfast(
-        "slowfast_r50",
-        DEPTHS[50],
-        R50_WIDTHS,
-        224,
-        in_channels=in_channels,
-        num_classes=num_classes,
-        dropout=dropout,
-        modality=modality,
-        clip_len=clip_len,
-        alpha=alpha,
-        beta_inv=beta_inv,
-        shift_div=shift_div,
-    )
-
-
-@register_backbone("slowfast_r101")
-def slowfast_r101(
-    *,
-    in_channels: int = 3,
-    num_classes: int | None = None,
-    dropout: float = 0.5,
-    modality: str | None = None,
-    clip_len: int = 32,
-    alpha: int = 8,
-    beta_inv: int = 8,
-    shift_div: int = 0,
-) -> SlowFast:
-    """SlowFast R101 (blocks 3, 4, 23, 3): 32x224x224 clips, alpha 8, beta 1/8, D=2304."""
-    return _slowfast(
-        "slowfast_r101",
-        DEPTHS[101],
-        R50_WIDTHS,
-        224,
-        in_channels=in_channels,
-        num_classes=num_classes,
-        dropout=dropout,
-        modality=modality,
-        clip_len=clip_len,
-        alpha=alpha,
-        beta_inv=beta_inv,
-        shift_div=shift_div,
-    )
-
-
-@register_backbone("slowfast_tiny")
-def slowfast_tiny(
-    *,
-    in_channels: int = 3,
-    num_classes: int | None = None,
-    dropout: float = 0.5,
-    modality: str | None = None,
-    clip_len: int = 8,
-    alpha: int = 4,
-    beta_inv: int = 4,
-    shift_div: int = 0,
-) -> SlowFast:
-    """Test / CPU-smoke variant: 1 block per stage, Slow widths 8..64, alpha 4, beta 1/4, 8x32x32."""
-    return _slowfast(
-        "slowfast_tiny",
-        (1, 1, 1, 1),
-        TINY_WIDTHS,
-        32,
-        in_channels=in_channels,
-        num_classes=num_classes,
-        dropout=dropout,
-        modality=modality,
-        clip_len=clip_len,
-        alpha=alpha,
-        beta_inv=beta_inv,
-        shift_div=shift_div,
-    )
-
-
-@register_backbone("slowfast_shift_r50")
-def slowfast_shift_r50(
-    *,
-    in_channels: int = 3,
-    num_classes: int | None = None,
-    dropout: float = 0.5,
-    modality: str | None = None,
-    clip_len: int = 32,
-    alpha: int = 8,
-    beta_inv: int = 8,
-    shift_div: int = SHIFT_DIV,
-) -> SlowFast:
-    """SlowFast R50 4x16 with TSM shifts in every block of both pathways (1/8 each way)."""
-    return slowfast_r50(
-        in_channels=in_channels,
-        num_classes=num_classes,
-        dropout=dropout,
-        modality=modality,
-        clip_len=clip_len,
-        alpha=alpha,
-        beta_inv=beta_inv,
-        shift_div=shift_div,
-    )
-
-
-@register_backbone("slowfast_shift_tiny")
-def slowfast_shift_tiny(
-    *,
-    in_channels: int = 3,
-    num_classes: int | None = None,
-    dropout: float = 0.5,
-    modality: str | None = None,
-    clip_len: int = 8,
-    alpha: int = 4,
-    beta_inv: int = 4,
-    shift_div: int = SHIFT_DIV,
-) -> SlowFast:
-    """Test / CPU-smoke variant of ``slowfast_shift_r50``: ``slowfast_tiny`` with shifts (1/8).
-
-    The Fast pathway's first block sees 2 channels (fold 0) and stays unshifted.
-    """
-    return slowfast_tiny(
-        in_channels=in_channels,
-        num_classes=num_classes,
-        dropout=dropout,
-        modality=modality,
-        clip_len=clip_len,
-        alpha=alpha,
-        beta_inv=beta_inv,
-        shift_div=shift_div,
-    )
+_R50 = {"layers": DEPTHS[50], "widths": R50_WIDTHS, "input_size": 224, "base": None}
+_TINY = {"layers": (1, 1, 1, 1), "widths": TINY_WIDTHS, "input_size": 32, "base": None,
+         "defaults": {"clip_len": 8, "alpha": 4, "beta_inv": 4}}
+VARIANTS: dict[str, dict] = {
+    "slowfast_r50": {"doc": "SlowFast R50 4x16: 32x224x224 clips, Slow on 4 frames (alpha 8), beta 1/8, D=2304.",
+                     **_R50},
+    "slowfast_r101": {"doc": "SlowFast R101 (blocks 3, 4, 23, 3): 32x224x224 clips, alpha 8, beta 1/8, D=2304.",
+                      **_R50, "layers": DEPTHS[101]},
+    "slowfast_tiny": {"doc": "Test / CPU-smoke variant: 1 block per stage, Slow widths 8..64, alpha 4, beta 1/4, "
+                             "8x32x32.", **_TINY},
+    "slowfast_shift_r50": {"doc": "SlowFast R50 4x16 with TSM shifts in every block of both pathways (1/8 each way).",
+                           **_R50, "base": "slowfast_r50", "defaults": {"shift_div": SHIFT_DIV}},
+    # the Fast pathway's first block sees 2 channels (fold 0) and stays unshifted
+    "slowfast_shift_tiny": {"doc": "Test / CPU-smoke variant of ``slowfast_shift_r50``: ``slowfast_tiny`` with shifts "
+                                   "(1/8).", **_TINY, "base": "slowfast_tiny",
+                            "defaults": {**_TINY["defaults"], "shift_div": SHIFT_DIV}},
+}
+register_variants(register_backbone, _slowfast, VARIANTS)

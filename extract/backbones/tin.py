@@ -34,15 +34,9 @@ from torch import Tensor, nn
 
 from extract.backbones.frame2d import TINY_INPUT_SIZE, FrameResNet, resnet_trunk
 from extract.backbones.registry import IMAGENET_MEAN, IMAGENET_STD, BackboneInfo, register_backbone
+from extract.backbones.variants import register_variants
 
-__all__ = [
-    "InterlaceConv2d",
-    "TINResNet",
-    "TemporalInterlace",
-    "interlace_shift",
-    "tin_resnet50",
-    "tin_tiny",
-]
+__all__ = ["VARIANTS", "InterlaceConv2d", "TINResNet", "TemporalInterlace", "interlace_shift"]
 
 #: Offsets lie in (-MAX_OFFSET, MAX_OFFSET) frames (mmaction2: 4 * (sigmoid - 0.5)).
 MAX_OFFSET = 2.0
@@ -222,14 +216,15 @@ def _tin_resnet(
     arch: str,
     input_size: int,
     *,
-    in_channels: int,
-    num_classes: int | None,
-    dropout: float,
-    modality: str | None,
-    clip_len: int,
-    shift_div: int,
-    groups: int,
+    in_channels: int = 3,
+    num_classes: int | None = None,
+    dropout: float = 0.5,
+    modality: str | None = None,
+    clip_len: int = 8,
+    shift_div: int = 4,
+    groups: int = 2,
 ) -> TINResNet:
+    """A TIN over a torchvision ResNet trunk (``arch``, or the tiny one)."""
     trunk, feature_dim = resnet_trunk(arch)
     info = BackboneInfo(
         name=name,
@@ -245,56 +240,11 @@ def _tin_resnet(
     )
 
 
-@register_backbone("tin_resnet50")
-def tin_resnet50(
-    *,
-    in_channels: int = 3,
-    num_classes: int | None = None,
-    dropout: float = 0.5,
-    modality: str | None = None,
-    clip_len: int = 8,
-    shift_div: int = 4,
-    groups: int = 2,
-) -> TINResNet:
-    """TIN ResNet-50 (the paper's model): D=2048, 8-frame clips at 224 px, 1/4 of channels interlaced."""
-    return _tin_resnet(
-        "tin_resnet50",
-        "resnet50",
-        224,
-        in_channels=in_channels,
-        num_classes=num_classes,
-        dropout=dropout,
-        modality=modality,
-        clip_len=clip_len,
-        shift_div=shift_div,
-        groups=groups,
-    )
-
-
-@register_backbone("tin_tiny")
-def tin_tiny(
-    *,
-    in_channels: int = 3,
-    num_classes: int | None = None,
-    dropout: float = 0.5,
-    modality: str | None = None,
-    clip_len: int = 8,
-    shift_div: int = 2,
-    groups: int = 2,
-) -> TINResNet:
-    """Test / CPU-smoke variant: TIN over the tiny ResNet (widths 8..64), D=64, 8x32x32 clips.
-
-    ``shift_div=2`` so that the 8-channel blocks still interlace 2*groups whole channels.
-    """
-    return _tin_resnet(
-        "tin_tiny",
-        "tiny",
-        TINY_INPUT_SIZE,
-        in_channels=in_channels,
-        num_classes=num_classes,
-        dropout=dropout,
-        modality=modality,
-        clip_len=clip_len,
-        shift_div=shift_div,
-        groups=groups,
-    )
+VARIANTS: dict[str, dict] = {
+    "tin_resnet50": {"doc": "TIN ResNet-50 (the paper's model): D=2048, 8-frame clips at 224 px, 1/4 of channels "
+                            "interlaced.", "arch": "resnet50", "input_size": 224},
+    # shift_div=2 so that the tiny 8-channel blocks still interlace 2*groups whole channels
+    "tin_tiny": {"doc": "Test / CPU-smoke variant: TIN over the tiny ResNet (widths 8..64), D=64, 8x32x32 clips.",
+                 "arch": "tiny", "input_size": TINY_INPUT_SIZE, "defaults": {"shift_div": 2}},
+}
+register_variants(register_backbone, _tin_resnet, VARIANTS)

@@ -22,8 +22,9 @@ from torch import Tensor, nn
 
 from extract.backbones.frame2d import TINY_INPUT_SIZE, FrameResNet, resnet_trunk
 from extract.backbones.registry import IMAGENET_MEAN, IMAGENET_STD, BackboneInfo, register_backbone
+from extract.backbones.variants import register_variants
 
-__all__ = ["ShiftConv2d", "TSMResNet", "temporal_shift", "tsm_resnet18", "tsm_resnet50", "tsm_tiny"]
+__all__ = ["VARIANTS", "ShiftConv2d", "TSMResNet", "temporal_shift"]
 
 
 def temporal_shift(x: Tensor, n_segment: int, shift_div: int = 8) -> Tensor:
@@ -120,13 +121,14 @@ def _tsm_resnet(
     arch: str,
     input_size: int,
     *,
-    in_channels: int,
-    num_classes: int | None,
-    dropout: float,
-    modality: str | None,
-    clip_len: int,
-    shift_div: int,
+    in_channels: int = 3,
+    num_classes: int | None = None,
+    dropout: float = 0.5,
+    modality: str | None = None,
+    clip_len: int = 8,
+    shift_div: int = 8,
 ) -> TSMResNet:
+    """A TSM over a torchvision ResNet trunk (``arch``, or the tiny one): 1/``shift_div`` channels shift each way."""
     trunk, feature_dim = resnet_trunk(arch)
     info = BackboneInfo(
         name=name,
@@ -140,73 +142,12 @@ def _tsm_resnet(
     return TSMResNet(info, trunk, num_classes=num_classes, dropout=dropout, shift_div=shift_div)
 
 
-@register_backbone("tsm_resnet18")
-def tsm_resnet18(
-    *,
-    in_channels: int = 3,
-    num_classes: int | None = None,
-    dropout: float = 0.5,
-    modality: str | None = None,
-    clip_len: int = 8,
-    shift_div: int = 8,
-) -> TSMResNet:
-    """TSM ResNet-18: D=512, 8-frame clips at 224 px, ImageNet normalisation."""
-    return _tsm_resnet(
-        "tsm_resnet18",
-        "resnet18",
-        224,
-        in_channels=in_channels,
-        num_classes=num_classes,
-        dropout=dropout,
-        modality=modality,
-        clip_len=clip_len,
-        shift_div=shift_div,
-    )
-
-
-@register_backbone("tsm_resnet50")
-def tsm_resnet50(
-    *,
-    in_channels: int = 3,
-    num_classes: int | None = None,
-    dropout: float = 0.5,
-    modality: str | None = None,
-    clip_len: int = 8,
-    shift_div: int = 8,
-) -> TSMResNet:
-    """TSM ResNet-50 (the paper's model): D=2048, 8-frame clips at 224 px."""
-    return _tsm_resnet(
-        "tsm_resnet50",
-        "resnet50",
-        224,
-        in_channels=in_channels,
-        num_classes=num_classes,
-        dropout=dropout,
-        modality=modality,
-        clip_len=clip_len,
-        shift_div=shift_div,
-    )
-
-
-@register_backbone("tsm_tiny")
-def tsm_tiny(
-    *,
-    in_channels: int = 3,
-    num_classes: int | None = None,
-    dropout: float = 0.5,
-    modality: str | None = None,
-    clip_len: int = 4,
-    shift_div: int = 8,
-) -> TSMResNet:
-    """Test / CPU-smoke variant: TSM over the tiny ResNet (widths 8..64), D=64, 4x32x32 clips."""
-    return _tsm_resnet(
-        "tsm_tiny",
-        "tiny",
-        TINY_INPUT_SIZE,
-        in_channels=in_channels,
-        num_classes=num_classes,
-        dropout=dropout,
-        modality=modality,
-        clip_len=clip_len,
-        shift_div=shift_div,
-    )
+VARIANTS: dict[str, dict] = {
+    "tsm_resnet18": {"doc": "TSM ResNet-18: D=512, 8-frame clips at 224 px, ImageNet normalisation.",
+                     "arch": "resnet18", "input_size": 224},
+    "tsm_resnet50": {"doc": "TSM ResNet-50 (the paper's model): D=2048, 8-frame clips at 224 px.",
+                     "arch": "resnet50", "input_size": 224},
+    "tsm_tiny": {"doc": "Test / CPU-smoke variant: TSM over the tiny ResNet (widths 8..64), D=64, 4x32x32 clips.",
+                 "arch": "tiny", "input_size": TINY_INPUT_SIZE, "defaults": {"clip_len": 4}},
+}
+register_variants(register_backbone, _tsm_resnet, VARIANTS)

@@ -20,16 +20,9 @@ from extract.backbones.registry import (
     BackboneInfo,
     register_backbone,
 )
+from extract.backbones.variants import register_variants
 
-__all__ = [
-    "VideoResNetBackbone",
-    "mc3_18",
-    "mc3_tiny",
-    "r2plus1d_18",
-    "r2plus1d_tiny",
-    "r3d_18",
-    "r3d_tiny",
-]
+__all__ = ["VARIANTS", "VideoResNetBackbone"]
 
 _TRUNK_NAMES = ("stem", "layer1", "layer2", "layer3", "layer4", "avgpool")
 #: Widths of the tiny test variants (BasicBlock, one block per stage).
@@ -62,12 +55,13 @@ def _video_backbone(
     arch: str,
     tiny: bool,
     *,
-    in_channels: int,
-    num_classes: int | None,
-    dropout: float,
-    modality: str | None,
-    clip_len: int | None,
+    in_channels: int = 3,
+    num_classes: int | None = None,
+    dropout: float = 0.5,
+    modality: str | None = None,
+    clip_len: int | None = None,
 ) -> VideoResNetBackbone:
+    """A VideoResNet of family ``arch`` (``_ARCHS``), full size or the tiny twin."""
     builder, conv_makers, stem = _ARCHS[arch]
     if tiny:
         net: tv_video.VideoResNet = NarrowVideoResNet(
@@ -94,133 +88,18 @@ def _video_backbone(
     return VideoResNetBackbone(info, trunk, num_classes=num_classes, dropout=dropout)
 
 
-@register_backbone("r2plus1d_18")
-def r2plus1d_18(
-    *,
-    in_channels: int = 3,
-    num_classes: int | None = None,
-    dropout: float = 0.5,
-    modality: str | None = None,
-    clip_len: int | None = None,
-) -> VideoResNetBackbone:
-    """R(2+1)D-18: (2+1)D factorised convs, D=512, 16x112x112 clips, Kinetics normalisation."""
-    return _video_backbone(
-        "r2plus1d_18",
-        "r2plus1d",
-        False,
-        in_channels=in_channels,
-        num_classes=num_classes,
-        dropout=dropout,
-        modality=modality,
-        clip_len=clip_len,
-    )
-
-
-@register_backbone("r3d_18")
-def r3d_18(
-    *,
-    in_channels: int = 3,
-    num_classes: int | None = None,
-    dropout: float = 0.5,
-    modality: str | None = None,
-    clip_len: int | None = None,
-) -> VideoResNetBackbone:
-    """R3D-18: full 3x3x3 convs, D=512, 16x112x112 clips, Kinetics normalisation."""
-    return _video_backbone(
-        "r3d_18",
-        "r3d",
-        False,
-        in_channels=in_channels,
-        num_classes=num_classes,
-        dropout=dropout,
-        modality=modality,
-        clip_len=clip_len,
-    )
-
-
-@register_backbone("mc3_18")
-def mc3_18(
-    *,
-    in_channels: int = 3,
-    num_classes: int | None = None,
-    dropout: float = 0.5,
-    modality: str | None = None,
-    clip_len: int | None = None,
-) -> VideoResNetBackbone:
-    """MC3-18: 3D convs in the first stage, 2D after, D=512, 16x112x112 clips."""
-    return _video_backbone(
-        "mc3_18",
-        "mc3",
-        False,
-        in_channels=in_channels,
-        num_classes=num_classes,
-        dropout=dropout,
-        modality=modality,
-        clip_len=clip_len,
-    )
-
-
-@register_backbone("r2plus1d_tiny")
-def r2plus1d_tiny(
-    *,
-    in_channels: int = 3,
-    num_classes: int | None = None,
-    dropout: float = 0.5,
-    modality: str | None = None,
-    clip_len: int | None = None,
-) -> VideoResNetBackbone:
-    """Test / CPU-smoke variant: R(2+1)D code path, widths 8..64, D=64, 4x32x32 clips."""
-    return _video_backbone(
-        "r2plus1d_tiny",
-        "r2plus1d",
-        True,
-        in_channels=in_channels,
-        num_classes=num_classes,
-        dropout=dropout,
-        modality=modality,
-        clip_len=clip_len,
-    )
-
-
-@register_backbone("r3d_tiny")
-def r3d_tiny(
-    *,
-    in_channels: int = 3,
-    num_classes: int | None = None,
-    dropout: float = 0.5,
-    modality: str | None = None,
-    clip_len: int | None = None,
-) -> VideoResNetBackbone:
-    """Test / CPU-smoke variant: R3D code path, widths 8..64, D=64, 4x32x32 clips."""
-    return _video_backbone(
-        "r3d_tiny",
-        "r3d",
-        True,
-        in_channels=in_channels,
-        num_classes=num_classes,
-        dropout=dropout,
-        modality=modality,
-        clip_len=clip_len,
-    )
-
-
-@register_backbone("mc3_tiny")
-def mc3_tiny(
-    *,
-    in_channels: int = 3,
-    num_classes: int | None = None,
-    dropout: float = 0.5,
-    modality: str | None = None,
-    clip_len: int | None = None,
-) -> VideoResNetBackbone:
-    """Test / CPU-smoke variant: MC3 code path, widths 8..64, D=64, 4x32x32 clips."""
-    return _video_backbone(
-        "mc3_tiny",
-        "mc3",
-        True,
-        in_channels=in_channels,
-        num_classes=num_classes,
-        dropout=dropout,
-        modality=modality,
-        clip_len=clip_len,
-    )
+VARIANTS: dict[str, dict] = {
+    "r2plus1d_18": {"doc": "R(2+1)D-18: (2+1)D factorised convs, D=512, 16x112x112 clips, Kinetics normalisation.",
+                    "arch": "r2plus1d", "tiny": False},
+    "r3d_18": {"doc": "R3D-18: full 3x3x3 convs, D=512, 16x112x112 clips, Kinetics normalisation.",
+               "arch": "r3d", "tiny": False},
+    "mc3_18": {"doc": "MC3-18: 3D convs in the first stage, 2D after, D=512, 16x112x112 clips.",
+               "arch": "mc3", "tiny": False},
+    "r2plus1d_tiny": {"doc": "Test / CPU-smoke variant: R(2+1)D code path, widths 8..64, D=64, 4x32x32 clips.",
+                      "arch": "r2plus1d", "tiny": True},
+    "r3d_tiny": {"doc": "Test / CPU-smoke variant: R3D code path, widths 8..64, D=64, 4x32x32 clips.",
+                 "arch": "r3d", "tiny": True},
+    "mc3_tiny": {"doc": "Test / CPU-smoke variant: MC3 code path, widths 8..64, D=64, 4x32x32 clips.",
+                 "arch": "mc3", "tiny": True},
+}
+register_variants(register_backbone, _video_backbone, VARIANTS)

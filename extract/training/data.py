@@ -8,11 +8,11 @@
                                                 collate_eval           -> {"x", "rows", "counts", "skipped"}
 
 * **Repeatable.** Example ``i`` of epoch ``e`` draws its clip position and augmentation
-  from ``default_rng([seed, e, i])`` and the shuffle of epoch ``e`` from
-  ``default_rng([seed, e])``, so the batches do not depend on the number of workers, on
+  from ``keyed_rng(seed, e, i)`` and the shuffle of epoch ``e`` from
+  ``keyed_rng(seed, e)``, so the batches do not depend on the number of workers, on
   which worker decodes what, or on whether the run was interrupted and resumed. The key
   carries the epoch, so persistent workers need no message when an epoch starts.
-* **Bad videos** (any :class:`~extract.decode.DecodeError`: missing, corrupt, no audio for an
+* **Bad videos** (any :class:`~extract.media.decode.DecodeError`: missing, corrupt, no audio for an
   audio net) give a logged warning and ``None``; the collate functions drop them and count
   them in ``skipped``. An epoch never stops for one file.
 * A video's frame count and rate come from the table (``n_frames``/``fps`` columns, as a
@@ -32,8 +32,9 @@ import pandas as pd
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
-from extract.decode import DecodeError, probe_video
+from extract.media.decode import DecodeError, probe_video
 from extract.training.modality import ModalityInputs, VideoMeta
+from heads.seeding import keyed_rng
 
 log = logging.getLogger(__name__)
 
@@ -86,7 +87,7 @@ class TrainClips(Dataset):
 
     def __getitem__(self, key: tuple[int, int]) -> tuple[np.ndarray, np.ndarray] | None:
         epoch, i = key
-        rng = np.random.default_rng([self.seed, epoch, i])
+        rng = keyed_rng(self.seed, epoch, i)
         try:
             x = self.inputs.train_example(self.videos.meta(i), rng)
         except DecodeError as err:
@@ -132,7 +133,7 @@ class EpochSampler(Sampler[tuple[int, int]]):
         return self.n
 
     def __iter__(self) -> Iterator[tuple[int, int]]:
-        order = np.random.default_rng([self.seed, self.epoch]).permutation(self.n) if self.shuffle else range(self.n)
+        order = keyed_rng(self.seed, self.epoch).permutation(self.n) if self.shuffle else range(self.n)
         return iter([(self.epoch, int(i)) for i in order])
 
 

@@ -37,13 +37,14 @@ from extract.training import checkpoint as ckpt
 from extract.training.data import EvalClips, TrainClips, eval_loader, train_loader
 from extract.training.evaluate import predict_videos
 from extract.training.freeze import freeze_all_but_last, set_train_mode
-from extract.training.mixup import draw_mix, mix_batch
 from extract.training.modality import make_inputs
 from extract.training.recipe import RESUMABLE_CHANGES, TrainRecipe
-from extract.training.schedule import LRSchedule
-from extract.training.swa import WeightAverage, update_bn
 from heads.losses import class_weights, get_loss
 from heads.metrics import evaluate as evaluate_scores
+from heads.mixup import draw_mix, mix_batch
+from heads.seeding import keyed_rng
+from heads.swa import make_averager, update_bn
+from store.device import resolve_device
 from store.threads import available_cores
 
 log = logging.getLogger(__name__)
@@ -101,17 +102,9 @@ class TrainResult:
         return self.out_dir / ckpt.SWA if self.swa is not None else None
 
 
-def resolve_device(recipe: TrainRecipe) -> torch.device:
-    if recipe.device == "cuda" and not torch.cuda.is_available():
-        raise TrainError("--device cuda was asked for but torch sees no CUDA GPU; use --device cpu")
-    if recipe.device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(recipe.device)
-
-
 def default_workers(device: torch.device) -> int:
     """Decode processes: min(4, cores) on a CPU (the model needs the cores too); cores - 1 with
-    CUDA, where one core's decoding is far slower than the GPU (``extract.settings``' rule)."""
+    CUDA, where one core's decoding is far slower than the GPU (``extract.dump.settings``' rule)."""
     cores = available_cores()
     return max(1, cores - 1) if device.type == "cuda" else min(4, cores)
 
@@ -128,7 +121,7 @@ class _Run:
 
     def __init__(self, recipe: TrainRecipe, data: TrainData, out_dir: Path, *, workers: int, timeout_s: float,
                  on_step: Callable[[int, int, int, float], None] | None) -> None:
-        self.device = resolve_device(recipe)
+        self.device = torch.device(resolve_device(recipe.device))
         try:
             self.model = build_backbone(recipe, len(data.classes))
         except ValueError as err:  # unknown name, or a builder refusing the modality's channels
@@ -160,14 +153,14 @@ class _Run:
                                           videos_per_batch=max(1, self.recipe.batch_size // self.recipe.eval_clips),
                                           workers=workers, seed=seed, pin=pin)
         self.steps_per_epoch = len(self.train_loader)
-        self.schedule = LRSchedule.from_recipe(self.recipe, self.steps_per_epoch)
+        self.schedule = self.recipe.lr_schedule(self.steps_per_epoch)
         self.params = [p for p in self.model.parameters() if p.requires_grad]
         self.optimizer = self._optimizer()
         self.scaler = torch.amp.GradScaler("cuda", enabled=self.amp)
         self.class_weights = None
         if self.recipe.class_weights != "none":
             self.class_weights = class_weights(data.train_labels, self.recipe.class_weights).to(self.device)
-        self.swa = WeightAverage(self.model) if self.recipe.swa_epochs else None
+        self.swa = make_averager(self.model) if self.recipe.swa_epochs else None
         self.epoch = self.step = 0
         self.history: list[dict[str, Any]] = []
         self.best: dict[str, Any] | None = None
@@ -218,12 +211,12 @@ class _Run:
     def _model_input(self, batch: dict[str, Any], key: list[int] | None) -> tuple[torch.Tensor, torch.Tensor]:
         x = batch["x"].to(self.device, non_blocking=True)
         y = batch["y"].to(self.device, non_blocking=True)
-        draw = draw_mix(len(x), self.recipe.mixup_alpha, key) if key is not None else None
+        draw = draw_mix(len(x), self.recipe.mixup_alpha, keyed_rng(*key)) if key is not None else None
         if draw is not None and self.inputs.mix_before_model_input:
-            x, y = mix_batch(x.float(), y, draw)
+            x, y, _ = mix_batch(x.float(), y, draw)
         x = self.inputs.to_model(x)
         if draw is not None and not self.inputs.mix_before_model_input:
-            x, y = mix_batch(x, y, draw)
+            x, y, _ = mix_batch(x, y, draw)
         return x, y
 
     def train_epoch(self) -> dict[str, Any]:
@@ -296,8 +289,8 @@ class _Run:
 
     def end_epoch(self, entry: dict[str, Any]) -> None:
         if self.swa is not None and self.epoch >= self.recipe.epochs - self.recipe.swa_epochs:
-            self.swa.update(self.model)
-            entry["swa_snapshots"] = self.swa.count
+            self.swa.update_parameters(self.model)
+            entry["swa_snapshots"] = int(self.swa.n_averaged)
         entry.update(self.validate(self.model))
         self.epoch += 1
         self.history.append(entry)
@@ -310,12 +303,12 @@ class _Run:
 
     # ------------------------------------------------------------------ the end
     def finish_swa(self) -> dict[str, Any]:
-        model = self.swa.model
+        model = self.swa.module
         self.train_loader.sampler.set_epoch(self.recipe.epochs)  # a fresh, still keyed, pass
         batches = (self.inputs.to_model(b["x"].to(self.device, non_blocking=True))
                    for b in self.train_loader if b["x"] is not None)
-        n = update_bn(model, batches, self.frozen)
-        entry = {"snapshots": self.swa.count, "bn_batches": n, **self.validate(model)}
+        n = update_bn(model, batches, frozen_norms=self.frozen)
+        entry = {"snapshots": int(self.swa.n_averaged), "bn_batches": n, **self.validate(model)}
         ckpt.save_torch(ckpt.cpu_state_dict(model), self.out_dir / ckpt.SWA)
         return entry
 
@@ -353,7 +346,7 @@ def fit(recipe: TrainRecipe, data: TrainData, out_dir: str | Path, *, resume: bo
     if last.exists() and not resume:
         raise TrainError(f"{out_dir} already holds a training run ({ckpt.LAST}); pass --resume to continue it, "
                          "or choose another --out")
-    workers = default_workers(resolve_device(recipe)) if workers is None else workers
+    workers = default_workers(torch.device(resolve_device(recipe.device))) if workers is None else workers
     run = _Run(recipe, data, out_dir, workers=workers, timeout_s=timeout_s, on_step=on_step)
     if resume and last.exists():
         run.restore(ckpt.load_checkpoint(last))
@@ -373,5 +366,4 @@ def fit(recipe: TrainRecipe, data: TrainData, out_dir: str | Path, *, resume: bo
     return TrainResult(out_dir=out_dir, recipe=run.recipe, history=run.history, best=run.best, swa=swa)
 
 
-__all__ = ["TrainData", "TrainError", "TrainResult", "build_backbone", "default_workers", "fit", "predict_videos",
-           "resolve_device"]
+__all__ = ["TrainData", "TrainError", "TrainResult", "build_backbone", "default_workers", "fit", "predict_videos"]

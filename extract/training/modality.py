@@ -1,12 +1,12 @@
 """Per modality: a video -> a training example, a video -> its evaluation clips, a batch -> model input.
 
-Each modality is one small class in two halves, like ``extract.producers``:
+Each modality is one small class in two halves, like ``extract.dump.producers``:
 
 * the **worker half** (numpy; runs in DataLoader worker processes) decodes only the needed
-  frames with :func:`~extract.decode.decode_video` and the clip sampling of
-  :mod:`extract.sampling`: :meth:`ModalityInputs.train_example` draws a random clip
+  frames with :func:`~extract.media.decode.decode_video` and the clip sampling of
+  :mod:`extract.media.sampling`: :meth:`ModalityInputs.train_example` draws a random clip
   position and augments; :meth:`ModalityInputs.eval_clips` takes deterministic clips,
-  exactly the ones ``extract.run`` embeds (RGB reuses :class:`extract.producers.RGBClips`);
+  exactly the ones ``extract.run`` embeds (RGB reuses :class:`extract.dump.makers.RGBClips`);
 * the **device half**, :meth:`ModalityInputs.to_model`, turns a collated batch into the
   backbone's normalised input on the GPU (uint8 travels, floats are made on the device).
 
@@ -31,21 +31,21 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from extract.audio import AudioSettings, audio_windows, log_mel
 from extract.backbones import Backbone, BackboneInfo
-from extract.decode import DecodeError, decode_video
-from extract.flow import FlowSettings, clip_flow_stack, flow_frame_indices, flow_views
-from extract.producers import RGBClips
-from extract.sampling import (
+from extract.dump.makers import RGBClips
+from extract.media.audio import AudioSettings, audio_windows, log_mel
+from extract.media.decode import DecodeError, decode_video
+from extract.media.flow import FlowSettings, clip_flow_stack, flow_frame_indices, flow_views
+from extract.media.sampling import (
     ClipSampling,
     ViewSpec,
     clip_frame_indices,
     clip_times,
     union_frame_indices,
 )
+from extract.media.transforms import normalize, to_tensor_clip
 from extract.training.augment import ClipAugment
 from extract.training.recipe import TrainRecipe
-from extract.transforms import normalize, to_tensor_clip
 
 
 class NoAudioTrack(DecodeError):
@@ -119,7 +119,7 @@ class RGBInputs(ModalityInputs):
 
 
 class FlowInputs(ModalityInputs):
-    """Optical-flow stacks (``extract.flow``), x then y, for a 2-channel backbone."""
+    """Optical-flow stacks (``extract.media.flow``), x then y, for a 2-channel backbone."""
 
     def __init__(self, info: BackboneInfo, recipe: TrainRecipe, timeout_s: float = 60.0) -> None:
         super().__init__(info, recipe, timeout_s)
@@ -156,7 +156,7 @@ class FlowInputs(ModalityInputs):
 
 
 def audio_settings(info: BackboneInfo) -> AudioSettings:
-    """``extract.audio``'s default windows and log-mel, sized to what an audio backbone takes.
+    """``extract.media.audio``'s default windows and log-mel, sized to what an audio backbone takes.
 
     ``audio2d`` nets take ``info.clip_len`` log-mel frames of ``info.input_size`` bands: the
     default 2 s window when it gives that many frames (the ResNets: 198), else a window of

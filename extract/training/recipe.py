@@ -8,7 +8,7 @@ short-side resize + crop + flip, and fine-tuning only the last k stages.
 
 Fields left ``None`` depend on the backbone; :meth:`TrainRecipe.resolve` fills them from its
 :class:`~extract.backbones.BackboneInfo` with the same rules as ``extract.run``
-(:class:`~extract.settings.ExtractSettings`), so the evaluation clips of training are the
+(:class:`~extract.dump.settings.ExtractSettings`), so the evaluation clips of training are the
 clips ``extract.run`` later embeds with the same ``--crop/--frames/--stride`` flags. The
 resolved recipe is written next to the results as ``recipe.json``.
 """
@@ -20,9 +20,11 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from extract.backbones import BackboneInfo
-from extract.flow import FLOW_ALGORITHMS
-from extract.settings import DEVICES, ExtractSettings
+from extract.dump.settings import DEVICES, ExtractSettings
+from extract.media.flow import FLOW_ALGORITHMS
+from heads.schedule import LRSchedule
 from store.cli import setting_name
+from store.errors import SettingsError
 
 MODALITIES = ("rgb", "flow", "audio")
 OPTIMIZERS = ("sgd", "adamw")
@@ -141,16 +143,16 @@ class TrainRecipe:
                               ("class_weights", CLASS_WEIGHTS), ("device", DEVICES),
                               ("flow_algorithm", FLOW_ALGORITHMS)):
             if getattr(self, name) not in choices:
-                raise ValueError(f"{setting_name(name)} must be one of {choices}, got {getattr(self, name)!r}")
+                raise SettingsError(f"{setting_name(name)} must be one of {choices}, got {getattr(self, name)!r}")
         if not self.backbone:
-            raise ValueError(f"{setting_name('backbone')} must name a registered backbone")
+            raise SettingsError(f"{setting_name('backbone')} must name a registered backbone")
         from heads.losses import list_losses
 
         if self.loss not in list_losses():
-            raise ValueError(f"{setting_name('loss')} must be one of {list_losses()}, got {self.loss!r}")
+            raise SettingsError(f"{setting_name('loss')} must be one of {list_losses()}, got {self.loss!r}")
         for name in ("flip", "amp"):
             if not isinstance(getattr(self, name), bool):
-                raise ValueError(f"{setting_name(name)} must be true or false, got {getattr(self, name)!r}")
+                raise SettingsError(f"{setting_name(name)} must be true or false, got {getattr(self, name)!r}")
 
     def _check_numbers(self) -> None:
         for name, low, optional in (("epochs", 1, False), ("batch_size", 1, False), ("cycle_epochs", 1, False),
@@ -159,25 +161,25 @@ class TrainRecipe:
                                     ("short_side", 1, True), ("frames", 1, True), ("train_segments", 1, True)):
             value = getattr(self, name)
             if not (optional and value is None) and (not _is_int(value) or value < low):
-                raise ValueError(f"{setting_name(name)} must be a whole number >= {low}, got {value!r}")
+                raise SettingsError(f"{setting_name(name)} must be a whole number >= {low}, got {value!r}")
         for name in ("lr", "flow_bound"):
             if not _is_number(getattr(self, name)) or not getattr(self, name) > 0:
-                raise ValueError(f"{setting_name(name)} must be > 0, got {getattr(self, name)!r}")
+                raise SettingsError(f"{setting_name(name)} must be > 0, got {getattr(self, name)!r}")
         for name in ("momentum", "min_lr_ratio"):
             if not _is_number(getattr(self, name)) or not 0 <= getattr(self, name) < 1:
-                raise ValueError(f"{setting_name(name)} must be in [0, 1), got {getattr(self, name)!r}")
+                raise SettingsError(f"{setting_name(name)} must be in [0, 1), got {getattr(self, name)!r}")
         if not 0 <= self.dropout < 1:
-            raise ValueError(f"{setting_name('dropout')} must be in [0, 1), got {self.dropout!r}")
+            raise SettingsError(f"{setting_name('dropout')} must be in [0, 1), got {self.dropout!r}")
         for name in ("weight_decay", "warmup_epochs", "grad_clip", "mixup_alpha"):
             if not _is_number(getattr(self, name)) or getattr(self, name) < 0:
-                raise ValueError(f"{setting_name(name)} must be >= 0, got {getattr(self, name)!r}")
+                raise SettingsError(f"{setting_name(name)} must be >= 0, got {getattr(self, name)!r}")
         if self.swa_lr is not None and not (_is_number(self.swa_lr) and self.swa_lr > 0):
-            raise ValueError(f"{setting_name('swa_lr')} must be > 0 (or left out), got {self.swa_lr!r}")
+            raise SettingsError(f"{setting_name('swa_lr')} must be > 0 (or left out), got {self.swa_lr!r}")
         if self.swa_epochs > self.epochs:
-            raise ValueError(f"{setting_name('swa_epochs')} ({self.swa_epochs}) cannot exceed "
+            raise SettingsError(f"{setting_name('swa_epochs')} ({self.swa_epochs}) cannot exceed "
                              f"{setting_name('epochs')} ({self.epochs})")
         if len(self.scale) != 2 or not 0 < self.scale[0] <= self.scale[1]:
-            raise ValueError(f"{setting_name('scale')} must be LOW,HIGH with 0 < LOW <= HIGH, got {self.scale}")
+            raise SettingsError(f"{setting_name('scale')} must be LOW,HIGH with 0 < LOW <= HIGH, got {self.scale}")
 
     # ------------------------------------------------------------------ backbone-dependent values
     def extract_settings(self) -> ExtractSettings:
@@ -193,11 +195,11 @@ class TrainRecipe:
         """
         want = {"rgb": ("frame2d", "clip3d"), "flow": ("frame2d", "clip3d"), "audio": ("audio2d", "audio1d")}
         if info.kind not in want[self.modality]:
-            raise ValueError(f"--modality {self.modality} needs a backbone of kind {' or '.join(want[self.modality])}; "
+            raise SettingsError(f"--modality {self.modality} needs a backbone of kind {' or '.join(want[self.modality])}; "
                              f"{info.name} is {info.kind}")
         segments = self.train_segments or (3 if info.kind == "frame2d" else 1)
         if segments > 1 and info.kind != "frame2d":
-            raise ValueError(f"{setting_name('train_segments')} {segments} joins clips on the time axis, which only frame "
+            raise SettingsError(f"{setting_name('train_segments')} {segments} joins clips on the time axis, which only frame "
                              f"(TSN) backbones allow; {info.name} is {info.kind}: use 1")
         if self.modality == "audio":  # windows come from the backbone; no pictures to crop
             return dataclasses.replace(self, train_segments=1, frames=1, flip=False)
@@ -205,6 +207,14 @@ class TrainRecipe:
         sampling, view = settings.clip_sampling(info), settings.view_spec(info)
         return dataclasses.replace(self, frames=sampling.frames_per_clip, crop=view.crop,
                                    short_side=view.short_side, train_segments=segments)
+
+    def lr_schedule(self, steps_per_epoch: int) -> LRSchedule:
+        """The learning rate of every step of this recipe's run (SWA's constant rate over the last epochs)."""
+        total = self.epochs * steps_per_epoch
+        swa_start = (self.epochs - self.swa_epochs) * steps_per_epoch if self.swa_epochs else None
+        return LRSchedule(lr=self.lr, total_steps=total, warmup_steps=round(self.warmup_epochs * steps_per_epoch),
+                          kind=self.schedule, cycle_steps=max(1, self.cycle_epochs * steps_per_epoch),
+                          min_lr_ratio=self.min_lr_ratio, swa_start=swa_start, swa_lr=self.swa_lr)
 
     def differences(self, other: TrainRecipe) -> list[str]:
         """``"name: ours != theirs"`` for every field that differs (for resume checks)."""
@@ -223,7 +233,7 @@ class TrainRecipe:
         known = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(d) - known)
         if unknown:
-            raise ValueError(f"TrainRecipe.from_dict: unknown keys {unknown}; expected a subset of {sorted(known)}")
+            raise SettingsError(f"TrainRecipe.from_dict: unknown keys {unknown}; expected a subset of {sorted(known)}")
         d = dict(d)
         if d.get("scale") is not None:
             d["scale"] = tuple(d["scale"])

@@ -17,7 +17,7 @@ from store.cli import non_negative_int, positive_float, positive_int
 COMMANDS = [
     "store.info", "store.search", "store.split", "store.export", "store.import", "heads.train", "heads.sweep", "heads.knn", "heads.localize",
     "extract.run", "extract.train", "extract.search", "extract.demo", "fusion.run",
-    "benchmarks.run", "benchmarks.pipeline", "benchmarks.recipe",
+    "benchmarks.run", "benchmarks.pipeline", "benchmarks.recipes",
 ]
 #: Integer options that are not counts: -1 means "all" (fusion.run --other-scores).
 NOT_COUNTS = {("fusion.run", "--other-scores")}
@@ -41,6 +41,12 @@ class _Caught(Exception):
     pass
 
 
+def _command_module(command: str):
+    """What ``python -m command`` runs: the module, or a package's ``__main__``."""
+    module = importlib.import_module(command)
+    return importlib.import_module(f"{command}.__main__") if hasattr(module, "__path__") else module
+
+
 def _parser(command: str) -> argparse.ArgumentParser:
     """The parser ``main`` builds, caught at its first parse."""
     caught = []
@@ -52,7 +58,7 @@ def _parser(command: str) -> argparse.ArgumentParser:
     with pytest.MonkeyPatch.context() as mp:
         mp.setattr(argparse.ArgumentParser, "parse_known_args", catch)
         with pytest.raises(_Caught):
-            importlib.import_module(command).main(["--help"])
+            _command_module(command).main(["--help"])
     return caught[0]
 
 
@@ -85,7 +91,7 @@ def test_every_integer_option_is_a_checked_count():
 @pytest.mark.parametrize("command, flag, bad", CASES, ids=[f"{c}{f}={b}" for c, f, b in CASES])
 def test_a_zero_or_negative_count_is_refused_with_the_flag_name(command, flag, bad, capsys):
     with pytest.raises(SystemExit) as exit_:
-        importlib.import_module(command).main([flag, bad])
+        _command_module(command).main([flag, bad])
     assert exit_.value.code == 2
     err = capsys.readouterr().err
     assert "Traceback" not in err

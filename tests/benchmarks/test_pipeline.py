@@ -18,7 +18,7 @@ import pytest
 from sklearn.metrics import average_precision_score
 
 from benchmarks import pipeline
-from benchmarks._pipeline_steps import MODALITIES
+from benchmarks.pipeline.steps import MODALITIES
 from extract.demo import DemoConfig, make_demo
 from store import FeatureStore
 from store.testing import make_synthetic_store

@@ -10,15 +10,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from benchmarks._recipe_tables import get_layout
-from benchmarks.recipe import (
-    RecipeError,
-    list_recipes,
-    load_recipe,
-    recipe_command,
-    run_recipe,
-    shrink,
-)
+from benchmarks.recipes.recipe import RecipeError, list_recipes, load_recipe, shrink
+from benchmarks.recipes.runner import recipe_command, run_recipe
+from benchmarks.recipes.tables import get_layout
 
 RECIPES = ("alibaba_aic", "qiniu", "ripple_snu", "sensetime", "stanford")
 

@@ -183,7 +183,7 @@ def test_run_saves_results_and_writes_the_report(tmp_path, fake_suite, capsys):
 
 
 def test_pipeline_benchmark_sizes_and_flat_metrics():
-    from benchmarks.pipeline import SIZES
+    from benchmarks.pipeline.job import SIZES
     from benchmarks.pipeline_bench import pipeline_size, summary_metrics
 
     assert pipeline_size(None) == ("small", SIZES["small"])

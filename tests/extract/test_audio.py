@@ -4,8 +4,7 @@ import numpy as np
 import pytest
 import torch
 
-from extract._video_writer import write_video
-from extract.audio import (
+from extract.media.audio import (
     AudioSettings,
     audio_windows,
     hz_to_mel,
@@ -15,8 +14,9 @@ from extract.audio import (
     mel_to_hz,
     vggish_patches,
 )
-from extract.decode import decode_video
-from extract.sampling import ClipSampling, clip_frame_indices, clip_times, union_frame_indices
+from extract.media.decode import decode_video
+from extract.media.sampling import ClipSampling, clip_frame_indices, clip_times, union_frame_indices
+from extract.media.video_writer import write_video
 
 SR = 16000
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 import hashlib
+import inspect
 import logging
 from collections.abc import Iterator
 from pathlib import Path
@@ -362,3 +363,18 @@ def test_wrong_checkpoints_give_clear_errors(tmp_path: Path) -> None:
     torch.save([1, 2], garbage)
     with pytest.raises(WeightsError, match="not a state_dict"):
         load_weights(tiny("resnet_tiny"), garbage)
+
+
+def test_variant_tables_give_named_builders_with_overridable_defaults() -> None:
+    from extract.backbones.registry import _BACKBONES
+    from extract.backbones.tsm import VARIANTS
+
+    assert {"tsm_resnet18", "tsm_resnet50", "tsm_tiny"} <= set(VARIANTS) <= set(list_backbones())
+    builder = _BACKBONES["tsm_tiny"]
+    assert builder.__name__ == "tsm_tiny" and builder.__doc__ == VARIANTS["tsm_tiny"]["doc"]
+    params = inspect.signature(builder).parameters
+    assert params["clip_len"].default == 4 and params["shift_div"].default == 8  # the entry's default, the family's
+    assert "arch" not in params and "input_size" not in params  # the numbers the entry fixes
+    assert get_backbone("tsm_tiny").info.clip_len == 4 and get_backbone("tsm_tiny", clip_len=6).info.clip_len == 6
+    with pytest.raises(TypeError, match="fixes"):
+        builder(arch="resnet50")

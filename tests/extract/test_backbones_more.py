@@ -12,7 +12,6 @@ import torch.nn.functional as F
 from torch import nn
 from torchvision.models import resnet as tv_resnet
 
-from extract.audio import AudioSettings, audio_windows, log_mel, vggish_patches
 from extract.backbones import (
     Backbone,
     BackboneInfo,
@@ -31,6 +30,7 @@ from extract.backbones.i3d_nonlocal import (
     inflate_from_2d,
 )
 from extract.backbones.tin import TemporalInterlace, interlace_shift
+from extract.media.audio import AudioSettings, audio_windows, log_mel, vggish_patches
 
 # name: (kind, clip_len, input_size, feature_dim)
 DECLARED = {

@@ -8,8 +8,9 @@ import av
 import numpy as np
 import pytest
 
-import extract.decode as decode_mod
-from extract.decode import (
+import extract.media.decode as decode_mod
+from extract.errors import ExtractError
+from extract.media.decode import (
     CorruptVideo,
     DecodeError,
     DecodeTimeout,
@@ -19,9 +20,8 @@ from extract.decode import (
     decode_video,
     probe_video,
 )
-from extract.errors import ExtractError
-from extract.sampling import ClipSampling, clip_frame_indices, union_frame_indices
-from extract.transforms import short_side_resize
+from extract.media.sampling import ClipSampling, clip_frame_indices, union_frame_indices
+from extract.media.transforms import short_side_resize
 
 N, H, W, FPS = 20, 48, 64, 10
 TONE_HZ, AUDIO_RATE, AUDIO_S = 440.0, 44100, 1.5
@@ -180,7 +180,7 @@ def test_truncated_file_is_clamped_with_a_warning(videos, frames, tmp_path, capl
     data = videos["faststart"].read_bytes()  # index first: the cut loses frames, not the index
     path = tmp_path / "cut.mp4"
     path.write_bytes(data[: len(data) // 2])
-    with caplog.at_level(logging.WARNING, logger="extract.decode"):
+    with caplog.at_level(logging.WARNING, logger="extract.media.decode"):
         out = decode_video(path, [0, 2, 19])
     assert out.truncated and 2 < out.n_frames < N and out.n_decoded == out.n_frames
     np.testing.assert_array_equal(out.frames[:2], frames[[0, 2]])

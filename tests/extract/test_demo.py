@@ -8,25 +8,20 @@ import av
 import numpy as np
 import pytest
 
-from extract import demo as demo_module
-from extract._demo_audio import synthesize_audio
-from extract._demo_classes import (
+from extract.demo import DemoConfig, load_demo, make_demo, render_demo_video
+from extract.demo import generator as demo_module
+from extract.demo.__main__ import main
+from extract.demo._classes import (
     CLASS_FAMILIES,
     DEMO_CLASSES,
     EXCLUSIVE_GROUPS,
     MOTION_PAIRS,
     SOUND_CLASSES,
-)
-from extract._demo_render import render_frames
-from extract.demo import (
-    DemoConfig,
     assign_splits,
-    load_demo,
-    main,
-    make_demo,
-    render_demo_video,
     video_labels,
 )
+from extract.demo._render import render_frames
+from extract.demo._sound import synthesize_audio
 from extract.errors import DemoConfigMismatch, DemoError
 
 TINY = DemoConfig(videos=3, seed=5, size=64, seconds=1.0, difficulty=0.5)

@@ -4,10 +4,9 @@ import cv2
 import numpy as np
 import pytest
 
-import extract.flow as flow_mod
-from extract._video_writer import write_video
-from extract.decode import decode_video
-from extract.flow import (
+import extract.media.flow as flow_mod
+from extract.media.decode import decode_video
+from extract.media.flow import (
     FlowSettings,
     FlowUnavailableError,
     clip_flow_stack,
@@ -18,7 +17,8 @@ from extract.flow import (
     flow_to_input,
     flow_views,
 )
-from extract.sampling import ClipSampling, ViewSpec, clip_frame_indices, union_frame_indices
+from extract.media.sampling import ClipSampling, ViewSpec, clip_frame_indices, union_frame_indices
+from extract.media.video_writer import write_video
 
 MARGIN = 8  # pixels left out at the borders, where content enters or leaves the image
 

@@ -12,18 +12,18 @@ import numpy as np
 import pytest
 import torch
 
-from extract import _worker, pipeline
-from extract._video_writer import write_video
-from extract.audio import AudioSettings, log_mel
 from extract.backbones import file_sha256, get_backbone
-from extract.decode import decode_video
 from extract.demo import DemoConfig, make_demo
-from extract.flow import FlowSettings, compute_flow
-from extract.makers import NO_AUDIO, SILENT_AUDIO, AudioWindows, audio_input_for
-from extract.producers import AudioProducer
+from extract.dump import pipeline, worker
+from extract.dump.makers import NO_AUDIO, SILENT_AUDIO, AudioWindows, audio_input_for
+from extract.dump.producers import AudioProducer
+from extract.dump.settings import BackboneChoice, ExtractSettings
+from extract.media.audio import AudioSettings, log_mel
+from extract.media.decode import decode_video
+from extract.media.flow import FlowSettings, compute_flow
+from extract.media.sampling import ClipSampling
+from extract.media.video_writer import write_video
 from extract.run import main
-from extract.sampling import ClipSampling
-from extract.settings import BackboneChoice, ExtractSettings
 from extract.train import main as train_main
 from store import FeatureStore
 from store.verify import verify_store
@@ -61,7 +61,7 @@ def three(videos, tmp_path_factory):
     """One run filling three sets (decoding in this process, with decode_video counted)."""
     store = tmp_path_factory.mktemp("three") / "m.zarr"
     calls = []
-    real = _worker.decode_video
+    real = worker.decode_video
 
     def counting(*args, **kwargs):
         calls.append(kwargs.get("audio_rate"))
@@ -69,7 +69,7 @@ def three(videos, tmp_path_factory):
 
     settings = ExtractSettings(backbones=THREE, workers=0, **BASE)
     with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(_worker, "decode_video", counting)
+        mp.setattr(worker, "decode_video", counting)
         stats = pipeline.extract(videos, store, settings)
     return store, stats, calls
 

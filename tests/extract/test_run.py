@@ -16,17 +16,17 @@ import numpy as np
 import pytest
 import torch
 
-from extract import pipeline
-from extract._video_writer import write_video
-from extract._worker import DecodePool, DecodeTask
 from extract.backbones import get_backbone
-from extract.decode import decode_video
 from extract.demo import DemoConfig, make_demo
-from extract.producers import RGBClips
+from extract.dump import pipeline
+from extract.dump.producers import RGBClips
+from extract.dump.settings import ExtractSettings
+from extract.dump.worker import DecodePool, DecodeTask
+from extract.media.decode import decode_video
+from extract.media.sampling import ClipSampling, ViewSpec
+from extract.media.transforms import IMAGENET_MEAN, IMAGENET_STD
+from extract.media.video_writer import write_video
 from extract.run import main
-from extract.sampling import ClipSampling, ViewSpec
-from extract.settings import ExtractSettings
-from extract.transforms import IMAGENET_MEAN, IMAGENET_STD
 from store import FeatureStore
 from store.verify import verify_store
 
@@ -187,8 +187,8 @@ def test_bad_files_get_error_rows_and_the_run_goes_on(demo, tmp_path, capsys):
 
 KILL_AFTER_WRITE = """
 import os, signal, sys, json
-from extract import pipeline
-from extract.settings import ExtractSettings
+from extract.dump import pipeline
+from extract.dump.settings import ExtractSettings
 def kill(stats):
     if stats.rows_written >= 4:  # the first chunk is durable: die before the rest
         os.kill(os.getpid(), signal.SIGKILL)

@@ -1,11 +1,11 @@
-"""Clip samplers against hand-computed frame numbers (see the formulas in extract.sampling)."""
+"""Clip samplers against hand-computed frame numbers (see the formulas in extract.media.sampling)."""
 
 import json
 
 import numpy as np
 import pytest
 
-from extract.sampling import (
+from extract.media.sampling import (
     ClipSampling,
     ViewSpec,
     clip_frame_indices,

@@ -1,7 +1,6 @@
 """Backbone training (``extract.training``, ``python -m extract.train``) on tiny demo videos
 (48 px, 1 s) with tiny backbones at 32 px: recipe, schedule, augmentation, data keys and bad
-videos, overfitting a fixed batch, mixup, SWA = mean of snapshots, BN update vs torch's,
-resume = uninterrupted run, frozen stages, checkpoints loading into ``extract.run``, the CLI."""
+videos, overfitting a fixed batch, SWA = mean of snapshots, resume (with mixup) = uninterrupted run, frozen stages, checkpoints loading into ``extract.run``, the CLI."""
 
 import json
 import math
@@ -11,7 +10,6 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-from torch.optim.swa_utils import update_bn as torch_update_bn
 
 from extract.backbones import file_sha256, get_backbone, load_weights
 from extract.demo import DemoConfig, make_demo
@@ -19,10 +17,7 @@ from extract.train import main
 from extract.training import TrainData, TrainError, TrainRecipe, fit, predict_videos
 from extract.training.augment import ClipAugment
 from extract.training.data import EvalClips, TrainClips, collate_train, eval_loader, train_loader
-from extract.training.mixup import draw_mix, mix_batch
 from extract.training.modality import make_inputs
-from extract.training.schedule import LRSchedule
-from extract.training.swa import update_bn
 from store import FeatureStore
 
 TINY = dict(backbone="r2plus1d_tiny", crop=32, epochs=2, batch_size=4, warmup_epochs=0.5, eval_clips=2)
@@ -67,19 +62,18 @@ def test_recipe_round_trip_validation_and_resolution():
         _resolved(modality="audio")
 
 
-def test_lr_schedule_by_hand():
+def test_recipe_lr_schedule_by_hand():  # heads.schedule itself: tests/heads/test_toolkit.py
     r = TrainRecipe(lr=1.0, epochs=4, warmup_epochs=1, min_lr_ratio=0.1)
-    s = LRSchedule.from_recipe(r, steps_per_epoch=2)  # 8 steps, 2 of warm-up, cosine over 6
+    s = r.lr_schedule(steps_per_epoch=2)  # 8 steps, 2 of warm-up, cosine over 6
     assert [s(0), s(1)] == [0.5, 1.0]
     assert s(2) == pytest.approx(1.0) and s(5) == pytest.approx(0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi / 2)))
-    cyc = LRSchedule.from_recipe(TrainRecipe(lr=1.0, epochs=4, warmup_epochs=0, schedule="cyclic", cycle_epochs=1),
-                                 steps_per_epoch=2)
+    cyc = TrainRecipe(lr=1.0, epochs=4, warmup_epochs=0, schedule="cyclic", cycle_epochs=1).lr_schedule(2)
     assert [cyc(k) for k in range(4)] == pytest.approx([1.0, 0.5, 1.0, 0.5])  # restarts every 2 steps
-    swa = LRSchedule.from_recipe(TrainRecipe(lr=1.0, epochs=4, warmup_epochs=0, swa_epochs=1, swa_lr=0.05), 2)
+    swa = TrainRecipe(lr=1.0, epochs=4, warmup_epochs=0, swa_epochs=1, swa_lr=0.05).lr_schedule(2)
     assert [swa(6), swa(7)] == [0.05, 0.05] and swa(5) == pytest.approx(0.5 * (1 + math.cos(math.pi * 5 / 6)))
 
 
-# ---------------------------------------------------------------------------- augmentation, mixup
+# ---------------------------------------------------------------------------- augmentation
 def test_augment_crop_flip_and_flow_sign():
     aug = ClipAugment(short_side=37, scale=(1.0, 1.25), crop=32, flip=True)
     sides = {aug.draw_short_side(np.random.default_rng(i)) for i in range(200)}
@@ -101,22 +95,6 @@ def test_augment_crop_flip_and_flow_sign():
                                           plain.crop_flip_rgb(frames, np.random.default_rng(i))[:, :, ::-1])
         seen.add(flipped)
     assert seen == {True, False}
-
-
-def test_mixup_is_framewise_and_mixes_labels_at_the_same_ratio():
-    x = torch.randn(4, 3, 5, 6, 6)
-    y = torch.eye(4, 7)
-    draw = draw_mix(4, 0.4, [0, 1, 2])
-    assert np.array_equal(draw.ratio, draw_mix(4, 0.4, [0, 1, 2]).ratio)  # keyed, repeatable
-    mx, my = mix_batch(x, y, draw)
-    for i in range(4):
-        r, j = float(draw.ratio[i]), int(draw.partner[i])
-        for t in range(5):  # every frame of clip i mixed with the same frame of clip j
-            torch.testing.assert_close(mx[i, :, t], r * x[i, :, t] + (1 - r) * x[j, :, t])
-        torch.testing.assert_close(my[i], r * y[i] + (1 - r) * y[j])
-    torch.testing.assert_close(my.sum(1), torch.ones(4))  # one label each: mixed labels sum to 1
-    ratios = draw_mix(20000, 0.4, [5]).ratio  # Beta(a, a): mean 1/2, variance 1 / (4 (2a + 1))
-    assert abs(ratios.mean() - 0.5) < 0.01 and abs(ratios.var() - 1 / (4 * 1.8)) < 0.005
 
 
 # ---------------------------------------------------------------------------- data
@@ -197,21 +175,6 @@ def test_swa_weights_are_the_mean_of_the_epoch_snapshots(data, tmp_path):
     bn = "stem.1.running_mean"  # BN statistics recomputed for the averaged weights
     assert not torch.allclose(swa[bn], snaps[3][bn]) and result.swa["bn_batches"] == 2
     assert result.swa["snapshots"] == 2 and [e.get("swa_snapshots") for e in result.history] == [None, 1, 2]
-
-
-def test_update_bn_matches_torch_and_leaves_frozen_norms():
-    torch.manual_seed(0)
-    a = get_backbone("r2plus1d_tiny", num_classes=3)
-    b = get_backbone("r2plus1d_tiny", num_classes=3)
-    b.load_state_dict(a.state_dict())
-    batches = [torch.randn(3, 3, 4, 32, 32) * (i + 1) for i in range(3)]
-    assert update_bn(a, batches) == 3
-    torch_update_bn(batches, b)
-    for (name, x), y in zip(a.state_dict().items(), b.state_dict().values()):
-        torch.testing.assert_close(x, y, msg=name)
-    before = a.stem[1].running_mean.clone()
-    update_bn(a, [torch.randn(2, 3, 4, 32, 32) + 5], frozen_norms=["stem.1"])
-    assert torch.equal(a.stem[1].running_mean, before)
 
 
 def test_resume_gives_the_uninterrupted_result(data, tmp_path):

@@ -4,8 +4,8 @@ import numpy as np
 import pytest
 import torch
 
-from extract.sampling import ViewSpec
-from extract.transforms import (
+from extract.media.sampling import ViewSpec
+from extract.media.transforms import (
     center_crop,
     five_crop,
     make_views,

@@ -6,7 +6,7 @@ import av
 import numpy as np
 import pytest
 
-from extract._video_writer import write_video
+from extract.media.video_writer import write_video
 
 
 def _decode(path):

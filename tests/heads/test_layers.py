@@ -398,3 +398,26 @@ def test_bilstm_state_is_both_directions_over_valid_clips():
         outputs, _ = pooling.lstm(x[row : row + 1, mask[row]])  # (1, T, 2H), no padding
         want = torch.cat([outputs[0, -1, :5], outputs[0, 0, 5:]])
         torch.testing.assert_close(got[row], want)
+
+
+def test_a_table_entry_is_a_registered_builder_with_its_own_keywords():
+    from heads.builders import HEADS, HeadVariant, head_builder
+    from heads.netvlad import NetVLAD
+
+    assert set(HEADS) == set(list_heads())
+    params = inspect.signature(get_head_builder("nonlocal_nextvlad")).parameters
+    assert list(params)[:7] == ["in_dim", "num_classes", "num_clusters", "expansion", "groups", "inner_dim",
+                                "hidden_dim"] and params["gating"].default is True
+    assert "se_reduction" in inspect.signature(get_head_builder("nextvlad")).parameters
+    # a new head over an existing pooling is one entry: same modules as the hand-assembled head
+    build = head_builder("netvlad_small", HeadVariant("NetVLAD, 4 clusters.", NetVLAD, {"num_clusters": 4},
+                                                      hidden_dim=8))
+    torch.manual_seed(0)
+    small = build(in_dim=6, num_classes=3)
+    torch.manual_seed(0)
+    ref = get_head("netvlad", in_dim=6, num_classes=3, num_clusters=4, hidden_dim=8)
+    assert small.state_dict().keys() == ref.state_dict().keys()
+    for k, v in ref.state_dict().items():
+        torch.testing.assert_close(small.state_dict()[k], v)
+    with pytest.raises(TypeError):
+        build(in_dim=6, num_classes=3, lstm_size=4)

@@ -1,4 +1,4 @@
-"""heads.trainer / heads.train / heads.swa on tiny synthetic stores (300 videos, K=4, D=16)."""
+"""heads.trainer / heads.train on tiny synthetic stores (300 videos, K=4, D=16)."""
 
 import json
 import re
@@ -6,14 +6,19 @@ import re
 import numpy as np
 import pytest
 import torch
-from torch import nn
 
-from heads._masking import MaskedBatchNorm1d
 from heads.metrics import class_map
-from heads.swa import make_averager, update_bn
 from heads.train import main
-from heads.trainer import FeatureCache, TrainConfig, assign_folds, build_head, train_head
+from heads.trainer import (
+    FeatureCache,
+    TrainConfig,
+    TrainError,
+    assign_folds,
+    build_head,
+    train_head,
+)
 from store import FeatureSetSpec
+from store.errors import SettingsError
 from store.testing import make_synthetic_store
 
 FAST = {"features": ("synthetic",), "epochs": 3, "batch_size": 32, "lr": 1e-2, "warmup": 0.5, "device": "cpu"}
@@ -54,7 +59,7 @@ def test_config_round_trip_hash_and_checks():
            {"loss": "focal", "loss_kwargs": {"bogus": 1}}, {"swa_start": 20}, {"features": ()},
            {"device": "tpu"}, {"reader": "disk"}, {"mixup_alpha": -1.0}]
     for kw in bad:
-        with pytest.raises(ValueError):
+        with pytest.raises(SettingsError):
             TrainConfig(**{"features": ("a",), **kw})
     with pytest.raises(ValueError, match="unknown setting.s. learning_rate; the settings"):
         TrainConfig.from_dict({"features": ["a"], "learning_rate": 1})
@@ -124,7 +129,7 @@ def test_resume_gives_the_uninterrupted_result(store, tmp_path):
     other = TrainConfig(**{**cfg.to_dict(), "lr": 0.1})
     with pytest.raises(Stop):
         train_head(store, cfg, out_dir=tmp_path / "x", write_predictions=False, progress=False, on_epoch_end=interrupt)
-    with pytest.raises(ValueError, match="another configuration"):
+    with pytest.raises(TrainError, match="another configuration"):
         train_head(store, other, out_dir=tmp_path / "x", resume=True, write_predictions=False, progress=False)
 
 
@@ -191,7 +196,7 @@ def test_stream_reader_and_shared_cache(store):
     assert shared.metrics["reader"] == "memory"
     stream = train_head(store, TrainConfig(**base, reader="stream"), write_predictions=False, progress=False)
     assert stream.metrics["reader"] == "stream" and stream.metrics["val"]["class_map"] > 0.8
-    with pytest.raises(ValueError, match="feature sets"):
+    with pytest.raises(TrainError, match="feature sets"):
         train_head(store, TrainConfig(**{**base, "features": ("synthetic", "extra")}), data=cache, progress=False)
 
 
@@ -209,59 +214,6 @@ def test_early_stopping_keeps_the_best_epoch(store):
     cfg = TrainConfig(**{**FAST, "epochs": 10, "lr": 1e-12, "warmup": 0}, head="mean_mlp", patience=2)
     res = train_head(store, cfg, write_predictions=False, progress=False)
     assert res.metrics["folds"][0]["epochs_run"] == 3 and res.metrics["folds"][0]["best_epoch"] == 0
-
-
-class _TwoNorms(nn.Module):
-    def __init__(self, d):
-        super().__init__()
-        self.clip_bn = MaskedBatchNorm1d(d)
-        self.video_bn = nn.BatchNorm1d(d)
-
-    def forward(self, x, mask):
-        return self.video_bn(self.clip_bn(x, mask).sum(1))
-
-
-def test_update_bn_is_mask_aware_and_averages_batches():
-    rng = np.random.default_rng(0)
-    model = _TwoNorms(3)
-    model.clip_bn.momentum = 0.3
-    batches, means, variances = [], [], []
-    for n in (5, 7):
-        x = rng.standard_normal((n, 4, 3)).astype(np.float32) + 2
-        mask = rng.random((n, 4)) > 0.4
-        mask[:, 0] = True
-        x[~mask] = 1e6  # garbage in the padding must not count
-        valid = x[mask]
-        means.append(valid.mean(0))
-        variances.append(valid.var(0, ddof=1))
-        batches.append({"features": torch.from_numpy(x), "mask": torch.from_numpy(mask)})
-    assert update_bn(model, batches) == 2
-    np.testing.assert_allclose(model.clip_bn.running_mean.numpy(), np.mean(means, 0), rtol=1e-5)
-    np.testing.assert_allclose(model.clip_bn.running_var.numpy(), np.mean(variances, 0), rtol=1e-4)
-    assert model.clip_bn.momentum == 0.3 and model.training
-    # the video-level norm saw, per batch, the sums of clips normalised with that batch's statistics
-    video_means, video_vars = [], []
-    for b, mean in zip(batches, means):
-        x, m = b["features"].numpy(), b["mask"].numpy()
-        var = x[m].var(0)  # biased, as batch norm normalises
-        z = np.where(m[..., None], (x - mean) / np.sqrt(var + 1e-5), 0).sum(1)
-        video_means.append(z.mean(0))
-        video_vars.append(z.var(0, ddof=1))
-    np.testing.assert_allclose(model.video_bn.running_mean.numpy(), np.mean(video_means, 0), atol=1e-5)
-    np.testing.assert_allclose(model.video_bn.running_var.numpy(), np.mean(video_vars, 0), rtol=1e-4)
-
-
-def test_averager_swa_is_the_mean_and_ema_the_recursion():
-    net = nn.Linear(2, 1, bias=False)
-    swa, ema = make_averager(net, "swa"), make_averager(net, "ema", ema_decay=0.5)
-    values = [1.0, 2.0, 6.0]
-    for v in values:
-        with torch.no_grad():
-            net.weight.fill_(v)
-        swa.update_parameters(net)
-        ema.update_parameters(net)
-    assert torch.allclose(swa.module.weight, torch.full((1, 2), 3.0))
-    assert torch.allclose(ema.module.weight, torch.full((1, 2), 0.5 * (0.5 * 1 + 0.5 * 2) + 0.5 * 6))
 
 
 def test_cli_toml_defaults_flags_win_and_summary(store, tmp_path, capsys):
