@@ -106,7 +106,7 @@ def knn_neighbours(fs: FeatureStore, features: str, *, k: int = 10, folds: int =
             20k train vectors, else IVF tuned to recall@10 0.95). Queries are always per-video
             mean vectors; ``level="clip"`` indexes every valid train clip.
         rows: Rows to search (default all); rows without a vector are skipped.
-        progress: Wraps the chunk reader and the search batches, e.g. ``tqdm``.
+        progress: Wraps the train-vector reader, the index build and the query blocks, e.g. ``tqdm``.
 
     Raises:
         KnnError: ``k < 1``, ``folds`` of 1 or below 0, or fewer than 2 train rows with a vector.
