@@ -48,6 +48,7 @@ import numpy as np
 import psutil
 
 from benchmarks.registry import register_benchmark
+from store.cli import run_command
 
 DEFAULT_ROWS = 1_000_000
 FEATURES = "clustered"
@@ -212,6 +213,7 @@ def bench_scale(args: argparse.Namespace) -> dict[str, Any]:
     return m
 
 
+@run_command
 def main(argv: list[str] | None = None) -> int:
     """Child-process entries: ``build STORE ROWS`` and ``search STORE OUT.json``."""
     ap = argparse.ArgumentParser(prog="python -m benchmarks.scale_bench",

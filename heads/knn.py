@@ -46,7 +46,8 @@ from store.threads import add_threads_argument, set_threads
 __all__ = ["KnnError", "KnnNeighbours", "knn_neighbours", "knn_predictions", "label_audit", "write_knn_run"]
 
 logger = logging.getLogger(__name__)
-SEARCH_BATCH = 16384  # queries per faiss call: bounds the (q, fetch) hit arrays and paces progress
+SEARCH_BATCH = 16384  # queries per faiss call: bounds the (q, fetch) hit arrays
+QUERY_BLOCK_ROWS = 65_536  # store rows whose vectors are read, searched and scored at a time
 _RUN_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]*$")  # the store's rule for prediction run names
 _METRIC_COLUMNS = (("class_map", "class mAP"), ("sample_map", "sample mAP"), ("gap20", "GAP@20"),
                    ("top1", "top-1"), ("top5", "top-5"))
@@ -79,12 +80,11 @@ class KnnNeighbours:
 
 
 def _search(index: FeatureIndex, queries: np.ndarray, k: int, exclude: np.ndarray | None,
-            allowed: np.ndarray | None, progress: Progress | None, desc: str) -> tuple[np.ndarray, np.ndarray]:
+            allowed: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
     """``index.search`` in batches of :data:`SEARCH_BATCH` queries (hits among ``allowed`` vectors)."""
     sims = np.full((len(queries), k), -np.inf, np.float32)
     rows = np.full((len(queries), k), -1, np.int64)
-    starts = range(0, len(queries), SEARCH_BATCH)
-    for s in progress(starts, desc=desc, unit="batch") if progress is not None else starts:
+    for s in range(0, len(queries), SEARCH_BATCH):
         sl = slice(s, s + SEARCH_BATCH)
         sims[sl], rows[sl] = index.search(queries[sl], k, exclude_rows=None if exclude is None else exclude[sl],
                                           allowed=allowed)
@@ -107,7 +107,7 @@ def knn_neighbours(fs: FeatureStore, features: str, *, k: int = 10, folds: int =
             20k train vectors, else IVF tuned to recall@10 0.95). Queries are always per-video
             mean vectors; ``level="clip"`` indexes every valid train clip.
         rows: Rows to search (default all); rows without a vector are skipped.
-        progress: Wraps the chunk reader and the search batches, e.g. ``tqdm``.
+        progress: Wraps the train-vector reader, the index build and the query blocks, e.g. ``tqdm``.
 
     Raises:
         KnnError: ``k < 1``, ``folds`` of 1 or below 0, or fewer than 2 train rows with a vector.
@@ -118,9 +118,8 @@ def knn_neighbours(fs: FeatureStore, features: str, *, k: int = 10, folds: int =
     spec = index_spec or IndexSpec()
     fset = fs.feature_set(features)
     n = fs.n_videos
-    vectors, vrows, _ = feature_vectors(fset, metric=spec.metric, progress=progress)  # video level
-    has_vector = np.zeros(n, bool)
-    has_vector[vrows] = True
+    # A row has a vector when it is done and has a valid clip (as feature_vectors reads them).
+    has_vector = fset.done() & np.asarray(fset.arrays["valid"][:n], dtype=bool).any(axis=1)  # (N, K) -> (N,)
     is_train = np.zeros(n, bool)
     is_train[fs.split_rows("train")] = True
     if int((is_train & has_vector).sum()) < 2:
@@ -135,42 +134,37 @@ def knn_neighbours(fs: FeatureStore, features: str, *, k: int = 10, folds: int =
     if folds:
         done_train = np.flatnonzero(is_train & fset.done())
         fold[done_train] = assign_folds(len(done_train), folds, seed)
-    if spec.level == "clip":
-        ivec, irows, iclips = feature_vectors(fset, level="clip", metric=spec.metric,
-                                              rows=np.flatnonzero(is_train), progress=progress)
-    else:
-        keep = is_train[vrows]
-        ivec, irows, iclips = vectors[keep], vrows[keep], None
+
+    # One index over every train vector (one k-means for all folds); a fold's queries search
+    # it through an ID selector that admits only the other folds' vectors. Only the train
+    # vectors are read for it, and freed once indexed (the index holds its own copy or codes).
+    ivec, irows, iclips = feature_vectors(fset, level=spec.level, metric=spec.metric,
+                                          rows=np.flatnonzero(is_train), progress=progress)
+    index = FeatureIndex.from_vectors(ivec, irows, spec, clips=iclips, progress=progress)
+    del ivec
+    described = (f"all train: {index.describe()}",)
+    pools = [fold[irows] != j for j in range(folds)]  # (n_indexed,) bool per fold
+    for j, pool in enumerate(pools):
+        if not pool.any():
+            logger.warning("fold %d: no train vector outside the held-out rows; its rows get no neighbours", j)
 
     sims = np.full((n, k), -np.inf, np.float32)
     nrows = np.full((n, k), -1, np.int64)
-    described: list[str] = []
-
-    # One index over every train vector (one k-means for all folds); a fold's queries search
-    # it through an ID selector that admits only the other folds' vectors.
-    index = FeatureIndex.from_vectors(ivec, irows, spec, clips=iclips, progress=progress)
-    del ivec  # the index holds its own copy (IVF-Flat, Flat) or codes
-    described.append(f"all train: {index.describe()}")
-
-    def search_in(pool: np.ndarray | None, query_rows: np.ndarray, exclude_self: bool, desc: str) -> None:
-        if not len(query_rows):
-            return
-        if pool is not None and not pool.any():
-            logger.warning("%s: no train vector outside the held-out rows; %d row(s) get no neighbours",
-                           desc, len(query_rows))
-            return
-        q = vectors[np.searchsorted(vrows, query_rows)]
-        sims[query_rows], nrows[query_rows] = _search(index, q, k, query_rows if exclude_self else None,
-                                                      pool, progress, desc)
-
-    train_q = np.flatnonzero(queried & is_train)
-    if folds:
-        for j in range(folds):
-            search_in(fold[irows] != j, train_q[fold[train_q] == j], False, f"fold {j}")
-        search_in(None, np.flatnonzero(queried & ~is_train), False, "all train")
-    else:
-        search_in(None, np.flatnonzero(queried), True, "all train")
-    return KnnNeighbours(sims, nrows, fold, has_vector, queried, tuple(described))
+    # Query vectors are read QUERY_BLOCK_ROWS rows at a time: memory is O(block), not O(N x D).
+    blocks = range(0, n, QUERY_BLOCK_ROWS)
+    for a in progress(blocks, desc="searching", unit="block") if progress is not None else blocks:
+        block = a + np.flatnonzero(queried[a:a + QUERY_BLOCK_ROWS])
+        if not len(block):
+            continue
+        q, qrows, _ = feature_vectors(fset, metric=spec.metric, rows=block)  # (b, D) float32
+        assert np.array_equal(qrows, block), "every queried row has a vector"
+        groups = [(fold[block] == j, pools[j]) for j in range(folds)] + [(fold[block] < 0, None)]
+        for sel, pool in groups:
+            if not sel.any() or (pool is not None and not pool.any()):
+                continue
+            r = block[sel]
+            sims[r], nrows[r] = _search(index, q[sel], k, None if folds else r, pool)
+    return KnnNeighbours(sims, nrows, fold, has_vector, queried, described)
 
 
 def knn_predictions(fs: FeatureStore, features: str, *, k: int = 10, temperature: float = 0.1, folds: int = 5,
@@ -201,14 +195,12 @@ class KnnRun:
     """What :func:`write_knn_run` computed and wrote.
 
     Attributes:
-        run: Prediction run name.
-        scores: ``(N, C)`` scores.
+        run: Prediction run name (its scores are in the store, not held here).
         fold: ``(N,)`` fold ids.
         attrs: The run's attrs (settings, indexes, ``metrics``: val / test / train_oof / rows).
     """
 
     run: str
-    scores: np.ndarray
     fold: np.ndarray
     attrs: dict[str, Any]
 
@@ -217,6 +209,9 @@ def write_knn_run(fs: FeatureStore, features: str, *, run: str | None = None, k:
                   temperature: float = 0.1, folds: int = 5, seed: int = 0, index_spec: IndexSpec | None = None,
                   progress: Progress | None = None) -> KnnRun:
     """Score every row (:func:`knn_predictions`), evaluate, and write the prediction run.
+
+    Scores are made and written in blocks of :data:`QUERY_BLOCK_ROWS` rows; beyond the index
+    and the ``(N, k)`` neighbours, only the evaluated rows' scores are held (for the metrics).
 
     Metrics (:func:`heads.metrics.evaluate`) are taken on the val and test rows that have a
     vector, and on the train rows out-of-fold; rows without a vector score 0 and are counted.
@@ -237,25 +232,34 @@ def write_knn_run(fs: FeatureStore, features: str, *, run: str | None = None, k:
     spec = index_spec or IndexSpec()
     nb = knn_neighbours(fs, features, k=k, folds=folds, seed=seed, index_spec=spec, progress=progress)
     labels = fs.labels()
-    scores = propagate_labels(nb.sims, nb.rows, labels, temperature)
-    metrics: dict[str, Any] = {}
     counts = {"scored": int(nb.queried.sum()), "missing": int((~nb.has_vector).sum())}
-    for split in ("val", "test", "train"):
-        split_rows = fs.split_rows(split)
-        r = split_rows[nb.has_vector[split_rows]]
-        counts[split] = len(r)
-        key = "train_oof" if split == "train" else split
-        metrics[key] = evaluate_scores(scores[r], labels[r]) if (split != "train" or folds) else None
-    metrics["rows"] = counts
+    keys = {"val": "val", "test": "test", "train": "train_oof"}
+    evaluated = {split: fs.split_rows(split) for split in keys if split != "train" or folds}
+    evaluated = {split: r[nb.has_vector[r]] for split, r in evaluated.items()}  # sorted rows
+    kept = {split: np.empty((len(r), labels.shape[1]), np.float32) for split, r in evaluated.items()}  # (n_s, C)
     fset = fs.feature_set(features)
     attrs = {"head": "knn", "features": [features], "modality": fset.spec.modality, "k": k,
              "temperature": temperature, "folds": folds, "seed": seed, "score_type": "probability",
              "train_splits": ["train"], "index_spec": spec.to_dict(), "indexes": list(nb.indexes),
-             "missing_rows": counts["missing"], "metrics": metrics}
-    fs.write_predictions(run, scores, attrs=attrs, fold=nb.fold)
+             "missing_rows": counts["missing"]}
+    # Scores are made and written QUERY_BLOCK_ROWS rows at a time; only the evaluated splits'
+    # rows are kept (each row once) for the metrics.
+    with fs.prediction_writer(run, attrs) as writer:
+        for a in range(0, fs.n_videos, QUERY_BLOCK_ROWS):
+            b = min(a + QUERY_BLOCK_ROWS, fs.n_videos)
+            block = propagate_labels(nb.sims[a:b], nb.rows[a:b], labels, temperature)  # (b - a, C)
+            writer.write(a, block, nb.fold[a:b])
+            for split, r in evaluated.items():
+                lo, hi = np.searchsorted(r, [a, b])
+                kept[split][lo:hi] = block[r[lo:hi] - a]
+        metrics: dict[str, Any] = {key: None for key in keys.values()}
+        for split, r in evaluated.items():
+            metrics[keys[split]] = evaluate_scores(kept.pop(split), labels[r])
+        metrics["rows"] = {**counts, **{split: int(nb.has_vector[fs.split_rows(split)].sum()) for split in keys}}
+        writer.attrs["metrics"] = metrics
     logger.info("wrote prediction run %r: %d rows scored, %d without features", run, counts["scored"],
                 counts["missing"])
-    return KnnRun(run, scores, nb.fold, attrs)
+    return KnnRun(run, nb.fold, writer.attrs)
 
 
 def label_audit(fs: FeatureStore, features: str, *, k: int = 10, temperature: float = 0.1,

@@ -234,6 +234,11 @@ def _knn_excluding_self(
 ) -> np.ndarray:
     """Top-k ids of each query, its own id removed (it is in the index)."""
     _, ids = index.search(queries, k + 1)
+    return _drop_self(ids, self_ids, k)
+
+
+def _drop_self(ids: np.ndarray, self_ids: np.ndarray, k: int) -> np.ndarray:
+    """``(q, k + 1)`` hits -> ``(q, k)``: each query's own id removed (else its last hit)."""
     keep = ids != self_ids[:, None]  # (q, k+1)
     keep[keep.all(axis=1), -1] = False  # self not found: drop the last instead
     return ids[keep].reshape(len(ids), k)  # (q, k+1) -> (q, k)
@@ -265,9 +270,8 @@ def tune_search_param(
     k = min(k, n - 1)
     sample = np.sort(np.random.default_rng(seed).choice(n, size=min(n_queries, n), replace=False))
     queries = vectors[sample]
-    exact = faiss.IndexFlat(plan.dim, METRICS[plan.metric])
-    exact.add(vectors)
-    truth = _knn_excluding_self(exact, queries, sample, k)
+    _, ids = faiss.knn(queries, vectors, k + 1, metric=METRICS[plan.metric])  # exact, without copying vectors
+    truth = _drop_self(ids, sample, k)
     best_value, best = None, -1.0
     for value in search_param_candidates(plan, k):
         set_search_param(index, plan.kind, value)

@@ -35,7 +35,8 @@ class IndexSpec:
         nbits: Bits per PQ code.
         hnsw_m: HNSW graph degree.
         ef_construction: HNSW build beam width.
-        tune_queries: Indexed vectors held out as queries when tuning.
+        tune_queries: Indexed vectors held out as queries when tuning (500: recall@10 within
+            about +-0.005, one standard error, of its value over all vectors).
         seed: Seed of k-means and of the tuning sample.
         gpu: Search on GPU 0 when faiss sees one (never for HNSW).
     """
@@ -52,7 +53,7 @@ class IndexSpec:
     nbits: int = 8
     hnsw_m: int = 32
     ef_construction: int = 64
-    tune_queries: int = 1000
+    tune_queries: int = 500
     seed: int = 0
     gpu: bool = True
 

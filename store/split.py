@@ -29,7 +29,7 @@ from pathlib import Path
 
 import numpy as np
 
-from store.cli import non_negative_int
+from store.cli import non_negative_int, run_command
 from store.errors import StoreError
 from store.feature_store import FeatureStore
 
@@ -104,6 +104,7 @@ def _fractions(text: str) -> list[float]:
     return values
 
 
+@run_command(path_errors=True)
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m store.split", description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -122,23 +123,19 @@ def main(argv: list[str] | None = None) -> int:
                                        or any(n in UNSPLIT for n in names)):
         ap.error(f"--names: give {len(args.fractions)} distinct, non-empty names other than 'unsplit', "
                  "one per fraction")
-    try:
-        fs = FeatureStore.open(args.store, "a")
-        current = fs.videos(["split"])["split"].to_numpy(dtype=object)
-        if args.fractions is not None:
-            new = random_splits(fs.n_videos, args.fractions, names, args.seed)
-        else:
-            new = current.copy()
-            for row, split in read_split_file(args.from_file, fs.video_ids()).items():
-                new[row] = split
-        changed = (new != current) & ~np.isin(current, UNSPLIT)
-        if changed.any() and not args.force:
-            raise StoreError(f"{int(changed.sum())} video(s) already have another split; pass --force to "
-                             "replace the store's splits")
-        fs.set_splits(new)
-    except StoreError as exc:
-        print(f"error: {' '.join(str(exc).split())}", file=sys.stderr)
-        return 2
+    fs = FeatureStore.open(args.store, "a")
+    current = fs.videos(["split"])["split"].to_numpy(dtype=object)
+    if args.fractions is not None:
+        new = random_splits(fs.n_videos, args.fractions, names, args.seed)
+    else:
+        new = current.copy()
+        for row, split in read_split_file(args.from_file, fs.video_ids()).items():
+            new[row] = split
+    changed = (new != current) & ~np.isin(current, UNSPLIT)
+    if changed.any() and not args.force:
+        raise StoreError(f"{int(changed.sum())} video(s) already have another split; pass --force to "
+                         "replace the store's splits")
+    fs.set_splits(new)
     values, counts = np.unique(new.astype(str), return_counts=True)
     print(f"{fs.path}: " + ", ".join(f"{v or '(none)'} {c}" for v, c in zip(values, counts)))
     return 0

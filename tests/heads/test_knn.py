@@ -235,3 +235,16 @@ def test_cli_errors_are_one_line_exit_2(tiny, tmp_path, capsys, args, message):
     err = capsys.readouterr().err
     assert err.startswith("error: ") and message in err and err.count("\n") == 1
     assert FeatureStore.open(fs.path).prediction_runs() == []
+
+
+def test_small_query_blocks_write_the_same_run_as_one_block(synthetic, monkeypatch):
+    import heads.knn as knn
+
+    whole = knn.write_knn_run(synthetic, "synthetic", run="knn_one_block", k=5, folds=3)
+    monkeypatch.setattr(knn, "QUERY_BLOCK_ROWS", 37)  # not a chunk multiple: blocks split chunks
+    blocked = knn.write_knn_run(synthetic, "synthetic", run="knn_blocks", k=5, folds=3)
+    one, _ = synthetic.read_predictions("knn_one_block")
+    many, _ = synthetic.read_predictions("knn_blocks")
+    np.testing.assert_array_equal(many, one)
+    np.testing.assert_array_equal(blocked.fold, whole.fold)
+    assert blocked.attrs["metrics"] == whole.attrs["metrics"]
