@@ -137,7 +137,8 @@ SECTIONS: dict[str, Section] = {
         *(Row(f"{h} epoch, streamed from the store", f"{h}_stream_rows_per_s", f"{h}_rows_per_s", "in RAM",
               "videos/s") for h in ("netvlad", "nextvlad")),
         *(Row(f"{h} data wait ({src})", f"{h}_{key}data_wait_fraction", percent=True, unit="% of epoch",
-              target=_below(0.1)) for h in ("netvlad", "nextvlad") for src, key in (("RAM", ""), ("stream", "stream_"))),
+              target=_below(0.1))
+          for h in ("netvlad", "nextvlad") for src, key in (("RAM", ""), ("stream", "stream_"))),
     ), derived=(("backbone_videos_per_s", lambda m: m["netvlad_rows_per_s"] / m["netvlad_cached_speedup"]),)),
     "sweep": Section("Head sweep: Dask LocalCluster vs the same configurations one after another", (
         Row("head configurations, 2 workers", "sweep_s", "serial_s", "one after another", "s", "speedup",

@@ -113,7 +113,8 @@ def check_targets(name: str, record: Mapping[str, Any]) -> list[tuple[str, str]]
         elif value is None:
             out.append(("not measured", f"{what} (target {_fmt_target(row)})"))
         else:
-            out.append(("met" if OPS[t.op](value, t.value) else "MISSED", f"{what}: {shown} (target {_fmt_target(row)})"))
+            out.append(("met" if OPS[t.op](value, t.value) else "MISSED",
+                        f"{what}: {shown} (target {_fmt_target(row)})"))
     return out
 
 
@@ -154,7 +155,8 @@ def _search_extra(m: Mapping[str, Any]) -> tuple[list[str], set[str]]:
         return [], set()
     rows = [[fmt(p), fmt(r), fmt(q)] for p, r, q in zip(*curve, strict=False)]
     return ["", "Recall@10 against queries/s as nprobe grows (the auto index tunes it to the smallest value "
-                f"reaching recall@10 {SEARCH_RECALL_TARGET} on indexed vectors):", "", *table(["nprobe", "recall@10", "q/s"], rows)], set(keys)
+                f"reaching recall@10 {SEARCH_RECALL_TARGET} on indexed vectors):", "",
+            *table(["nprobe", "recall@10", "q/s"], rows)], set(keys)
 
 
 EXTRAS: dict[str, Callable[[Mapping[str, Any]], tuple[list[str], set[str]]]] = {

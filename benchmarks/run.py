@@ -106,7 +106,8 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--workdir", type=Path, default=Path("benchmarks/_work"),
                     help="scratch directory for generated data; results/ and recipes/ in it feed the report "
                          "(default benchmarks/_work)")
-    ap.add_argument("--size", type=positive_int, default=None, help="override the benchmark's main size (rows/vectors/videos)")
+    ap.add_argument("--size", type=positive_int, default=None,
+                    help="override the benchmark's main size (rows/vectors/videos)")
     ap.add_argument("--rows", type=positive_int, default=None,
                     help="scale: videos in the synthetic store (default 1,000,000; cached per size in the workdir)")
     ap.add_argument("--steps", type=_scale_steps, default=None,

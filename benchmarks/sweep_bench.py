@@ -95,7 +95,8 @@ def bench_sweep(args: argparse.Namespace) -> dict[str, float]:
           f"{serial['seconds'].min():.1f}-{serial['seconds'].max():.1f} s; repeats "
           f"{', '.join(f'{x:.1f}' for x in serial_times)})")
     print(f"   cluster start (2 workers):       {cluster_start_s:6.1f} s  (not in sweep_s)")
-    print(f"   Dask sweep, 2 workers x 1 thread:{sweep_s:6.1f} s  (repeats {', '.join(f'{x:.1f}' for x in sweep_times)})")
+    print(f"   Dask sweep, 2 workers x 1 thread:{sweep_s:6.1f} s  "
+          f"(repeats {', '.join(f'{x:.1f}' for x in sweep_times)})")
     print(f"   sweep_speedup = {speedup:.2f} (target >= {TARGET}); with the cluster start "
           f"{serial_s / (sweep_s + cluster_start_s):.2f}")
     cpu = [float(t["cpu_seconds"].sum()) for t in (serial, sweep)]

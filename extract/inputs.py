@@ -25,7 +25,8 @@
 
 Blank rows and rows starting with ``#`` are skipped; fields are stripped of spaces and
 trailing empty fields (``a.mp4,x,``) dropped; ``\r\n`` and ``\r`` line ends and a UTF-8 byte
-order mark read like a clean file. A file that is not UTF-8 fails with its first bad line. Paths are relative to ``root``
+order mark read like a clean file. A file that is not UTF-8 fails with its first bad line.
+Paths are relative to ``root``
 (default: the CSV's folder, or the folder itself); absolute paths are kept. A video's
 ``id`` is its path relative to ``root`` without the extension (POSIX separators), e.g.
 ``training/arresting/yt-Cl8xbqCv_vU_42``; the path as written is used when it lies outside

@@ -203,7 +203,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--video", required=True, type=Path, help="the video file to search by")
     p.add_argument("--weights", type=Path, help="the checkpoint the set was extracted with (sha256 is checked)")
     p.add_argument("-k", type=positive_int, default=10, help="neighbours to show (default 10)")
-    p.add_argument("--temperature", type=positive_float, default=0.1, help="softmax temperature of the votes (default 0.1)")
+    p.add_argument("--temperature", type=positive_float, default=0.1,
+                   help="softmax temperature of the votes (default 0.1)")
     p.add_argument("--top-labels", type=non_negative_int, default=5, help="propagated label scores to show (default 5)")
     p.add_argument("--device", choices=DEVICES, default="auto", help="where the backbone runs (default auto)")
     p.add_argument("--index", choices=("auto", "flat", "ivf_flat", "ivf_sq8", "ivf_pq", "hnsw"),

@@ -115,8 +115,11 @@ def _recipe_flags(p: argparse.ArgumentParser) -> None:
                    help="evaluation resize before the centre crop (default: crop * 8/7, as extract.run)")
     g.add_argument("--scale", type=_scale, default=S, metavar="LOW,HIGH",
                    help="training short side = short side x U(LOW, HIGH), then a random crop (default: 1.0,1.25)")
-    g.add_argument("--flip", action=argparse.BooleanOptionalAction, default=S, help="random horizontal flips (default: off; mirroring swaps left/right and cw/ccw motion without swapping labels)")
-    g.add_argument("--frames", type=positive_int, default=S, help="frames per clip (default: the backbone's clip length)")
+    g.add_argument("--flip", action=argparse.BooleanOptionalAction, default=S,
+                   help="random horizontal flips (default: off; mirroring swaps left/right and cw/ccw motion "
+                        "without swapping labels)")
+    g.add_argument("--frames", type=positive_int, default=S,
+                   help="frames per clip (default: the backbone's clip length)")
     g.add_argument("--stride", type=positive_int, default=S, help=f"frame step in a clip (default: {_R.stride})")
     g.add_argument("--train-segments", dest="train_segments", type=positive_int, default=S,
                    help="random clips per example, TSN consensus; frame backbones only (default: 3 for frame "
@@ -127,7 +130,8 @@ def _recipe_flags(p: argparse.ArgumentParser) -> None:
                    help=f"(--modality flow; default: {_R.flow_algorithm})")
     g.add_argument("--flow-bound", dest="flow_bound", type=positive_float, default=S,
                    help=f"clip flow to +-N px/frame (default: {_R.flow_bound})")
-    g.add_argument("--seed", type=non_negative_int, default=S, help=f"init, shuffles, clips, augmentation (default: {_R.seed})")
+    g.add_argument("--seed", type=non_negative_int, default=S,
+                   help=f"init, shuffles, clips, augmentation (default: {_R.seed})")
     g.add_argument("--device", choices=("auto", "cpu", "cuda"), default=S, help="(default: auto: CUDA if present)")
     g.add_argument("--amp", action=argparse.BooleanOptionalAction, default=S,
                    help="float16 autocast on CUDA (default: on; never on CPU)")

@@ -15,7 +15,8 @@ log = logging.getLogger(__name__)
 
 
 def train_classes_on_dask(fuser: XGBoostFusion, logits: np.ndarray, avail: np.ndarray, labels: np.ndarray,
-                          margin: np.ndarray, parts: tuple[np.ndarray, np.ndarray]) -> list[tuple[xgb.Booster | None, int]]:
+                          margin: np.ndarray, parts: tuple[np.ndarray, np.ndarray],
+                          ) -> list[tuple[xgb.Booster | None, int]]:
     """Train one booster per class with ``xgboost.dask.train`` on ``fuser.client``.
 
     The rows of each class's training and held-out matrices are split into one partition per

@@ -56,7 +56,8 @@ class StackInputs:
     names: tuple[str, ...]
 
     def __post_init__(self) -> None:
-        if self.probs.ndim != 3 or self.available.shape != self.probs.shape[:2] or len(self.names) != self.probs.shape[1]:
+        if (self.probs.ndim != 3 or self.available.shape != self.probs.shape[:2]
+                or len(self.names) != self.probs.shape[1]):
             raise InputMismatch(f"probs {self.probs.shape}, available {self.available.shape} and {len(self.names)} "
                                 "names do not describe the same (rows, runs, classes)")
 

@@ -202,7 +202,8 @@ def fuse_runs(store: FeatureStore | str | Path, runs: Sequence[str], *, method: 
             methods=outcomes, n_positives=y_eval.sum(axis=0), written_as=write_as, fit_rows=fit_idx)
         if writer is not None:
             main = result.main
-            train_splits = sorted({s for r in records for s in r.train_splits} | ({plan.fit_split} if needs_fit else set()))
+            train_splits = sorted({s for r in records for s in r.train_splits}
+                                  | ({plan.fit_split} if needs_fit else set()))
             writer.attrs.update({
                 "head": f"fusion:{main.name}", "method": main.name, "inputs": list(x.names), "score_type": "sigmoid",
                 "fit_split": plan.fit_split if classes[0].needs_fit else None, "eval_split": eval_split,
@@ -229,7 +230,11 @@ def sample_rows(rows: np.ndarray, limit: int | None, seed: int = 0) -> np.ndarra
 
 def _predict_all_rows(fuser: Any, x: StackInputs, eval_rows: np.ndarray, writer: PredictionWriter,
                       block_rows: int) -> np.ndarray:
-    """Predict every row a block at a time into ``writer``; returns the ``(n_eval, C)`` scores of ``eval_rows`` (sorted)."""
+    """Predict every row a block at a time into ``writer``.
+
+    Returns:
+        The ``(n_eval, C)`` scores of ``eval_rows`` (sorted).
+    """
     out = np.empty((len(eval_rows), x.n_classes), np.float32)
     for rows in row_blocks(len(x), 1, block_rows):
         block = fuser.predict(x.take(rows))  # (b, C)

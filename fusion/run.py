@@ -69,7 +69,8 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--learning-rate", type=positive_float, default=None, help="xgboost eta (default 0.1)")
     ap.add_argument("--other-scores", type=int, default=None,
                     help="other (run, class) scores per class for the trees; -1 all (default 8)")
-    ap.add_argument("--logistic-c", type=positive_float, default=None, help="inverse L2 strength of the logistic stacker")
+    ap.add_argument("--logistic-c", type=positive_float, default=None,
+                    help="inverse L2 strength of the logistic stacker")
     ap.add_argument("--weighted-per-class", action="store_true", help="fit one weight vector per class")
     ap.add_argument("-v", "--verbose", action="store_true", help="log progress of the library")
     return ap

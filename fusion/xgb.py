@@ -119,7 +119,8 @@ class XGBSettings(SettingsMixin):
                   ("max_bin", self.max_bin >= 2, ">= 2"), ("valid_fraction", 0 < self.valid_fraction < 1, "in (0, 1)"),
                   ("subsample", 0 < self.subsample <= 1, "in (0, 1]"), ("learning_rate", self.learning_rate > 0, "> 0"),
                   ("other_scores", self.other_scores >= -1, ">= -1 (-1: all)"),
-                  ("base_folds", self.base_folds >= 2, ">= 2"), ("n_jobs", self.n_jobs >= 0, ">= 0 (0: the free cores)"),
+                  ("base_folds", self.base_folds >= 2, ">= 2"),
+                  ("n_jobs", self.n_jobs >= 0, ">= 0 (0: the free cores)"),
                   ("logistic_c", self.logistic_c > 0, "> 0"), ("device", self.device in DEVICES, f"one of {DEVICES}")]
         problems = [f"{setting_name(name, _FLAGS.get(name, ''))} must be {rule}, got {getattr(self, name)!r}"
                     for name, ok, rule in checks if not ok]

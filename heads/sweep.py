@@ -364,7 +364,8 @@ def build_parser() -> argparse.ArgumentParser:
                          "cores in --serial, free cores / workers on a LocalCluster, 1 on --scheduler)")
     ap.add_argument("--out", type=Path, metavar="CSV", help="results table (default runs/sweep_<grid name>.csv)")
     ap.add_argument("--rerun", action="store_true", help="train configurations already in the store again")
-    ap.add_argument("--retries", type=non_negative_int, default=2, help="resubmissions of a task that raised (default 2)")
+    ap.add_argument("--retries", type=non_negative_int, default=2,
+                    help="resubmissions of a task that raised (default 2)")
     ap.add_argument("--quiet", action="store_true", help="no progress bar")
     return ap
 

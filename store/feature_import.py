@@ -229,7 +229,8 @@ def _h5_attrs(h5file: Any) -> dict[str, Any]:
     return jsonable(attrs)
 
 
-def _match(fs: FeatureStore, entries: list[Entry], allow_missing: bool, expect: Callable[[str], str]) -> tuple[list, list, list]:
+def _match(fs: FeatureStore, entries: list[Entry], allow_missing: bool,
+           expect: Callable[[str], str]) -> tuple[list, list, list]:
     """``([(row, entry)] sorted by row, missing store ids, unknown inputs)`` after the id checks."""
     lookup = {v: i for i, v in enumerate(fs.video_ids())}
     seen: dict[int, str] = {}

@@ -158,7 +158,8 @@ class FeatureStore:
             raise ReadOnlyStore(f"store {self.path} is open read-only; open it with mode='a' to write")
 
     # ------------------------------------------------------------------ videos & labels
-    def append_videos(self, table: pd.DataFrame, labels: np.ndarray | Sequence[Sequence[str | int]] | None = None) -> np.ndarray:
+    def append_videos(self, table: pd.DataFrame,
+                      labels: np.ndarray | Sequence[Sequence[str | int]] | None = None) -> np.ndarray:
         """Append videos (and their labels); returns their new row indices.
 
         Args:
@@ -217,7 +218,8 @@ class FeatureStore:
         n = self.n_videos
         if self._id_index is None or len(self._id_index) != n:  # first append, or rows appended elsewhere
             col = self.root["videos"]["id"] if "id" in self.root["videos"] else None
-            parts = [id_hashes(np.asarray(col[a:a + VIDEO_CHUNK])) for a in range(0, n, VIDEO_CHUNK)] if col is not None else []
+            parts = ([id_hashes(np.asarray(col[a:a + VIDEO_CHUNK])) for a in range(0, n, VIDEO_CHUNK)]
+                     if col is not None else [])
             self._id_index = np.sort(np.concatenate(parts)) if parts else np.zeros(0, np.uint64)
         pos = np.minimum(np.searchsorted(self._id_index, hashes), max(len(self._id_index) - 1, 0))
         maybe = np.flatnonzero(self._id_index[pos] == hashes) if len(self._id_index) else np.zeros(0, np.int64)
@@ -299,7 +301,8 @@ class FeatureStore:
         """Rows whose ``split`` column equals ``split`` (``all`` for every row)."""
         if split == "all":
             return np.arange(self.n_videos)
-        col = np.asarray(self.root["videos"]["split"][: self.n_videos]).astype(object) if self.n_videos else np.array([])
+        col = (np.asarray(self.root["videos"]["split"][: self.n_videos]).astype(object) if self.n_videos
+               else np.array([]))
         return np.flatnonzero(col == split)
 
     def set_splits(self, splits: Sequence[str] | np.ndarray) -> None:

@@ -73,7 +73,8 @@ def read_split_file(path: Path, ids: np.ndarray) -> dict[int, str]:
             if header is None:
                 header = [x.lower() for x in fields]
                 if header[:2] != ["id", "split"]:
-                    raise StoreError(f"{path}:{reader.line_num}: expected the header 'id,split', got {','.join(fields)!r}")
+                    raise StoreError(f"{path}:{reader.line_num}: expected the header 'id,split', "
+                                     f"got {','.join(fields)!r}")
                 continue
             if len(fields) != 2 or not fields[1]:
                 raise StoreError(f"{path}:{reader.line_num}: expected 'id,split', got {','.join(fields)!r}")

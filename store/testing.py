@@ -105,7 +105,8 @@ def make_clustered_store(path: str | Path, *, n_videos: int, n_classes: int = 31
         ids = [f"vid{i:08d}" for i in range(start, start + n)]
         rows = fs.append_videos(pd.DataFrame({"id": ids, "path": [f"synthetic/{i}.mp4" for i in ids],
                                               "split": r.choice(["train", "val", "test"], size=n, p=[0.7, 0.15, 0.15]),
-                                              "n_frames": 75, "fps": 25.0, "duration": 3.0, "has_audio": False}), labels)
+                                              "n_frames": 75, "fps": 25.0, "duration": 3.0,
+                                              "has_audio": False}), labels)
         video = centres[concept] + np.float32(spread) * r.standard_normal((n, dim), dtype=np.float32)  # (n, D)
         data = video[:, None, :] + np.float32(clip_spread) * r.standard_normal((n, clips, dim), dtype=np.float32)
         with fs.feature_set(feature_set).writer() as w:  # opened after the append: it sees the new rows

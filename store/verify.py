@@ -129,7 +129,8 @@ def _verify_feature_set(fs: FeatureStore, name: str, rep: VerifyReport) -> None:
                                                            "; rerun the writer to clean up"))
     bad_rows: list[int] = []
     for ch in np.unique(np.flatnonzero(done) // fset.chunk_rows):
-        missing = [a for a in ("data", "valid") if not _chunk_file(fset.path / a, int(ch), fset.arrays[a].ndim).is_file()]
+        missing = [a for a in ("data", "valid")
+                   if not _chunk_file(fset.path / a, int(ch), fset.arrays[a].ndim).is_file()]
         for a in missing:
             rep.problems.append(f"features/{name}/{a}: chunk {ch} is missing but holds done rows")
         if missing:

@@ -206,7 +206,8 @@ class PipelineConfig:
         known = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(d) - known)
         if unknown:
-            raise SettingsError(f"PipelineConfig.from_dict: unknown keys {unknown}; expected a subset of {sorted(known)}")
+            raise SettingsError(f"PipelineConfig.from_dict: unknown keys {unknown}; "
+                                f"expected a subset of {sorted(known)}")
         return cls(**d)
 
 
@@ -348,7 +349,8 @@ def _parser() -> argparse.ArgumentParser:
     g.add_argument("--seed", type=non_negative_int, help=f"seed of everything (default: {d.seed})")
     g = p.add_argument_group("run")
     g.add_argument("--device", choices=("auto", "cpu", "cuda"), help="default: auto (CUDA when present)")
-    g.add_argument("--workers", type=non_negative_int, help="decode worker processes (default: by machine; 0: in this process)")
+    g.add_argument("--workers", type=non_negative_int,
+                   help="decode worker processes (default: by machine; 0: in this process)")
     g.add_argument("--sweep-workers", dest="sweep_workers", type=non_negative_int,
                    help="Dask LocalCluster workers for the head sweep (default: 0, in this process)")
     g.add_argument("-q", "--quiet", action="store_true", help="no progress bars")

@@ -195,7 +195,8 @@ def ripple_snu(s: dict[str, Any]) -> str:
     if th:
         lines += [f"## Table 2. Decisions from the scores of `{th['run']}` ({th['head']} on "
                   f"{set_label(s, th['features'])}): thresholds fitted on {th['fit_rows']} out-of-fold train rows, "
-                  f"scored on {th['eval_rows']} test rows ({th['true_labels_per_video']:.2f} true labels per video)", ""]
+                  f"scored on {th['eval_rows']} test rows "
+                  f"({th['true_labels_per_video']:.2f} true labels per video)", ""]
         lines += table(["decision rule", "micro P", "micro R", "micro F1", "macro F1", "labels / video"],
                        [[name, pct(m["micro_precision"]), pct(m["micro_recall"]), pct(m["micro_f1"]),
                          pct(m["macro_f1"]), f"{m['labels_per_video']:.2f}"] for name, m in th["methods"].items()])

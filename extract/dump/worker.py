@@ -4,7 +4,8 @@
 start method: the server imports this module once, every worker forks from it; no CUDA,
 one torch thread and one OpenCV thread per worker) and yields results in completion order
 while the main process runs the models. Each task is one video decoded once for all its
-makers, which build their inputs in the worker (crops, optical flow, log-mel). A background thread keeps every worker fed (up to ``depth`` tasks
+makers, which build their inputs in the worker (crops, optical flow, log-mel). A background
+thread keeps every worker fed (up to ``depth`` tasks
 queued per worker, at most ``max_ahead`` results waiting for the model) and watches the
 clock: a worker whose current video runs past ``timeout_s`` plus a grace period is killed
 and replaced, its video gets a ``DecodeTimeout`` error and its queued videos go to the new

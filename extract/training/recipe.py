@@ -195,11 +195,13 @@ class TrainRecipe:
         """
         want = {"rgb": ("frame2d", "clip3d"), "flow": ("frame2d", "clip3d"), "audio": ("audio2d", "audio1d")}
         if info.kind not in want[self.modality]:
-            raise SettingsError(f"--modality {self.modality} needs a backbone of kind {' or '.join(want[self.modality])}; "
+            raise SettingsError(f"--modality {self.modality} needs a backbone of kind "
+                                f"{' or '.join(want[self.modality])}; "
                              f"{info.name} is {info.kind}")
         segments = self.train_segments or (3 if info.kind == "frame2d" else 1)
         if segments > 1 and info.kind != "frame2d":
-            raise SettingsError(f"{setting_name('train_segments')} {segments} joins clips on the time axis, which only frame "
+            raise SettingsError(f"{setting_name('train_segments')} {segments} joins clips on the time axis, "
+                                "which only frame "
                              f"(TSN) backbones allow; {info.name} is {info.kind}: use 1")
         if self.modality == "audio":  # windows come from the backbone; no pictures to crop
             return dataclasses.replace(self, train_segments=1, frames=1, flip=False)

@@ -1,6 +1,7 @@
 """Backbone training (``extract.training``, ``python -m extract.train``) on tiny demo videos
 (48 px, 1 s) with tiny backbones at 32 px: recipe, schedule, augmentation, data keys and bad
-videos, overfitting a fixed batch, SWA = mean of snapshots, resume (with mixup) = uninterrupted run, frozen stages, checkpoints loading into ``extract.run``, the CLI."""
+videos, overfitting a fixed batch, SWA = mean of snapshots, resume (with mixup) = uninterrupted
+run, frozen stages, checkpoints loading into ``extract.run``, the CLI."""
 
 import json
 import math

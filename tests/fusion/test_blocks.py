@@ -30,7 +30,8 @@ def test_blocks_of_100_rows_equal_the_whole(fs, method, monkeypatch):
     a, b = fs.read_predictions(f"whole_{method}")[0], fs.read_predictions(f"blocked_{method}")[0]
     assert not np.isnan(a).any()
     np.testing.assert_allclose(b, a, rtol=1e-5, atol=1e-6)
-    ranks_equal = np.array_equal(np.argsort(a[whole.plan.eval_rows], axis=0), np.argsort(b[whole.plan.eval_rows], axis=0))
+    ranks_equal = np.array_equal(np.argsort(a[whole.plan.eval_rows], axis=0),
+                                 np.argsort(b[whole.plan.eval_rows], axis=0))
     for k, v in whole.main.metrics.items():
         assert blocked.main.metrics[k] == pytest.approx(v, abs=1e-9 if ranks_equal else 1e-4)
     # the written run is scored on the eval rows exactly as the result says

@@ -27,7 +27,8 @@ def test_registry_lists_every_method_and_refuses_twins():
         get_fusion("xgboost", {"max_dept": 3})
     with pytest.raises(FusionError, match=re.escape("valid_fraction must be in (0, 1), got 1.0")):
         XGBSettings(valid_fraction=1.0)
-    with pytest.raises(FusionError, match=re.escape("--max-depth / max_depth must be >= 1, got 0; --rounds / n_rounds")):
+    with pytest.raises(FusionError,
+                       match=re.escape("--max-depth / max_depth must be >= 1, got 0; --rounds / n_rounds")):
         XGBSettings(max_depth=0, n_rounds=0)
     assert XGBSettings.from_dict(XGBSettings(max_depth=4).to_dict()) == XGBSettings(max_depth=4)
 

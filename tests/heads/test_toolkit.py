@@ -204,7 +204,8 @@ def test_resolve_device_auto_cpu_and_unavailable_cuda():
     assert resolve_device("cuda:1", gpu_visible=lambda: True) == "cuda:1"
     assert resolve_device("auto") == ("cuda" if torch.cuda.is_available() else "cpu")
     for name in ("cuda", "cuda:0"):
-        with pytest.raises(DeviceUnavailable, match=f"'{name}' asked for but XGBoost sees no CUDA GPU; use --device cpu"):
+        with pytest.raises(DeviceUnavailable,
+                           match=f"'{name}' asked for but XGBoost sees no CUDA GPU; use --device cpu"):
             resolve_device(name, gpu_visible=lambda: False, library="XGBoost")
     assert issubclass(DeviceUnavailable, VideoFeatError)
 

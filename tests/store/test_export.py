@@ -233,5 +233,6 @@ def test_progress_record_of_another_source_is_refused(store, tmp_path, monkeypat
         w.write_rows([6], data[[6]], valid=valid[[6]])
     assert export_main([str(fs.path), "--to", "npy", str(tmp_path / "out")]) == 2
     err = capsys.readouterr().err
-    assert err.startswith(f"error: {tmp_path / 'out' / '.export-progress.json'} records an export of another source (differs in: done)")
+    assert err.startswith(f"error: {tmp_path / 'out' / '.export-progress.json'} "
+                          "records an export of another source (differs in: done)")
     assert err.count("\n") == 1 and not (tmp_path / "out" / "index.csv").exists()
