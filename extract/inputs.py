@@ -1,6 +1,14 @@
-"""Read the list of videos to process: label CSVs in the common formats, or a plain folder.
+"""Read the list of videos to process: list files in the common formats, or a plain folder.
 
-:func:`read_video_list` accepts, and tells apart by their first row:
+:func:`read_video_list` takes a ``format`` (``extract.run --format``): ``mit``, ``kinetics``,
+``mmaction``, ``folder``, or ``auto`` (the default), which detects it from the first row and
+logs what it found: a folder is ``folder``; a first row with a ``youtube_id`` column is a
+Kinetics header; a first row that is one comma-free field ``path N [N ...]`` (a path, then
+whitespace-separated integers) is ``mmaction``; anything else is ``mit``. An explicit format
+refuses a list that is not in it, naming the line (``not a kinetics list: ... (this looks
+like a mit list: pass --format mit or auto)``).
+
+``mit``, comma-separated, the path first:
 
 * **Multi-MiT style** (no header): ``path,label[,label...]``. Labels are class names or
   integer ids (0-based, into the class list). The Multi-MiT release's ``trainingSet.txt`` /
@@ -8,26 +16,51 @@
 * **Moments-in-Time v1** (no header): ``path,label,n_agree,n_disagree``
   (``trainingSet.csv``): recognised when *every* row has exactly these four fields, a
   non-integer label and two integer vote counts; the counts are ignored.
-* **Kinetics** (header with ``youtube_id,time_start,time_end``, optionally ``label``,
-  ``split``, ``is_cc``): the file is ``<youtube_id>_<start:06d>_<end:06d>.mp4`` (the
-  ActivityNet crawler's name), looked for under ``root`` in this order:
-  ``<split>/<label>/``, ``<split>/<label with _ for spaces>/`` (crawler layout), ``<split>/``
-  (CVDF flat layout), ``<label>/``, ``<label with _>/``, ``./``; the first that exists wins
-  (the first one is reported when none does). ``<split>`` is tried as written and as its
-  normal name (``validate``/``validation`` -> ``val``), which is also the row's split.
 * **Table** (header whose first column is ``path``, ``video``, ``video_path``, ``file`` or
   ``filename``): the path column and optionally ``labels`` (or ``label``; several joined by
   ``;``, or, when it is the last column, also in further fields as in Multi-MiT rows),
   ``split`` and ``id`` (the video's id, instead of the one derived from the path); other
   columns are ignored. The demo's ``videos.csv`` is one.
-* **a folder**: every video file under it, recursively (hidden files and folders skipped),
-  sorted, unlabelled.
+
+``kinetics``: a header with ``youtube_id,time_start,time_end``, optionally ``label``,
+``split``, ``is_cc`` (the official ``label,youtube_id,time_start,time_end,split``).
+
+* **Default** (no ``kinetics_pattern``): the file is the trimmed clip
+  ``<youtube_id>_<start:06d>_<end:06d>.mp4``, the name the usual downloaders give (the
+  ActivityNet crawler, mmaction2's ``tools/data/kinetics/download.py``, the CVDF copies),
+  looked for under ``root`` in this order: ``<split>/<label>/``, ``<split>/<label with _
+  for spaces>/`` (crawler layout), ``<split>/`` (CVDF flat layout), ``<label>/``,
+  ``<label with _>/``, ``./``; the first that exists wins (the first one is reported when
+  none does). ``<split>`` is tried as written and as its normal name
+  (``validate``/``validation`` -> ``val``), which is also the row's split.
+* **A pattern** (``--kinetics-pattern``) names the one place, a Python format string over
+  ``{youtube_id}``, ``{time_start}``, ``{time_end}`` (integer seconds, so ``:06d`` works),
+  ``{split}`` and ``{label}`` as written, ``{label_dir}`` (the label with ``_`` for spaces),
+  e.g. ``{split}/{label_dir}/{youtube_id}_{time_start:06d}_{time_end:06d}.mp4``.
+* **Trimming.** A pattern that uses ``{time_start}`` or ``{time_end}`` (and the default)
+  names a file the downloader already cut to the segment: clips come from the whole file.
+  A pattern without them (``videos/{youtube_id}.mp4``) names the untrimmed video: the row
+  gets the window ``[time_start, time_end)`` (columns ``trim_start``, ``trim_end`` of the
+  table, then of the store's videos table) and ``extract.run`` samples its clips only from
+  the frames inside it (clip times stay seconds of the file). ``time_start >= 0`` and
+  ``time_start < time_end`` are checked; a window past the file's end is a row error.
+
+``mmaction`` (mmaction2's list files), one video per line, fields separated by any run of
+spaces or tabs (so paths cannot contain spaces): ``path label_id [label_id ...]``, the
+``VideoDataset`` form, single- or multi-label, ids into the class list (which is then
+needed). mmaction2's other form, the rawframes list ``frame_dir total_frames label_id``,
+is told apart by its first field: a row whose path has no video extension (``.mp4``, ...)
+or names a folder is a rawframes row, and is refused with one error naming its line: the
+decoder reads video files, not folders of frames.
+
+``folder``: every video file under it, recursively (hidden files and folders skipped),
+sorted, unlabelled.
 
 Blank rows and rows starting with ``#`` are skipped; fields are stripped of spaces and
 trailing empty fields (``a.mp4,x,``) dropped; ``\r\n`` and ``\r`` line ends and a UTF-8 byte
 order mark read like a clean file. A file that is not UTF-8 fails with its first bad line.
 Paths are relative to ``root``
-(default: the CSV's folder, or the folder itself); absolute paths are kept. A video's
+(default: the list's folder, or the folder itself); absolute paths are kept. A video's
 ``id`` is its path relative to ``root`` without the extension (POSIX separators), e.g.
 ``training/arresting/yt-Cl8xbqCv_vU_42``; the path as written is used when it lies outside
 ``root``. ``split`` is the row's split column, else the ``split`` argument, else guessed
@@ -46,9 +79,9 @@ names the file and line.
 
 from __future__ import annotations
 
-import csv
-import io
+import argparse
 import logging
+import math
 import os
 import re
 from collections.abc import Sequence
@@ -58,12 +91,31 @@ from pathlib import Path, PurePosixPath
 import numpy as np
 import pandas as pd
 
+from extract._list_formats import (
+    FORMATS,
+    INT_TOKEN,
+    PATH_HEADERS,
+    SPLIT_ALIASES,
+    VIDEO_EXTENSIONS,
+    Row,
+    check_format,
+    check_kinetics_pattern,
+    csv_rows,
+    dedupe,
+    detect_format,
+    parse_headerless,
+    parse_kinetics,
+    parse_mmaction,
+    parse_table,
+    read_text,
+    space_rows,
+)
 from extract.errors import (
     ClassListError,
     DuplicateVideoError,
     EmptyListError,
+    InputError,
     LabelIdOutOfRangeError,
-    MalformedRowError,
     MissingVideoError,
     SourceNotFoundError,
     UnknownLabelError,
@@ -71,17 +123,11 @@ from extract.errors import (
 
 logger = logging.getLogger(__name__)
 
-VIDEO_EXTENSIONS = (".mp4", ".avi", ".mkv", ".webm", ".mov", ".m4v", ".mpg", ".mpeg",
-                    ".flv", ".wmv", ".3gp")
 UNSPLIT = "unsplit"
-SPLIT_ALIASES = {"train": "train", "training": "train", "val": "val", "valid": "val",
-                 "validate": "val", "validation": "val", "test": "test", "testing": "test"}
-LABEL_SEPARATOR = ";"
-#: First-column names that mark a header line of a table (``path,labels,split``).
-PATH_HEADERS = ("path", "video", "video_path", "file", "filename")
-LABEL_HEADERS = ("label", "labels")
 CLASS_FILE_NAMES = ("classes.txt", "moments_categories.txt")
-_INT = re.compile(r"^[+-]?\d+$")
+#: Columns of ``VideoList.videos`` (and of the store's videos table) holding the window of
+#: an untrimmed file that clips come from, in seconds; present only when a row has one.
+TRIM_COLUMNS = ("trim_start", "trim_end")
 _SPLIT_WORD = re.compile(r"(?<![a-z])(train|val|test)")
 _SHOWN = 5  # missing files / known classes named in an error message
 
@@ -122,15 +168,6 @@ class VideoList:
         return out
 
 
-@dataclass
-class _Row:
-    line: int
-    path: str
-    labels: list[str]
-    split: str | None = None
-    id: str | None = None
-
-
 def read_class_list(path: str | Path) -> list[str]:
     """Class names from a file: one per line, or ``name,index`` lines ordered by index."""
     path = Path(path)
@@ -142,7 +179,7 @@ def read_class_list(path: str | Path) -> list[str]:
             entries.append((line_no, line.strip()))
     if not entries:
         raise ClassListError("class list is empty; write one class name per line", path)
-    indexed = all("," in text and _INT.match(text.rsplit(",", 1)[1].strip())
+    indexed = all("," in text and INT_TOKEN.match(text.rsplit(",", 1)[1].strip())
                   for _, text in entries)
     if indexed:  # moments_categories.txt: name,index
         by_index = {}
@@ -166,118 +203,7 @@ def read_class_list(path: str | Path) -> list[str]:
     return names
 
 
-def _csv_rows(path: Path) -> list[tuple[int, list[str]]]:
-    """(line number, stripped fields) of the non-blank, non-comment rows.
-
-    Fields are stripped of spaces. Line ends may be ``\n``, ``\r\n`` or ``\r``; a UTF-8 byte order mark is skipped.
-    """
-    data = path.read_bytes()
-    try:
-        text = data.decode("utf-8-sig")
-    except UnicodeDecodeError as err:
-        line = data.count(b"\n", 0, err.start) + 1
-        raise MalformedRowError("is not UTF-8 text (byte 0x%02x); save the file as UTF-8"
-                                % data[err.start], path, line) from None
-    rows = []
-    reader = csv.reader(io.StringIO(text, newline=""))
-    for fields in reader:
-        fields = [x.strip() for x in fields]
-        if not any(fields) or fields[0].startswith("#"):
-            continue
-        rows.append((reader.line_num, fields))
-    return rows
-
-
-def _dedupe(labels: list[str]) -> list[str]:
-    return list(dict.fromkeys(x for x in labels if x))
-
-
-def _trim(fields: list[str]) -> list[str]:
-    """A row without its trailing empty fields (``a.mp4,x,,`` -> ``a.mp4,x``)."""
-    while fields and not fields[-1]:
-        fields = fields[:-1]
-    return fields
-
-
-def _is_mit_v1(rows: list[tuple[int, list[str]]]) -> bool:
-    return all(len(f) == 4 and not _INT.match(f[1]) and _INT.match(f[2]) and _INT.match(f[3])
-               for _, f in rows)
-
-
-def _parse_headerless(rows: list[tuple[int, list[str]]], source: Path) -> tuple[str, list[_Row]]:
-    rows = [(line, _trim(fields) or [""]) for line, fields in rows]
-    mit = _is_mit_v1(rows)
-    out = []
-    for line, fields in rows:
-        if not fields[0]:
-            raise MalformedRowError("empty path in the first column; write `path,label,...`",
-                                    source, line)
-        out.append(_Row(line, fields[0], [fields[1]] if mit else _dedupe(fields[1:])))
-    return ("mit" if mit else "multi_mit"), out
-
-
-def _header_index(header: list[str], rows: list[tuple[int, list[str]]],
-                  source: Path) -> dict[str, int]:
-    """Column indexes by name. A row may have more fields than the header when they are
-    empty (trailing commas), or when the last column is ``label(s)``: more labels (a
-    Multi-MiT list with a header line)."""
-    more_labels = header[-1] in LABEL_HEADERS
-    for line, fields in rows:
-        extra = len(fields) > len(header) and not more_labels and any(fields[len(header):])
-        if extra or len(fields) < len(header):
-            raise MalformedRowError(f"expected {len(header)} fields ({','.join(header)}), got "
-                                    f"{len(fields)}; quote fields that contain commas",
-                                    source, line)
-    return {name: i for i, name in enumerate(header)}
-
-
-def _parse_table(header: list[str], rows: list[tuple[int, list[str]]],
-                 source: Path) -> list[_Row]:
-    header = ["path", *header[1:]]
-    col = _header_index(header, rows, source)
-    labels_col = col.get("labels", col.get("label"))
-    last = labels_col is not None and labels_col == len(header) - 1
-    out = []
-    for line, f in rows:
-        if not f[col["path"]]:
-            raise MalformedRowError("empty path", source, line)
-        cells = (f[labels_col:] if last else [f[labels_col]]) if labels_col is not None else []
-        labels = [x for cell in cells for x in cell.split(LABEL_SEPARATOR)]
-        out.append(_Row(line, f[col["path"]], _dedupe([x.strip() for x in labels]),
-                        f[col["split"]] if "split" in col and f[col["split"]] else None,
-                        f[col["id"]] if "id" in col and f[col["id"]] else None))
-    return out
-
-
-def _parse_kinetics(header: list[str], rows: list[tuple[int, list[str]]], source: Path,
-                    root: Path) -> list[_Row]:
-    col = _header_index(header, rows, source)
-    missing = [c for c in ("youtube_id", "time_start", "time_end") if c not in col]
-    if missing:
-        raise MalformedRowError(f"Kinetics header lacks {missing}", source, 1)
-    out = []
-    for line, f in rows:
-        try:
-            start, end = float(f[col["time_start"]]), float(f[col["time_end"]])
-        except ValueError:
-            raise MalformedRowError(
-                f"time_start/time_end must be numbers, got {f[col['time_start']]!r}, "
-                f"{f[col['time_end']]!r}", source, line) from None
-        label = f[col["label"]] if "label" in col else ""
-        split = f[col["split"]] if "split" in col and f[col["split"]] else None
-        name = f"{f[col['youtube_id']]}_{round(start):06d}_{round(end):06d}.mp4"
-        split_dirs = _dedupe([split or "", SPLIT_ALIASES.get((split or "").lower(), "")])
-        label_dirs = _dedupe([label, label.replace(" ", "_")])
-        folders = [(s, lab) for s in split_dirs for lab in label_dirs] + [(s,) for s in split_dirs]
-        folders += [(lab,) for lab in label_dirs] + [()]
-        candidates = _dedupe([PurePosixPath(*[x for x in parts if x], name).as_posix()
-                              for parts in folders])
-        path = next((c for c in candidates if (root / c).exists()), candidates[0])
-        out.append(_Row(line, path, [label] if label else [], split))
-    return out
-
-
-def _resolve_classes(rows: list[_Row], classes: Sequence[str] | str | Path | None,
+def _resolve_classes(rows: list[Row], classes: Sequence[str] | str | Path | None,
                      source: Path) -> list[str]:
     if isinstance(classes, (str, Path)):
         return read_class_list(classes)
@@ -292,7 +218,7 @@ def _resolve_classes(rows: list[_Row], classes: Sequence[str] | str | Path | Non
                 logger.info("using the class list %s", source.parent / name)
                 return read_class_list(source.parent / name)
     for row in rows:
-        ids = [x for x in row.labels if _INT.match(x)]
+        ids = [x for x in row.labels if INT_TOKEN.match(x)]
         if ids:
             raise LabelIdOutOfRangeError(
                 f"label id {ids[0]} but no class list; pass the class list (e.g. "
@@ -300,7 +226,7 @@ def _resolve_classes(rows: list[_Row], classes: Sequence[str] | str | Path | Non
     return sorted({x for row in rows for x in row.labels})
 
 
-def _label_names(rows: list[_Row], classes: list[str], source: Path) -> list[list[str]]:
+def _label_names(rows: list[Row], classes: list[str], source: Path) -> list[list[str]]:
     index = set(classes)
     out = []
     for row in rows:
@@ -308,7 +234,7 @@ def _label_names(rows: list[_Row], classes: list[str], source: Path) -> list[lis
         for token in row.labels:
             if token in index:
                 names.append(token)
-            elif _INT.match(token):
+            elif INT_TOKEN.match(token):
                 if not 0 <= int(token) < len(classes):
                     raise LabelIdOutOfRangeError(
                         f"label id {token} outside 0..{len(classes) - 1} ({len(classes)} "
@@ -319,7 +245,7 @@ def _label_names(rows: list[_Row], classes: list[str], source: Path) -> list[lis
                 raise UnknownLabelError(
                     f"unknown label {token!r} (classes: {shown}); fix the row or pass the "
                     "class list that contains it", source, row.line)
-        out.append(_dedupe(names))
+        out.append(dedupe(names))
     return out
 
 
@@ -328,17 +254,17 @@ def _guess_split(source: Path) -> str:
     return match.group(1) if match else UNSPLIT
 
 
-def _scan_folder(folder: Path) -> list[_Row]:
+def _scan_folder(folder: Path) -> list[Row]:
     found = []
     for dirpath, dirnames, filenames in os.walk(folder):
         dirnames[:] = [d for d in dirnames if not d.startswith(".")]
         for name in filenames:
             if not name.startswith(".") and name.lower().endswith(VIDEO_EXTENSIONS):
                 found.append(os.path.join(dirpath, name))
-    return [_Row(0, path, []) for path in sorted(found)]
+    return [Row(0, path, []) for path in sorted(found)]
 
 
-def _video_table(rows: list[_Row], labels: list[list[str]], root: Path, source: Path,
+def _video_table(rows: list[Row], labels: list[list[str]], root: Path, source: Path,
                  default_split: str, check_files: bool) -> pd.DataFrame:
     abs_paths, ids = [], []
     seen_path: dict[str, int] = {}
@@ -366,7 +292,61 @@ def _video_table(rows: list[_Row], labels: list[list[str]], root: Path, source: 
                 f"({root})", source, missing[0][0].line)
     splits = [SPLIT_ALIASES.get(r.split.lower(), r.split) if r.split else default_split
               for r in rows]
-    return pd.DataFrame({"id": ids, "path": abs_paths, "split": splits, "labels": labels})
+    table = pd.DataFrame({"id": ids, "path": abs_paths, "split": splits, "labels": labels})
+    if any(r.start is not None for r in rows):
+        table[TRIM_COLUMNS[0]] = [math.nan if r.start is None else r.start for r in rows]
+        table[TRIM_COLUMNS[1]] = [math.nan if r.end is None else r.end for r in rows]
+    return table
+
+
+def _read_rows(source: Path, fmt: str, root: Path,
+               kinetics_pattern: str | None) -> tuple[str, list[Row]]:
+    """(fine format name, rows) of a list file in ``fmt`` (``auto``: detected)."""
+    text = read_text(source)
+    raw = csv_rows(text)
+    if not raw:
+        raise EmptyListError("lists no videos; expected rows like `path,label[,label...]`", source)
+    if fmt == "auto":
+        fmt = detect_format(raw)
+        logger.info("%s: detected the %s list format (pass --format to insist on one)", source, fmt)
+    else:
+        check_format(fmt, raw, source)
+    header = [x.lower() for x in raw[0][1]]
+    if fmt == "kinetics":
+        rows, fine = parse_kinetics(header, raw[1:], source, root, kinetics_pattern), "kinetics"
+    elif fmt == "mmaction":
+        rows, fine = parse_mmaction(space_rows(text), source, root), "mmaction"
+    elif header[0] in PATH_HEADERS:
+        rows, fine = parse_table(header, raw[1:], source), "table"
+    else:
+        fine, rows = parse_headerless(raw, source)
+    if not rows:
+        raise EmptyListError("has a header but lists no videos", source)
+    return fine, rows
+
+
+def add_list_arguments(group: argparse._ActionsContainer) -> None:
+    """The ``--format`` and ``--kinetics-pattern`` flags of every command that reads a list."""
+    group.add_argument(
+        "--format",
+        dest="list_format",
+        choices=FORMATS,
+        default="auto",
+        help="format of --videos: mit (path,label[,label...], optionally a path,... header), kinetics "
+        "(label,youtube_id,time_start,time_end,split), mmaction (path label_id [label_id ...] separated by "
+        "spaces; rawframes lists are refused), folder, or auto (default: detected from the first row, "
+        "logged with -v)",
+    )
+    group.add_argument(
+        "--kinetics-pattern",
+        metavar="PATTERN",
+        help="where a Kinetics row's file is, relative to --root: a format string over {youtube_id}, "
+        "{time_start}, {time_end} (integer seconds), {split}, {label}, {label_dir} (label with _ for "
+        "spaces), e.g. '{split}/{label}/{youtube_id}_{time_start:06d}_{time_end:06d}.mp4'. With a time "
+        "field the file is the trimmed segment; without one (e.g. 'videos/{youtube_id}.mp4') it is the "
+        "untrimmed video and clips come only from [time_start, time_end). Default: the trimmed "
+        "<youtube_id>_<start:06d>_<end:06d>.mp4 in the crawler's <split>/<label>/ or the flat <split>/ layout",
+    )
 
 
 def read_video_list(
@@ -376,17 +356,23 @@ def read_video_list(
     *,
     split: str | None = None,
     check_files: bool = True,
+    format: str = "auto",
+    kinetics_pattern: str | None = None,
 ) -> VideoList:
-    """Read a video list from a CSV (Multi-MiT, MiT, Kinetics or table style) or a folder.
+    """Read a video list from a list file (MiT, Kinetics, mmaction2) or a folder.
 
     Args:
-        source: a CSV/TXT label file, or a folder of videos.
-        root: folder that relative paths are relative to (default: the CSV's folder, or
+        source: a CSV/TXT list file, or a folder of videos.
+        root: folder that relative paths are relative to (default: the list's folder, or
             the source folder).
         classes: class names in id order, or a class file; see the module docstring for
             the default.
         split: split of rows that name none (default: guessed from the file name).
         check_files: raise :class:`MissingVideoError` if a listed file does not exist.
+        format: one of :data:`FORMATS`; ``auto`` detects it (and logs what it found).
+        kinetics_pattern: where a Kinetics row's file is, e.g.
+            ``{split}/{label}/{youtube_id}_{time_start:06d}_{time_end:06d}.mp4`` (fields in
+            the module docstring); default: the search in the module docstring.
 
     Returns:
         The videos, with absolute paths and class-name labels, and the class list.
@@ -394,10 +380,19 @@ def read_video_list(
     Raises:
         InputError: one of its subclasses, with the file and line of the problem.
     """
+    if format not in FORMATS:
+        raise InputError(f"unknown list format {format!r}; use one of {', '.join(FORMATS)}")
+    if kinetics_pattern is not None:
+        check_kinetics_pattern(kinetics_pattern)
     source = Path(source)
     if not source.exists():
-        raise SourceNotFoundError("no such file or folder; pass a label CSV or a video folder",
+        raise SourceNotFoundError("no such file or folder; pass a video list or a video folder",
                                   source)
+    if format != "auto" and source.is_dir() != (format == "folder"):
+        what = "a folder; --format folder reads it (or auto)" if source.is_dir() else (
+            f"a file; --format folder needs a folder of videos (for this list: --format auto, "
+            f"{', '.join(FORMATS[1:-1])})")
+        raise InputError(f"is {what}", source)
     root = Path(os.path.abspath(root if root is not None else
                                 (source if source.is_dir() else source.parent)))
     if source.is_dir():
@@ -406,19 +401,7 @@ def read_video_list(
             raise EmptyListError(f"no video files ({', '.join(VIDEO_EXTENSIONS)}) in this "
                                  "folder or below", source)
     else:
-        raw = _csv_rows(source)
-        if not raw:
-            raise EmptyListError("lists no videos; expected rows like `path,label[,label...]`",
-                                 source)
-        header = [x.lower() for x in raw[0][1]]
-        if "youtube_id" in header:
-            rows, fmt = _parse_kinetics(header, raw[1:], source, root), "kinetics"
-        elif header[0] in PATH_HEADERS:
-            rows, fmt = _parse_table(header, raw[1:], source), "table"
-        else:
-            fmt, rows = _parse_headerless(raw, source)
-        if not rows:
-            raise EmptyListError("has a header but lists no videos", source)
+        fmt, rows = _read_rows(source, format, root, kinetics_pattern)
     class_names = _resolve_classes(rows, classes, source)
     labels = _label_names(rows, class_names, source)
     if split:

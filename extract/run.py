@@ -36,6 +36,7 @@ from typing import TYPE_CHECKING
 from extract._config import read_toml_config
 from extract.dump.settings import DEVICES, MODALITIES, BackboneChoice, ExtractSettings, parse_shard
 from extract.errors import DemoError, ExtractError
+from extract.inputs import add_list_arguments
 from extract.media.flow import FLOW_ALGORITHMS
 from store.cli import non_negative_int, positive_float, positive_int, run_command
 from store.errors import SettingsError
@@ -83,14 +84,16 @@ def _parser() -> argparse.ArgumentParser:
         "--videos",
         type=Path,
         metavar="CSV|DIR",
-        help="label CSV (Multi-MiT path,label,...; MiT; Kinetics; or a table with a path column) or "
-        "a folder of videos (unlabelled). Default: the demo set in --demo-dir, made if missing",
+        help="video list (Multi-MiT path,label,...; MiT; a table with a path column; Kinetics; mmaction2's "
+        "path label_id ...; see --format) or a folder of videos (unlabelled). Default: the demo set in "
+        "--demo-dir, made if missing",
     )
     g.add_argument(
         "--root",
         type=Path,
         help="folder the CSV's paths are relative to (default: the CSV's folder)",
     )
+    add_list_arguments(g)
     g.add_argument(
         "--classes",
         type=Path,
@@ -366,7 +369,7 @@ def _settings(args: argparse.Namespace, demo: bool) -> ExtractSettings:
 
 def _summary(stats: RunStats, elapsed: float) -> str:
     """The end-of-run report: what was written, what failed and why, how fast."""
-    lines = []
+    lines = [f"extract: video list read as {stats.list_format}"] if stats.list_format else []
     for name, spec in stats.outputs:
         made = f"weights {spec.weights_sha256[:12]}" if spec.weights_sha256 else "random init"
         lines.append(
@@ -463,6 +466,8 @@ def run(args: argparse.Namespace) -> int:
                 settings,
                 root=args.root,
                 classes=classes,
+                list_format=args.list_format,
+                kinetics_pattern=args.kinetics_pattern,
                 on_probe=probed,
                 on_progress=progress,
             )

@@ -34,6 +34,7 @@ from typing import Any
 
 from extract._config import read_toml_config
 from extract.errors import DemoError, ExtractError
+from extract.inputs import TRIM_COLUMNS, VideoList, add_list_arguments
 from extract.training.recipe import CLASS_WEIGHTS, MODALITIES, OPTIMIZERS, SCHEDULES, TrainRecipe
 from store.cli import non_negative_int, positive_float, positive_int, run_command
 from store.threads import add_threads_argument, free_cores, set_threads
@@ -43,7 +44,8 @@ log = logging.getLogger("extract.train")
 DEMO_CROP = 112  # the demo's frames are 112 px
 RUN_JSON = "run.json"  # the data arguments of a run, the defaults of its --resume
 _R = TrainRecipe()
-_RUN_KEYS = ("videos", "val_videos", "root", "classes", "demo_dir")
+_RUN_KEYS = ("videos", "val_videos", "root", "classes", "demo_dir")  # paths
+_RUN_TEXT_KEYS = ("list_format", "kinetics_pattern")
 
 
 def _scale(text: str) -> tuple[float, float]:
@@ -144,11 +146,13 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--config", type=Path, metavar="FILE.toml", help="TOML file of defaults for these flags")
     g = p.add_argument_group("input and output")
     g.add_argument("--videos", type=Path, metavar="CSV|DIR",
-                   help="label CSV (Multi-MiT, MiT, Kinetics or a table with path,labels,split); its 'train' rows "
+                   help="labelled video list (Multi-MiT, MiT, Kinetics, mmaction2, a table with path,labels,split; "
+                        "see --format); its 'train' rows "
                         "train, its 'val' rows validate (default: the demo set in --demo-dir, made if missing)")
     g.add_argument("--val-videos", dest="val_videos", type=Path, metavar="CSV",
                    help="validation list (default: the 'val' rows of --videos)")
     g.add_argument("--root", type=Path, help="folder the CSV paths are relative to (default: the CSV's folder)")
+    add_list_arguments(g)
     g.add_argument("--classes", type=Path, metavar="FILE", help="class list (default: as extract.run finds it)")
     g.add_argument("--out", type=Path, required=False, help="run folder (default: runs/<backbone>_<modality>)")
     g.add_argument("--resume", action="store_true",
@@ -173,7 +177,7 @@ _RECIPE_FIELDS = set(TrainRecipe.__dataclass_fields__)
 
 def parser_default(key: str) -> Any:
     """The parser's own default of a run flag (a saved run's value replaces it on --resume)."""
-    return Path("demo") if key == "demo_dir" else None
+    return {"demo_dir": Path("demo"), "list_format": "auto"}.get(key)
 
 
 def _read_config(parser: argparse.ArgumentParser, path: Path) -> dict[str, Any]:
@@ -200,13 +204,22 @@ def _recipe(args: argparse.Namespace, config: dict[str, Any], saved: dict[str, A
         raise ExtractError(str(err)) from None
 
 
+def _whole_files(listed: VideoList) -> VideoList:
+    """``listed``, unless it holds windows of untrimmed videos (which training does not cut)."""
+    if TRIM_COLUMNS[0] in listed.videos:
+        raise ExtractError(f"{listed.source}: extract.train takes whole files, not windows of untrimmed videos; "
+                           "pass a --kinetics-pattern naming the trimmed files, or cut them with ffmpeg")
+    return listed
+
+
 def _data(args: argparse.Namespace, demo_manifest) -> Any:
     from extract.inputs import UNSPLIT, read_video_list
     from extract.training import TrainData
 
     videos = demo_manifest.videos_csv if demo_manifest else args.videos
     classes = demo_manifest.classes_path if demo_manifest else args.classes
-    listed = read_video_list(videos, root=args.root, classes=classes)
+    fmt = {"format": args.list_format, "kinetics_pattern": args.kinetics_pattern} if not demo_manifest else {}
+    listed = _whole_files(read_video_list(videos, root=args.root, classes=classes, **fmt))
     if not listed.classes or not listed.labelled:
         raise ExtractError(f"{videos}: the videos have no labels; training needs a labelled CSV")
     table, labels = listed.videos.reset_index(drop=True), listed.label_matrix()
@@ -218,7 +231,7 @@ def _data(args: argparse.Namespace, demo_manifest) -> Any:
         raise ExtractError(f"{videos}: no row is in the 'train' split (splits: {sorted(set(split))}); add a split "
                            "column or name the file after its split (e.g. trainingSet.csv)")
     if args.val_videos:
-        val_list = read_video_list(args.val_videos, root=args.root, classes=listed.classes)
+        val_list = _whole_files(read_video_list(args.val_videos, root=args.root, classes=listed.classes, **fmt))
         val_table, val_labels = val_list.videos.reset_index(drop=True), val_list.label_matrix()
     else:
         val = split == "val"
@@ -268,9 +281,9 @@ def run(args: argparse.Namespace, config: dict[str, Any]) -> int:
     if args.resume and (out / RECIPE_JSON).is_file():
         saved_recipe = json.loads((out / RECIPE_JSON).read_text())
         saved_run = json.loads((out / RUN_JSON).read_text()) if (out / RUN_JSON).is_file() else {}
-        for key in _RUN_KEYS:
+        for key in (*_RUN_KEYS, *_RUN_TEXT_KEYS):
             if getattr(args, key) in (None, parser_default(key)) and saved_run.get(key) is not None:
-                setattr(args, key, Path(saved_run[key]))
+                setattr(args, key, Path(saved_run[key]) if key in _RUN_KEYS else saved_run[key])
     demo = args.videos is None
     recipe = _recipe(args, config, saved_recipe, demo)
     manifest = None
@@ -287,8 +300,8 @@ def run(args: argparse.Namespace, config: dict[str, Any]) -> int:
     if recipe.weights is not None:
         read_torch_file(recipe.weights)  # a file that is no checkpoint fails before --out is made
     out.mkdir(parents=True, exist_ok=True)
-    save_json({k: str(Path(getattr(args, k)).resolve()) if getattr(args, k) is not None else None for k in _RUN_KEYS},
-              out / RUN_JSON)
+    save_json({**{k: str(Path(getattr(args, k)).resolve()) if getattr(args, k) is not None else None
+                  for k in _RUN_KEYS}, **{k: getattr(args, k) for k in _RUN_TEXT_KEYS}}, out / RUN_JSON)
     bar = tqdm(unit="step", disable=args.quiet, dynamic_ncols=True)
 
     def on_step(epoch: int, step: int, steps: int, loss: float) -> None:

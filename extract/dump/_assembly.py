@@ -28,6 +28,7 @@ import torch
 
 from extract.dump.makers import ModelInput
 from extract.dump.worker import DecodePool, DecodeResult, DecodeTask
+from extract.inputs import TRIM_COLUMNS
 from store import FeatureStore, FeatureWriter
 from store.threads import set_threads
 
@@ -293,6 +294,11 @@ class RunLoop:
             self.on_progress(s)
 
 
+def _window(meta: pd.DataFrame, row: int) -> tuple[float, float] | None:
+    start, end = (float(meta.at[row, c]) for c in TRIM_COLUMNS)
+    return None if np.isnan(start) else (start, end)
+
+
 def extract_rows(
     fs: FeatureStore,
     paths: pd.Series,
@@ -308,7 +314,8 @@ def extract_rows(
     """
     todo = plan.todo
     wants = np.stack([job.lacking(todo).any(axis=1) for job in plan.jobs], axis=1)  # (n, jobs)
-    meta = fs.videos(["n_frames", "fps"])
+    windowed = all(c in fs.columns for c in TRIM_COLUMNS)  # untrimmed files: clips from [start, end) only
+    meta = fs.videos(["n_frames", "fps", *(TRIM_COLUMNS if windowed else ())])
     tasks = (
         DecodeTask(
             int(r),
@@ -316,6 +323,7 @@ def extract_rows(
             int(meta.at[r, "n_frames"]),
             float(meta.at[r, "fps"]),
             tuple(np.flatnonzero(m).tolist()),
+            window=_window(meta, r) if windowed else None,
         )
         for r, m in zip(todo, wants)
     )

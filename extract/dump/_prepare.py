@@ -18,7 +18,7 @@ import numpy as np
 import pandas as pd
 
 from extract.dump.worker import DecodePool, DecodeTask
-from extract.inputs import CLASS_FILE_NAMES, VideoList, read_video_list
+from extract.inputs import CLASS_FILE_NAMES, TRIM_COLUMNS, VideoList, read_video_list
 from store import FeatureSetSpec, FeatureStore
 from store.errors import ClassMismatch, DuplicateVideoId
 
@@ -35,16 +35,20 @@ def open_video_list(
     store: str | os.PathLike | None = None,
     root: str | os.PathLike | None = None,
     classes: str | os.PathLike | Sequence[str] | None = None,
+    list_format: str = "auto",
+    kinetics_pattern: str | None = None,
 ) -> VideoList:
-    """Read a video list; without an explicit class list, label names are checked against
-    the classes of an existing ``store`` (so a CSV need not name every class)."""
+    """Read a video list (``list_format``, ``kinetics_pattern``: see
+    :func:`~extract.inputs.read_video_list`); without an explicit class list, label names are
+    checked against the classes of an existing ``store`` (so a CSV need not name every class)."""
     source = Path(os.path.abspath(source))  # extract.inputs doubles a relative folder's paths
     explicit = classes is not None or (
         source.is_file() and any((source.parent / n).is_file() for n in CLASS_FILE_NAMES)
     )
     if not explicit and store is not None and (Path(store) / "zarr.json").is_file():
         classes = FeatureStore.open(store, "r").classes
-    return read_video_list(source, root=root, classes=classes)
+    return read_video_list(source, root=root, classes=classes, format=list_format,
+                           kinetics_pattern=kinetics_pattern)
 
 
 def probe_table(
@@ -54,12 +58,13 @@ def probe_table(
     timeout_s: float,
     progress: Callable[[int, int], None] | None = None,
 ) -> pd.DataFrame:
-    """``videos`` (id, path, split) plus n_frames, fps, duration, has_audio read from headers.
+    """``videos`` (id, path, split, the trim window if it has one) plus n_frames, fps, duration,
+    has_audio read from headers.
 
     Unreadable files keep n_frames -1 (their error is recorded when extraction reaches them).
     ``progress(done, total)`` is called after each video.
     """
-    out = videos[["id", "path", "split"]].reset_index(drop=True).copy()
+    out = videos[["id", "path", "split", *(c for c in TRIM_COLUMNS if c in videos)]].reset_index(drop=True).copy()
     out["n_frames"], out["fps"], out["duration"], out["has_audio"] = -1, np.nan, np.nan, False
     tasks = [DecodeTask(i, p, probe_only=True) for i, p in enumerate(out["path"])]
     bad = 0

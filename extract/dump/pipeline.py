@@ -236,6 +236,8 @@ def extract(
     *,
     root: str | os.PathLike | None = None,
     classes: str | os.PathLike | Sequence[str] | None = None,
+    list_format: str = "auto",
+    kinetics_pattern: str | None = None,
     on_probe: Callable[[int, int], None] | None = None,
     on_progress: Progress | None = None,
 ) -> RunStats:
@@ -245,7 +247,8 @@ def extract(
     Dask task per shard: ``client.map(lambda i: extract(csv, store, replace(s, shard=(i, n))), range(n))``.
     """
     device = settings.resolved_device()
-    videos = open_video_list(source, store=store, root=root, classes=classes)
+    videos = open_video_list(source, store=store, root=root, classes=classes, list_format=list_format,
+                             kinetics_pattern=kinetics_pattern)
     num_classes = len(videos.classes) or len(UNLABELLED_CLASSES)
     producers = build_producers(settings, device, num_classes=num_classes)
     jobs = make_jobs(producers, _base_names(settings, producers))
@@ -254,7 +257,7 @@ def extract(
     fs, targets = prepare_store(
         store, videos, workers=workers, timeout_s=settings.timeout_s, progress=on_probe
     )
-    return run_extraction(
+    stats = run_extraction(
         fs,
         targets,
         producers,
@@ -263,6 +266,8 @@ def extract(
         device=device,
         on_progress=on_progress,
     )
+    stats.list_format = videos.format
+    return stats
 
 
 @dataclass
@@ -305,6 +310,7 @@ class RunStats:
     outputs: list[tuple[str, FeatureSetSpec]] = field(default_factory=list)
     producer_sets: list[str] = field(default_factory=list)
     predictions: dict[str, dict] = field(default_factory=dict)
+    list_format: str = ""  # the video list's format (VideoList.format) when extract() read one
 
     @property
     def set_names(self) -> list[str]:

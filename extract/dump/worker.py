@@ -18,6 +18,7 @@ held. ``workers=0`` decodes in the calling process instead (no hard time limit).
 from __future__ import annotations
 
 import collections
+import dataclasses
 import logging
 import multiprocessing as mp
 import queue
@@ -30,9 +31,11 @@ from dataclasses import dataclass, field
 from multiprocessing.connection import Connection, wait
 from typing import Self
 
+import numpy as np
+
 from extract.dump.makers import InputMaker, ModelInput
-from extract.media.decode import DecodeError, DecodeTimeout, decode_video, probe_video
-from extract.media.sampling import union_frame_indices
+from extract.media.decode import DecodeError, DecodeTimeout, WindowOutsideVideo, decode_video, probe_video
+from extract.media.sampling import union_frame_indices, window_frames
 
 log = logging.getLogger(__name__)
 
@@ -51,6 +54,8 @@ class DecodeTask:
         fps: frame rate from the store (used for clip times if the decoder gives none).
         makers: indices of the makers that need this video (empty with ``probe_only``).
         probe_only: read the header only (store creation).
+        window: ``(start, end)`` seconds of an untrimmed file the clips come from (the
+            ``trim_start``/``trim_end`` columns), or None for the whole file.
     """
 
     row: int
@@ -59,6 +64,7 @@ class DecodeTask:
     fps: float = float("nan")
     makers: tuple[int, ...] = ()
     probe_only: bool = False
+    window: tuple[float, float] | None = None
 
 
 @dataclass
@@ -90,6 +96,19 @@ class DecodeResult:
     make_seconds: list[float] = field(default_factory=list)
 
 
+def _window(task: DecodeTask, n_frames: int, fps: float) -> tuple[int, int]:
+    """``(first frame, frame count)`` the makers sample from: the task's window, else the file."""
+    if task.window is None:
+        return 0, n_frames
+    if not fps > 0:
+        raise WindowOutsideVideo(task.path, "the container gives no frame rate, so the window cannot be placed")
+    first, count = window_frames(*task.window, fps, n_frames)
+    if count < 1:
+        raise WindowOutsideVideo(task.path, f"the window [{task.window[0]:g}, {task.window[1]:g}) s starts "
+                                 f"past the video's end ({n_frames / fps:.2f} s)")
+    return first, count
+
+
 def process_task(task: DecodeTask, makers: Sequence[InputMaker], timeout_s: float) -> DecodeResult:
     """Probe (if needed) and decode one video once for all its makers; errors become results.
 
@@ -119,17 +138,26 @@ def process_task(task: DecodeTask, makers: Sequence[InputMaker], timeout_s: floa
             rates = {m.audio_rate for m in chosen} - {None}
             if len(rates) > 1:
                 raise ValueError(f"makers ask for different audio rates {sorted(rates)}")
+            first, count = _window(task, n_frames, fps)
             video = decode_video(
                 task.path,
-                union_frame_indices(*[m.frame_indices(n_frames) for m in chosen]),
+                union_frame_indices(*[m.frame_indices(count) for m in chosen]) + first,
                 size,
                 timeout_s=timeout_s,
                 audio_rate=rates.pop() if rates else None,
             )
             res.decode_calls += 1
+            if task.window is not None:  # the makers see the window as a trimmed file
+                video = video.trimmed(first, count)
+                if video.n_frames < 1:
+                    raise WindowOutsideVideo(task.path, f"the stream ends at frame {first + video.n_frames}, "
+                                             f"before the window [{task.window[0]:g}, {task.window[1]:g}) s")
             for m in chosen:
                 t = time.perf_counter()
-                res.inputs.append(m.make(video, n_frames, fps))
+                made = m.make(video, count, fps)
+                if first:  # clip times in seconds of the file
+                    made = dataclasses.replace(made, times=made.times + np.float32(first / fps))
+                res.inputs.append(made)
                 res.make_seconds.append(time.perf_counter() - t)
     except DecodeError as err:
         res.error, res.reason, res.inputs, res.make_seconds = str(err), err.kind, [], []

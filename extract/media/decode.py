@@ -36,6 +36,7 @@ How :func:`decode_video` works:
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import math
 import os
@@ -94,6 +95,11 @@ class EmptyVideo(DecodeError):
 class DecodeTimeout(DecodeError):
     kind = "decode timed out"
     hint = "raise timeout_s, or re-encode the file if it keeps hanging"
+
+
+class WindowOutsideVideo(DecodeError):
+    kind = "trim window outside the video"
+    hint = "check time_start/time_end of its row against the file"
 
 
 @dataclass(frozen=True)
@@ -158,6 +164,23 @@ class DecodedVideo:
             raise ValueError(f"frames {missing} were not decoded; include them in frame_indices")
         pos = np.searchsorted(self.frame_numbers, indices)
         return self.frames[pos]  # (...) -> (..., H, W, 3)
+
+    def trimmed(self, first: int, count: int) -> DecodedVideo:
+        """The frames ``first .. first + count - 1`` (and their audio) as if they were the
+        whole file: frame ``first`` becomes frame 0 and audio sample 0 is at ``first / fps``.
+
+        The frames must have been decoded with their file frame numbers (the caller adds
+        ``first`` to the indices it asks :func:`decode_video` for).
+        """
+        keep = (self.frame_numbers >= first) & (self.frame_numbers < first + count)
+        n = count if self.n_frames is None else max(0, min(count, self.n_frames - first))
+        audio = self.audio
+        if audio is not None and self.audio_rate and self.fps > 0:
+            a, b = (round(f / self.fps * self.audio_rate) for f in (first, first + count))
+            audio = audio[a:b]
+        return dataclasses.replace(
+            self, frames=self.frames[keep], frame_numbers=self.frame_numbers[keep] - first, n_frames=n,
+            duration=n / self.fps if self.fps > 0 else None, audio=audio)
 
 
 _INTERPOLATIONS = {

@@ -46,6 +46,7 @@ The K axis of a feature set is clips x views, clip-major: ``k = clip * V + view`
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass
 from typing import Any
 
@@ -257,6 +258,25 @@ def clip_times(indices: np.ndarray, fps: float) -> np.ndarray:
     first = indices[:, 0].astype(np.float64)
     last = indices[:, -1].astype(np.float64)
     return np.stack([first / fps, (last + 1.0) / fps], axis=1)  # 2 x (N,) -> (N, 2)
+
+
+def window_frames(start_s: float, end_s: float, fps: float, n_frames: int) -> tuple[int, int]:
+    """The frames of an untrimmed video inside the window ``[start_s, end_s)`` seconds.
+
+    Frame ``i`` starts at ``i / fps`` (the clock of :func:`clip_times`); the window holds the
+    frames that start inside it, clamped to the video's ``n_frames``.
+
+    Returns:
+        ``(first, count)``: frame numbers ``first .. first + count - 1``; ``count`` is 0 when
+        the window lies past the video's end.
+    """
+    if not fps > 0:
+        raise ValueError(f"fps must be > 0, got {fps!r}")
+    if not 0 <= start_s < end_s:
+        raise ValueError(f"the window must satisfy 0 <= start < end, got [{start_s!r}, {end_s!r})")
+    first = math.ceil(round(start_s * fps, 6))  # 0.1 s x 30 fps = 3.0000000000000004: frame 3
+    last = min(math.ceil(round(end_s * fps, 6)), int(n_frames))
+    return min(first, int(n_frames)), max(last - first, 0)
 
 
 def union_frame_indices(*indices: np.ndarray) -> np.ndarray:
