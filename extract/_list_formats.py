@@ -114,8 +114,8 @@ def check_format(fmt: str, rows: list[tuple[int, list[str]]], source: Path) -> N
     expected = {"mit": "`path,label[,label...]` (comma-separated, optionally a `path,...` header)",
                 "kinetics": "a header `label,youtube_id,time_start,time_end,split`",
                 "mmaction": "`path label [label ...]` separated by spaces"}[fmt]
-    raise MalformedRowError(f"not a {fmt} list: expected {expected}, got {_raw(fields)[:60]!r} "
-                            f"(this looks like a {detected} list: pass --format {detected} or auto)",
+    raise MalformedRowError(f"not in the {fmt} format: expected {expected}, got {_raw(fields)[:60]!r} "
+                            f"(it looks like the {detected} format: pass --format {detected} or auto)",
                             source, line)
 
 

@@ -5,8 +5,8 @@
 logs what it found: a folder is ``folder``; a first row with a ``youtube_id`` column is a
 Kinetics header; a first row that is one comma-free field ``path N [N ...]`` (a path, then
 whitespace-separated integers) is ``mmaction``; anything else is ``mit``. An explicit format
-refuses a list that is not in it, naming the line (``not a kinetics list: ... (this looks
-like a mit list: pass --format mit or auto)``).
+refuses a list that is not in it, naming the line (``not in the kinetics format: ... (it
+looks like the mit format: pass --format mit or auto)``).
 
 ``mit``, comma-separated, the path first:
 
