@@ -19,6 +19,10 @@ Examples::
         --backbone rgb:r2plus1d_18@r21d.pth --backbone flow:resnet18@flow.pth \\
         --backbone audio:vggish@vggish.pth --flow tvl1 --head-logits
     python -m extract.run --videos clips/ --store clips.zarr --shard 0/4     # on 4 machines
+    python -m extract.run --videos kinetics400_train_list_videos.txt --classes k400_classes.txt \\
+        --store k400.zarr --format mmaction                          # mmaction2's path label_id list
+    python -m extract.run --videos kinetics_val.csv --root youtube/ --store k400_val.zarr \\
+        --kinetics-pattern '{youtube_id}.mp4'        # untrimmed files: clips from [time_start, time_end)
 
 Exit status: 0 done (rows that could not be decoded are recorded, not fatal), 1 the store
 failed verification, 2 a usage error (one ``error: ...`` line), 130 interrupted.

@@ -20,7 +20,7 @@ import pandas as pd
 from extract.dump.worker import DecodePool, DecodeTask
 from extract.inputs import CLASS_FILE_NAMES, TRIM_COLUMNS, VideoList, read_video_list
 from store import FeatureSetSpec, FeatureStore
-from store.errors import ClassMismatch, DuplicateVideoId
+from store.errors import ClassMismatch, DuplicateVideoId, SchemaMismatch
 
 log = logging.getLogger(__name__)
 
@@ -40,15 +40,24 @@ def open_video_list(
 ) -> VideoList:
     """Read a video list (``list_format``, ``kinetics_pattern``: see
     :func:`~extract.inputs.read_video_list`); without an explicit class list, label names are
-    checked against the classes of an existing ``store`` (so a CSV need not name every class)."""
+    checked against the classes of an existing ``store`` (so a CSV need not name every class).
+    A list with trim windows is refused for a store made from whole files."""
     source = Path(os.path.abspath(source))  # extract.inputs doubles a relative folder's paths
     explicit = classes is not None or (
         source.is_file() and any((source.parent / n).is_file() for n in CLASS_FILE_NAMES)
     )
-    if not explicit and store is not None and (Path(store) / "zarr.json").is_file():
-        classes = FeatureStore.open(store, "r").classes
-    return read_video_list(source, root=root, classes=classes, format=list_format,
-                           kinetics_pattern=kinetics_pattern)
+    existing = FeatureStore.open(store, "r") if store is not None and (Path(store) / "zarr.json").is_file() else None
+    if not explicit and existing is not None:
+        classes = existing.classes
+    listed = read_video_list(source, root=root, classes=classes, format=list_format,
+                             kinetics_pattern=kinetics_pattern)
+    windows = [c for c in TRIM_COLUMNS if c in listed.videos]
+    if existing is not None and existing.n_videos and windows and not set(windows) <= set(existing.columns):
+        raise SchemaMismatch(
+            f"{store} was made from whole files, and its videos table cannot gain the columns "
+            f"{', '.join(windows)} that this list's windows of untrimmed videos need; use a new --store"
+        )
+    return listed
 
 
 def probe_table(

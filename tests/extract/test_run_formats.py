@@ -176,3 +176,19 @@ def test_a_trimmed_decoded_video_is_the_window_as_a_whole_file():
     assert cut.n_frames == 3 and cut.duration == pytest.approx(0.3)
     np.testing.assert_array_equal(cut.audio, audio[6400:11200])  # 0.4 s .. 0.7 s
     assert video.trimmed(18, 5).n_frames == 2  # the file ends first
+
+
+def test_windows_cannot_join_a_store_of_whole_files(tmp_path, capsys):
+    write_video(tmp_path / "v" / "wholevideo1.mp4", np.zeros((10, 32, 32, 3), np.uint8), 25.0, lossless=True)
+    (tmp_path / "whole.csv").write_text("v/wholevideo1.mp4,x\n")
+    store = tmp_path / "s.zarr"
+    assert main(["--videos", str(tmp_path / "whole.csv"), "--store", str(store), *TINY]) == 0
+    capsys.readouterr()
+    before = sorted(p.relative_to(store) for p in store.rglob("*"))
+    csv = tmp_path / "k.csv"
+    csv.write_text("label,youtube_id,time_start,time_end\nx,wholevideo1,0,0.2\n")
+    argv = ["--videos", str(csv), "--store", str(store), "--kinetics-pattern", "v/{youtube_id}.mp4", *TINY]
+    assert main([*argv, "--set", "other"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith(f"error: {store} was made from whole files")
+    assert sorted(p.relative_to(store) for p in store.rglob("*")) == before  # not even the new set
