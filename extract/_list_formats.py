@@ -234,8 +234,8 @@ def parse_kinetics(header: list[str], rows: list[tuple[int, list[str]]], source:
         else:
             try:
                 path = pattern.format(**fields)
-            except (ValueError, TypeError) as err:
-                raise InputError(f"--kinetics-pattern {pattern!r}: {err}", source, line) from None
+            except (ValueError, TypeError, LookupError, AttributeError) as err:
+                raise InputError(f"--kinetics-pattern {pattern!r}: {type(err).__name__}: {err}", source, line) from None
         out.append(Row(line, path, [label] if label else [], split,
                        start=start if untrimmed else None, end=end if untrimmed else None))
     return out

@@ -1,6 +1,6 @@
 """Read the list of videos to process: list files in the common formats, or a plain folder.
 
-:func:`read_video_list` takes a ``format`` (``extract.run --format``): ``mit``, ``kinetics``,
+:func:`read_video_list` takes a ``list_format`` (``extract.run --format``): ``mit``, ``kinetics``,
 ``mmaction``, ``folder``, or ``auto`` (the default), which detects it from the first row and
 logs what it found: a folder is ``folder``; a first row with a ``youtube_id`` column is a
 Kinetics header; a first row that is one comma-free field ``path N [N ...]`` (a path, then
@@ -142,7 +142,8 @@ class VideoList:
         classes: class names; index = label id.
         source: the CSV or folder read.
         root: the folder paths were resolved against.
-        format: ``"multi_mit"``, ``"mit"``, ``"kinetics"``, ``"table"`` or ``"folder"``.
+        format: ``"multi_mit"``, ``"mit"`` (MiT v1) or ``"table"`` (all three ``--format
+            mit``), ``"kinetics"``, ``"mmaction"`` or ``"folder"``.
     """
 
     videos: pd.DataFrame
@@ -356,7 +357,7 @@ def read_video_list(
     *,
     split: str | None = None,
     check_files: bool = True,
-    format: str = "auto",
+    list_format: str = "auto",
     kinetics_pattern: str | None = None,
 ) -> VideoList:
     """Read a video list from a list file (MiT, Kinetics, mmaction2) or a folder.
@@ -369,7 +370,7 @@ def read_video_list(
             the default.
         split: split of rows that name none (default: guessed from the file name).
         check_files: raise :class:`MissingVideoError` if a listed file does not exist.
-        format: one of :data:`FORMATS`; ``auto`` detects it (and logs what it found).
+        list_format: one of :data:`FORMATS`; ``auto`` detects it (and logs what it found).
         kinetics_pattern: where a Kinetics row's file is, e.g.
             ``{split}/{label}/{youtube_id}_{time_start:06d}_{time_end:06d}.mp4`` (fields in
             the module docstring); default: the search in the module docstring.
@@ -380,15 +381,15 @@ def read_video_list(
     Raises:
         InputError: one of its subclasses, with the file and line of the problem.
     """
-    if format not in FORMATS:
-        raise InputError(f"unknown list format {format!r}; use one of {', '.join(FORMATS)}")
+    if list_format not in FORMATS:
+        raise InputError(f"unknown list format {list_format!r}; use one of {', '.join(FORMATS)}")
     if kinetics_pattern is not None:
         check_kinetics_pattern(kinetics_pattern)
     source = Path(source)
     if not source.exists():
         raise SourceNotFoundError("no such file or folder; pass a video list or a video folder",
                                   source)
-    if format != "auto" and source.is_dir() != (format == "folder"):
+    if list_format != "auto" and source.is_dir() != (list_format == "folder"):
         what = "a folder; --format folder reads it (or auto)" if source.is_dir() else (
             f"a file; --format folder needs a folder of videos (for this list: --format auto, "
             f"{', '.join(FORMATS[1:-1])})")
@@ -401,7 +402,7 @@ def read_video_list(
             raise EmptyListError(f"no video files ({', '.join(VIDEO_EXTENSIONS)}) in this "
                                  "folder or below", source)
     else:
-        fmt, rows = _read_rows(source, format, root, kinetics_pattern)
+        fmt, rows = _read_rows(source, list_format, root, kinetics_pattern)
     class_names = _resolve_classes(rows, classes, source)
     labels = _label_names(rows, class_names, source)
     if split:

@@ -218,7 +218,7 @@ def _data(args: argparse.Namespace, demo_manifest) -> Any:
 
     videos = demo_manifest.videos_csv if demo_manifest else args.videos
     classes = demo_manifest.classes_path if demo_manifest else args.classes
-    fmt = {"format": args.list_format, "kinetics_pattern": args.kinetics_pattern} if not demo_manifest else {}
+    fmt = {"list_format": args.list_format, "kinetics_pattern": args.kinetics_pattern} if not demo_manifest else {}
     listed = _whole_files(read_video_list(videos, root=args.root, classes=classes, **fmt))
     if not listed.classes or not listed.labelled:
         raise ExtractError(f"{videos}: the videos have no labels; training needs a labelled CSV")

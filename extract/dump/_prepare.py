@@ -49,7 +49,7 @@ def open_video_list(
     existing = FeatureStore.open(store, "r") if store is not None and (Path(store) / "zarr.json").is_file() else None
     if not explicit and existing is not None:
         classes = existing.classes
-    listed = read_video_list(source, root=root, classes=classes, format=list_format,
+    listed = read_video_list(source, root=root, classes=classes, list_format=list_format,
                              kinetics_pattern=kinetics_pattern)
     windows = [c for c in TRIM_COLUMNS if c in listed.videos]
     if existing is not None and existing.n_videos and windows and not set(windows) <= set(existing.columns):

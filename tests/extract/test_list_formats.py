@@ -76,7 +76,7 @@ def test_auto_detects_each_list_form_and_the_explicit_format_reads_the_same(kind
     caplog.set_level("INFO", logger="extract.inputs")
     auto = read_video_list(path)
     assert f"detected the {kind} list format" in caplog.text
-    explicit = read_video_list(path, format=kind)
+    explicit = read_video_list(path, list_format=kind)
     ids, labels = EXPECTED[kind]
     for vl in (auto, explicit):
         assert vl.classes == CLASSES
@@ -88,7 +88,7 @@ def test_auto_detects_each_list_form_and_the_explicit_format_reads_the_same(kind
 
 
 def test_a_folder_is_detected_and_folder_format_reads_it(root):
-    auto, explicit = read_video_list(root / "v"), read_video_list(root / "v", format="folder")
+    auto, explicit = read_video_list(root / "v"), read_video_list(root / "v", list_format="folder")
     assert auto.format == explicit.format == "folder"
     assert auto.videos["id"].tolist() == explicit.videos["id"].tolist() == ["a", "b", "c"]
 
@@ -96,7 +96,7 @@ def test_a_folder_is_detected_and_folder_format_reads_it(root):
 def test_mmaction_list_without_labels_and_split_from_the_file_name(root):
     path = root / "kinetics400_val_list_videos.txt"
     path.write_text("v/a.mp4\nv/b.mp4\n")
-    vl = read_video_list(path, format="mmaction")
+    vl = read_video_list(path, list_format="mmaction")
     assert vl.format == "mmaction" and vl.videos["labels"].tolist() == [[], []]
     assert set(vl.videos["split"]) == {"val"}
 
@@ -116,7 +116,7 @@ WRONG = [  # (list, --format, line named, words)
 def test_a_list_in_another_format_is_one_error_naming_the_line(kind, fmt, line, words, root):
     path = _list(root, kind, "blank lines")  # the first row is on line 3
     with pytest.raises(MalformedRowError) as err:
-        read_video_list(path, format=fmt)
+        read_video_list(path, list_format=fmt)
     assert err.value.line == 3 and str(err.value).startswith(f"{path}:3: ") and words in str(err.value)
     assert "\n" not in str(err.value)
 
@@ -136,18 +136,18 @@ def test_a_row_in_another_format_further_down_names_its_line(text, line, words, 
 
 def test_folder_format_and_a_file_do_not_mix(root):
     with pytest.raises(InputError, match="--format folder needs a folder"):
-        read_video_list(_list(root, "mit", "clean"), format="folder")
+        read_video_list(_list(root, "mit", "clean"), list_format="folder")
     with pytest.raises(InputError, match="is a folder"):
-        read_video_list(root / "v", format="mmaction")
+        read_video_list(root / "v", list_format="mmaction")
     with pytest.raises(InputError, match="unknown list format 'csv'"):
-        read_video_list(root / "v", format="csv")
+        read_video_list(root / "v", list_format="csv")
 
 
 def test_mmaction_label_id_outside_the_class_list(root):
     path = root / "list.txt"
     path.write_text("v/a.mp4 0\nv/b.mp4 1 3\n")
     with pytest.raises(LabelIdOutOfRangeError) as err:
-        read_video_list(path, format="mmaction")
+        read_video_list(path, list_format="mmaction")
     assert str(err.value) == (f"{path}:2: label id 3 outside 0..2 (3 classes); check the class list "
                               "matches this file")
 
@@ -198,6 +198,7 @@ def test_kinetics_pattern_without_times_gives_each_row_its_window(root):
     ("{split}/{label}.mp4", "lacks {youtube_id}"),
     ("{youtube_id}_{time_start:06d.mp4", "--kinetics-pattern"),
     ("{youtube_id}_{label:d}.mp4", "--kinetics-pattern"),
+    ("{youtube_id[99]}.mp4", "IndexError"),
 ])
 def test_a_bad_kinetics_pattern_is_one_error(pattern, words, root):
     with pytest.raises(InputError) as err:
