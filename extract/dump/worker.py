@@ -148,10 +148,10 @@ def process_task(task: DecodeTask, makers: Sequence[InputMaker], timeout_s: floa
             )
             res.decode_calls += 1
             if task.window is not None:  # the makers see the window as a trimmed file
-                video = video.trimmed(first, count)
+                decoded, video = video.n_frames, video.trimmed(first, count)
                 if video.n_frames < 1:
-                    raise WindowOutsideVideo(task.path, f"the stream ends at frame {first + video.n_frames}, "
-                                             f"before the window [{task.window[0]:g}, {task.window[1]:g}) s")
+                    raise WindowOutsideVideo(task.path, f"the stream ends at frame {decoded}, before the "
+                                             f"window [{task.window[0]:g}, {task.window[1]:g}) s")
             for m in chosen:
                 t = time.perf_counter()
                 made = m.make(video, count, fps)

@@ -8,9 +8,11 @@ import numpy as np
 import pytest
 
 from extract.demo import DemoConfig, make_demo
+from extract.dump.producers import RGBClips
+from extract.dump.worker import DecodeTask, process_task
 from extract.inputs import TRIM_COLUMNS
 from extract.media.decode import DecodedVideo, decode_video
-from extract.media.sampling import window_frames
+from extract.media.sampling import ClipSampling, ViewSpec, window_frames
 from extract.media.video_writer import write_video
 from extract.run import main
 from store import FeatureStore
@@ -192,3 +194,16 @@ def test_windows_cannot_join_a_store_of_whole_files(tmp_path, capsys):
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith(f"error: {store} was made from whole files")
     assert sorted(p.relative_to(store) for p in store.rglob("*")) == before  # not even the new set
+
+
+def test_a_stream_ending_before_the_window_is_the_rows_error(tmp_path):
+    """The header (here: the store's n_frames) may promise more frames than the stream has."""
+    path = write_video(tmp_path / "short.mp4", np.zeros((10, 32, 32, 3), np.uint8), 25.0, lossless=True)
+    maker = RGBClips(ClipSampling(mode="tsn", num_clips=2, frames_per_clip=1), ViewSpec(short_side=32, crop=32))
+    task = DecodeTask(0, str(path), n_frames=100, fps=25.0, makers=(0,), window=(2.0, 3.0))
+    res = process_task(task, [maker], timeout_s=30)
+    assert res.reason == "trim window outside the video" and not res.inputs
+    assert "the stream ends at frame 10, before the window [2, 3) s" in res.error
+    inside = process_task(DecodeTask(0, str(path), 10, 25.0, (0,), window=(0.2, 0.4)), [maker], timeout_s=30)
+    assert inside.error is None  # frames 5..9: TSN starts 1 and 3 -> file frames 6 and 8
+    np.testing.assert_allclose(inside.inputs[0].times, [[6 / 25, 7 / 25], [8 / 25, 9 / 25]], rtol=1e-6)
