@@ -15,7 +15,7 @@ Modules: ``run``, ``train``, ``search`` (the commands), ``inputs`` (video and cl
 Public API::
 
     make_demo, load_demo, DemoConfig            the generated demo dataset (extract.demo)
-    read_video_list, VideoList                  MiT / Multi-MiT / Kinetics CSVs, folders (extract.inputs)
+    read_video_list, VideoList                  MiT / Multi-MiT, Kinetics, mmaction2 lists, folders (extract.inputs)
     probe_video, decode_video                   single-pass PyAV decoding (extract.media.decode)
     ClipSampling, ViewSpec, clip_frame_indices  sampling and spatial views (extract.media.sampling)
     get_backbone, list_backbones                the backbone registry (extract.backbones)
