@@ -122,6 +122,13 @@ def test_a_kinetics_window_of_an_untrimmed_file_equals_the_trimmed_file(tmp_path
                                rtol=1e-6)
     np.testing.assert_allclose(fs.feature_set(SET).read_times()[0] - first / fps,
                                FeatureStore.open(trimmed).feature_set(SET).read_times()[0], atol=1e-6)
+    # whole files may join a store with windows: their window is NaN, the whole file
+    assert main(["--videos", str(tmp_path / "cut.csv"), "--store", str(untrimmed), *TINY]) == 0
+    fs = FeatureStore.open(untrimmed)
+    assert np.isnan(fs.videos()[list(TRIM_COLUMNS)].to_numpy()[1]).all()
+    np.testing.assert_array_equal(fs.feature_set(SET).read()[0][1], t[0])
+    np.testing.assert_array_equal(fs.feature_set(SET).read_times()[1],
+                                  FeatureStore.open(trimmed).feature_set(SET).read_times()[0])
 
 
 def test_a_window_past_the_end_is_a_row_error_not_a_stop(tmp_path):
