@@ -8,6 +8,7 @@ worker deciding in its own process (``--workers 0 --threads 1``: one core per Da
 * ``distributed_speedup``: their ratio (the acceptance asks >= 1.6 on a machine with 2 free cores);
 * a third run on 2 workers in which one worker is SIGKILLed as soon as some rows are done:
   ``distributed_rows_lost`` (rows done at the kill that are not done at the end: must be 0),
+  ``distributed_killed`` (1 when the kill happened before the run ended),
   ``distributed_rows_kept_from_killed`` (rows the killed worker had finished and no one redid),
   ``distributed_kill_verified`` (1 when ``store.verify`` passes) and
   ``distributed_kill_equal_features`` (1 when the features equal the 1-worker run's, which
@@ -43,12 +44,12 @@ def _timed_run(demo, store, workers: int, kill_after_rows: int | None = None) ->
     """Seconds of one cluster run (cluster start included) and what a mid-run SIGKILL did."""
     shutil.rmtree(store, ignore_errors=True)
     killed: dict = {}
+    finished = threading.Event()
     t0 = time.perf_counter()
     with connect(cluster="local", workers=workers) as client:
         if kill_after_rows is not None:
             def kill_one() -> None:  # watch the store; SIGKILL a worker once rows are done
-                while True:
-                    time.sleep(0.2)
+                while not finished.wait(0.2):
                     try:
                         done = FeatureStore.open(store).feature_set(SET).done()
                     except Exception:  # noqa: BLE001 -- the store or the set is not made yet
@@ -58,8 +59,12 @@ def _timed_run(demo, store, workers: int, kill_after_rows: int | None = None) ->
                         killed["done_at_kill"] = np.flatnonzero(done)
                         os.kill(pid, signal.SIGKILL)
                         return
-            threading.Thread(target=kill_one, daemon=True).start()
-        stats = extract_on_cluster(client, demo.videos_csv, store, SETTINGS)
+            watcher = threading.Thread(target=kill_one, daemon=True)
+            watcher.start()
+        try:
+            stats = extract_on_cluster(client, demo.videos_csv, store, SETTINGS)
+        finally:
+            finished.set()
     killed["stats"] = stats
     return time.perf_counter() - t0, killed
 
@@ -81,9 +86,12 @@ def bench_distributed(args: argparse.Namespace) -> dict[str, float]:
     kept = stats.planned - stats.done - stats.failed
     equal = np.array_equal(fset.read()[0], FeatureStore.open(work / "one.zarr").feature_set(SET).read()[0])
     verified = verify_store(work / "kill.zarr").ok
+    if "done_at_kill" not in killed:
+        print("the run ended before a worker could be killed: give more videos (--size)")
     print(f"SIGKILL after {len(done_at_kill)} rows: rows lost {lost}, kept from the killed worker {kept}, "
           f"all done {bool(done.all())}, verify {'OK' if verified else 'FAILED'}, features equal {equal}")
     return {"videos": n, "distributed_1_worker_s": one_s, "distributed_2_workers_s": two_s,
             "distributed_speedup": one_s / two_s, "distributed_rows_lost": lost,
+            "distributed_killed": float("done_at_kill" in killed),
             "distributed_rows_kept_from_killed": kept, "distributed_kill_verified": float(verified),
             "distributed_kill_equal_features": float(equal and bool(done.all()))}
