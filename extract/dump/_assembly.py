@@ -315,7 +315,8 @@ def extract_rows(
     todo = plan.todo
     wants = np.stack([job.lacking(todo).any(axis=1) for job in plan.jobs], axis=1)  # (n, jobs)
     windowed = all(c in fs.columns for c in TRIM_COLUMNS)  # untrimmed files: clips from [start, end) only
-    meta = fs.videos(["n_frames", "fps", *(TRIM_COLUMNS if windowed else ())])
+    meta = fs.videos(["n_frames", "fps", *(TRIM_COLUMNS if windowed else ())],
+                     rows=slice(int(todo[0]), int(todo[-1]) + 1))  # todo is sorted
     tasks = (
         DecodeTask(
             int(r),
