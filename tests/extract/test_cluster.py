@@ -149,3 +149,20 @@ def test_a_video_that_kills_its_worker_twice_becomes_an_error_row(client, demo, 
     np.testing.assert_array_equal(np.flatnonzero(~fset.done()), [2])
     assert verify_store(store).ok
     _assert_equal_to_reference(store, reference, rows=[0, 1, 3, 4, 5, 6, 7])
+
+
+def test_a_kinetics_window_on_the_cluster_equals_a_local_run(client, tmp_path):
+    from extract.media.video_writer import write_video
+
+    frames = np.random.default_rng(1).integers(0, 256, (60, 40, 40, 3), dtype=np.uint8)
+    write_video(tmp_path / "full" / "untrimmedvid.mp4", frames, 25.0, lossless=True)
+    csv = tmp_path / "k.csv"
+    csv.write_text("label,youtube_id,time_start,time_end,split\nx,untrimmedvid,0.5,1.5,val\n")
+    kw = {"list_format": "kinetics", "kinetics_pattern": "full/{youtube_id}.mp4"}
+    pipeline.extract(csv, tmp_path / "local.zarr", SETTINGS, **kw)
+    stats = C.extract_on_cluster(client, csv, tmp_path / "dask.zarr", SETTINGS, **kw)
+    assert (stats.done, stats.failed) == (1, 0)
+    local, dask = (FeatureStore.open(tmp_path / f"{n}.zarr").feature_set(SET) for n in ("local", "dask"))
+    np.testing.assert_array_equal(dask.read()[0], local.read()[0])
+    np.testing.assert_array_equal(dask.read_times(), local.read_times())
+    assert dask.read_times()[0, 0, 0] == pytest.approx(16 / 25)  # window frames 13..37, TSN's first clip at 13 + 3
