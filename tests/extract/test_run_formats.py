@@ -214,3 +214,22 @@ def test_a_stream_ending_before_the_window_is_the_rows_error(tmp_path):
     inside = process_task(DecodeTask(0, str(path), 10, 25.0, (0,), window=(0.2, 0.4)), [maker], timeout_s=30)
     assert inside.error is None  # frames 5..9: TSN starts 1 and 3 -> file frames 6 and 8
     np.testing.assert_allclose(inside.inputs[0].times, [[6 / 25, 7 / 25], [8 / 25, 9 / 25]], rtol=1e-6)
+
+
+def test_extract_train_reads_the_formats_and_refuses_windows(tmp_path, capsys):
+    from extract.train import main as train_main
+
+    (tmp_path / "full").mkdir()
+    (tmp_path / "full" / "aaaaaaaaaaa.mp4").write_bytes(b"")
+    csv = tmp_path / "k.csv"
+    csv.write_text("label,youtube_id,time_start,time_end,split\nx,aaaaaaaaaaa,0,10,train\n")
+    argv = ["--videos", str(csv), "--backbone", "resnet_tiny", "--out", str(tmp_path / "run"), "-q"]
+    assert train_main([*argv, "--kinetics-pattern", "full/{youtube_id}.mp4"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0] == (f"error: {csv}: extract.train takes whole files, not windows of untrimmed "
+                                        "videos; pass a --kinetics-pattern naming the trimmed files, or cut them "
+                                        "with ffmpeg")
+    assert train_main([*argv, "--format", "mmaction"]) == 2  # the format reaches the reader
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith(f"error: {csv}:1: not in the mmaction format")
+    assert not (tmp_path / "run").exists()
