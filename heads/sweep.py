@@ -286,8 +286,11 @@ def _run_on_dask(client: Any, path: str, todo: list[TrainConfig], torch_threads:
 
     token = uuid.uuid4().hex[:8]  # a fresh key per sweep: a rerun never picks up an old task's result
     futures = {client.submit(train_task, path, c, c.default_run_name(), torch_threads, before_train, pure=False,
-                             retries=retries, priority=len(todo) - i, key=f"train-{c.default_run_name()}-{token}"): c
+                             retries=retries, priority=len(todo) - i, key=f"train-{c.default_run_name()}-{token}",
+                             resources={"GPU": 1} if c.device.startswith("cuda") else None): c
                for i, c in enumerate(todo)}  # todo is most expensive first: run in that order
+    # A config asking for CUDA waits for a worker that advertises the resource GPU (store/cluster.py's
+    # cuda and GPU-gres slurm clusters do); "auto" runs anywhere and uses a GPU where the worker has one.
     try:
         for future in as_completed(futures):
             try:
