@@ -1,0 +1,123 @@
+"""Measuring a run's work on its first videos, for :func:`extract.dump.resources.choose_plan`.
+
+::
+
+    first videos --process_task (main process, one decode thread)--> DecodeResult
+        decode_s      = the fastest of them (the first decode of a process also loads codecs)
+        for each job, on the clips of its first video:
+            one clip with forward hooks     -> the largest activation -> clip_bytes (warm-up too)
+            n clips on every free core      -> model_s_all   (n: about CALIBRATION_S of work)
+            the same n clips on one thread  -> model_s_one
+    -> WorkCosts
+
+Nothing measured is thrown away: the calibration videos' results go on to the models like
+any other (their features come from the normal batches); only the few timed forward passes
+are extra work (about ``3 x CALIBRATION_S`` seconds per backbone).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from collections.abc import Sequence
+
+import numpy as np
+import torch
+
+from extract.dump.producers import BackboneProducer
+from extract.dump.resources import ACTIVATION_FACTOR, WorkCosts
+from extract.dump.worker import DecodeResult
+from store.threads import set_threads
+
+__all__ = ["CALIBRATION_S", "calibrate", "largest_activation", "measure_model"]
+
+log = logging.getLogger(__name__)
+
+#: Seconds of model work timed per thread count and backbone.
+CALIBRATION_S = 0.3
+
+
+def largest_activation(producer: BackboneProducer, inputs: np.ndarray) -> int:
+    """Bytes of the largest tensor a leaf module of the producer's model outputs on ``inputs``."""
+    sizes = [0]
+
+    def hook(_module: torch.nn.Module, _args: object, out: object) -> None:
+        for o in out if isinstance(out, (tuple, list)) else (out,):
+            if isinstance(o, torch.Tensor):
+                sizes.append(o.numel() * o.element_size())
+
+    leaves = [m for m in producer.model.modules() if not any(True for _ in m.children())]
+    handles = [m.register_forward_hook(hook) for m in leaves]
+    try:
+        producer.embed_outputs(inputs)
+    finally:
+        for h in handles:
+            h.remove()
+    return max(sizes)
+
+
+def _timed(producer: BackboneProducer, inputs: np.ndarray) -> float:
+    t = time.perf_counter()
+    producer.embed_outputs(inputs)
+    return time.perf_counter() - t
+
+
+def measure_model(producer: BackboneProducer, inputs: np.ndarray, cores: int) -> tuple[float, float, int]:
+    """``(seconds per clip on `cores` threads, on one thread, host bytes per clip in a batch)``.
+
+    Args:
+        producer: the model (and its input conversion).
+        inputs: ``(K, ...)`` clips of one video as its maker made them.
+        cores: the threads to measure besides one.
+    """
+    set_threads(cores)
+    t = time.perf_counter()
+    biggest = largest_activation(producer, inputs[:1])  # also the warm-up (oneDNN kernels, allocations)
+    first = time.perf_counter() - t
+    n = int(min(len(inputs), max(1, math.ceil(CALIBRATION_S / max(first, 1e-6)))))
+    every = _timed(producer, inputs[:n]) / n
+    one = every
+    if cores > 1:
+        set_threads(1)
+        one = _timed(producer, inputs[:n]) / n
+        set_threads(cores)
+    clip_in = inputs[:1].nbytes
+    if producer.device.type == "cuda":  # activations live on the GPU; the host holds inputs (+ pinned copy)
+        return every, one, 2 * clip_in
+    return every, one, int(ACTIVATION_FACTOR * biggest) + clip_in
+
+
+def calibrate(results: Sequence[DecodeResult], producers: Sequence[BackboneProducer], cores: int) -> WorkCosts | None:
+    """The run's :class:`WorkCosts` from its first decoded videos (None if all failed).
+
+    Args:
+        results: the first videos, decoded in this process (``DecodeResult.seconds`` timed).
+        producers: job ``i``'s producer is ``producers[i]`` (``DecodeResult.makers`` index them).
+        cores: the free cores the models may use.
+    """
+    good = [r for r in results if not r.error]
+    if not good:
+        return None
+    first: dict[int, np.ndarray] = {}
+    for res in good:
+        for i, item in zip(res.makers, res.inputs):
+            first.setdefault(i, item.inputs)
+    s_all = s_one = 0.0
+    clip_bytes = input_bytes = 0
+    for i, inputs in sorted(first.items()):
+        every, one, per_clip = measure_model(producers[i], inputs, cores)
+        s_all, s_one = s_all + every * len(inputs), s_one + one * len(inputs)
+        clip_bytes, input_bytes = max(clip_bytes, per_clip), max(input_bytes, inputs[:1].nbytes)
+    costs = WorkCosts(
+        decode_s=min(r.seconds for r in good),
+        model_s_all=s_all,
+        model_s_one=s_one,
+        cores=cores,
+        clip_bytes=clip_bytes,
+        input_bytes=input_bytes,
+        clips_per_video=min(len(x) for x in first.values()),
+    )
+    log.info("measured per video: decode %.3f s, models %.3f s on %d thread(s), %.3f s on 1; %.1f MB per clip",
+             costs.decode_s, s_all, cores, s_one, clip_bytes / 2**20)
+    return costs
