@@ -7,12 +7,14 @@
         for each job, on the clips of its first video:
             one clip with forward hooks     -> the largest activation -> clip_bytes (warm-up too)
             n clips on every free core      -> model_s_all   (n: about CALIBRATION_S of work)
-            the same n clips on one thread  -> model_s_one
+            the same n clips on one thread  -> model_s_one   (only if decode_s > DECODE_SHARE
+                                                              x model_s_all; else cores x model_s_all)
     -> WorkCosts
 
 Nothing measured is thrown away: the calibration videos' results go on to the models like
 any other (their features come from the normal batches); only the few timed forward passes
-are extra work (about ``3 x CALIBRATION_S`` seconds per backbone).
+are extra work (one clip plus about ``CALIBRATION_S`` seconds per backbone, twice that when
+the one-thread pass runs).
 """
 
 from __future__ import annotations
@@ -30,12 +32,14 @@ from extract.dump.resources import ACTIVATION_FACTOR, WorkCosts
 from extract.dump.worker import DecodeResult
 from store.threads import set_threads
 
-__all__ = ["CALIBRATION_S", "calibrate", "largest_activation", "measure_model"]
+__all__ = ["CALIBRATION_S", "DECODE_SHARE", "calibrate", "largest_activation", "measure_model"]
 
 log = logging.getLogger(__name__)
 
 #: Seconds of model work timed per thread count and backbone.
 CALIBRATION_S = 0.3
+#: Decoding below this share of the models' time: the one-thread pass is skipped.
+DECODE_SHARE = 0.05
 
 
 def largest_activation(producer: BackboneProducer, inputs: np.ndarray) -> int:
@@ -63,33 +67,38 @@ def _timed(producer: BackboneProducer, inputs: np.ndarray) -> float:
     return time.perf_counter() - t
 
 
-def measure_model(producer: BackboneProducer, inputs: np.ndarray, cores: int) -> tuple[float, float, int]:
-    """``(seconds per clip on `cores` threads, on one thread, host bytes per clip in a batch)``.
+def measure_model(producer: BackboneProducer, inputs: np.ndarray, threads: int) -> tuple[float, int, int]:
+    """``(seconds per clip on `threads` threads, clips timed, host bytes per clip in a batch)``.
+
+    One clip runs first with forward hooks (the largest activation; also the warm-up of
+    oneDNN's kernels), then about :data:`CALIBRATION_S` seconds of clips are timed.
 
     Args:
         producer: the model (and its input conversion).
         inputs: ``(K, ...)`` clips of one video as its maker made them.
-        cores: the threads to measure besides one.
+        threads: torch threads to measure with.
     """
-    set_threads(cores)
+    set_threads(threads)
     t = time.perf_counter()
-    biggest = largest_activation(producer, inputs[:1])  # also the warm-up (oneDNN kernels, allocations)
+    biggest = largest_activation(producer, inputs[:1])
     first = time.perf_counter() - t
     n = int(min(len(inputs), max(1, math.ceil(CALIBRATION_S / max(first, 1e-6)))))
-    every = _timed(producer, inputs[:n]) / n
-    one = every
-    if cores > 1:
-        set_threads(1)
-        one = _timed(producer, inputs[:n]) / n
-        set_threads(cores)
+    seconds = _timed(producer, inputs[:n]) / n
     clip_in = inputs[:1].nbytes
     if producer.device.type == "cuda":  # activations live on the GPU; the host holds inputs (+ pinned copy)
-        return every, one, 2 * clip_in
-    return every, one, int(ACTIVATION_FACTOR * biggest) + clip_in
+        return seconds, n, 2 * clip_in
+    return seconds, n, int(ACTIVATION_FACTOR * biggest) + clip_in
 
 
-def calibrate(results: Sequence[DecodeResult], producers: Sequence[BackboneProducer], cores: int) -> WorkCosts | None:
+def calibrate(results: Sequence[DecodeResult], producers: Sequence[BackboneProducer],
+              cores: int) -> WorkCosts | None:
     """The run's :class:`WorkCosts` from its first decoded videos (None if all failed).
+
+    The models are timed on ``cores`` threads, and again on one thread only when decoding
+    costs more than :data:`DECODE_SHARE` of the models' time: below that, no split with
+    decode processes can beat decoding between batches by more than that share, and perfect
+    scaling is recorded (``model_s_one = cores x model_s_all``, the case least favourable to
+    decode processes), which saves a slow one-thread pass of a costly model.
 
     Args:
         results: the first videos, decoded in this process (``DecodeResult.seconds`` timed).
@@ -103,21 +112,23 @@ def calibrate(results: Sequence[DecodeResult], producers: Sequence[BackboneProdu
     for res in good:
         for i, item in zip(res.makers, res.inputs):
             first.setdefault(i, item.inputs)
-    s_all = s_one = 0.0
-    clip_bytes = input_bytes = 0
-    for i, inputs in sorted(first.items()):
-        every, one, per_clip = measure_model(producers[i], inputs, cores)
-        s_all, s_one = s_all + every * len(inputs), s_one + one * len(inputs)
-        clip_bytes, input_bytes = max(clip_bytes, per_clip), max(input_bytes, inputs[:1].nbytes)
+    decode_s = min(r.seconds for r in good)
+    timed = {i: measure_model(producers[i], x, cores) for i, x in sorted(first.items())}
+    s_all = sum(timed[i][0] * len(x) for i, x in first.items())
+    s_one = cores * s_all
+    if cores > 1 and decode_s > DECODE_SHARE * s_all:
+        set_threads(1)
+        s_one = sum(_timed(producers[i], x[: timed[i][1]]) / timed[i][1] * len(x) for i, x in first.items())
+        set_threads(cores)
     costs = WorkCosts(
-        decode_s=min(r.seconds for r in good),
+        decode_s=decode_s,
         model_s_all=s_all,
         model_s_one=s_one,
         cores=cores,
-        clip_bytes=clip_bytes,
-        input_bytes=input_bytes,
+        clip_bytes=max(t[2] for t in timed.values()),
+        input_bytes=max(x[:1].nbytes for x in first.values()),
         clips_per_video=min(len(x) for x in first.values()),
     )
     log.info("measured per video: decode %.3f s, models %.3f s on %d thread(s), %.3f s on 1; %.1f MB per clip",
-             costs.decode_s, s_all, cores, s_one, clip_bytes / 2**20)
+             costs.decode_s, s_all, cores, s_one, costs.clip_bytes / 2**20)
     return costs
