@@ -1,6 +1,17 @@
 """Feature extraction: our decode-once, batched, overlapped pipeline vs a per-video baseline.
 
-On demo videos (112 px, 3 s at 25 fps) with the TSN ResNet-18 frame backbone at 112 px,
+First, head to head as a user would compare them: our ``extract()`` and the plain per-video
+script (:mod:`benchmarks.plain_extract`, torch's default threads), each in its own process,
+for ResNet-18 TSN (``--size`` videos) and R(2+1)D-18 (4 videos), 8 clips of 112 px, default
+settings (resource plan fitted on the first videos, ``--max-memory`` 2 GB); once as the
+machine is ("idle") and once with one core kept busy by a spinning process ("busy"):
+
+* ``<model>_<idle|busy>_ours_clips_per_s``, ``..._plain_clips_per_s``, ``..._ours_vs_plain``;
+* ``<model>_<idle|busy>_ours_peak_rss_gb``, ``..._plain_peak_rss_gb``: peak resident memory,
+  sampled every 50 ms: the process's RSS plus its child processes' private memory (USS);
+* ``<model>_<idle|busy>_plan_workers`` / ``_plan_threads`` / ``_plan_batch``: the plan ours chose.
+
+Then, on demo videos (112 px, 3 s at 25 fps) with the TSN ResNet-18 frame backbone at 112 px,
 8 segments (light enough that decoding is a real share of the cost), in one run:
 
 * ``decode_clips_per_s``: the decode stage alone (``DecodePool``, the default worker count:
@@ -142,7 +153,8 @@ def _measure(
     """The four throughputs (best of ``repeats``) and the decode count for one backbone.
 
     The baseline gets its best thread count (1 or every core: on a busy machine torch's
-    OpenMP threads can stall each other), like the pipeline gets its default."""
+    OpenMP threads can stall each other); the pipeline fits its own plan (reported), the
+    stages alone run with the fixed rule ``default_parallelism``."""
     workers, threads = settings.parallelism(device)
     producers = pipeline.build_producers(settings, device)
     meta = fs.videos(["n_frames", "fps"])
@@ -169,15 +181,17 @@ def _measure(
             best[k] = max(best.get(k, 0.0), v)
     return {f"{k}_clips_per_s": v for k, v in best.items()} | {
         "decodes_per_video": stats.decodes_per_video,
-        "workers": workers,
-        "threads": threads,
+        "workers": stats.workers,
+        "threads": stats.threads,
+        "batch": stats.batch_size,
     }
 
 
 def _report(name: str, m: dict[str, float], device: str) -> None:
     d, mo, p, n = (m[f"{k}_clips_per_s"] for k in ("decode", "model", "pipeline", "naive"))
     serial = 1 / (1 / d + 1 / mo)
-    print(f"   {name}: {int(m['workers'])} decode worker(s), {int(m['threads'])} model thread(s)")
+    print(f"   {name}: the pipeline's plan: {int(m['workers'])} decode process(es), {int(m['threads'])} model "
+          f"thread(s), batch {int(m['batch'])} (the stages alone: the fixed rule default_parallelism)")
     print(f"     decode only   {d:8.1f} clips/s")
     print(f"     model only    {mo:8.1f} clips/s")
     print(f"     pipeline      {p:8.1f} clips/s   {p / n:.2f}x naive (target >= 2)")

@@ -128,6 +128,8 @@ def calibrate(results: Sequence[DecodeResult], producers: Sequence[BackboneProdu
         clip_bytes=max(t[2] for t in timed.values()),
         input_bytes=max(x[:1].nbytes for x in first.values()),
         clips_per_video=min(len(x) for x in first.values()),
+        model_bytes=sum(t.numel() * t.element_size() for p in producers
+                        for t in (*p.model.parameters(), *p.model.buffers())),
     )
     log.info("measured per video: decode %.3f s, models %.3f s on %d thread(s), %.3f s on 1; %.1f MB per clip",
              costs.decode_s, s_all, cores, s_one, costs.clip_bytes / 2**20)

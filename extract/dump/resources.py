@@ -22,7 +22,8 @@ in-process decoding (decode ~20 ms, model seconds per video), and a cheap model 
 decode a decode process.
 
 The budget bounds the run's resident memory: the process as it is (interpreter, torch,
-weights), plus ``w`` decode processes (:data:`WORKER_BYTES` each), plus the batch
+weights), plus a second copy of the weights (oneDNN reorders them per batch shape), plus
+``w`` decode processes (:data:`WORKER_BYTES` each), plus the batch
 (``batch_size x clip_bytes``), plus the decoded inputs of that batch and of the videos
 queued behind it (``max_ahead`` videos, about two batches). The batch is the largest that fits, at most the
 requested ``--batch-size``; a budget too small for one clip still runs (batch 1) with a
@@ -70,6 +71,9 @@ class WorkCosts:
         clip_bytes: host memory one clip adds to a model batch (largest over the jobs).
         input_bytes: memory of one clip's model input as decoded (largest over the jobs).
         clips_per_video: K, clips one video adds to a batch (smallest over the jobs).
+        model_bytes: the models' parameters and buffers: reserved once more, for the copy
+            of the weights oneDNN reorders for a batch shape it has not seen (measured: the
+            first batch of a new size adds about the weights' size to R(2+1)D-18's peak).
     """
 
     decode_s: float
@@ -79,6 +83,7 @@ class WorkCosts:
     clip_bytes: int
     input_bytes: int
     clips_per_video: int
+    model_bytes: int = 0
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -162,7 +167,7 @@ def _memory(costs: WorkCosts, budget: MemoryBudget, workers: int, max_batch: int
     """``(batch_size, max_ahead, peak bytes)`` for ``workers`` decode processes: the largest
     batch whose clips, and about two batches of decoded inputs queued behind it, fit beside
     the processes."""
-    fixed = budget.base_bytes + workers * budget.worker_bytes
+    fixed = budget.base_bytes + workers * budget.worker_bytes + costs.model_bytes
     k = max(1, costs.clips_per_video)
 
     def plan(batch: int) -> tuple[int, int, int]:

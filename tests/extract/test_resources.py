@@ -7,7 +7,9 @@ import dataclasses
 
 import numpy as np
 import pytest
+import torch
 
+from extract.backbones import get_backbone
 from extract.demo import DemoConfig, make_demo
 from extract.dump import pipeline
 from extract.dump.resources import MemoryBudget, WorkCosts, choose_plan, model_seconds
@@ -64,6 +66,9 @@ def test_batch_and_queue_follow_the_budget():
     assert plan.batch_size == (2 * GB - 1 * GB) // per_clip == 7
     assert plan.max_ahead == 2  # ceil(2 * 7 / 8) videos: about two batches
     assert plan.fits and plan.peak_bytes <= 2 * GB
+    # a second copy of the weights is reserved (oneDNN's reordered weights for a new batch shape)
+    heavy = dataclasses.replace(R21D, model_bytes=126 * MB)
+    assert choose_plan(heavy, 2, budget, max_batch=64).batch_size == (2 * GB - 1 * GB - 126 * MB) // per_clip == 6
     # a bigger budget: the requested batch size is the cap
     assert choose_plan(R21D, 2, BIG, max_batch=16).batch_size == 16
     # a decode process takes its share of the budget before the batch does
@@ -132,6 +137,10 @@ def test_the_plan_is_measured_and_recorded_in_the_attrs(demo, tmp_path):
     assert plan["workers"] + plan["threads"] <= max(2, plan["cores"])
     assert costs["decode_s"] > 0 and costs["model_s_all"] > 0 and costs["clips_per_video"] == 4
     assert costs["input_bytes"] == 1 * 32 * 32 * 3  # one TSN frame of 32 x 32 RGB, uint8
+    model = get_backbone("resnet_tiny")
+    assert costs["model_bytes"] == sum(t.numel() * 4 for t in [*model.parameters(), *model.buffers()]
+                                       if t.dtype == torch.float32) + sum(
+        t.numel() * 8 for t in model.buffers() if t.dtype == torch.int64)
 
 
 def test_cli_workers_and_threads_override_and_are_recorded(demo, tmp_path, capsys):
