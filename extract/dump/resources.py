@@ -23,7 +23,7 @@ decode a decode process.
 
 The budget bounds the run's resident memory: the process as it is (interpreter, torch,
 weights), plus a second copy of the weights (oneDNN reorders them per batch shape), plus
-``w`` decode processes (:data:`WORKER_BYTES` each), plus the batch
+``w`` decode processes and their fork server (:data:`WORKER_BYTES` each), plus the batch
 (``batch_size x clip_bytes``), plus the decoded inputs of that batch and of the videos
 queued behind it (``max_ahead`` videos, about two batches). The batch is the largest that fits, at most the
 requested ``--batch-size``; a budget too small for one clip still runs (batch 1) with a
@@ -41,6 +41,7 @@ from extract.dump.settings import default_parallelism
 
 __all__ = [
     "ACTIVATION_FACTOR",
+    "FORK_SERVER_BYTES",
     "WORKER_BYTES",
     "MemoryBudget",
     "ResourcePlan",
@@ -51,6 +52,9 @@ __all__ = [
 
 #: Private memory of one decode process (PyAV buffers, the needed frames, its inputs).
 WORKER_BYTES = 256 * 2**20
+#: The fork server the decode processes start from: its own interpreter with torch imported
+#: (measured: a run's peak grows by ~0.4 GB when it is running).
+FORK_SERVER_BYTES = 512 * 2**20
 #: Peak model memory per clip / the largest single activation of that clip. Measured on CPU
 #: (ru_maxrss after batches of 1, 2, 4, 8 clips): R(2+1)D-18 at 16 x 112 x 112 adds 107-129 MB
 #: per clip on 2 threads and 144 MB on 1 thread; its largest activation is 27.6 MB (3.9-5.2x).
@@ -97,11 +101,13 @@ class MemoryBudget:
         max_bytes: ``--max-memory``: the run's processes together.
         base_bytes: the main process's resident memory now (interpreter, torch, weights).
         worker_bytes: one decode process.
+        server_bytes: the fork server of the decode processes (when there are any).
     """
 
     max_bytes: int
     base_bytes: int
     worker_bytes: int = WORKER_BYTES
+    server_bytes: int = FORK_SERVER_BYTES
 
 
 @dataclass(frozen=True)
@@ -167,7 +173,8 @@ def _memory(costs: WorkCosts, budget: MemoryBudget, workers: int, max_batch: int
     """``(batch_size, max_ahead, peak bytes)`` for ``workers`` decode processes: the largest
     batch whose clips, and about two batches of decoded inputs queued behind it, fit beside
     the processes."""
-    fixed = budget.base_bytes + workers * budget.worker_bytes + costs.model_bytes
+    processes = budget.server_bytes + workers * budget.worker_bytes if workers else 0
+    fixed = budget.base_bytes + costs.model_bytes + processes
     k = max(1, costs.clips_per_video)
 
     def plan(batch: int) -> tuple[int, int, int]:

@@ -12,8 +12,11 @@ import torch
 from extract.backbones import get_backbone
 from extract.demo import DemoConfig, make_demo
 from extract.dump import pipeline
+from extract.dump.makers import RGBClips
 from extract.dump.resources import MemoryBudget, WorkCosts, choose_plan, model_seconds
 from extract.dump.settings import ExtractSettings, default_parallelism
+from extract.dump.worker import DecodePool, DecodeTask, stop_fork_server
+from extract.media.sampling import ClipSampling, ViewSpec
 from extract.run import main
 from store import FeatureStore
 
@@ -71,10 +74,11 @@ def test_batch_and_queue_follow_the_budget():
     assert choose_plan(heavy, 2, budget, max_batch=64).batch_size == (2 * GB - 1 * GB - 126 * MB) // per_clip == 6
     # a bigger budget: the requested batch size is the cap
     assert choose_plan(R21D, 2, BIG, max_batch=16).batch_size == 16
-    # a decode process takes its share of the budget before the batch does
-    given = choose_plan(R21D, 2, budget, max_batch=64, workers=1)
-    assert given.batch_size == (2 * GB - 1 * GB - 256 * MB) // per_clip == 5
-    assert given.max_ahead == 2
+    # a decode process and its fork server take their share of the budget before the batch does
+    three = MemoryBudget(max_bytes=3 * GB, base_bytes=1 * GB, worker_bytes=256 * MB, server_bytes=512 * MB)
+    given = choose_plan(R21D, 2, three, max_batch=64, workers=1)
+    assert given.batch_size == (3 * GB - 1 * GB - 512 * MB - 256 * MB) // per_clip == 9
+    assert given.max_ahead == 3  # ceil(2 * 9 / 8)
 
 
 def test_a_budget_below_one_clip_runs_with_batch_one_and_says_so():
@@ -162,3 +166,14 @@ def test_max_memory_must_be_positive(demo, tmp_path, capsys):
     assert err == ["error: --max-memory / max_memory_gb must be > 0 GB, got 0"]
     assert not (tmp_path / "e.zarr").exists()
 
+
+
+def test_the_fork_server_stops_and_a_later_pool_starts_a_fresh_one(demo):
+    maker = RGBClips(ClipSampling("tsn", 2, 1), ViewSpec(short_side=32, crop=32))
+    task = DecodeTask(0, str(demo.root / "videos" / "demo_00000.mp4"), 25, 25.0, (0,))
+    for _ in range(2):
+        with DecodePool([maker], 1) as pool:
+            (res,) = pool.imap_unordered([task])
+        assert res.error is None and res.inputs[0].inputs.shape == (2, 1, 32, 32, 3)
+        assert stop_fork_server()
+        assert not stop_fork_server()  # nothing left to stop
