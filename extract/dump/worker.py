@@ -19,9 +19,11 @@ held. ``workers=0`` decodes in the calling process instead (no hard time limit);
 from __future__ import annotations
 
 import collections
+import contextlib
 import logging
 import multiprocessing as mp
 import multiprocessing.forkserver
+import os
 import queue
 import signal
 import sys
@@ -385,9 +387,12 @@ def stop_fork_server() -> bool:
     the standard library's own tests use, looked up defensively.
     """
     server = getattr(multiprocessing.forkserver, "_forkserver", None)
-    if getattr(server, "_forkserver_pid", None) is None or not hasattr(server, "_stop"):
+    pid = getattr(server, "_forkserver_pid", None)
+    if pid is None or not hasattr(server, "_stop"):
         return False
-    server._stop()
+    with contextlib.suppress(ProcessLookupError):  # its own exit tears torch down for seconds; it owns no data
+        os.kill(pid, signal.SIGKILL)
+    server._stop()  # closes its pipe, reaps it, forgets it
     return True
 
 
