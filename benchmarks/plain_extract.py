@@ -27,7 +27,7 @@ import torch.nn.functional as F
 from extract.backbones import Backbone, get_backbone
 from extract.dump.settings import ExtractSettings
 from extract.media.sampling import clip_frame_indices
-from store.cli import positive_int
+from store.cli import positive_int, run_command
 
 
 def plain_extract(paths: list[str], model: Backbone, settings: ExtractSettings, out: Path,
@@ -74,7 +74,9 @@ def plain_extract(paths: list[str], model: Backbone, settings: ExtractSettings, 
     return clips, time.perf_counter() - t
 
 
+@run_command(path_errors=True)
 def main(argv: list[str] | None = None) -> int:
+    """The script as a command (the benchmark's child process); prints one JSON line."""
     ap = argparse.ArgumentParser(prog="python -m benchmarks.plain_extract", description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("videos", type=Path, help="CSV with a path column (the demo's videos.csv)")

@@ -458,10 +458,10 @@ def run(args: argparse.Namespace) -> int:
 
         def progress(stats: RunStats) -> None:
             bar.total, bar.n = stats.planned, stats.videos_done + stats.videos_failed
-            t_run[:] = t_run or [time.perf_counter()]
-            dt = max(time.perf_counter() - t_run[0], 1e-9)
+            t_run[:] = t_run or [time.perf_counter(), stats.clips]  # the clock starts at the first report
+            dt = time.perf_counter() - t_run[0]
             bar.set_postfix(
-                clips_s=f"{stats.clips / dt:.1f}",
+                clips_s=f"{(stats.clips - t_run[1]) / dt:.1f}" if dt > 0 else "-",
                 failed=stats.videos_failed,
                 written=stats.rows_written,
                 refresh=False,
