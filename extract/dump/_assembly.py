@@ -45,6 +45,8 @@ log = logging.getLogger(__name__)
 
 #: Videos decoded in the main process and measured before the plan is made.
 CALIBRATION_VIDEOS = 2
+#: Seconds the other processes' CPU use is sampled for (the free cores of the plan).
+FREE_CORES_SAMPLE_S = 0.5
 
 
 @dataclass
@@ -352,7 +354,7 @@ def extract_rows(
                 ]
                 for job in plan.jobs
             ]
-            cores = free_cores()
+            cores = free_cores(sample_s=FREE_CORES_SAMPLE_S)
             set_threads(settings.threads or cores)  # torch, OpenMP and BLAS together
             first = [process_task(t, makers, settings.timeout_s) for t in itertools.islice(tasks, CALIBRATION_VIDEOS)]
             costs = calibrate(first, [job.job.producer for job in plan.jobs], settings.threads or cores)
