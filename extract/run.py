@@ -165,8 +165,31 @@ def _parser() -> argparse.ArgumentParser:
     g.add_argument(
         "--clips",
         type=positive_int,
-        default=_D.clips,
-        help=f"clips (TSN segments) per video (default: {_D.clips})",
+        help=f"a fixed number of clips (TSN segments) per video (default: {_D.clips}; not with --every)",
+    )
+    g.add_argument(
+        "--every",
+        type=positive_float,
+        metavar="SECONDS",
+        help="time-based clips for untrimmed video: one starting every SECONDS (0, SECONDS, 2 SECONDS, ...); "
+        "a clip that would run past the end is dropped (a video shorter than one clip keeps one, padded). "
+        "K varies per video: the set keeps up to K-max clips with a valid mask and each clip's start/end "
+        "seconds. Not with --clips or --sampling",
+    )
+    g.add_argument(
+        "--fps",
+        type=positive_float,
+        metavar="F",
+        help="take the clips' frames at F frames per second, resampled from the video's own rate (default: "
+        "the video's frames); --stride then counts resampled frames",
+    )
+    g.add_argument(
+        "--max-clips",
+        type=positive_int,
+        metavar="N",
+        help="K-max of --every: at most N clips per video, more are evenly thinned (default: the longest "
+        "video's clip count when the set is created, at most 128; an existing set keeps its K-max; at most "
+        "4096). Memory: every row stores K-max x D float16 values, valid or not",
     )
     g.add_argument(
         "--frames",
@@ -336,11 +359,17 @@ def _settings(args: argparse.Namespace, demo: bool) -> ExtractSettings:
         raise SettingsError(
             f"--scales must be comma-separated integers, got {args.scales!r}"
         ) from None
+    if args.every is not None and args.clips is not None:
+        raise SettingsError(f"--every {args.every:g} places a clip every {args.every:g} seconds and --clips "
+                            f"{args.clips} a fixed number per video; give one of them (--max-clips caps --every)")
     return ExtractSettings(
         **_choices(args, demo),
         seed=args.seed,
         sampling=args.sampling,
-        clips=args.clips,
+        clips=args.clips or _D.clips,
+        every=args.every,
+        fps=args.fps,
+        max_clips=args.max_clips,
         frames=args.frames,
         stride=args.stride,
         short_side=args.short_side,

@@ -41,6 +41,7 @@ class _Row:
     data: np.ndarray  # (K, D) float32, filled as batches come back
     valid: np.ndarray  # (K,) bool
     times: np.ndarray  # (K, 2) float32
+    inputs: int  # slots with model inputs (the first ones); the rest stay zeros
     filled: int = 0
 
 
@@ -71,10 +72,11 @@ class ClipBatcher:
         self.pending_clips = 0
 
     def add(self, row: int, item: ModelInput) -> None:
-        k = len(item.inputs)
-        self._rows[row] = _Row(np.zeros((k, self.dim), np.float32), item.valid, item.times)
+        """Queue a video's inputs (its first ``len(item.inputs)`` slots; the rest stay zeros)."""
+        k = len(item.valid)
+        self._rows[row] = _Row(np.zeros((k, self.dim), np.float32), item.valid, item.times, len(item.inputs))
         self._queue.append((row, item.inputs, 0))
-        self.pending_clips += k
+        self.pending_clips += len(item.inputs)
 
     def ready(self) -> bool:
         """A full batch is waiting."""
@@ -106,7 +108,7 @@ class ClipBatcher:
             r = self._rows[p.row]
             r.data[p.k0 : p.k1] = feats[p.offset : p.offset + p.k1 - p.k0]
             r.filled += p.k1 - p.k0
-            if r.filled == len(r.data):
+            if r.filled == r.inputs:
                 del self._rows[p.row]
                 finished.append((p.row, r.data, r.valid, r.times))
         return finished

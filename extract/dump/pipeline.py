@@ -45,6 +45,7 @@ from extract.dump._logits import check_classifier, write_logit_predictions
 from extract.dump._prepare import (
     UNLABELLED_CLASSES,
     check_feature_sets,
+    fix_max_clips,
     open_video_list,
     prepare_store,
     probe_table,
@@ -169,12 +170,7 @@ def timeline(
     for info, modality in zip(infos, modalities):
         if modality != "audio":
             return settings.clip_sampling(info)
-    return ClipSampling(
-        mode=settings.sampling or "tsn",
-        num_clips=settings.clips,
-        frames_per_clip=settings.frames or 1,
-        stride=settings.stride,
-    )
+    return settings.clip_sampling(None)
 
 
 def _producer(
@@ -247,13 +243,13 @@ def extract(
     device = settings.resolved_device()
     videos = open_video_list(source, store=store, root=root, classes=classes)
     num_classes = len(videos.classes) or len(UNLABELLED_CLASSES)
+    workers, _ = settings.parallelism(device)
+    probe = {"workers": workers, "timeout_s": settings.timeout_s, "progress": on_probe}
+    settings, probed = fix_max_clips(settings, store, videos, **probe)  # time-based K-max
     producers = build_producers(settings, device, num_classes=num_classes)
     jobs = make_jobs(producers, _base_names(settings, producers))
     check_feature_sets(store, [out for job in jobs for out in job.outputs])
-    workers, _ = settings.parallelism(device)
-    fs, targets = prepare_store(
-        store, videos, workers=workers, timeout_s=settings.timeout_s, progress=on_probe
-    )
+    fs, targets = prepare_store(store, videos, probed=probed, **probe)
     return run_extraction(
         fs,
         targets,

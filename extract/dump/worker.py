@@ -121,7 +121,7 @@ def process_task(task: DecodeTask, makers: Sequence[InputMaker], timeout_s: floa
                 raise ValueError(f"makers ask for different audio rates {sorted(rates)}")
             video = decode_video(
                 task.path,
-                union_frame_indices(*[m.frame_indices(n_frames) for m in chosen]),
+                union_frame_indices(*[m.frame_indices(n_frames, fps) for m in chosen]),
                 size,
                 timeout_s=timeout_s,
                 audio_rate=rates.pop() if rates else None,

@@ -102,17 +102,17 @@ class RGBInputs(ModalityInputs):
         self.eval_maker = RGBClips(settings.clip_sampling(info), settings.view_spec(info))
 
     def train_example(self, video: VideoMeta, rng: np.random.Generator) -> np.ndarray:
-        idx, _ = clip_frame_indices(video.n_frames, self.sampling, rng)  # (S, T)
+        idx, _ = clip_frame_indices(video.n_frames, self.sampling, rng, fps=video.fps)  # (S, T)
         decoded = decode_video(video.path, idx, self.augment.draw_short_side(rng), timeout_s=self.timeout_s)
         frames = decoded.take(idx.reshape(-1))  # (S*T,) -> (S*T, H, W, 3)
         return self.augment.crop_flip_rgb(frames, rng)  # -> (S*T, crop, crop, 3)
 
     def eval_clips(self, video: VideoMeta) -> np.ndarray:
         maker = self.eval_maker
-        decoded = decode_video(video.path, maker.frame_indices(video.n_frames), maker.decode_short_side,
+        decoded = decode_video(video.path, maker.frame_indices(video.n_frames, video.fps), maker.decode_short_side,
                                timeout_s=self.timeout_s)
         made = maker.make(decoded, video.n_frames, video.fps)
-        return made.inputs[made.valid]  # (K, T, crop, crop, 3)
+        return made.inputs[made.valid[: len(made.inputs)]]  # (K, T, crop, crop, 3), the valid clips
 
     def to_model(self, x: torch.Tensor) -> torch.Tensor:
         return to_tensor_clip(x, self.info.mean, self.info.std)  # (B, T, h, w, 3) -> (B, 3, T, h, w)
@@ -138,14 +138,14 @@ class FlowInputs(ModalityInputs):
         return clip_flow_stack(decoded, idx, self.flow, n_frames=video.n_frames, device="cpu")  # (N, 2, T, h, w)
 
     def train_example(self, video: VideoMeta, rng: np.random.Generator) -> np.ndarray:
-        idx, _ = clip_frame_indices(video.n_frames, self.sampling, rng)  # (S, T)
+        idx, _ = clip_frame_indices(video.n_frames, self.sampling, rng, fps=video.fps)  # (S, T)
         stack = self._stack(video, idx, self.augment.draw_short_side(rng))  # (S, 2, T, h, w)
         s, c, t, h, w = stack.shape
         joined = stack.transpose(1, 0, 2, 3, 4).reshape(c, s * t, h, w)  # (S, 2, T, h, w) -> (2, S*T, h, w)
         return self.augment.crop_flip_flow(joined, rng)  # -> (2, S*T, crop, crop)
 
     def eval_clips(self, video: VideoMeta) -> np.ndarray:
-        idx, valid = clip_frame_indices(video.n_frames, self.eval_sampling)  # (N, T)
+        idx, valid = clip_frame_indices(video.n_frames, self.eval_sampling, fps=video.fps)  # (N, T)
         stack = self._stack(video, idx[:valid], self.eval_view.decode_short_side)  # (n, 2, T, h, w)
         views = np.stack([flow_views(clip, self.eval_view) for clip in stack])  # (n, V, 2, T, c, c)
         return views.reshape(-1, *views.shape[2:])  # (n, V, 2, T, c, c) -> (n*V, 2, T, c, c)
