@@ -40,7 +40,7 @@ from extract.media.sampling import (
     ClipSampling,
     ViewSpec,
     clip_frame_indices,
-    clip_times,
+    sample_clips,
     union_frame_indices,
 )
 from extract.media.transforms import normalize, to_tensor_clip
@@ -88,7 +88,7 @@ class ModalityInputs(abc.ABC):
 def _picture_sampling(recipe: TrainRecipe) -> ClipSampling:
     segments = recipe.train_segments
     return ClipSampling(mode="uniform" if segments == 1 else "tsn", num_clips=segments,
-                        frames_per_clip=recipe.frames, stride=recipe.stride, random=True)
+                        frames_per_clip=recipe.frames, stride=recipe.stride, random=True, fps=recipe.fps)
 
 
 class RGBInputs(ModalityInputs):
@@ -186,23 +186,24 @@ class AudioInputs(ModalityInputs):
             raise ValueError("AudioInputs needs the backbone's audio settings: use make_inputs(backbone, recipe)")
         self.audio = settings
         self.sampling = ClipSampling(mode="uniform", num_clips=1, frames_per_clip=1, random=True)
-        self.eval_sampling = ClipSampling(mode="uniform", num_clips=recipe.eval_clips, frames_per_clip=1)
+        self.eval_sampling = (recipe.extract_settings().clip_sampling(None) if recipe.every is not None else
+                              ClipSampling(mode="uniform", num_clips=recipe.eval_clips, frames_per_clip=1))
 
-    def _windows(self, video: VideoMeta, idx: np.ndarray) -> np.ndarray:
+    def _windows(self, video: VideoMeta, sampling: ClipSampling, rng: np.random.Generator | None = None) -> np.ndarray:
+        """The audio windows of the real clips of ``sampling`` that hold audio, (n, W)."""
         decoded = decode_video(video.path, [], audio_rate=self.audio.sample_rate, timeout_s=self.timeout_s)
-        fps = video.fps if video.fps > 0 else decoded.fps
-        wave, valid = audio_windows(decoded.audio, self.audio.sample_rate, clip_times(idx, fps), self.audio.window_s)
+        clips = sample_clips(video.n_frames, sampling, video.fps if video.fps > 0 else decoded.fps, rng)
+        times = clips.times[: clips.valid_clips]  # (n, 2)
+        wave, valid = audio_windows(decoded.audio, self.audio.sample_rate, times, self.audio.window_s)
         if not valid.any():
             raise NoAudioTrack(video.path, "no audio track" if decoded.audio is None else "the audio track is empty")
         return wave[valid]  # (n, W)
 
     def train_example(self, video: VideoMeta, rng: np.random.Generator) -> np.ndarray:
-        idx, _ = clip_frame_indices(video.n_frames, self.sampling, rng)  # (1, 1)
-        return self._windows(video, idx)[0]  # (W,)
+        return self._windows(video, self.sampling, rng)[0]  # (W,)
 
     def eval_clips(self, video: VideoMeta) -> np.ndarray:
-        idx, valid = clip_frame_indices(video.n_frames, self.eval_sampling)  # (K, 1)
-        return self._windows(video, idx[:valid])  # (K, W)
+        return self._windows(video, self.eval_sampling)  # (K, W)
 
     def to_model(self, x: torch.Tensor) -> torch.Tensor:
         x = x.float()
