@@ -19,6 +19,7 @@ Examples::
         --backbone rgb:r2plus1d_18@r21d.pth --backbone flow:resnet18@flow.pth \\
         --backbone audio:vggish@vggish.pth --flow tvl1 --head-logits
     python -m extract.run --videos clips/ --store clips.zarr --shard 0/4     # on 4 machines
+    python -m extract.run --videos movies/ --store movies.zarr --every 1 --fps 15 --max-clips 512
 
 Exit status: 0 done (rows that could not be decoded are recorded, not fatal), 1 the store
 failed verification, 2 a usage error (one ``error: ...`` line), 130 interrupted.

@@ -28,7 +28,7 @@ import torch
 
 from extract.dump.makers import ModelInput
 from extract.dump.worker import DecodePool, DecodeResult, DecodeTask
-from store import FeatureStore, FeatureWriter
+from store import FeatureSetSpec, FeatureStore, FeatureWriter
 from store.threads import set_threads
 
 if TYPE_CHECKING:
@@ -295,6 +295,17 @@ class RunLoop:
             self.on_progress(s)
 
 
+#: Most bytes of finished float32 rows a set's writer buffers before it flushes (large K-max sets).
+BUFFER_BYTES = 256 << 20
+
+
+def buffer_rows(spec: FeatureSetSpec) -> int:
+    """Rows a set's writer may buffer: 1024 (or two chunks), fewer when its ``(K, D)`` float32 rows
+    would pass :data:`BUFFER_BYTES` (a time-based set with a large K-max), never under one chunk."""
+    fit = BUFFER_BYTES // (spec.clips * spec.dim * 4)
+    return max(spec.chunk_rows, min(max(1024, 2 * spec.chunk_rows), fit))
+
+
 def extract_rows(
     fs: FeatureStore,
     paths: pd.Series,
@@ -333,7 +344,7 @@ def extract_rows(
                         todo[np.isin(todo, s.pending)],
                         s.fset.chunk_rows,
                         flush_s=settings.flush_s,
-                        max_rows=max(1024, 2 * s.fset.chunk_rows),
+                        max_rows=buffer_rows(s.fset.spec),
                     )
                     for s in job.sets
                 ]
