@@ -4,8 +4,9 @@ Public API::
 
     probe_video, decode_video, VideoInfo, DecodedVideo   extract.media.decode (PyAV: frames + audio, one open)
     DecodeError and subclasses, DecodeTimeout            extract.media.decode (one bad file, one row error)
-    ClipSampling, ViewSpec, clip_frame_indices,          extract.media.sampling (which frames, which crops)
-      clip_times, union_frame_indices, short_side_size
+    ClipSampling, ViewSpec, sample_clips, SampledClips,  extract.media.sampling (which frames, which crops;
+      clip_frame_indices, clip_times, time_windows,        fixed counts or a clip every N seconds)
+      union_frame_indices, short_side_size, EVERY
     make_views, normalize, to_tensor_clip,               extract.media.transforms (crops, resize, tensors)
       short_side_resize, IMAGENET_MEAN, IMAGENET_STD
     FlowSettings, compute_flow, clip_flow_stack,         extract.media.flow (Farneback / TV-L1 optical flow)
@@ -24,8 +25,9 @@ from typing import Any
 _MODULES = {
     "extract.media.decode": ("CorruptVideo", "DecodeError", "DecodeTimeout", "DecodedVideo", "EmptyVideo",
                              "NoVideoStream", "VideoInfo", "VideoNotFound", "decode_video", "probe_video"),
-    "extract.media.sampling": ("CROP_MODES", "SAMPLING_MODES", "ClipSampling", "ViewSpec", "clip_frame_indices",
-                               "clip_times", "short_side_size", "union_frame_indices"),
+    "extract.media.sampling": ("CROP_MODES", "EVERY", "SAMPLING_MODES", "ClipSampling", "SampledClips", "ViewSpec",
+                               "clip_frame_indices", "clip_times", "sample_clips", "short_side_size", "time_windows",
+                               "union_frame_indices"),
     "extract.media.transforms": ("IMAGENET_MEAN", "IMAGENET_STD", "make_views", "normalize", "short_side_resize",
                                  "to_tensor_clip"),
     "extract.media.flow": ("FLOW_ALGORITHMS", "FlowSettings", "FlowUnavailableError", "clip_flow_stack",

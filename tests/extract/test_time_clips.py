@@ -54,6 +54,38 @@ def videos(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
+def sounding(tmp_path_factory):
+    """Videos of 1 s, 2 s and 60 s with an audio track (the 2 s one without), for RGB + flow + audio."""
+    d = tmp_path_factory.mktemp("sounding")
+    rows = []
+    for i, s in enumerate((1, 2, 60)):
+        t = np.arange(s * 16000) / 16000
+        audio = None if s == 2 else (0.3 * np.sin(2 * np.pi * (300 + 200 * i) * t)).astype(np.float32)
+        rows.append(f"{write_video(d / f'a{i}.mp4', _frames(s, 10 + i), FPS, audio)},a")
+    (d / "list.csv").write_text("\n".join(rows) + "\n")
+    (d / "classes.txt").write_text("a\n")
+    return d
+
+
+def test_rgb_flow_and_audio_follow_one_time_based_timeline(sounding, tmp_path):
+    store = tmp_path / "s.zarr"
+    sets = ["--backbone", "rgb:resnet_tiny", "--backbone", "flow:resnet_tiny", "--backbone",
+            "audio:resnet_audio_tiny"]
+    assert main(["--videos", str(sounding / "list.csv"), "--store", str(store), "--every", "0.5", *sets,
+                 *RUN[2:]]) == 0
+    fs = FeatureStore.open(store)
+    names = ["rgb_resnet_tiny", "flow_resnet_tiny", "audio_resnet_audio_tiny"]
+    times = [fs.feature_set(n).read_times() for n in names]
+    valid = [fs.feature_set(n).read()[1] for n in names]
+    assert [fs.feature_set(n).spec.clips for n in names] == [120, 120, 120]
+    np.testing.assert_array_equal(valid[0].sum(1), [2, 4, 120])
+    np.testing.assert_array_equal(valid[1], valid[0])  # flow: the same clips
+    np.testing.assert_array_equal(valid[2].sum(1), [2, 0, 120])  # the 2 s video has no audio track
+    for t in times[1:]:
+        np.testing.assert_array_equal(t, times[0])  # one timeline: clip n covers the same seconds in every set
+
+
+@pytest.fixture(scope="module")
 def every_store(videos, tmp_path_factory):
     """``--every 0.5`` on the whole list; K-max is chosen from the longest video (60 s: 120 clips)."""
     store = tmp_path_factory.mktemp("every") / "t.zarr"
