@@ -40,6 +40,7 @@ from pathlib import Path
 from typing import Any
 
 import benchmarks.extract_bench  # noqa: F401  (registers "extract")
+import benchmarks.flow_bench  # noqa: F401  (registers "flow")
 import benchmarks.fusion_bench  # noqa: F401  (registers "fusion")
 import benchmarks.heads_bench  # noqa: F401  (registers "heads")
 import benchmarks.pipeline_bench  # noqa: F401  (registers "pipeline")
