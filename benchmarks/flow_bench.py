@@ -41,8 +41,8 @@ from benchmarks.registry import register_benchmark
 from extract.demo import DemoConfig, make_demo
 from extract.media.decode import decode_video
 from extract.media.flow import FlowSettings, clip_flow_stack, compute_flow, flow_frame_indices
-from extract.media.sampling import union_frame_indices
 from extract.media.raft import RAFT_MODELS, load_raft, raft_checkpoint
+from extract.media.sampling import union_frame_indices
 
 #: method label -> FlowSettings; the label names the metrics.
 METHODS = {

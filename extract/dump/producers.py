@@ -36,7 +36,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from extract.backbones import Backbone
+from extract.backbones import Backbone, file_sha256
 from extract.dump.makers import (  # noqa: F401  (re-exported: the decode-side halves)
     AUDIO_INPUTS,
     NO_AUDIO,
@@ -47,6 +47,7 @@ from extract.dump.makers import (  # noqa: F401  (re-exported: the decode-side h
     RGBClips,
     audio_input_for,
 )
+from extract.media.raft import RAFT_MODELS, raft_weights_file
 from extract.media.sampling import ClipSampling
 from extract.media.transforms import normalize, to_tensor_clip
 from store import FeatureSetSpec
@@ -228,6 +229,11 @@ class RGBProducer(BackboneProducer):
         return to_tensor_clip(x, info.mean, info.std)  # (B, T, h, w, 3) -> (B, 3, T, h, w)
 
 
+def _raft_weights_record(name: str) -> dict[str, str]:
+    path = raft_weights_file(name)
+    return {"file": path.name, "sha256": file_sha256(path)}
+
+
 class FlowProducer(BackboneProducer):
     """Flow stacks (:class:`FlowClips`) through a video backbone with 2 input channels.
 
@@ -249,10 +255,13 @@ class FlowProducer(BackboneProducer):
         _check_clip_len(backbone, self.maker.sampling)
 
     def record(self) -> dict[str, Any]:
+        algorithm = self.maker.flow.algorithm
         return {
             **super().record(),
             "flow": self.maker.flow.to_dict(),
             "flow_backend": self.maker.backend,
+            **({"flow_choice": self.maker.choice} if self.maker.choice else {}),
+            **({"flow_weights": _raft_weights_record(algorithm)} if algorithm in RAFT_MODELS else {}),
             "input": "x = clip(flow, +-bound) / bound (channel 0 = x right, 1 = y down); "
             "the model gets ((x + 1) / 2 - mean) / std",
         }

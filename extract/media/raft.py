@@ -61,6 +61,27 @@ def raft_checkpoint(name: str) -> tuple[str, Path]:
     return url, Path(torch.hub.get_dir()) / "checkpoints" / os.path.basename(url)
 
 
+def raft_weights_file(name: str) -> Path:
+    """The cached checkpoint of ``name``, downloaded first if it is not there.
+
+    Raises:
+        RaftWeightsMissing: the checkpoint is neither cached nor downloadable.
+    """
+    url, path = raft_checkpoint(name)
+    if not path.is_file():
+        log.info("downloading %s to %s", url, path)
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            torch.hub.download_url_to_file(url, str(path), progress=False)
+        except (OSError, ValueError) as err:  # URLError is an OSError
+            raise RaftWeightsMissing(
+                f"{name} weights {path.name} are not in torch.hub's cache ({path.parent}) and could not be "
+                f"downloaded ({type(err).__name__}: {' '.join(str(err).split())}); copy {url} there "
+                "(or set TORCH_HOME to a folder whose hub/checkpoints holds it)"
+            ) from None
+    return path
+
+
 @functools.lru_cache(maxsize=4)
 def load_raft(name: str, device: str) -> nn.Module:
     """The RAFT model ``name`` with torchvision's default weights, in eval mode on ``device``.
@@ -70,18 +91,7 @@ def load_raft(name: str, device: str) -> nn.Module:
     Raises:
         RaftWeightsMissing: the checkpoint is neither cached nor downloadable.
     """
-    url, path = raft_checkpoint(name)
-    if not path.is_file():
-        log.info("downloading %s to %s", url, path)
-        try:
-            torch.hub.download_url_to_file(url, str(path), progress=False)
-        except (OSError, ValueError) as err:  # URLError is an OSError
-            raise RaftWeightsMissing(
-                f"{name} weights {path.name} are not in torch.hub's cache ({path.parent}) and could not be "
-                f"downloaded ({type(err).__name__}: {' '.join(str(err).split())}); copy {url} there "
-                "(or set TORCH_HOME to a folder whose hub/checkpoints holds it)"
-            ) from None
-    state = torch.load(path, map_location="cpu", weights_only=True)
+    state = torch.load(raft_weights_file(name), map_location="cpu", weights_only=True)
     model = RAFT_MODELS[name][0](weights=None)
     model.load_state_dict(state)
     return model.eval().to(device)

@@ -21,7 +21,7 @@ from typing import Any
 
 from extract.backbones import BackboneInfo
 from extract.dump.settings import DEVICES, ExtractSettings
-from extract.media.flow import FLOW_ALGORITHMS
+from extract.media.flow import FLOW_CHOICES
 from heads.schedule import LRSchedule
 from store.cli import setting_name
 from store.errors import SettingsError
@@ -89,7 +89,9 @@ class TrainRecipe:
         train_segments: random clips per training example, their frames joined on the
             time axis (TSN consensus; frame models only). None = 3 for frame models, else 1.
         eval_clips: deterministic clips per validation video; scores are averaged.
-        flow_algorithm: ``farneback`` or ``tvl1`` (flow modality).
+        flow_algorithm: ``farneback``, ``tvl1``, ``raft_small``, ``raft_large`` or ``paper``
+            (flow modality). Training computes flow in its CPU data workers, so ``paper`` is TV-L1
+            with the ``fast`` preset here (:func:`extract.media.flow.paper_flow` on ``cpu``).
         flow_bound: flows are clipped to this many pixels per frame (flow modality).
         seed: seeds the init, the shuffles, the clip positions and the augmentations.
         device: ``auto`` (CUDA when torch sees a GPU), ``cpu`` or ``cuda``.
@@ -141,7 +143,7 @@ class TrainRecipe:
     def _check_choices(self) -> None:
         for name, choices in (("modality", MODALITIES), ("optimizer", OPTIMIZERS), ("schedule", SCHEDULES),
                               ("class_weights", CLASS_WEIGHTS), ("device", DEVICES),
-                              ("flow_algorithm", FLOW_ALGORITHMS)):
+                              ("flow_algorithm", FLOW_CHOICES)):
             if getattr(self, name) not in choices:
                 raise SettingsError(f"{setting_name(name)} must be one of {choices}, got {getattr(self, name)!r}")
         if not self.backbone:
