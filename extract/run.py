@@ -34,7 +34,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from extract._config import read_toml_config
-from extract.dump.settings import DEVICES, MODALITIES, BackboneChoice, ExtractSettings, parse_shard
+from extract.dump.settings import AMP_DTYPES, DEVICES, MODALITIES, BackboneChoice, ExtractSettings, parse_shard
 from extract.errors import DemoError, ExtractError
 from extract.media.flow import FLOW_CHOICES, TVL1_PARAMS, TVL1_PRESETS
 from store.cli import non_negative_int, positive_float, positive_int, run_command
@@ -245,7 +245,13 @@ def _parser() -> argparse.ArgumentParser:
         "--amp",
         action=argparse.BooleanOptionalAction,
         default=None,
-        help="float16 autocast on CUDA (default: on with CUDA; never on CPU)",
+        help="autocast on CUDA (default: on with CUDA; never on CPU)",
+    )
+    g.add_argument(
+        "--amp-dtype",
+        choices=AMP_DTYPES,
+        default=_D.amp_dtype,
+        help=f"the autocast type: float16, or bfloat16 on Ampere and newer GPUs (default: {_D.amp_dtype})",
     )
     g.add_argument(
         "--batch-size",
@@ -368,6 +374,7 @@ def _settings(args: argparse.Namespace, demo: bool) -> ExtractSettings:
         scales=scales,
         device=args.device,
         amp=args.amp,
+        amp_dtype=args.amp_dtype,
         batch_size=args.batch_size,
         workers=args.workers,
         threads=args.threads,

@@ -189,6 +189,7 @@ def _producer(
     common = {
         "device": device,
         "amp": settings.use_amp(device),
+        "amp_dtype": settings.amp_dtype,
         "seed": settings.seed,
         "chunk_rows": settings.chunk_rows,
         "head_logits": settings.head_logits,

@@ -96,7 +96,8 @@ class BackboneProducer(FeatureProducer):
         backbone: the model (put in eval mode and on ``device`` here).
         maker: the inputs it is fed.
         device: ``"cpu"`` or ``"cuda"``.
-        amp: float16 autocast (CUDA only).
+        amp: autocast (CUDA only).
+        amp_dtype: ``"float16"`` or ``"bfloat16"``, the autocast type.
         seed: the seed of a random init (recorded when there are no weights).
         chunk_rows: rows per storage chunk of the feature set.
         head_logits: also return the classifier's per-clip logits (needs ``backbone.fc``).
@@ -112,6 +113,7 @@ class BackboneProducer(FeatureProducer):
         *,
         device: str = "cpu",
         amp: bool = False,
+        amp_dtype: str = "float16",
         seed: int = 0,
         chunk_rows: int = 256,
         head_logits: bool = False,
@@ -131,11 +133,13 @@ class BackboneProducer(FeatureProducer):
             self.model = self.model.to(memory_format=torch.channels_last)
         self.device = torch.device(device)
         self.amp = bool(amp and self.device.type == "cuda")
+        self.amp_dtype = getattr(torch, amp_dtype)
         self.head_logits = head_logits
         extra = {
             "backbone": info.to_dict(),
             **self.record(),
             "precision": "amp" if self.amp else "fp32",
+            **({"amp_dtype": amp_dtype} if self.amp else {}),
         }
         if backbone.weights_sha256 is None:
             extra["random_init_seed"] = seed
@@ -190,7 +194,7 @@ class BackboneProducer(FeatureProducer):
         x = torch.from_numpy(np.ascontiguousarray(inputs))  # (B, ...)
         if self.device.type == "cuda":
             x = x.pin_memory().to(self.device, non_blocking=True)
-        with torch.autocast(self.device.type, dtype=torch.float16, enabled=self.amp):
+        with torch.autocast(self.device.type, dtype=self.amp_dtype, enabled=self.amp):
             feats = self.model.forward_features(self.model_input(x))
             out = [self.pool(feats, len(inputs))]  # -> (B, D)
             if self.head_logits:

@@ -7,7 +7,8 @@ Two kinds of fields live here:
   ``modality``, ``weights`` for one; ``backbones`` for several), ``seed`` (random init
   only), the clip sampling (``sampling``, ``clips``, ``frames``, ``stride``), the views
   (``short_side``, ``crop``, ``crops``, ``scales``), the flow (``flow_algorithm``,
-  ``flow_bound``, ``flow_preset``, ``flow_params``), the precision (``amp``), ``head_logits`` and ``chunk_rows``.
+  ``flow_bound``, ``flow_preset``, ``flow_params``), the precision (``amp``, ``amp_dtype``), ``head_logits``
+  and ``chunk_rows``.
 * **How the run goes** (free to change between a run and its resume): ``set_name``,
   ``device``, ``batch_size``, ``workers``, ``threads``, ``timeout_s``, ``flush_s``,
   ``retry_errors``, ``limit``, ``shard``.
@@ -50,6 +51,7 @@ from store.errors import SettingsError
 from store.threads import free_cores
 
 DEVICES = ("auto", "cpu", "cuda")
+AMP_DTYPES = ("float16", "bfloat16")
 #: What a backbone of a run looks at; K per video is clips x views (rgb, flow) or clips (audio).
 MODALITIES = ("rgb", "flow", "audio")
 _SET_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]*$")
@@ -182,6 +184,7 @@ class ExtractSettings:
         scales: extra short sides for multi-scale views.
         device: ``auto`` (CUDA if available), ``cpu`` or ``cuda``.
         amp: mixed precision; None = on for CUDA, off on CPU.
+        amp_dtype: the autocast type on CUDA: ``float16`` or ``bfloat16`` (Ampere and newer).
         batch_size: clips per model batch, gathered across videos.
         workers: decode processes (0 = decode in the main process, no hard timeout);
             None = :func:`default_parallelism`.
@@ -219,6 +222,7 @@ class ExtractSettings:
     scales: tuple[int, ...] = ()
     device: str = "auto"
     amp: bool | None = None
+    amp_dtype: str = "float16"
     batch_size: int = 64
     workers: int | None = None
     threads: int | None = None
@@ -279,6 +283,8 @@ class ExtractSettings:
         self.flow_settings("cpu")  # checks the preset and parameters
         if self.sampling is not None and self.sampling not in SAMPLING_MODES:
             raise SettingsError(f"--sampling must be one of {SAMPLING_MODES}, got {self.sampling!r}")
+        if self.amp_dtype not in AMP_DTYPES:
+            raise SettingsError(f"--amp-dtype must be one of {AMP_DTYPES}, got {self.amp_dtype!r}")
         if self.device not in DEVICES:
             raise SettingsError(f"--device must be one of {DEVICES}, got {self.device!r}")
         for name in ("clips", "stride", "batch_size", "chunk_rows"):
