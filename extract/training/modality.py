@@ -36,6 +36,7 @@ from extract.dump.makers import RGBClips
 from extract.media.audio import AudioSettings, audio_windows, log_mel
 from extract.media.decode import DecodeError, decode_video
 from extract.media.flow import FlowSettings, clip_flow_stack, flow_frame_indices, flow_views, paper_flow
+from extract.media.raft import RAFT_MODELS, raft_weights_file
 from extract.media.sampling import (
     ClipSampling,
     ViewSpec,
@@ -131,6 +132,8 @@ class FlowInputs(ModalityInputs):
         if algorithm == "paper":
             algorithm, preset, _ = paper_flow("cpu")
         self.flow = FlowSettings(algorithm=algorithm, bound=recipe.flow_bound, preset=preset)
+        if algorithm in RAFT_MODELS:
+            raft_weights_file(algorithm)  # missing weights: one error now, not one per data worker
         self.sampling = _picture_sampling(recipe)
         self.augment = ClipAugment(recipe.short_side, recipe.scale, recipe.crop, recipe.flip)
         self.eval_sampling: ClipSampling = settings.clip_sampling(info)

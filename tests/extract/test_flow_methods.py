@@ -4,6 +4,7 @@ RAFT's flow is checked against torchvision's model called directly, pair by pair
 padded by hand; its network images against the same clip-and-scale as every other method.
 """
 
+import dataclasses
 import urllib.error
 
 import numpy as np
@@ -208,3 +209,19 @@ def test_run_flow_user_errors(argv, words, tiny_demo, tmp_path, monkeypatch, cap
     err = [line for line in capsys.readouterr().err.splitlines() if "randomly initialised" not in line]
     assert len(err) == 1 and err[0].startswith("error: ") and words in err[0], err
     assert not store.exists()
+
+
+def test_training_paper_flow_is_tvl1_fast_and_raft_checks_weights_first(tmp_path, monkeypatch):
+    from extract.backbones import get_backbone
+    from extract.training.modality import make_inputs
+    from extract.training.recipe import TrainRecipe
+
+    backbone = get_backbone("resnet_tiny", in_channels=2)
+    recipe = TrainRecipe(backbone="resnet_tiny", modality="flow", flow_algorithm="paper").resolve(backbone.info)
+    inputs = make_inputs(backbone, recipe)
+    assert (inputs.flow.algorithm, inputs.flow.preset, inputs.flow.tvl1_warps) == ("tvl1", "fast", 2)
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "empty"))
+    monkeypatch.setattr(torch.hub, "download_url_to_file",
+                        lambda *a, **k: (_ for _ in ()).throw(urllib.error.URLError("offline")))
+    with pytest.raises(RaftWeightsMissing):
+        make_inputs(backbone, dataclasses.replace(recipe, flow_algorithm="raft_small"))
