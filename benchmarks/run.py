@@ -40,6 +40,7 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
+import benchmarks.distributed_bench  # noqa: F401  (registers "distributed")
 import benchmarks.extract_bench  # noqa: F401  (registers "extract")
 import benchmarks.flow_bench  # noqa: F401  (registers "flow")
 import benchmarks.fusion_bench  # noqa: F401  (registers "fusion")
