@@ -268,12 +268,19 @@ def gpu_check(workdir: Path, device: str, sizes: GpuCheckSizes = SIZES,
     work.mkdir(parents=True, exist_ok=True)
     demo = make_demo(workdir / f"gpu_demo_{sizes.videos}", DemoConfig(videos=sizes.videos, size=112), progress=False)
     metrics: dict[str, float] = {}
-    for part in (lambda: check_extraction(demo, work, device, sizes, read_utilization),
-                 lambda: check_raft(demo, work, device, sizes),
-                 lambda: check_faiss(sizes),
-                 lambda: check_xgboost(device, sizes),
-                 lambda: check_sweep(work, device, sizes)):
+    t0 = time.perf_counter()
+    for name, part in (("extraction", lambda: check_extraction(demo, work, device, sizes, read_utilization)),
+                       ("raft", lambda: check_raft(demo, work, device, sizes)),
+                       ("faiss", lambda: check_faiss(sizes)),
+                       ("xgboost", lambda: check_xgboost(device, sizes)),
+                       ("sweep", lambda: check_sweep(work, device, sizes))):
+        t = time.perf_counter()
         metrics |= part()
+        metrics[f"{name}_check_s"] = time.perf_counter() - t
+    metrics["gpu_check_s"] = time.perf_counter() - t0
+    print(f"   the check took {metrics['gpu_check_s']:.0f} s (" + ", ".join(
+        f"{n} {metrics[f'{n}_check_s']:.0f} s" for n in ("extraction", "raft", "faiss", "xgboost", "sweep"))
+        + "; budget 600 s with the demo)")
     return metrics
 
 

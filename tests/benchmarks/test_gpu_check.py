@@ -53,6 +53,8 @@ def test_every_part_runs_on_the_cpu(tmp_path, monkeypatch, capsys):
     assert "this faiss has no GPU" in out
     assert m["xgboost_on_cuda"] == 0.0 and m["xgboost_rounds_per_s"] > 0
     assert m["sweep_runs_per_s"] > 0 and 0 <= m["sweep_best_val_map"] <= 1
+    parts = ("extraction", "raft", "faiss", "xgboost", "sweep")
+    assert m["gpu_check_s"] >= sum(m[f"{p}_check_s"] for p in parts) and "the check took" in out
 
 
 def test_xgboost_without_cuda_says_so_and_trains_on_the_cpu(monkeypatch, capsys):
