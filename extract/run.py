@@ -37,9 +37,9 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from extract._config import read_toml_config
-from extract.dump.settings import DEVICES, MODALITIES, BackboneChoice, ExtractSettings, parse_shard
+from extract.dump.settings import AMP_DTYPES, DEVICES, MODALITIES, BackboneChoice, ExtractSettings, parse_shard
 from extract.errors import DemoError, ExtractError
-from extract.media.flow import FLOW_ALGORITHMS
+from extract.media.flow import FLOW_CHOICES, TVL1_PARAMS, TVL1_PRESETS
 from store.cli import non_negative_int, positive_float, positive_int, run_command
 from store.cluster import CLUSTERS, check_choice
 from store.errors import SettingsError
@@ -230,10 +230,13 @@ def _parser() -> argparse.ArgumentParser:
     g.add_argument(
         "--flow",
         dest="flow_algorithm",
-        choices=FLOW_ALGORITHMS,
+        choices=FLOW_CHOICES,
         default=_D.flow_algorithm,
-        help=f"optical flow algorithm, computed in the decode workers (default: "
-        f"{_D.flow_algorithm}, ~100x faster than tvl1 on a CPU)",
+        help=f"optical flow algorithm, computed in the decode workers (default: {_D.flow_algorithm}). "
+        "Per pair at 112 px on one core: farneback ~2 ms, tvl1 ~250 ms (--flow-preset fast ~55 ms), "
+        "raft_small ~90 ms (on torch's GPU when --device is cuda); paper: what stands in for the papers' "
+        "TV-L1 here (tvl1 fast on a CPU, full tvl1 with OpenCV CUDA or raft_large on a GPU), recorded in "
+        "the set's attrs. RAFT uses torchvision's weights from $TORCH_HOME/hub/checkpoints",
     )
     g.add_argument(
         "--flow-bound",
@@ -242,6 +245,22 @@ def _parser() -> argparse.ArgumentParser:
         help=f"clip flows to +-this many pixels per frame, then scale to [-1, 1] (default: "
         f"{_D.flow_bound:g})",
     )
+    g.add_argument(
+        "--flow-preset",
+        choices=tuple(TVL1_PRESETS),
+        default=_D.flow_preset,
+        help="TV-L1 parameters: default (OpenCV's) or fast (nscales 3, warps 2, inner 10 x outer 2 "
+        "iterations: ~4x the pairs/s, the same motion-probe score; extract/README.md) (default: default)",
+    )
+    for name in TVL1_PARAMS:
+        default = TVL1_PRESETS["default"][f"tvl1_{name}"]
+        g.add_argument(
+            f"--tvl1-{name.replace('_', '-')}",
+            dest=f"tvl1_{name}",
+            type=positive_int if isinstance(default, int) else positive_float,
+            help=f"TV-L1 {name} (cv2.optflow.DualTVL1OpticalFlow_create's; default: the preset's, {default:g} "
+            "in default)",
+        )
     g = p.add_argument_group("run")
     g.add_argument(
         "--device",
@@ -253,7 +272,13 @@ def _parser() -> argparse.ArgumentParser:
         "--amp",
         action=argparse.BooleanOptionalAction,
         default=None,
-        help="float16 autocast on CUDA (default: on with CUDA; never on CPU)",
+        help="autocast on CUDA (default: on with CUDA; never on CPU)",
+    )
+    g.add_argument(
+        "--amp-dtype",
+        choices=AMP_DTYPES,
+        default=_D.amp_dtype,
+        help=f"the autocast type: float16, or bfloat16 on Ampere and newer GPUs (default: {_D.amp_dtype})",
     )
     g.add_argument(
         "--batch-size",
@@ -413,6 +438,7 @@ def _settings(args: argparse.Namespace, demo: bool) -> ExtractSettings:
         scales=scales,
         device=args.device,
         amp=args.amp,
+        amp_dtype=args.amp_dtype,
         batch_size=args.batch_size,
         workers=args.workers,
         threads=args.threads,
@@ -425,6 +451,10 @@ def _settings(args: argparse.Namespace, demo: bool) -> ExtractSettings:
         shard=parse_shard(args.shard) if args.shard else None,
         flow_algorithm=args.flow_algorithm,
         flow_bound=args.flow_bound,
+        flow_preset=args.flow_preset,
+        flow_params=tuple(
+            (f"tvl1_{n}", getattr(args, f"tvl1_{n}")) for n in TVL1_PARAMS if getattr(args, f"tvl1_{n}") is not None
+        ),
         head_logits=args.head_logits,
     )
 

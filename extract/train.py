@@ -34,6 +34,7 @@ from typing import Any
 
 from extract._config import read_toml_config
 from extract.errors import DemoError, ExtractError
+from extract.media.flow import FLOW_CHOICES
 from extract.training.recipe import CLASS_WEIGHTS, MODALITIES, OPTIMIZERS, SCHEDULES, TrainRecipe
 from store.cli import non_negative_int, positive_float, positive_int, run_command
 from store.threads import add_threads_argument, free_cores, set_threads
@@ -134,8 +135,9 @@ def _recipe_flags(p: argparse.ArgumentParser) -> None:
                         "from the video's rate, as extract.run --fps (default: the video's frames)")
     g.add_argument("--max-clips", dest="max_clips", type=positive_int, default=S, metavar="N",
                    help="at most N time-based evaluation clips per video, more evenly thinned (default: 128)")
-    g.add_argument("--flow-algorithm", dest="flow_algorithm", choices=("farneback", "tvl1"), default=S,
-                   help=f"(--modality flow; default: {_R.flow_algorithm})")
+    g.add_argument("--flow-algorithm", dest="flow_algorithm", choices=FLOW_CHOICES, default=S,
+                   help=f"(--modality flow; default: {_R.flow_algorithm}; paper: TV-L1 fast, the flow is made "
+                        "in the CPU data workers)")
     g.add_argument("--flow-bound", dest="flow_bound", type=positive_float, default=S,
                    help=f"clip flow to +-N px/frame (default: {_R.flow_bound})")
     g.add_argument("--seed", type=non_negative_int, default=S,

@@ -183,17 +183,21 @@ class FlowClips(_ViewedClips):
 
     Flow ``t`` of a clip is the motion from its frame ``t`` to the next video frame
     (:func:`extract.media.flow.flow_frame_indices`), so the decode needs each clip frame and its
-    successor; it is computed in the decode worker (one OpenCV thread per worker).
+    successor; it is computed in the decode worker (one OpenCV / torch thread per worker; RAFT on
+    a GPU: each worker holds its own copy of the model there).
 
     Attributes:
         sampling: where the N clips of T frames go (the RGB timeline).
         view: resize and crops (mirrored views negate x).
         flow: algorithm, bound, size (the short side the flow is computed at).
-        backend: ``"cpu"`` or ``"cuda"`` (OpenCV's), from :func:`extract.media.flow.flow_backend`.
+        backend: ``"cpu"`` or ``"cuda"`` (OpenCV's, or torch's for RAFT), from
+            :func:`extract.media.flow.flow_backend`.
+        choice: why this flow, when ``--flow paper`` chose it (recorded as ``flow_choice``).
     """
 
     flow: FlowSettings
     backend: str = "cpu"
+    choice: str | None = None
 
     def frame_indices(self, n_frames: int, fps: float) -> np.ndarray:
         idx = _real_indices(self.sampling, n_frames, fps)  # (n, T)

@@ -62,7 +62,8 @@ from extract.dump.producers import (
 )
 from extract.dump.settings import BackboneChoice, ExtractSettings
 from extract.errors import ExtractError
-from extract.media.flow import FlowSettings, flow_backend
+from extract.media.flow import flow_backend
+from extract.media.raft import RAFT_MODELS, raft_weights_file
 from extract.media.sampling import ClipSampling
 from store import FeatureSetSpec, FeatureStore
 
@@ -184,6 +185,7 @@ def _producer(
     common = {
         "device": device,
         "amp": settings.use_amp(device),
+        "amp_dtype": settings.amp_dtype,
         "seed": settings.seed,
         "chunk_rows": settings.chunk_rows,
         "head_logits": settings.head_logits,
@@ -194,12 +196,12 @@ def _producer(
         return AudioProducer(backbone, maker, **common)
     sampling, view = settings.clip_sampling(info), settings.view_spec(info)
     if choice.modality == "flow":
-        flow = FlowSettings(
-            algorithm=settings.flow_algorithm,
-            bound=float(settings.flow_bound),
-            size=view.decode_short_side,
-        )
-        maker = FlowClips(sampling, view, flow, backend=flow_backend("auto"))
+        flow, why = settings.flow_settings(device, size=view.decode_short_side)
+        raft = flow.algorithm in RAFT_MODELS  # torch's device, the run's; OpenCV's own GPU check otherwise
+        if raft:
+            raft_weights_file(flow.algorithm)  # a missing checkpoint is a user error before the store is touched
+        maker = FlowClips(sampling, view, flow, backend=flow_backend(device if raft else "auto", flow.algorithm),
+                          choice=why)
         return FlowProducer(backbone, maker, **common)
     return RGBProducer(backbone, RGBClips(sampling, view), **common)
 

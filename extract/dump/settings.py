@@ -8,7 +8,8 @@ Two kinds of fields live here:
   only), the clip sampling (``sampling``, ``clips``, ``frames``, ``stride``; time-based:
   ``every``, ``fps``, ``max_clips``), the views
   (``short_side``, ``crop``, ``crops``, ``scales``), the flow (``flow_algorithm``,
-  ``flow_bound``), the precision (``amp``), ``head_logits`` and ``chunk_rows``.
+  ``flow_bound``, ``flow_preset``, ``flow_params``), the precision (``amp``, ``amp_dtype``), ``head_logits``
+  and ``chunk_rows``.
 * **How the run goes** (free to change between a run and its resume): ``set_name``,
   ``device``, ``batch_size``, ``workers``, ``threads``, ``max_memory_gb``, ``timeout_s``, ``flush_s``,
   ``retry_errors``, ``limit``, ``shard``.
@@ -50,13 +51,14 @@ from typing import Any
 
 from extract.backbones import BackboneInfo
 from extract.errors import ExtractError
-from extract.media.flow import FLOW_ALGORITHMS
+from extract.media.flow import FLOW_CHOICES, FlowSettings, paper_flow
 from extract.media.sampling import EVERY, SAMPLING_MODES, ClipSampling, ViewSpec
 from store.cli import setting_name
 from store.errors import SettingsError
 from store.threads import free_cores
 
 DEVICES = ("auto", "cpu", "cuda")
+AMP_DTYPES = ("float16", "bfloat16")
 #: What a backbone of a run looks at; K per video is clips x views (rgb, flow) or clips (audio).
 MODALITIES = ("rgb", "flow", "audio")
 _SET_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]*$")
@@ -204,6 +206,7 @@ class ExtractSettings:
         scales: extra short sides for multi-scale views.
         device: ``auto`` (CUDA if available), ``cpu`` or ``cuda``.
         amp: mixed precision; None = on for CUDA, off on CPU.
+        amp_dtype: the autocast type on CUDA: ``float16`` or ``bfloat16`` (Ampere and newer).
         batch_size: the most clips per model batch, gathered across videos (the memory
             budget may take fewer).
         workers: decode processes (0 = decode in the main process, between batches, no hard
@@ -219,8 +222,13 @@ class ExtractSettings:
         retry_errors: also process rows that failed in an earlier run.
         limit: process at most this many pending rows (smoke tests).
         shard: ``(i, n)``: fill only the i-th of n chunk-aligned row ranges.
-        flow_algorithm: ``farneback`` (CPU default) or ``tvl1``, for flow backbones.
+        flow_algorithm: ``farneback`` (CPU default), ``tvl1``, ``raft_small``, ``raft_large``,
+            or ``paper`` (:func:`extract.media.flow.paper_flow`: TV-L1 fast on a CPU, full
+            TV-L1 or RAFT-large on a GPU), for flow backbones.
         flow_bound: flows are clipped to +-bound pixels per frame, then divided by it.
+        flow_preset: ``default`` or ``fast`` TV-L1 parameters (``tvl1`` only).
+        flow_params: ``(FlowSettings field, value)`` pairs over the preset, e.g.
+            ``(("tvl1_warps", 2),)`` (``--tvl1-warps 2``).
         head_logits: also keep each backbone's classifier scores (needs ``weights`` with a
             classifier ``fc`` for the store's classes): a ``<set>__logits`` feature set
             during the run, a ``<set>_logits`` prediction run at its end.
@@ -240,6 +248,7 @@ class ExtractSettings:
     scales: tuple[int, ...] = ()
     device: str = "auto"
     amp: bool | None = None
+    amp_dtype: str = "float16"
     batch_size: int = 64
     workers: int | None = None
     threads: int | None = None
@@ -254,6 +263,8 @@ class ExtractSettings:
     backbones: tuple[BackboneChoice, ...] = ()
     flow_algorithm: str = "farneback"
     flow_bound: float = 20.0
+    flow_preset: str = "default"
+    flow_params: tuple[tuple[str, float], ...] = ()
     head_logits: bool = False
     every: float | None = None
     fps: float | None = None
@@ -292,15 +303,19 @@ class ExtractSettings:
                 f"two backbones of the run would write the feature set {twice[0]!r}; "
                 "give each its own name with --set (one per --backbone, in order)"
             )
-        if self.flow_algorithm not in FLOW_ALGORITHMS:
-            raise SettingsError(
-                f"--flow must be one of {FLOW_ALGORITHMS}, got {self.flow_algorithm!r}"
-            )
+        if self.flow_algorithm not in FLOW_CHOICES:
+            raise SettingsError(f"--flow must be one of {FLOW_CHOICES}, got {self.flow_algorithm!r}")
         if not float(self.flow_bound) > 0:
             raise SettingsError(f"--flow-bound must be > 0 pixels per frame, got {self.flow_bound!r}")
+        object.__setattr__(self, "flow_params", tuple(sorted((str(k), v) for k, v in self.flow_params)))
+        if self.flow_algorithm == "paper" and self.flow_preset != "default":
+            raise SettingsError("--flow paper picks the TV-L1 preset itself; drop --flow-preset")
+        self.flow_settings("cpu")  # checks the preset and parameters
         if self.sampling is not None and self.sampling not in SAMPLING_MODES:
             raise SettingsError(f"--sampling must be one of {SAMPLING_MODES}, got {self.sampling!r}")
         self._check_time_sampling()
+        if self.amp_dtype not in AMP_DTYPES:
+            raise SettingsError(f"--amp-dtype must be one of {AMP_DTYPES}, got {self.amp_dtype!r}")
         if self.device not in DEVICES:
             raise SettingsError(f"--device must be one of {DEVICES}, got {self.device!r}")
         for name in ("clips", "stride", "batch_size", "chunk_rows"):
@@ -380,6 +395,24 @@ class ExtractSettings:
                 threads = max(1, free_cores() - workers) if device == "cpu" else 1
         return workers, self.threads or threads
 
+    def flow_settings(self, device: str, size: int | None = None) -> tuple[FlowSettings, str | None]:
+        """The flow of the run on ``device`` (``cpu``/``cuda``), and why when ``paper`` chose it.
+
+        Raises:
+            SettingsError: a preset or ``--tvl1-*`` value that does not fit the algorithm.
+        """
+        algorithm, preset, why = self.flow_algorithm, self.flow_preset, None
+        if algorithm == "paper":
+            algorithm, preset, why = paper_flow(device)
+        params = dict(self.flow_params)
+        if algorithm != "tvl1" and any(k.startswith("tvl1_") for k in params):
+            raise SettingsError(f"--tvl1-* parameters are for --flow tvl1, not {algorithm}")
+        try:
+            flow = FlowSettings(algorithm=algorithm, bound=float(self.flow_bound), size=size, preset=preset, **params)
+        except (TypeError, ValueError) as err:
+            raise SettingsError(f"flow settings: {err}") from None
+        return flow, why
+
     def use_amp(self, device: str) -> bool:
         return (device == "cuda") if self.amp is None else bool(self.amp and device == "cuda")
 
@@ -406,4 +439,6 @@ class ExtractSettings:
             d["shard"] = tuple(d["shard"])
         if d.get("backbones"):
             d["backbones"] = tuple(BackboneChoice.from_dict(b) for b in d["backbones"])
+        if d.get("flow_params"):
+            d["flow_params"] = tuple(tuple(p) for p in d["flow_params"])
         return cls(**d)

@@ -1,8 +1,8 @@
 """Decode workers: one process per worker, one pipe each, hard per-video time limits.
 
 :class:`DecodePool` runs :func:`process_task` in ``workers`` processes (``forkserver``
-start method: the server imports this module once, every worker forks from it; no CUDA,
-one torch thread and one OpenCV thread per worker) and yields results in completion order
+start method: the server imports this module once, every worker forks from it; no CUDA but
+RAFT flow on a GPU, one torch thread and one OpenCV thread per worker) and yields results in completion order
 while the main process runs the models. Each task is one video decoded once for all its
 makers, which build their inputs in the worker (crops, optical flow, log-mel). A background
 thread keeps every worker fed (up to ``depth`` tasks

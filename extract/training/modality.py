@@ -35,7 +35,8 @@ from extract.backbones import Backbone, BackboneInfo
 from extract.dump.makers import RGBClips
 from extract.media.audio import AudioSettings, audio_windows, log_mel
 from extract.media.decode import DecodeError, decode_video
-from extract.media.flow import FlowSettings, clip_flow_stack, flow_frame_indices, flow_views
+from extract.media.flow import FlowSettings, clip_flow_stack, flow_frame_indices, flow_views, paper_flow
+from extract.media.raft import RAFT_MODELS, raft_weights_file
 from extract.media.sampling import (
     ClipSampling,
     ViewSpec,
@@ -126,7 +127,13 @@ class FlowInputs(ModalityInputs):
         if info.in_channels != 2:
             raise ValueError(f"flow training needs a 2-channel backbone (in_channels=2), got {info.in_channels}")
         settings = recipe.extract_settings()
-        self.flow = FlowSettings(algorithm=recipe.flow_algorithm, bound=recipe.flow_bound)
+        # flow is made in the DataLoader's CPU workers: ``paper`` resolves as on a CPU (TV-L1 fast)
+        algorithm, preset = (recipe.flow_algorithm, "default")
+        if algorithm == "paper":
+            algorithm, preset, _ = paper_flow("cpu")
+        self.flow = FlowSettings(algorithm=algorithm, bound=recipe.flow_bound, preset=preset)
+        if algorithm in RAFT_MODELS:
+            raft_weights_file(algorithm)  # missing weights: one error now, not one per data worker
         self.sampling = _picture_sampling(recipe)
         self.augment = ClipAugment(recipe.short_side, recipe.scale, recipe.crop, recipe.flip)
         self.eval_sampling: ClipSampling = settings.clip_sampling(info)

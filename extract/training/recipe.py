@@ -21,7 +21,7 @@ from typing import Any
 
 from extract.backbones import BackboneInfo
 from extract.dump.settings import DEVICES, ExtractSettings
-from extract.media.flow import FLOW_ALGORITHMS
+from extract.media.flow import FLOW_CHOICES
 from heads.schedule import LRSchedule
 from store.cli import setting_name
 from store.errors import SettingsError
@@ -95,7 +95,9 @@ class TrainRecipe:
         fps: take every clip's frames (training and evaluation) at this rate, resampled
             from the video's (``extract.run --fps``); None: the video's own frames.
         max_clips: the most time-based evaluation clips per video (needs ``every``).
-        flow_algorithm: ``farneback`` or ``tvl1`` (flow modality).
+        flow_algorithm: ``farneback``, ``tvl1``, ``raft_small``, ``raft_large`` or ``paper``
+            (flow modality). Training computes flow in its CPU data workers, so ``paper`` is TV-L1
+            with the ``fast`` preset here (:func:`extract.media.flow.paper_flow` on ``cpu``).
         flow_bound: flows are clipped to this many pixels per frame (flow modality).
         seed: seeds the init, the shuffles, the clip positions and the augmentations.
         device: ``auto`` (CUDA when torch sees a GPU), ``cpu`` or ``cuda``.
@@ -150,7 +152,7 @@ class TrainRecipe:
     def _check_choices(self) -> None:
         for name, choices in (("modality", MODALITIES), ("optimizer", OPTIMIZERS), ("schedule", SCHEDULES),
                               ("class_weights", CLASS_WEIGHTS), ("device", DEVICES),
-                              ("flow_algorithm", FLOW_ALGORITHMS)):
+                              ("flow_algorithm", FLOW_CHOICES)):
             if getattr(self, name) not in choices:
                 raise SettingsError(f"{setting_name(name)} must be one of {choices}, got {getattr(self, name)!r}")
         if not self.backbone:
