@@ -41,7 +41,7 @@ from typing import Any
 
 import numpy as np
 
-from extract.dump._prepare import check_feature_sets, open_video_list, prepare_store
+from extract.dump._prepare import check_feature_sets, fix_max_clips, open_video_list, prepare_store
 from extract.dump.jobs import make_jobs
 from extract.dump.pipeline import base_set_names, build_producers, run_extraction, write_logit_predictions
 from extract.dump.producers import LOGITS_SUFFIX
@@ -72,7 +72,7 @@ class RangeResult:
 
 @dataclass
 class ClusterStats:
-    """Counters of a cluster run (live during it, final in the summary)."""
+    """Counters of a cluster run (live during it from the tasks' results; ``done``/``failed`` final from the store)."""
 
     planned: int = 0
     tasks: int = 0
@@ -198,12 +198,13 @@ def extract_on_cluster(
                              kinetics_pattern=kinetics_pattern)
     num_classes = len(videos.classes) or 1
     device = settings.resolved_device()
+    probe = {"workers": max(1, settings.workers or 1), "timeout_s": settings.timeout_s, "progress": on_probe}
+    settings, probed = fix_max_clips(settings, store, videos, **probe)  # time-based K-max, the same for every task
     producers = build_producers(settings, device, num_classes=num_classes)  # names and specs, checked here once
     jobs = make_jobs(producers, base_set_names(settings, producers))
     outputs = [out for job in jobs for out in job.outputs]
     check_feature_sets(store, outputs)
-    fs, targets = prepare_store(store, videos, workers=max(1, settings.workers or 1), timeout_s=settings.timeout_s,
-                                progress=on_probe)
+    fs, targets = prepare_store(store, videos, probed=probed, **probe)
     for name, spec in outputs:
         fs.create_feature_set(name, spec)
     del producers  # the client needs no models from here on
@@ -245,9 +246,17 @@ def extract_on_cluster(
                             targets["path"].get(row, "?"))
                 _record_killed(fs, stats.set_names, row, settings.chunk_rows, fs.n_videos)
                 stats.killed_rows.append(row)
-                stats.failed += 1
             if on_progress:
                 on_progress(stats)
+    # The final counts come from the store, not from the tasks' results: a task that finished its rows on a
+    # worker killed just after (by another task) is reported as killed, and its rows are done all the same.
+    done_all = np.ones(fs.n_videos, bool)
+    failed_any = np.zeros(fs.n_videos, bool)
+    for name in stats.set_names:
+        fset = fs.feature_set(name)
+        done_all &= fset.done()
+        failed_any[list(fset.errors())] = True
+    stats.done, stats.failed = int(done_all[pending].sum()), int((failed_any & ~done_all)[pending].sum())
     for job in jobs:
         if job.head_logits:
             run = f"{job.name}_logits"
