@@ -122,6 +122,8 @@ class PretrainedWeights:
         converter: maps the file's state_dict to the backbone's key layout; None when it
             already has it.
         default: the weight a backbone without ``@`` uses (at most one per backbone).
+        keep_init: key fragments of the backbone's own modules the file does not hold; they
+            keep their init (TIN's interlace nets on an ImageNet ResNet body).
     """
 
     backbone: str
@@ -135,6 +137,7 @@ class PretrainedWeights:
     sha256: str | None = None
     converter: Converter | None = None
     default: bool = False
+    keep_init: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "aliases", tuple(self.aliases))
@@ -327,6 +330,7 @@ def from_torchvision(
     default: bool = True,
     clip_len: int | None = None,
     converter: Converter | None = None,
+    keep_init: tuple[str, ...] = (),
 ) -> list[PretrainedWeights]:
     """Registry entries read from a torchvision ``Weights`` enum, one per member.
 
@@ -343,6 +347,7 @@ def from_torchvision(
             (False for backbones whose default comes from elsewhere, or that have none).
         clip_len: frames per clip instead of the docs' figure.
         converter: torchvision's layout -> ours, where they differ (the classifier's keys).
+        keep_init: see :attr:`PretrainedWeights.keep_init`.
     """
     out = []
     for enum in enum_cls:
@@ -370,6 +375,7 @@ def from_torchvision(
             source="torchvision",
             converter=converter,
             default=default and enum is enum_cls.DEFAULT,
+            keep_init=keep_init,
         ))
     return out
 

@@ -193,6 +193,7 @@ def load_weights(
     *,
     convert: Callable[[dict[str, Tensor]], dict[str, Tensor]] | None = None,
     sha256: str | None = None,
+    keep_init: tuple[str, ...] = (),
 ) -> str:
     """Load a local checkpoint into ``model`` and return the file's sha256.
 
@@ -210,6 +211,8 @@ def load_weights(
         convert: maps the file's state_dict to the model's key layout first (a published
             checkpoint's converter, see :mod:`extract.backbones.pretrained`).
         sha256: the file's checksum when the caller has computed it already.
+        keep_init: key fragments of the model's own modules the file need not hold; they
+            keep their init (TIN's interlace nets on an ImageNet ResNet body).
 
     Returns:
         Hex sha256 of the file, to record next to the features it produces.
@@ -228,7 +231,7 @@ def load_weights(
     def optional(key: str) -> bool:
         return key.startswith(CLASSIFIER_PREFIX) or key.endswith("num_batches_tracked")
 
-    missing = [k for k in own if k not in state and not optional(k)]
+    missing = [k for k in own if k not in state and not optional(k) and not any(f in k for f in keep_init)]
     unexpected = [k for k in state if k not in own and not optional(k)]
     wrong_shape = [
         f"{k} {tuple(state[k].shape)} != {tuple(own[k].shape)}"

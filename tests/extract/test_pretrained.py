@@ -257,6 +257,22 @@ def test_flow_nets_start_from_rgb_weights_by_the_cross_modality_rule(hub):
     assert flow.weights_sha256 == entry.sha256
 
 
+def test_tin_body_from_imagenet_keeps_its_interlace_init(hub):
+    from torchvision.models import resnet50
+
+    entry = hub("tin_resnet50", "imagenet1k", _tv(resnet50))
+    body = torch.load(entry.cache_path(), weights_only=True)
+    torch.manual_seed(5)
+    loaded = get_backbone("tin_resnet50", weights="imagenet1k").state_dict()
+    torch.manual_seed(5)
+    fresh = get_backbone("tin_resnet50", weights=RANDOM).state_dict()
+    interlace = [k for k in loaded if ".interlace." in k]
+    assert len(interlace) == 128 and set(loaded) - set(interlace) - set(body) == set()
+    for k in loaded:
+        want = fresh[k] if k in interlace else body[k]
+        torch.testing.assert_close(loaded[k], want, rtol=0, atol=0)
+
+
 # ---------------------------------------------------------------------------- fine-tuning
 def test_train_from_named_weights_replaces_the_classifier(hub, demo, tmp_path):
     from extract.train import main as train_main
