@@ -3,7 +3,8 @@
 This module reads files on disk; named weights and their downloads are
 :mod:`extract.backbones.pretrained`. A checkpoint is a file holding a state_dict in
 torchvision's layout (``conv1.weight``, ``layer1.0.bn1.running_mean``, ..., ``fc.weight``),
-or a training checkpoint dict with that state_dict under ``"model"`` or ``"state_dict"``.
+or a training checkpoint dict with that state_dict under ``"model"``, ``"state_dict"`` or
+``"model_state"`` (PySlowFast, pytorchvideo).
 
 Cross-modality init (TSN, Wang et al. 2016): a net for C input channels (a flow stack)
 starts from an RGB net by averaging the first conv's kernel over its 3 input channels and
@@ -158,7 +159,7 @@ def _read_state_dict(path: Path) -> dict[str, Tensor]:
     """Load a file with ``weights_only=True`` and return its state_dict (prefixes removed)."""
     obj = read_torch_file(path)
     if isinstance(obj, Mapping):
-        for key in ("state_dict", "model"):
+        for key in ("state_dict", "model", "model_state"):  # model_state: PySlowFast / pytorchvideo
             if isinstance(obj.get(key), Mapping):
                 obj = obj[key]
                 break
@@ -197,7 +198,7 @@ def load_weights(
 ) -> str:
     """Load a local checkpoint into ``model`` and return the file's sha256.
 
-    Accepts a plain state_dict or a dict with it under ``"model"``/``"state_dict"``; a
+    Accepts a plain state_dict or a dict with it under ``"model"``/``"state_dict"``/``"model_state"``; a
     ``"module."`` key prefix is dropped. An RGB first conv loaded into a model with other
     input channels is averaged over channels (cross-modality init). The classifier
     (``fc.*``) is optional: checkpoint classifiers are skipped when the model has none or

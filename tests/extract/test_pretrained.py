@@ -144,6 +144,8 @@ def test_a_download_lands_in_the_cache_and_a_wrong_one_is_refused(hub, monkeypat
     path = good.fetch(progress=False)
     assert path == Path(torch.hub.get_dir()) / "checkpoints" / "tiny.pth" and path.read_bytes() == payload
     assert good.check_file(path) == good.sha256 and good.is_cached()
+    # a source without a published checksum: nothing to check, the file's sha256 is still what is recorded
+    assert dataclasses.replace(good, sha256=None).check_file(path) == good.sha256
     # torch.hub's own hash-prefix check on download (torchvision's NAME-<prefix>.pth names)
     bad = dataclasses.replace(good, url="https://example.invalid/m/tiny-0123abcd.pth", sha256=None)
     with pytest.raises(WeightsError, match=r"cannot download weights resnet_tiny@test from .*tiny-0123abcd.pth "
