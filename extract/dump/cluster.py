@@ -72,7 +72,7 @@ class RangeResult:
 
 @dataclass
 class ClusterStats:
-    """Counters of a cluster run (live during it, final in the summary)."""
+    """Counters of a cluster run (live during it from the tasks' results; ``done``/``failed`` final from the store)."""
 
     planned: int = 0
     tasks: int = 0
@@ -241,9 +241,17 @@ def extract_on_cluster(
                             targets["path"].get(row, "?"))
                 _record_killed(fs, stats.set_names, row, settings.chunk_rows, fs.n_videos)
                 stats.killed_rows.append(row)
-                stats.failed += 1
             if on_progress:
                 on_progress(stats)
+    # The final counts come from the store, not from the tasks' results: a task that finished its rows on a
+    # worker killed just after (by another task) is reported as killed, and its rows are done all the same.
+    done_all = np.ones(fs.n_videos, bool)
+    failed_any = np.zeros(fs.n_videos, bool)
+    for name in stats.set_names:
+        fset = fs.feature_set(name)
+        done_all &= fset.done()
+        failed_any[list(fset.errors())] = True
+    stats.done, stats.failed = int(done_all[pending].sum()), int((failed_any & ~done_all)[pending].sum())
     for job in jobs:
         if job.head_logits:
             run = f"{job.name}_logits"

