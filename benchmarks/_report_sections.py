@@ -126,6 +126,10 @@ SECTIONS: dict[str, Section] = {
             "s", "speedup", target=_ge(1.5)),
         Row("optical flow, Farneback, 1 thread", "flow_farneback_pairs_per_s", "flow_tvl1_pairs_per_s", "TV-L1",
             "pairs/s"),
+        Row("optical flow, TV-L1 fast preset", "flow_tvl1_fast_pairs_per_s", "flow_tvl1_pairs_per_s",
+            "TV-L1 (OpenCV's parameters)", "pairs/s"),
+        Row("optical flow, RAFT-small on the CPU", "flow_raft_small_pairs_per_s", "flow_tvl1_pairs_per_s", "TV-L1",
+            "pairs/s"),
         Row("audio: log-mel + ResNet-18", "audio_windows_per_s", unit="windows/s"),
         Row("S3D, 32x224x224, model stage, CPU", "s3d_clips_per_s", unit="clips/s"),
         Row("S3D, peak RSS", "s3d_peak_rss_gb", unit="GB"),
@@ -136,6 +140,13 @@ SECTIONS: dict[str, Section] = {
     ), derived=(
         ("serial_bound_clips_per_s", lambda m: 1 / (1 / m["decode_clips_per_s"] + 1 / m["model_clips_per_s"])),
         ("min_stage_clips_per_s", lambda m: min(m["decode_clips_per_s"], m["model_clips_per_s"])),
+    )),
+    "flow": Section("Optical flow: what each method costs and what a linear probe of motion labels sees in it", (
+        *(Row(f"{label}: motion-probe ROC AUC", f"flow_probe_{key}_auc", "flow_probe_tvl1_auc", "TV-L1", "AUC",
+              "none") for key, label in (("farneback", "Farneback"), ("tvl1_fast", "TV-L1 fast"),
+                                         ("raft_small", "RAFT-small"))),
+        *(Row(f"{label}, 1 thread", f"flow_{key}_pairs_per_s", "flow_tvl1_pairs_per_s", "TV-L1", "pairs/s")
+          for key, label in (("farneback", "Farneback"), ("tvl1_fast", "TV-L1 fast"), ("raft_small", "RAFT-small"))),
     )),
     "heads": Section("Heads: training on cached features vs a backbone pass over the same videos", (
         *(Row(f"{h} epoch, features in RAM", f"{h}_rows_per_s", "backbone_videos_per_s", _BACKBONE, "videos/s",

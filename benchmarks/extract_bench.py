@@ -29,8 +29,9 @@ Then a sweep of decode workers x model threads (the evidence behind
 ``extract.dump.settings.default_parallelism``) and the same four figures for R(2+1)D-18
 (16 x 112 x 112 clips) on a few videos. Then the other modalities:
 
-* ``flow_farneback_pairs_per_s`` / ``flow_tvl1_pairs_per_s``: ``compute_flow`` on demo
-  frames at 112 px, one OpenCV thread (what one decode worker gives);
+* ``flow_<method>_pairs_per_s`` (farneback, tvl1, tvl1_fast, raft_small):
+  ``benchmarks.flow_bench.flow_rates``, ``compute_flow`` on the same demo frames at 112 px,
+  one OpenCV / torch thread (what one decode worker gives);
 * ``audio_logmel_windows_per_s`` (``AudioWindows.make`` on decoded tracks: 2 s windows,
   log-mel), ``audio_model_windows_per_s`` (ResNet-18 on log-mel) and
   ``audio_windows_per_s`` (the two one after the other);
@@ -67,6 +68,7 @@ import psutil
 import torch
 
 from benchmarks.backbone_families_bench import video_family_rates
+from benchmarks.flow_bench import flow_rates
 from benchmarks.plain_extract import plain_extract
 from benchmarks.registry import register_benchmark
 from extract.backbones import RANDOM, get_backbone
@@ -78,7 +80,6 @@ from extract.dump.settings import BackboneChoice, ExtractSettings, default_paral
 from extract.dump.worker import DecodePool, DecodeTask
 from extract.media.audio import AudioSettings
 from extract.media.decode import decode_video
-from extract.media.flow import FlowSettings, compute_flow
 from extract.media.sampling import ClipSampling
 from store.threads import available_cores
 
@@ -86,7 +87,6 @@ VIDEOS = 60
 SWEEP_VIDEOS = 30
 REPEATS = 2
 R2PLUS1D_VIDEOS = 3
-FLOW_PAIRS = {"farneback": 40, "tvl1": 4}  # pairs timed per try (TV-L1 runs ~3 pairs/s on a CPU)
 AUDIO_VIDEOS = 20
 SINGLE_PASS_VIDEOS = 30
 LARGE_VIDEOS, LARGE_SIZE = 20, 448
@@ -210,22 +210,6 @@ def _report(name: str, m: dict[str, float], device: str) -> None:
     print(f"     decodes per video {m['decodes_per_video']:.2f} (target 1)")
 
 
-def _flow_rates(path: str) -> dict[str, float]:
-    """Frame pairs/s of ``compute_flow`` (one OpenCV thread) on 112 px demo frames."""
-    frames = decode_video(path, np.arange(max(FLOW_PAIRS.values()) + 1)).frames  # (P+1, H, W, 3)
-    out = {}
-    for algorithm, pairs in FLOW_PAIRS.items():
-        settings = FlowSettings(algorithm=algorithm)
-        compute_flow(frames[:2], settings, device="cpu")  # warm-up
-        best = 0.0
-        for _ in range(REPEATS):
-            t = time.perf_counter()
-            compute_flow(frames[: pairs + 1], settings, device="cpu")
-            best = max(best, pairs / (time.perf_counter() - t))
-        out[f"flow_{algorithm}_pairs_per_s"] = best
-    return out
-
-
 def _audio_rates(targets, meta, device: str, threads: int) -> dict[str, float]:
     """Windows/s of the audio maker (2 s windows -> log-mel) and of ResNet-18 on them."""
     maker = AudioWindows(ClipSampling("tsn", 8, 1), AudioSettings(), "log_mel")
@@ -286,11 +270,10 @@ def _single_pass(demo, work: Path, n: int, trio, device: str) -> tuple[float, fl
 
 def _modalities(demo, fs, targets, device: str, work: Path, workdir: Path) -> dict[str, float]:
     paths = [str(p) for p in targets["path"]]
-    metrics = _flow_rates(paths[0])
+    metrics = flow_rates(paths[0], work / "torch_home")
     print(
-        f"   optical flow at 112 px, 1 OpenCV thread: Farneback "
-        f"{metrics['flow_farneback_pairs_per_s']:.1f} pairs/s, TV-L1 "
-        f"{metrics['flow_tvl1_pairs_per_s']:.2f} pairs/s"
+        "   optical flow at 112 px, 1 OpenCV / torch thread, pairs/s: "
+        + ", ".join(f"{k.removeprefix('flow_').removesuffix('_pairs_per_s')} {v:.2f}" for k, v in metrics.items())
     )
     meta = fs.videos(["n_frames", "fps"])
     threads = default_parallelism(device)[1]

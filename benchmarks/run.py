@@ -21,6 +21,7 @@ Examples::
     python -m benchmarks.run --only search --size 20000  # one benchmark (its result is saved)
     python -m benchmarks.run --only scale --rows 100000  # every stage-two command at 100k videos
     python -m benchmarks.run --recipe stanford           # one challenge recipe on the demo set
+    python -m benchmarks.run --only gpu                  # everything that needs CUDA (one line without a GPU)
     python -m benchmarks.run --report-only               # REPORT.md from the saved results
 """
 
@@ -41,7 +42,9 @@ from typing import Any
 
 import benchmarks.distributed_bench  # noqa: F401  (registers "distributed")
 import benchmarks.extract_bench  # noqa: F401  (registers "extract")
+import benchmarks.flow_bench  # noqa: F401  (registers "flow")
 import benchmarks.fusion_bench  # noqa: F401  (registers "fusion")
+import benchmarks.gpu_bench  # noqa: F401  (registers "gpu")
 import benchmarks.heads_bench  # noqa: F401  (registers "heads")
 import benchmarks.pipeline_bench  # noqa: F401  (registers "pipeline")
 import benchmarks.scale_bench  # noqa: F401  (registers "scale")
@@ -49,6 +52,7 @@ import benchmarks.search_bench  # noqa: F401  (registers "search")
 import benchmarks.store_bench  # noqa: F401  (registers "store")
 import benchmarks.sweep_bench  # noqa: F401  (registers "sweep")
 import benchmarks.train_bench  # noqa: F401  (registers "train")
+from benchmarks.gpu_bench import NO_GPU
 from benchmarks.recipes.recipe import list_recipes
 from benchmarks.recipes.runner import recipe_command
 from benchmarks.registry import describe, get_benchmark, list_benchmarks
@@ -103,6 +107,8 @@ def build_parser() -> argparse.ArgumentParser:
                     help="run this challenge recipe end to end on the demo set and print its table (repeatable)")
     ap.add_argument("--tiny", action="store_true", help="with --recipe: smoke-test size (40 videos of 1 s, 1-2 epochs)")
     ap.add_argument("--no-recipes", action="store_true", help="a run of everything without the recipes")
+    ap.add_argument("--require-gpu", action="store_true",
+                    help="gpu: exit 1 when torch sees no CUDA GPU (default: say so in one line, skip it, exit 0)")
     ap.add_argument("--json", type=Path, help="write this run's metrics as JSON lines to this file")
     ap.add_argument("--workdir", type=Path, default=Path("benchmarks/_work"),
                     help="scratch directory for generated data; results/ and recipes/ in it feed the report "
@@ -209,12 +215,12 @@ def write_suite_report(args: argparse.Namespace, command: str, machine: str) -> 
     return out
 
 
-def run_benchmarks(args: argparse.Namespace, command: str, machine: str) -> int:
-    """Run the chosen benchmarks, saving each one's result as it finishes; 1 if any crashed."""
+def run_benchmarks(args: argparse.Namespace, command: str, machine: str, names: list[str]) -> int:
+    """Run the ``names`` benchmarks, saving each one's result as it finishes; 1 if any crashed."""
     gpu = gpu_name()
     print(f"machine: {machine}")
     results, failed = [], []
-    for name in args.only or list_benchmarks():
+    for name in names:
         print(f"\n== {name}: {describe(name)}", flush=True)
         t0 = time.perf_counter()
         try:
@@ -249,7 +255,16 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     if args.recipe:
         return run_recipes(args, args.recipe)
-    status = run_benchmarks(args, command, machine)
+    names = args.only or list_benchmarks()
+    if "gpu" in names and gpu_name() is None:  # the GPU check on a machine without one: one line
+        if args.require_gpu:
+            print(f"error: {NO_GPU.removeprefix('gpu: ').split(';')[0]} and --require-gpu was given", file=sys.stderr)
+            return 1
+        print(NO_GPU)
+        names = [n for n in names if n != "gpu"]
+        if args.only and not names:
+            return 0
+    status = run_benchmarks(args, command, machine, names) if names else 0
     if not args.only and not args.no_recipes:
         status = max(status, run_recipes(args, list_recipes()))
     if not args.only and not args.no_report:

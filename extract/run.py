@@ -24,6 +24,7 @@ Examples::
         --backbone rgb:r2plus1d_18@r21d.pth --backbone flow:resnet18@flow.pth \\
         --backbone audio:vggish@vggish.pth --flow tvl1 --head-logits
     python -m extract.run --videos clips/ --store clips.zarr --shard 0/4     # on 4 machines
+    python -m extract.run --videos movies/ --store movies.zarr --every 1 --fps 15 --max-clips 512
     python -m extract.run --videos clips/ --store clips.zarr --cluster local  # on a Dask cluster
     python -m extract.run --videos list.csv --store /shared/s.zarr --cluster slurm --slurm slurm.toml
 
@@ -41,9 +42,9 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from extract._config import read_toml_config
-from extract.dump.settings import DEVICES, MODALITIES, BackboneChoice, ExtractSettings, parse_shard
+from extract.dump.settings import AMP_DTYPES, DEVICES, MODALITIES, BackboneChoice, ExtractSettings, parse_shard
 from extract.errors import DemoError, ExtractError
-from extract.media.flow import FLOW_ALGORITHMS
+from extract.media.flow import FLOW_CHOICES, TVL1_PARAMS, TVL1_PRESETS
 from store.cli import non_negative_int, positive_float, positive_int, run_command
 from store.cluster import CLUSTERS, check_choice
 from store.errors import SettingsError
@@ -182,8 +183,31 @@ def _parser() -> argparse.ArgumentParser:
     g.add_argument(
         "--clips",
         type=positive_int,
-        default=_D.clips,
-        help=f"clips (TSN segments) per video (default: {_D.clips})",
+        help=f"a fixed number of clips (TSN segments) per video (default: {_D.clips}; not with --every)",
+    )
+    g.add_argument(
+        "--every",
+        type=positive_float,
+        metavar="SECONDS",
+        help="time-based clips for untrimmed video: one starting every SECONDS (0, SECONDS, 2 SECONDS, ...); "
+        "a clip that would run past the end is dropped (a video shorter than one clip keeps one, padded). "
+        "K varies per video: the set keeps up to K-max clips with a valid mask and each clip's start/end "
+        "seconds. Not with --clips or --sampling",
+    )
+    g.add_argument(
+        "--fps",
+        type=positive_float,
+        metavar="F",
+        help="take the clips' frames at F frames per second, resampled from the video's own rate (default: "
+        "the video's frames); --stride then counts resampled frames",
+    )
+    g.add_argument(
+        "--max-clips",
+        type=positive_int,
+        metavar="N",
+        help="K-max of --every: at most N clips per video, more are evenly thinned (default: the longest "
+        "video's clip count when the set is created, at most 128; an existing set keeps its K-max; at most "
+        "4096). Memory: every row stores K-max x D float16 values, valid or not",
     )
     g.add_argument(
         "--frames",
@@ -220,10 +244,13 @@ def _parser() -> argparse.ArgumentParser:
     g.add_argument(
         "--flow",
         dest="flow_algorithm",
-        choices=FLOW_ALGORITHMS,
+        choices=FLOW_CHOICES,
         default=_D.flow_algorithm,
-        help=f"optical flow algorithm, computed in the decode workers (default: "
-        f"{_D.flow_algorithm}, ~100x faster than tvl1 on a CPU)",
+        help=f"optical flow algorithm, computed in the decode workers (default: {_D.flow_algorithm}). "
+        "Per pair at 112 px on one core: farneback ~2 ms, tvl1 ~250 ms (--flow-preset fast ~55 ms), "
+        "raft_small ~90 ms (on torch's GPU when --device is cuda); paper: what stands in for the papers' "
+        "TV-L1 here (tvl1 fast on a CPU, full tvl1 with OpenCV CUDA or raft_large on a GPU), recorded in "
+        "the set's attrs. RAFT uses torchvision's weights from $TORCH_HOME/hub/checkpoints",
     )
     g.add_argument(
         "--flow-bound",
@@ -232,6 +259,22 @@ def _parser() -> argparse.ArgumentParser:
         help=f"clip flows to +-this many pixels per frame, then scale to [-1, 1] (default: "
         f"{_D.flow_bound:g})",
     )
+    g.add_argument(
+        "--flow-preset",
+        choices=tuple(TVL1_PRESETS),
+        default=_D.flow_preset,
+        help="TV-L1 parameters: default (OpenCV's) or fast (nscales 3, warps 2, inner 10 x outer 2 "
+        "iterations: ~4x the pairs/s, the same motion-probe score; extract/README.md) (default: default)",
+    )
+    for name in TVL1_PARAMS:
+        default = TVL1_PRESETS["default"][f"tvl1_{name}"]
+        g.add_argument(
+            f"--tvl1-{name.replace('_', '-')}",
+            dest=f"tvl1_{name}",
+            type=positive_int if isinstance(default, int) else positive_float,
+            help=f"TV-L1 {name} (cv2.optflow.DualTVL1OpticalFlow_create's; default: the preset's, {default:g} "
+            "in default)",
+        )
     g = p.add_argument_group("run")
     g.add_argument(
         "--device",
@@ -243,7 +286,13 @@ def _parser() -> argparse.ArgumentParser:
         "--amp",
         action=argparse.BooleanOptionalAction,
         default=None,
-        help="float16 autocast on CUDA (default: on with CUDA; never on CPU)",
+        help="autocast on CUDA (default: on with CUDA; never on CPU)",
+    )
+    g.add_argument(
+        "--amp-dtype",
+        choices=AMP_DTYPES,
+        default=_D.amp_dtype,
+        help=f"the autocast type: float16, or bfloat16 on Ampere and newer GPUs (default: {_D.amp_dtype})",
     )
     g.add_argument(
         "--batch-size",
@@ -384,11 +433,17 @@ def _settings(args: argparse.Namespace, demo: bool) -> ExtractSettings:
         raise SettingsError(
             f"--scales must be comma-separated integers, got {args.scales!r}"
         ) from None
+    if args.every is not None and args.clips is not None:
+        raise SettingsError(f"--every {args.every:g} places a clip every {args.every:g} seconds and --clips "
+                            f"{args.clips} a fixed number per video; give one of them (--max-clips caps --every)")
     return ExtractSettings(
         **_choices(args, demo),
         seed=args.seed,
         sampling=args.sampling,
-        clips=args.clips,
+        clips=args.clips or _D.clips,
+        every=args.every,
+        fps=args.fps,
+        max_clips=args.max_clips,
         frames=args.frames,
         stride=args.stride,
         short_side=args.short_side,
@@ -397,6 +452,7 @@ def _settings(args: argparse.Namespace, demo: bool) -> ExtractSettings:
         scales=scales,
         device=args.device,
         amp=args.amp,
+        amp_dtype=args.amp_dtype,
         batch_size=args.batch_size,
         workers=args.workers,
         threads=args.threads,
@@ -409,6 +465,10 @@ def _settings(args: argparse.Namespace, demo: bool) -> ExtractSettings:
         shard=parse_shard(args.shard) if args.shard else None,
         flow_algorithm=args.flow_algorithm,
         flow_bound=args.flow_bound,
+        flow_preset=args.flow_preset,
+        flow_params=tuple(
+            (f"tvl1_{n}", getattr(args, f"tvl1_{n}")) for n in TVL1_PARAMS if getattr(args, f"tvl1_{n}") is not None
+        ),
         head_logits=args.head_logits,
     )
 

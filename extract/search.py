@@ -40,7 +40,7 @@ from extract.dump.producers import FeatureProducer
 from extract.dump.settings import DEVICES, MODALITIES, ExtractSettings
 from extract.dump.worker import DecodeTask, process_task
 from extract.errors import ExtractError
-from extract.media.sampling import ClipSampling, ViewSpec
+from extract.media.sampling import EVERY, ClipSampling, ViewSpec
 from store.cli import non_negative_int, positive_float, positive_int, run_command
 from store.feature_set import FeatureSet
 from store.feature_store import FeatureStore
@@ -92,9 +92,16 @@ def _settings_from_spec(fset: FeatureSet, weights: str | os.PathLike | None, dev
                                f" extracted with {spec.weights_sha256[:16]}...; pass the checkpoint it was made with")
     return ExtractSettings(
         backbone=spec.backbone, modality=spec.modality, weights=None if weights is None else str(weights),
-        seed=int(spec.extra.get("random_init_seed", 0)), sampling=clips.mode, clips=clips.num_clips,
-        frames=clips.frames_per_clip, stride=clips.stride, amp=spec.extra.get("precision") == "amp", device=device,
+        seed=int(spec.extra.get("random_init_seed", 0)), frames=clips.frames_per_clip, stride=clips.stride,
+        fps=clips.fps, **_placement(clips), amp=spec.extra.get("precision") == "amp", device=device,
         batch_size=batch_size, chunk_rows=spec.chunk_rows, **shape)
+
+
+def _placement(clips: ClipSampling) -> dict[str, object]:
+    """The settings fields that place ``clips``: ``every`` and K-max, or the fixed-count mode and count."""
+    if clips.mode == EVERY:
+        return {"every": clips.every_s, "max_clips": clips.num_clips}
+    return {"sampling": clips.mode, "clips": clips.num_clips}
 
 
 def producer_for(fset: FeatureSet, *, weights: str | os.PathLike | None = None, device: str = "auto",
@@ -170,8 +177,9 @@ def embed_video(producer: FeatureProducer, path: str | os.PathLike, *, dtype: st
         why = "it has no audio track" if item.note == NO_AUDIO else "the video is too short for this feature set"
         raise ExtractError(f"{path}: no valid clip to embed ({why})")
     feats = np.concatenate([producer.embed(item.inputs[s:s + batch_size])  # (B, ...) -> (B, D)
-                            for s in range(0, len(item.inputs), batch_size)])
-    data = feats.astype(dtype).astype(np.float32)  # what the store would hand back
+                            for s in range(0, len(item.inputs), batch_size)])  # (n, D): the real clips
+    data = np.zeros((len(item.valid), feats.shape[1]), np.float32)  # (K, D): padded slots stay zeros
+    data[: len(feats)] = feats.astype(dtype)  # what the store would hand back
     return VideoEmbedding(data, item.valid.astype(bool), item.times)
 
 

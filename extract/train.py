@@ -39,6 +39,7 @@ from extract._config import read_toml_config
 from extract.backbones import RANDOM
 from extract.dump.settings import BackboneChoice
 from extract.errors import DemoError, ExtractError
+from extract.media.flow import FLOW_CHOICES
 from extract.training.recipe import CLASS_WEIGHTS, MODALITIES, OPTIMIZERS, SCHEDULES, TrainRecipe
 from store.cli import non_negative_int, positive_float, positive_int, run_command
 from store.errors import SettingsError
@@ -136,8 +137,17 @@ def _recipe_flags(p: argparse.ArgumentParser) -> None:
                         "backbones, else 1)")
     g.add_argument("--eval-clips", dest="eval_clips", type=positive_int, default=S,
                    help=f"deterministic clips per val video, scores averaged (default: {_R.eval_clips})")
-    g.add_argument("--flow-algorithm", dest="flow_algorithm", choices=("farneback", "tvl1"), default=S,
-                   help=f"(--modality flow; default: {_R.flow_algorithm})")
+    g.add_argument("--every", type=positive_float, default=S, metavar="SECONDS",
+                   help="evaluate on time-based clips, one every SECONDS, as extract.run --every (not with "
+                        "--eval-clips)")
+    g.add_argument("--fps", type=positive_float, default=S, metavar="F",
+                   help="take every clip's frames (training and evaluation) at F frames per second, resampled "
+                        "from the video's rate, as extract.run --fps (default: the video's frames)")
+    g.add_argument("--max-clips", dest="max_clips", type=positive_int, default=S, metavar="N",
+                   help="at most N time-based evaluation clips per video, more evenly thinned (default: 128)")
+    g.add_argument("--flow-algorithm", dest="flow_algorithm", choices=FLOW_CHOICES, default=S,
+                   help=f"(--modality flow; default: {_R.flow_algorithm}; paper: TV-L1 fast, the flow is made "
+                        "in the CPU data workers)")
     g.add_argument("--flow-bound", dest="flow_bound", type=positive_float, default=S,
                    help=f"clip flow to +-N px/frame (default: {_R.flow_bound})")
     g.add_argument("--seed", type=non_negative_int, default=S,
@@ -202,6 +212,10 @@ def _recipe(args: argparse.Namespace, config: dict[str, Any], saved: dict[str, A
     if "loss_kwargs" in given:
         given["loss_kwargs"] = dict(given["loss_kwargs"])
     values.update(given)
+    placed = {**config, **given}
+    if placed.get("every") is not None and "eval_clips" in placed:
+        raise ExtractError(f"--every {placed['every']:g} evaluates on a clip every {placed['every']:g} seconds and "
+                           f"--eval-clips {placed['eval_clips']} on a fixed number per video; give one of them")
     if demo and "crop" not in values:
         values["crop"] = DEMO_CROP
     try:

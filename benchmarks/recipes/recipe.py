@@ -42,7 +42,7 @@ log = logging.getLogger(__name__)
 RECIPES_DIR = Path(__file__).resolve().parent
 #: ExtractSettings fields a recipe's ``[[extract]]`` pass may set (what the features are).
 EXTRACT_KEYS = ("sampling", "clips", "frames", "stride", "short_side", "crop", "crops", "scales",
-                "flow_algorithm", "flow_bound", "head_logits", "chunk_rows")
+                "flow_algorithm", "flow_bound", "flow_preset", "head_logits", "chunk_rows")
 SPLITS = ("train", "val", "test")
 
 

@@ -34,7 +34,7 @@ from extract.dump.calibration import calibrate
 from extract.dump.makers import ModelInput
 from extract.dump.resources import MemoryBudget, ResourcePlan, WorkCosts, choose_plan
 from extract.dump.worker import DecodePool, DecodeResult, DecodeTask, process_task, stop_fork_server
-from store import FeatureStore, FeatureWriter
+from store import FeatureSetSpec, FeatureStore, FeatureWriter
 from store.threads import free_cores, set_threads
 
 if TYPE_CHECKING:
@@ -54,6 +54,7 @@ class _Row:
     data: np.ndarray  # (K, D) float32, filled as batches come back
     valid: np.ndarray  # (K,) bool
     times: np.ndarray  # (K, 2) float32
+    inputs: int  # slots with model inputs (the first ones); the rest stay zeros
     filled: int = 0
 
 
@@ -84,10 +85,11 @@ class ClipBatcher:
         self.pending_clips = 0
 
     def add(self, row: int, item: ModelInput) -> None:
-        k = len(item.inputs)
-        self._rows[row] = _Row(np.zeros((k, self.dim), np.float32), item.valid, item.times)
+        """Queue a video's inputs (its first ``len(item.inputs)`` slots; the rest stay zeros)."""
+        k = len(item.valid)
+        self._rows[row] = _Row(np.zeros((k, self.dim), np.float32), item.valid, item.times, len(item.inputs))
         self._queue.append((row, item.inputs, 0))
-        self.pending_clips += k
+        self.pending_clips += len(item.inputs)
 
     def ready(self) -> bool:
         """A full batch is waiting."""
@@ -119,7 +121,7 @@ class ClipBatcher:
             r = self._rows[p.row]
             r.data[p.k0 : p.k1] = feats[p.offset : p.offset + p.k1 - p.k0]
             r.filled += p.k1 - p.k0
-            if r.filled == len(r.data):
+            if r.filled == r.inputs:
                 del self._rows[p.row]
                 finished.append((p.row, r.data, r.valid, r.times))
         return finished
@@ -306,6 +308,17 @@ class RunLoop:
             self.on_progress(s)
 
 
+#: Most bytes of finished float32 rows a set's writer buffers before it flushes (large K-max sets).
+BUFFER_BYTES = 256 << 20
+
+
+def buffer_rows(spec: FeatureSetSpec) -> int:
+    """Rows a set's writer may buffer: 1024 (or two chunks), fewer when its ``(K, D)`` float32 rows
+    would pass :data:`BUFFER_BYTES` (a time-based set with a large K-max), never under one chunk."""
+    fit = BUFFER_BYTES // (spec.clips * spec.dim * 4)
+    return max(spec.chunk_rows, min(max(1024, 2 * spec.chunk_rows), fit))
+
+
 def extract_rows(
     fs: FeatureStore,
     paths: pd.Series,
@@ -348,7 +361,7 @@ def extract_rows(
                         todo[np.isin(todo, s.pending)],
                         s.fset.chunk_rows,
                         flush_s=settings.flush_s,
-                        max_rows=max(1024, 2 * s.fset.chunk_rows),
+                        max_rows=buffer_rows(s.fset.spec),
                     )
                     for s in job.sets
                 ]

@@ -3,10 +3,16 @@
 Probing (``probe_video``: the container header, no decoding) runs in the decode worker pool
 before rows are created, so the videos table holds ``n_frames``, ``fps``, ``duration`` and
 ``has_audio`` from the start and extraction needs one container open per video.
+
+A time-based run (``--every``) without ``--max-clips`` fixes its sets' K-max here, before
+any set is created (:func:`fix_max_clips`): an existing time-based set of the run keeps its
+K; otherwise the list's headers are probed first (and reused by :func:`prepare_store`) and
+K-max is the clip count of the longest video, at most ``AUTO_MAX_CLIPS``.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 import shutil
@@ -17,8 +23,10 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from extract.dump.settings import AUTO_MAX_CLIPS, ExtractSettings
 from extract.dump.worker import DecodePool, DecodeTask
 from extract.inputs import CLASS_FILE_NAMES, VideoList, read_video_list
+from extract.media.sampling import EVERY, time_windows
 from store import FeatureSetSpec, FeatureStore
 from store.errors import ClassMismatch, DuplicateVideoId
 
@@ -77,6 +85,67 @@ def probe_table(
     return out
 
 
+def _probed_or_probe(
+    videos: pd.DataFrame, probed: pd.DataFrame | None, **kwargs
+) -> pd.DataFrame:
+    """``probe_table(videos)``, taken from ``probed`` (an earlier probe) when it has every id."""
+    if probed is not None and videos["id"].isin(probed["id"]).all():
+        return probed.set_index("id", drop=False).loc[videos["id"]].reset_index(drop=True)
+    return probe_table(videos, **kwargs)
+
+
+def fix_max_clips(
+    settings: ExtractSettings,
+    path: str | os.PathLike,
+    videos: VideoList,
+    *,
+    workers: int = 1,
+    timeout_s: float = 120.0,
+    progress: Callable[[int, int], None] | None = None,
+) -> tuple[ExtractSettings, pd.DataFrame | None]:
+    """Settings with ``max_clips`` fixed for a time-based run (unchanged otherwise).
+
+    K-max is ``settings.max_clips`` if given; else the K of a time-based set of the run that
+    the store at ``path`` already has (K is fixed when a set is created); else the most
+    clips any video of the list gives (clips of one frame, the shortest a backbone takes:
+    an upper bound for every backbone of the run), at most :data:`AUTO_MAX_CLIPS`. Videos
+    with more clips than K-max are evenly thinned to it.
+
+    Returns:
+        The settings and the probed headers of the list's videos not yet in the store
+        (for :func:`prepare_store`; None when nothing was probed).
+    """
+    if settings.every is None or settings.max_clips is not None:
+        return settings, None
+    names = [c.set_name or c.default_set_name for c in settings.choices()]
+    known = pd.DataFrame(columns=["id", "n_frames", "fps"])
+    if (Path(path) / "zarr.json").is_file():
+        fs = FeatureStore.open(path, "r")
+        for name in set(names) & set(fs.feature_sets()):
+            clips = fs.feature_set(name).spec.sampling.get("clips", {})
+            if isinstance(clips, dict) and clips.get("mode") == EVERY:
+                log.info("time-based set %s keeps its K-max of %d clips", name, clips["num_clips"])
+                return dataclasses.replace(settings, max_clips=int(clips["num_clips"])), None
+        known = fs.videos(["id", "n_frames", "fps"])
+        known = known[known["id"].isin(videos.videos["id"])]
+    new = videos.videos[~videos.videos["id"].isin(known["id"])]
+    probed = probe_table(new, workers=workers, timeout_s=timeout_s, progress=progress) if len(new) else None
+    n_frames = np.concatenate([t["n_frames"].to_numpy(np.float64) for t in (known, probed) if t is not None])
+    rates = np.concatenate([t["fps"].to_numpy(np.float64) for t in (known, probed) if t is not None])
+    ok = (n_frames > 0) & (rates > 0)  # unreadable videos (-1, NaN) get error rows, not clips
+    counts = [time_windows(n / fps, settings.every, 1.0 / (settings.fps or fps))
+              for n, fps in zip(n_frames[ok], rates[ok])]
+    longest = max(counts, default=AUTO_MAX_CLIPS)
+    kmax = min(longest, AUTO_MAX_CLIPS)
+    if longest > kmax:
+        log.warning(
+            "--every %g: the longest video gives %d clips; K-max is capped at %d (videos with more clips are "
+            "evenly thinned to %d); pass --max-clips N to keep more", settings.every, longest, kmax, kmax)
+    else:
+        log.info("--every %g: K-max %d clips (the longest video of the list)", settings.every, kmax)
+    return dataclasses.replace(settings, max_clips=int(kmax)), probed
+
+
 def prepare_store(
     path: str | os.PathLike,
     videos: VideoList,
@@ -84,12 +153,14 @@ def prepare_store(
     workers: int = 1,
     timeout_s: float = 120.0,
     progress: Callable[[int, int], None] | None = None,
+    probed: pd.DataFrame | None = None,
 ) -> tuple[FeatureStore, pd.DataFrame]:
     """Open the store at ``path`` (creating it if missing) and add the list's new videos.
 
     A new store gets the list's classes (or :data:`UNLABELLED_CLASSES`); it is built in a
     hidden folder and renamed into place, so shard processes starting together on a new
-    store cannot half-create it. An existing store must have the same classes.
+    store cannot half-create it. An existing store must have the same classes. ``probed``:
+    headers already read by :func:`probe_table` (from :func:`fix_max_clips`), not read again.
 
     Returns:
         The writable store and ``targets``: the list's rows (index) with their ``path``.
@@ -98,7 +169,7 @@ def prepare_store(
     classes = list(videos.classes) or list(UNLABELLED_CLASSES)
     labels = videos.label_matrix() if videos.classes else np.zeros((len(videos), 1), np.uint8)
     if not (path / "zarr.json").is_file():
-        table = probe_table(videos.videos, workers=workers, timeout_s=timeout_s, progress=progress)
+        table = _probed_or_probe(videos.videos, probed, workers=workers, timeout_s=timeout_s, progress=progress)
         tmp = path.with_name(f".{path.name}.tmp-{uuid.uuid4().hex[:8]}")
         new = FeatureStore.create(tmp, classes=classes)
         new.append_videos(table, labels)
@@ -118,8 +189,8 @@ def prepare_store(
         missing = ~videos.videos["id"].isin(set(fs.video_ids())).to_numpy()
         if not missing.any():
             break
-        table = probe_table(
-            videos.videos[missing], workers=workers, timeout_s=timeout_s, progress=progress
+        table = _probed_or_probe(
+            videos.videos[missing], probed, workers=workers, timeout_s=timeout_s, progress=progress
         )
         try:
             rows = fs.append_videos(table, labels[missing])

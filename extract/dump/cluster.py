@@ -41,7 +41,7 @@ from typing import Any
 
 import numpy as np
 
-from extract.dump._prepare import check_feature_sets, open_video_list, prepare_store
+from extract.dump._prepare import check_feature_sets, fix_max_clips, open_video_list, prepare_store
 from extract.dump.jobs import make_jobs
 from extract.dump.pipeline import base_set_names, build_producers, run_extraction, write_logit_predictions
 from extract.dump.producers import LOGITS_SUFFIX
@@ -194,12 +194,13 @@ def extract_on_cluster(
     videos = open_video_list(source, store=store, root=root, classes=classes)
     num_classes = len(videos.classes) or 1
     device = settings.resolved_device()
+    probe = {"workers": max(1, settings.workers or 1), "timeout_s": settings.timeout_s, "progress": on_probe}
+    settings, probed = fix_max_clips(settings, store, videos, **probe)  # time-based K-max, the same for every task
     producers = build_producers(settings, device, num_classes=num_classes)  # names and specs, checked here once
     jobs = make_jobs(producers, base_set_names(settings, producers))
     outputs = [out for job in jobs for out in job.outputs]
     check_feature_sets(store, outputs)
-    fs, targets = prepare_store(store, videos, workers=max(1, settings.workers or 1), timeout_s=settings.timeout_s,
-                                progress=on_probe)
+    fs, targets = prepare_store(store, videos, probed=probed, **probe)
     for name, spec in outputs:
         fs.create_feature_set(name, spec)
     del producers  # the client needs no models from here on

@@ -17,7 +17,11 @@ audio      AudioWindows     (K, F, M) log-mel, (K, P, 96, M) VGGish patches or (
 =========  ===============  ==========================================================
 
 Every modality of a run follows the same N clips (the same :class:`ClipSampling`), so
-clip ``n`` of the RGB, flow and audio sets covers the same seconds.
+clip ``n`` of the RGB, flow and audio sets covers the same seconds. Only the real clips of a
+video are made into inputs (``n`` of the N clips, from
+:func:`~extract.media.sampling.sample_clips`): the K slots past them are padding, with
+``valid`` False and zero features, so a time-based set with a large K-max (``--every``)
+costs model time and memory for a video's real clips only.
 """
 
 from __future__ import annotations
@@ -34,9 +38,9 @@ from extract.media.decode import DecodedVideo
 from extract.media.flow import FlowSettings, clip_flow_stack, flow_frame_indices, flow_views
 from extract.media.sampling import (
     ClipSampling,
+    SampledClips,
     ViewSpec,
-    clip_frame_indices,
-    clip_times,
+    sample_clips,
     union_frame_indices,
 )
 from extract.media.transforms import make_views
@@ -67,9 +71,10 @@ class ModelInput:
     """What a maker made of one video: K model inputs, which are real, and when they are.
 
     Attributes:
-        inputs: ``(K, ...)`` model inputs, uint8 for pictures (RGB: ``(K, T, h, w, 3)``).
-        valid: ``(K,)`` bool, False for padded slots (clips past a short video's end,
-            audio windows without audio).
+        inputs: ``(n, ...)`` model inputs of the first ``n <= K`` slots (the real clips x
+            views), uint8 for pictures (RGB: ``(n, T, h, w, 3)``); slots ``n:`` are padding.
+        valid: ``(K,)`` bool, False for padded slots (clips past a short video's end or past
+            its clip count, audio windows without audio); always False from ``n`` on.
         times: ``(K, 2)`` float32 start/end seconds of each slot.
         note: something the run counts in its summary (:data:`NO_AUDIO`,
             :data:`SILENT_AUDIO`), or None.
@@ -100,23 +105,33 @@ class InputMaker(abc.ABC):
         """Short side the frames should be decoded at (None: native size)."""
 
     @abc.abstractmethod
-    def frame_indices(self, n_frames: int) -> np.ndarray:
-        """Frame numbers this maker needs from a video of ``n_frames`` frames (any shape)."""
+    def frame_indices(self, n_frames: int, fps: float) -> np.ndarray:
+        """Frame numbers this maker needs from a video of ``n_frames`` frames at ``fps`` (any shape)."""
 
     @abc.abstractmethod
     def make(self, video: DecodedVideo, n_frames: int, fps: float) -> ModelInput:
         """Build the K inputs from the decoded video (``n_frames``/``fps`` as probed)."""
 
 
-def _clip_slots(
-    idx: np.ndarray, valid_clips: int, video: DecodedVideo, fps: float, views: int
-) -> tuple[np.ndarray, np.ndarray]:
+def _sampled(sampling: ClipSampling, video: DecodedVideo, n_frames: int, fps: float) -> SampledClips:
+    """The clips of a decoded video (the probed ``fps``, else the decoder's)."""
+    return sample_clips(n_frames, sampling, fps if fps > 0 else video.fps)
+
+
+def _clip_slots(clips: SampledClips, video: DecodedVideo, views: int) -> tuple[np.ndarray, np.ndarray]:
     """``valid (K,)`` and ``times (K, 2)`` of N clips x ``views`` views, clip-major."""
-    real = np.arange(len(idx)) < valid_clips  # (N,)
+    idx = clips.indices  # (N, T)
+    real = np.arange(len(idx)) < clips.valid_clips  # (N,)
     if video.truncated and video.n_frames:  # clips starting past the real end repeat its last frame
         real &= idx[:, 0] < video.n_frames
-    times = clip_times(idx, fps if fps > 0 else video.fps).astype(np.float32)  # (N, 2)
+    times = clips.times.astype(np.float32)  # (N, 2)
     return np.repeat(real, views), np.repeat(times, views, axis=0)  # (N,) -> (K,), (N, 2) -> (K, 2)
+
+
+def _real_indices(sampling: ClipSampling, n_frames: int, fps: float) -> np.ndarray:
+    """(n, T) frame numbers of the real clips only."""
+    clips = sample_clips(n_frames, sampling, fps)
+    return clips.indices[: clips.valid_clips]
 
 
 @dataclass(frozen=True)
@@ -149,16 +164,16 @@ class RGBClips(_ViewedClips):
         view: resize and crops giving the V views of every clip.
     """
 
-    def frame_indices(self, n_frames: int) -> np.ndarray:
-        return clip_frame_indices(n_frames, self.sampling)[0]
+    def frame_indices(self, n_frames: int, fps: float) -> np.ndarray:
+        return _real_indices(self.sampling, n_frames, fps)
 
     def make(self, video: DecodedVideo, n_frames: int, fps: float) -> ModelInput:
-        idx, valid_clips = clip_frame_indices(n_frames, self.sampling)  # (N, T)
-        clips = video.take(idx)  # (N, T) -> (N, T, H, W, 3)
-        views = np.stack([make_views(c, self.view) for c in clips])  # (N, V, T, c, c, 3)
+        sampled = _sampled(self.sampling, video, n_frames, fps)
+        clips = video.take(sampled.indices[: sampled.valid_clips])  # (n, T) -> (n, T, H, W, 3)
+        views = np.stack([make_views(c, self.view) for c in clips])  # (n, V, T, c, c, 3)
         n, v = views.shape[:2]
-        valid, times = _clip_slots(idx, valid_clips, video, fps, v)
-        inputs = views.reshape(n * v, *views.shape[2:])  # (N, V, T, c, c, 3) -> (K, T, c, c, 3)
+        valid, times = _clip_slots(sampled, video, v)
+        inputs = views.reshape(n * v, *views.shape[2:])  # (n, V, T, c, c, 3) -> (n*V, T, c, c, 3)
         return ModelInput(inputs, valid, times)
 
 
@@ -168,32 +183,36 @@ class FlowClips(_ViewedClips):
 
     Flow ``t`` of a clip is the motion from its frame ``t`` to the next video frame
     (:func:`extract.media.flow.flow_frame_indices`), so the decode needs each clip frame and its
-    successor; it is computed in the decode worker (one OpenCV thread per worker).
+    successor; it is computed in the decode worker (one OpenCV / torch thread per worker; RAFT on
+    a GPU: each worker holds its own copy of the model there).
 
     Attributes:
         sampling: where the N clips of T frames go (the RGB timeline).
         view: resize and crops (mirrored views negate x).
         flow: algorithm, bound, size (the short side the flow is computed at).
-        backend: ``"cpu"`` or ``"cuda"`` (OpenCV's), from :func:`extract.media.flow.flow_backend`.
+        backend: ``"cpu"`` or ``"cuda"`` (OpenCV's, or torch's for RAFT), from
+            :func:`extract.media.flow.flow_backend`.
+        choice: why this flow, when ``--flow paper`` chose it (recorded as ``flow_choice``).
     """
 
     flow: FlowSettings
     backend: str = "cpu"
+    choice: str | None = None
 
-    def frame_indices(self, n_frames: int) -> np.ndarray:
-        idx = clip_frame_indices(n_frames, self.sampling)[0]  # (N, T)
-        pairs = flow_frame_indices(idx, self.flow.stack, n_frames=n_frames)  # (N, T*L, 2)
+    def frame_indices(self, n_frames: int, fps: float) -> np.ndarray:
+        idx = _real_indices(self.sampling, n_frames, fps)  # (n, T)
+        pairs = flow_frame_indices(idx, self.flow.stack, n_frames=n_frames)  # (n, T*L, 2)
         return union_frame_indices(idx, pairs)
 
     def make(self, video: DecodedVideo, n_frames: int, fps: float) -> ModelInput:
-        idx, valid_clips = clip_frame_indices(n_frames, self.sampling)  # (N, T)
+        sampled = _sampled(self.sampling, video, n_frames, fps)
         stack = clip_flow_stack(
-            video, idx, self.flow, n_frames=n_frames, device=self.backend
-        )  # (N, 2, T, h, w)
-        views = np.stack([flow_views(s, self.view) for s in stack])  # (N, V, 2, T, c, c)
+            video, sampled.indices[: sampled.valid_clips], self.flow, n_frames=n_frames, device=self.backend
+        )  # (n, 2, T, h, w)
+        views = np.stack([flow_views(s, self.view) for s in stack])  # (n, V, 2, T, c, c)
         n, v = views.shape[:2]
-        valid, times = _clip_slots(idx, valid_clips, video, fps, v)
-        inputs = views.reshape(n * v, *views.shape[2:]).astype(np.float16)  # -> (K, 2, T, c, c)
+        valid, times = _clip_slots(sampled, video, v)
+        inputs = views.reshape(n * v, *views.shape[2:]).astype(np.float16)  # -> (n*V, 2, T, c, c)
         return ModelInput(inputs, valid, times)
 
 
@@ -238,21 +257,23 @@ class AudioWindows(InputMaker):
     def decode_short_side(self) -> None:
         return None
 
-    def frame_indices(self, n_frames: int) -> np.ndarray:
+    def frame_indices(self, n_frames: int, fps: float) -> np.ndarray:
         return np.zeros(0, dtype=np.int64)
 
     def make(self, video: DecodedVideo, n_frames: int, fps: float) -> ModelInput:
-        idx, valid_clips = clip_frame_indices(n_frames, self.sampling)  # (N, T)
-        times = clip_times(idx, fps if fps > 0 else video.fps)  # (N, 2)
+        sampled = _sampled(self.sampling, video, n_frames, fps)
+        n = sampled.valid_clips
+        times = sampled.times  # (N, 2)
         a = self.audio
-        wave, heard = audio_windows(video.audio, a.sample_rate, times, a.window_s)  # (N, W), (N,)
-        valid = (np.arange(len(idx)) < valid_clips) & heard
+        wave, heard = audio_windows(video.audio, a.sample_rate, times[:n], a.window_s)  # (n, W), (n,)
+        valid = np.zeros(len(times), dtype=bool)  # (N,)
+        valid[:n] = heard
         if self.input == "waveform":
             inputs = wave
         else:
-            mel = log_mel(wave, a)  # (N, W) -> (N, F, M)
+            mel = log_mel(wave, a)  # (n, W) -> (n, F, M)
             if self.input == "vggish_patches":
-                mel = vggish_patches(mel, self.patch_frames, self.patch_frames)  # -> (N, P, 96, M)
+                mel = vggish_patches(mel, self.patch_frames, self.patch_frames)  # -> (n, P, 96, M)
             inputs = mel.numpy()
         note = NO_AUDIO if not heard.any() else None if wave.any() else SILENT_AUDIO
         return ModelInput(inputs, valid, times.astype(np.float32), note)

@@ -45,6 +45,7 @@ from extract.dump._logits import check_classifier, write_logit_predictions
 from extract.dump._prepare import (
     UNLABELLED_CLASSES,
     check_feature_sets,
+    fix_max_clips,
     open_video_list,
     prepare_store,
     probe_table,
@@ -61,7 +62,8 @@ from extract.dump.producers import (
 )
 from extract.dump.settings import BackboneChoice, ExtractSettings
 from extract.errors import ExtractError
-from extract.media.flow import FlowSettings, flow_backend
+from extract.media.flow import flow_backend
+from extract.media.raft import RAFT_MODELS, raft_weights_file
 from extract.media.sampling import ClipSampling
 from store import FeatureSetSpec, FeatureStore
 
@@ -169,12 +171,7 @@ def timeline(
     for info, modality in zip(infos, modalities):
         if modality != "audio":
             return settings.clip_sampling(info)
-    return ClipSampling(
-        mode=settings.sampling or "tsn",
-        num_clips=settings.clips,
-        frames_per_clip=settings.frames or 1,
-        stride=settings.stride,
-    )
+    return settings.clip_sampling(None)
 
 
 def _producer(
@@ -188,6 +185,7 @@ def _producer(
     common = {
         "device": device,
         "amp": settings.use_amp(device),
+        "amp_dtype": settings.amp_dtype,
         "seed": settings.seed,
         "chunk_rows": settings.chunk_rows,
         "head_logits": settings.head_logits,
@@ -198,12 +196,12 @@ def _producer(
         return AudioProducer(backbone, maker, **common)
     sampling, view = settings.clip_sampling(info), settings.view_spec(info)
     if choice.modality == "flow":
-        flow = FlowSettings(
-            algorithm=settings.flow_algorithm,
-            bound=float(settings.flow_bound),
-            size=view.decode_short_side,
-        )
-        maker = FlowClips(sampling, view, flow, backend=flow_backend("auto"))
+        flow, why = settings.flow_settings(device, size=view.decode_short_side)
+        raft = flow.algorithm in RAFT_MODELS  # torch's device, the run's; OpenCV's own GPU check otherwise
+        if raft:
+            raft_weights_file(flow.algorithm)  # a missing checkpoint is a user error before the store is touched
+        maker = FlowClips(sampling, view, flow, backend=flow_backend(device if raft else "auto", flow.algorithm),
+                          choice=why)
         return FlowProducer(backbone, maker, **common)
     return RGBProducer(backbone, RGBClips(sampling, view), **common)
 
@@ -248,13 +246,13 @@ def extract(
     device = settings.resolved_device()
     videos = open_video_list(source, store=store, root=root, classes=classes)
     num_classes = len(videos.classes) or len(UNLABELLED_CLASSES)
+    workers, _ = settings.parallelism(device)
+    probe = {"workers": workers, "timeout_s": settings.timeout_s, "progress": on_probe}
+    settings, probed = fix_max_clips(settings, store, videos, **probe)  # time-based K-max
     producers = build_producers(settings, device, num_classes=num_classes)
     jobs = make_jobs(producers, base_set_names(settings, producers))
     check_feature_sets(store, [out for job in jobs for out in job.outputs])
-    workers, _ = settings.parallelism(device)
-    fs, targets = prepare_store(
-        store, videos, workers=workers, timeout_s=settings.timeout_s, progress=on_probe
-    )
+    fs, targets = prepare_store(store, videos, probed=probed, **probe)
     return run_extraction(
         fs,
         targets,

@@ -36,7 +36,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from extract.backbones import Backbone
+from extract.backbones import Backbone, file_sha256
 from extract.dump.makers import (  # noqa: F401  (re-exported: the decode-side halves)
     AUDIO_INPUTS,
     NO_AUDIO,
@@ -47,6 +47,7 @@ from extract.dump.makers import (  # noqa: F401  (re-exported: the decode-side h
     RGBClips,
     audio_input_for,
 )
+from extract.media.raft import RAFT_MODELS, raft_weights_file
 from extract.media.sampling import ClipSampling
 from extract.media.transforms import normalize, to_tensor_clip
 from store import FeatureSetSpec
@@ -95,7 +96,8 @@ class BackboneProducer(FeatureProducer):
         backbone: the model (put in eval mode and on ``device`` here).
         maker: the inputs it is fed.
         device: ``"cpu"`` or ``"cuda"``.
-        amp: float16 autocast (CUDA only).
+        amp: autocast (CUDA only).
+        amp_dtype: ``"float16"`` or ``"bfloat16"``, the autocast type.
         seed: the seed of a random init (recorded when there are no weights).
         chunk_rows: rows per storage chunk of the feature set.
         head_logits: also return the classifier's per-clip logits (needs ``backbone.fc``).
@@ -111,6 +113,7 @@ class BackboneProducer(FeatureProducer):
         *,
         device: str = "cpu",
         amp: bool = False,
+        amp_dtype: str = "float16",
         seed: int = 0,
         chunk_rows: int = 256,
         head_logits: bool = False,
@@ -130,12 +133,14 @@ class BackboneProducer(FeatureProducer):
             self.model = self.model.to(memory_format=torch.channels_last)
         self.device = torch.device(device)
         self.amp = bool(amp and self.device.type == "cuda")
+        self.amp_dtype = getattr(torch, amp_dtype)
         self.head_logits = head_logits
         extra = {
             "backbone": info.to_dict(),
             "weights": dict(backbone.weights_record),
             **self.record(),
             "precision": "amp" if self.amp else "fp32",
+            **({"amp_dtype": amp_dtype} if self.amp else {}),
         }
         if backbone.weights_sha256 is None:
             extra["random_init_seed"] = seed
@@ -190,7 +195,7 @@ class BackboneProducer(FeatureProducer):
         x = torch.from_numpy(np.ascontiguousarray(inputs))  # (B, ...)
         if self.device.type == "cuda":
             x = x.pin_memory().to(self.device, non_blocking=True)
-        with torch.autocast(self.device.type, dtype=torch.float16, enabled=self.amp):
+        with torch.autocast(self.device.type, dtype=self.amp_dtype, enabled=self.amp):
             feats = self.model.forward_features(self.model_input(x))
             out = [self.pool(feats, len(inputs))]  # -> (B, D)
             if self.head_logits:
@@ -229,6 +234,11 @@ class RGBProducer(BackboneProducer):
         return to_tensor_clip(x, info.mean, info.std)  # (B, T, h, w, 3) -> (B, 3, T, h, w)
 
 
+def _raft_weights_record(name: str) -> dict[str, str]:
+    path = raft_weights_file(name)
+    return {"file": path.name, "sha256": file_sha256(path)}
+
+
 class FlowProducer(BackboneProducer):
     """Flow stacks (:class:`FlowClips`) through a video backbone with 2 input channels.
 
@@ -250,10 +260,13 @@ class FlowProducer(BackboneProducer):
         _check_clip_len(backbone, self.maker.sampling)
 
     def record(self) -> dict[str, Any]:
+        algorithm = self.maker.flow.algorithm
         return {
             **super().record(),
             "flow": self.maker.flow.to_dict(),
             "flow_backend": self.maker.backend,
+            **({"flow_choice": self.maker.choice} if self.maker.choice else {}),
+            **({"flow_weights": _raft_weights_record(algorithm)} if algorithm in RAFT_MODELS else {}),
             "input": "x = clip(flow, +-bound) / bound (channel 0 = x right, 1 = y down); "
             "the model gets ((x + 1) / 2 - mean) / std",
         }

@@ -5,9 +5,11 @@ Two kinds of fields live here:
 * **What the features are** (recorded in the feature set's spec; a rerun on the same
   ``--set`` with other values is refused by the store): the backbones (``backbone``,
   ``modality``, ``weights`` for one; ``backbones`` for several), ``seed`` (random init
-  only), the clip sampling (``sampling``, ``clips``, ``frames``, ``stride``), the views
+  only), the clip sampling (``sampling``, ``clips``, ``frames``, ``stride``; time-based:
+  ``every``, ``fps``, ``max_clips``), the views
   (``short_side``, ``crop``, ``crops``, ``scales``), the flow (``flow_algorithm``,
-  ``flow_bound``), the precision (``amp``), ``head_logits`` and ``chunk_rows``.
+  ``flow_bound``, ``flow_preset``, ``flow_params``), the precision (``amp``, ``amp_dtype``), ``head_logits``
+  and ``chunk_rows``.
 * **How the run goes** (free to change between a run and its resume): ``set_name``,
   ``device``, ``batch_size``, ``workers``, ``threads``, ``max_memory_gb``, ``timeout_s``, ``flush_s``,
   ``retry_errors``, ``limit``, ``shard``.
@@ -42,22 +44,31 @@ outruns one core's decoding by far, so every core but one decodes:
 from __future__ import annotations
 
 import dataclasses
+import math
 import re
 from dataclasses import dataclass
 from typing import Any
 
 from extract.backbones import BackboneInfo
 from extract.errors import ExtractError
-from extract.media.flow import FLOW_ALGORITHMS
-from extract.media.sampling import SAMPLING_MODES, ClipSampling, ViewSpec
+from extract.media.flow import FLOW_CHOICES, FlowSettings, paper_flow
+from extract.media.sampling import EVERY, SAMPLING_MODES, ClipSampling, ViewSpec
 from store.cli import setting_name
 from store.errors import SettingsError
 from store.threads import free_cores
 
 DEVICES = ("auto", "cpu", "cuda")
+AMP_DTYPES = ("float16", "bfloat16")
 #: What a backbone of a run looks at; K per video is clips x views (rgb, flow) or clips (audio).
 MODALITIES = ("rgb", "flow", "audio")
 _SET_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]*$")
+#: K-max of a time-based set (``--every``) that neither ``--max-clips`` nor an existing set
+#: fixes: the clips of the run's longest video, at most this many (a row of the set costs
+#: ``K x D x 2`` bytes on disk and in every read, valid or not; see extract/README.md).
+AUTO_MAX_CLIPS = 128
+#: The most clips a time-based set may keep per video (``--max-clips``): 4096 x 2048 dims x
+#: 2 bytes is 16 MiB per row, 4 GiB per 256-row chunk.
+MAX_CLIPS_LIMIT = 4096
 
 
 def default_parallelism(device: str, cores: int | None = None) -> tuple[int, int]:
@@ -188,15 +199,24 @@ class ExtractSettings:
             defaults).
         sampling: ``uniform``, ``tsn`` or ``dense``; None = ``tsn`` for frame models,
             ``uniform`` for clip models.
-        clips: N, clips per video (TSN segments).
+        clips: N, clips per video (TSN segments); not used with ``every``.
         frames: T, frames per clip; None = the backbone's ``clip_len``.
         stride: frame step inside a clip.
+        every: time-based clips: one starting every this many seconds (``--every``); a clip
+            that would run past the end of the video is dropped (see
+            :mod:`extract.media.sampling`). None: ``clips`` clips per video.
+        fps: take the clips' frames at this rate, resampled from the video's (None: its own).
+        max_clips: K-max of ``every``, the most clips a video keeps (more are evenly
+            thinned); None: ``extract()`` fixes it when the set is created (the existing
+            set's, else the longest video's clip count up to :data:`AUTO_MAX_CLIPS`), and
+            ``clip_sampling`` uses :data:`AUTO_MAX_CLIPS`.
         short_side: resize target; None = ``round(crop * 8 / 7)`` (128 for 112, 256 for 224).
         crop: square crop side; None = the backbone's ``input_size``.
         crops: ``center``, ``three``, ``five`` or ``ten`` crop positions.
         scales: extra short sides for multi-scale views.
         device: ``auto`` (CUDA if available), ``cpu`` or ``cuda``.
         amp: mixed precision; None = on for CUDA, off on CPU.
+        amp_dtype: the autocast type on CUDA: ``float16`` or ``bfloat16`` (Ampere and newer).
         batch_size: the most clips per model batch, gathered across videos (the memory
             budget may take fewer).
         workers: decode processes (0 = decode in the main process, between batches, no hard
@@ -212,8 +232,13 @@ class ExtractSettings:
         retry_errors: also process rows that failed in an earlier run.
         limit: process at most this many pending rows (smoke tests).
         shard: ``(i, n)``: fill only the i-th of n chunk-aligned row ranges.
-        flow_algorithm: ``farneback`` (CPU default) or ``tvl1``, for flow backbones.
+        flow_algorithm: ``farneback`` (CPU default), ``tvl1``, ``raft_small``, ``raft_large``,
+            or ``paper`` (:func:`extract.media.flow.paper_flow`: TV-L1 fast on a CPU, full
+            TV-L1 or RAFT-large on a GPU), for flow backbones.
         flow_bound: flows are clipped to +-bound pixels per frame, then divided by it.
+        flow_preset: ``default`` or ``fast`` TV-L1 parameters (``tvl1`` only).
+        flow_params: ``(FlowSettings field, value)`` pairs over the preset, e.g.
+            ``(("tvl1_warps", 2),)`` (``--tvl1-warps 2``).
         head_logits: also keep each backbone's classifier scores (needs ``weights`` with a
             classifier ``fc`` for the store's classes): a ``<set>__logits`` feature set
             during the run, a ``<set>_logits`` prediction run at its end.
@@ -233,6 +258,7 @@ class ExtractSettings:
     scales: tuple[int, ...] = ()
     device: str = "auto"
     amp: bool | None = None
+    amp_dtype: str = "float16"
     batch_size: int = 64
     workers: int | None = None
     threads: int | None = None
@@ -247,7 +273,12 @@ class ExtractSettings:
     backbones: tuple[BackboneChoice, ...] = ()
     flow_algorithm: str = "farneback"
     flow_bound: float = 20.0
+    flow_preset: str = "default"
+    flow_params: tuple[tuple[str, float], ...] = ()
     head_logits: bool = False
+    every: float | None = None
+    fps: float | None = None
+    max_clips: int | None = None
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "scales", tuple(self.scales))
@@ -282,14 +313,19 @@ class ExtractSettings:
                 f"two backbones of the run would write the feature set {twice[0]!r}; "
                 "give each its own name with --set (one per --backbone, in order)"
             )
-        if self.flow_algorithm not in FLOW_ALGORITHMS:
-            raise SettingsError(
-                f"--flow must be one of {FLOW_ALGORITHMS}, got {self.flow_algorithm!r}"
-            )
+        if self.flow_algorithm not in FLOW_CHOICES:
+            raise SettingsError(f"--flow must be one of {FLOW_CHOICES}, got {self.flow_algorithm!r}")
         if not float(self.flow_bound) > 0:
             raise SettingsError(f"--flow-bound must be > 0 pixels per frame, got {self.flow_bound!r}")
+        object.__setattr__(self, "flow_params", tuple(sorted((str(k), v) for k, v in self.flow_params)))
+        if self.flow_algorithm == "paper" and self.flow_preset != "default":
+            raise SettingsError("--flow paper picks the TV-L1 preset itself; drop --flow-preset")
+        self.flow_settings("cpu")  # checks the preset and parameters
         if self.sampling is not None and self.sampling not in SAMPLING_MODES:
             raise SettingsError(f"--sampling must be one of {SAMPLING_MODES}, got {self.sampling!r}")
+        self._check_time_sampling()
+        if self.amp_dtype not in AMP_DTYPES:
+            raise SettingsError(f"--amp-dtype must be one of {AMP_DTYPES}, got {self.amp_dtype!r}")
         if self.device not in DEVICES:
             raise SettingsError(f"--device must be one of {DEVICES}, got {self.device!r}")
         for name in ("clips", "stride", "batch_size", "chunk_rows"):
@@ -305,6 +341,23 @@ class ExtractSettings:
                     f"got {getattr(self, name)!r}"
                 )
 
+    def _check_time_sampling(self) -> None:
+        for name, what in (("every", "seconds"), ("fps", "frames per second")):
+            value = getattr(self, name)
+            if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float))
+                                      or not math.isfinite(value) or not value > 0):
+                raise SettingsError(f"{setting_name(name)} must be a number of {what} > 0, got {value!r}")
+        _positive_int("max_clips", self.max_clips, allow_none=True)
+        if self.max_clips is not None and self.every is None:
+            raise SettingsError("--max-clips caps the time-based clips of --every SECONDS; a fixed number of "
+                                "clips per video is --clips N")
+        if self.every is not None and self.sampling is not None:
+            raise SettingsError(f"--sampling {self.sampling} places a fixed number of clips (--clips) and --every "
+                                "a clip every N seconds; give one of them")
+        if self.max_clips is not None and self.max_clips > MAX_CLIPS_LIMIT:
+            raise SettingsError(f"--max-clips {self.max_clips} is above the limit of {MAX_CLIPS_LIMIT} clips per "
+                                "video (every row stores K-max x D float16 values); use a larger --every")
+
     # ------------------------------------------------------------------ resolution
     def choices(self) -> tuple[BackboneChoice, ...]:
         """The feature sets of the run, in order (``backbones``, or the one backbone)."""
@@ -312,12 +365,17 @@ class ExtractSettings:
             return self.backbones
         return (BackboneChoice(self.backbone, self.modality, self.weights, self.set_name),)
 
-    def clip_sampling(self, info: BackboneInfo) -> ClipSampling:
-        """The clip sampling for this backbone (fills ``sampling`` and ``frames``)."""
-        mode = self.sampling or ("tsn" if info.kind == "frame2d" else "uniform")
-        frames = self.frames or info.clip_len
+    def clip_sampling(self, info: BackboneInfo | None) -> ClipSampling:
+        """The clip sampling for this backbone (fills ``sampling`` and ``frames``); ``None``
+        for a run without a video backbone: ``sampling or "tsn"`` with ``frames or 1`` frames
+        (the timeline of the default TSN RGB set)."""
+        frames = self.frames or (info.clip_len if info is not None else 1)
+        if self.every is not None:
+            return ClipSampling(mode=EVERY, num_clips=self.max_clips or AUTO_MAX_CLIPS, frames_per_clip=frames,
+                                stride=self.stride, every_s=self.every, fps=self.fps)
+        mode = self.sampling or ("tsn" if info is None or info.kind == "frame2d" else "uniform")
         return ClipSampling(
-            mode=mode, num_clips=self.clips, frames_per_clip=frames, stride=self.stride
+            mode=mode, num_clips=self.clips, frames_per_clip=frames, stride=self.stride, fps=self.fps
         )
 
     def view_spec(self, info: BackboneInfo) -> ViewSpec:
@@ -347,6 +405,24 @@ class ExtractSettings:
                 threads = max(1, free_cores() - workers) if device == "cpu" else 1
         return workers, self.threads or threads
 
+    def flow_settings(self, device: str, size: int | None = None) -> tuple[FlowSettings, str | None]:
+        """The flow of the run on ``device`` (``cpu``/``cuda``), and why when ``paper`` chose it.
+
+        Raises:
+            SettingsError: a preset or ``--tvl1-*`` value that does not fit the algorithm.
+        """
+        algorithm, preset, why = self.flow_algorithm, self.flow_preset, None
+        if algorithm == "paper":
+            algorithm, preset, why = paper_flow(device)
+        params = dict(self.flow_params)
+        if algorithm != "tvl1" and any(k.startswith("tvl1_") for k in params):
+            raise SettingsError(f"--tvl1-* parameters are for --flow tvl1, not {algorithm}")
+        try:
+            flow = FlowSettings(algorithm=algorithm, bound=float(self.flow_bound), size=size, preset=preset, **params)
+        except (TypeError, ValueError) as err:
+            raise SettingsError(f"flow settings: {err}") from None
+        return flow, why
+
     def use_amp(self, device: str) -> bool:
         return (device == "cuda") if self.amp is None else bool(self.amp and device == "cuda")
 
@@ -373,4 +449,6 @@ class ExtractSettings:
             d["shard"] = tuple(d["shard"])
         if d.get("backbones"):
             d["backbones"] = tuple(BackboneChoice.from_dict(b) for b in d["backbones"])
+        if d.get("flow_params"):
+            d["flow_params"] = tuple(tuple(p) for p in d["flow_params"])
         return cls(**d)

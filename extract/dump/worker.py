@@ -1,8 +1,8 @@
 """Decode workers: one process per worker, one pipe each, hard per-video time limits.
 
 :class:`DecodePool` runs :func:`process_task` in ``workers`` processes (``forkserver``
-start method: the server imports this module once, every worker forks from it; no CUDA,
-one torch thread and one OpenCV thread per worker) and yields results in completion order
+start method: the server imports this module once, every worker forks from it; no CUDA but
+RAFT flow on a GPU, one torch thread and one OpenCV thread per worker) and yields results in completion order
 while the main process runs the models. Each task is one video decoded once for all its
 makers, which build their inputs in the worker (crops, optical flow, log-mel). A background
 thread keeps every worker fed (up to ``depth`` tasks
@@ -125,7 +125,7 @@ def process_task(task: DecodeTask, makers: Sequence[InputMaker], timeout_s: floa
                 raise ValueError(f"makers ask for different audio rates {sorted(rates)}")
             video = decode_video(
                 task.path,
-                union_frame_indices(*[m.frame_indices(n_frames) for m in chosen]),
+                union_frame_indices(*[m.frame_indices(n_frames, fps) for m in chosen]),
                 size,
                 timeout_s=timeout_s,
                 audio_rate=rates.pop() if rates else None,

@@ -35,6 +35,12 @@ Conventions:
   (``cv2.cuda_FarnebackOpticalFlow`` / ``cv2.cuda_OpticalFlowDual_TVL1``, same parameters,
   its ``iterations`` = inner x outer iterations) when OpenCV was built with CUDA and sees a
   GPU, else the CPU. The pip wheels are CPU-only. Record :func:`flow_backend` in the attrs.
+* **Methods and cost** (one core, 112 px demo frames; ``benchmarks.run --only flow``):
+  ``farneback`` (fastest, the CPU default), ``tvl1`` with ``preset="default"`` (OpenCV's
+  parameters, the two-stream / I3D flow) or ``preset="fast"`` (:data:`TVL1_PRESETS`: fewer
+  scales, warps and iterations), ``raft_small`` / ``raft_large`` (torchvision's RAFT,
+  :mod:`extract.media.raft`; torch's device, batched over the frame pairs).
+  :func:`paper_flow` picks what stands in for the papers' TV-L1 on a machine.
 """
 
 from __future__ import annotations
@@ -52,11 +58,25 @@ import torch.nn.functional as F
 
 from extract.errors import ExtractError
 from extract.media.decode import DecodedVideo
+from extract.media.raft import RAFT_MODELS, raft_pair_flows
 from extract.media.sampling import CROP_MODES, ViewSpec
 from extract.media.transforms import center_crop, five_crop, short_side_size, three_crop
+from store.device import resolve_device
 
-FLOW_ALGORITHMS = ("farneback", "tvl1")
+FLOW_ALGORITHMS = ("farneback", "tvl1", "raft_small", "raft_large")
+#: ``--flow`` choices: an algorithm, or ``paper`` (:func:`paper_flow`: TV-L1 as cheap as the machine needs).
+FLOW_CHOICES = (*FLOW_ALGORITHMS, "paper")
 FLOW_DEVICES = ("auto", "cpu", "cuda")
+#: TV-L1 parameter sets; a field given explicitly wins over its preset. ``fast`` was chosen with
+#: ``benchmarks.run --only flow``: ~4-5x the pairs/s of ``default``, the same motion-probe score within noise.
+TVL1_PRESETS: dict[str, dict[str, int | float]] = {
+    "default": {"tvl1_tau": 0.25, "tvl1_lambda": 0.15, "tvl1_theta": 0.3, "tvl1_nscales": 5, "tvl1_warps": 5,
+                "tvl1_epsilon": 0.01, "tvl1_inner_iterations": 30, "tvl1_outer_iterations": 10,
+                "tvl1_scale_step": 0.8},
+    "fast": {"tvl1_nscales": 3, "tvl1_warps": 2, "tvl1_inner_iterations": 10, "tvl1_outer_iterations": 2},
+}
+#: The TV-L1 parameters a user may set (``--tvl1-NAME``), named after ``cv2.optflow.DualTVL1OpticalFlow_create``.
+TVL1_PARAMS = tuple(name.removeprefix("tvl1_") for name in TVL1_PRESETS["default"])
 
 
 class FlowUnavailableError(ExtractError):
@@ -83,12 +103,15 @@ class FlowSettings:
     """How optical flow is computed and scaled (recorded in the feature set's attrs).
 
     Attributes:
-        algorithm: ``"farneback"`` (fast, the CPU default) or ``"tvl1"`` (TV-L1, the
-            two-stream / I3D choice; ~100x slower on a CPU).
+        algorithm: ``"farneback"`` (fast, the CPU default), ``"tvl1"`` (TV-L1, the
+            two-stream / I3D choice; ~100x slower on a CPU with its default parameters), or
+            ``"raft_small"`` / ``"raft_large"`` (torchvision's RAFT, :mod:`extract.media.raft`).
         bound: flows are clipped to ``+-bound`` pixels per frame, then divided by it.
         size: short side (pixels) of the gray frames the flow is computed on; None keeps
             the decoded size (then flow and RGB crops line up pixel for pixel).
         stack: L, consecutive flow fields per sampled frame (1 for 3D nets; 5 for TSN).
+        preset: ``"default"`` or ``"fast"``: where the ``tvl1_*`` fields left None come from
+            (:data:`TVL1_PRESETS`); ``"fast"`` is for ``tvl1`` only.
         fb_pyr_scale: Farneback pyramid scale (< 1).
         fb_levels: Farneback pyramid levels including the image itself.
         fb_winsize: Farneback averaging window (pixels).
@@ -105,35 +128,44 @@ class FlowSettings:
         tvl1_outer_iterations: TV-L1 outer iterations per warp.
         tvl1_scale_step: TV-L1 downscale factor between pyramid scales.
 
-    The Farneback values are OpenCV's ``samples/python/opt_flow.py``; the TV-L1 values are
-    OpenCV's defaults (``cv2.optflow.DualTVL1OpticalFlow_create()``).
+    The Farneback values are OpenCV's ``samples/python/opt_flow.py``; the TV-L1 values left
+    None are filled from the preset (``default``: OpenCV's own,
+    ``cv2.optflow.DualTVL1OpticalFlow_create()``), so :meth:`to_dict` records every value used.
     """
 
     algorithm: str = "farneback"
     bound: float = 20.0
     size: int | None = None
     stack: int = 1
+    preset: str = "default"
     fb_pyr_scale: float = 0.5
     fb_levels: int = 3
     fb_winsize: int = 15
     fb_iterations: int = 3
     fb_poly_n: int = 5
     fb_poly_sigma: float = 1.2
-    tvl1_tau: float = 0.25
-    tvl1_lambda: float = 0.15
-    tvl1_theta: float = 0.3
-    tvl1_nscales: int = 5
-    tvl1_warps: int = 5
-    tvl1_epsilon: float = 0.01
-    tvl1_inner_iterations: int = 30
-    tvl1_outer_iterations: int = 10
-    tvl1_scale_step: float = 0.8
+    tvl1_tau: float | None = None
+    tvl1_lambda: float | None = None
+    tvl1_theta: float | None = None
+    tvl1_nscales: int | None = None
+    tvl1_warps: int | None = None
+    tvl1_epsilon: float | None = None
+    tvl1_inner_iterations: int | None = None
+    tvl1_outer_iterations: int | None = None
+    tvl1_scale_step: float | None = None
 
     def __post_init__(self) -> None:
         if self.algorithm not in FLOW_ALGORITHMS:
             raise ValueError(
                 f"FlowSettings.algorithm must be one of {FLOW_ALGORITHMS}, got {self.algorithm!r}"
             )
+        if self.preset not in TVL1_PRESETS:
+            raise ValueError(f"FlowSettings.preset must be one of {tuple(TVL1_PRESETS)}, got {self.preset!r}")
+        if self.preset != "default" and self.algorithm != "tvl1":
+            raise ValueError(f"the flow preset {self.preset!r} is for tvl1, not {self.algorithm}")
+        for name, value in {**TVL1_PRESETS["default"], **TVL1_PRESETS[self.preset]}.items():
+            if getattr(self, name) is None:
+                object.__setattr__(self, name, value)
         if self.size is not None and (not _is_int(self.size) or self.size < 8):
             raise ValueError(
                 f"FlowSettings.size must be None or a short side >= 8, got {self.size!r}"
@@ -176,14 +208,20 @@ def cuda_flow_available() -> bool:
         return False
 
 
-def flow_backend(device: str = "auto") -> str:
+def flow_backend(device: str = "auto", algorithm: str = "farneback") -> str:
     """The backend a flow call with ``device`` uses: ``"cuda"`` or ``"cpu"``.
+
+    OpenCV's GPU for ``farneback`` / ``tvl1`` (:func:`cuda_flow_available`), torch's for RAFT
+    (:func:`store.device.resolve_device`).
 
     Raises:
         FlowUnavailableError: ``device="cuda"`` but OpenCV has no CUDA device.
+        DeviceUnavailable: ``device="cuda"`` for RAFT but torch sees no GPU.
     """
     if device not in FLOW_DEVICES:
         raise ValueError(f"device must be one of {FLOW_DEVICES}, got {device!r}")
+    if algorithm in RAFT_MODELS:
+        return resolve_device(device)
     if device == "cpu":
         return "cpu"
     if cuda_flow_available():
@@ -194,6 +232,24 @@ def flow_backend(device: str = "auto") -> str:
             "and a visible GPU; build OpenCV with CUDA or use device='cpu'"
         )
     return "cpu"
+
+
+def paper_flow(device: str = "auto") -> tuple[str, str, str]:
+    """What stands in for the papers' TV-L1 flow here: ``(algorithm, preset, why)``.
+
+    On a CPU TV-L1 with the ``fast`` preset (the default parameters cost ~100x Farneback);
+    on a GPU full TV-L1 when OpenCV has CUDA, else ``raft_large`` on torch's GPU.
+
+    Args:
+        device: ``"auto"``, ``"cpu"`` or ``"cuda"``: where the flow is computed.
+    """
+    if device not in FLOW_DEVICES:
+        raise ValueError(f"device must be one of {FLOW_DEVICES}, got {device!r}")
+    if device != "cpu" and cuda_flow_available():
+        return "tvl1", "default", "paper flow: full TV-L1 on OpenCV's GPU"
+    if device != "cpu" and resolve_device(device) != "cpu":
+        return "raft_large", "default", "paper flow: RAFT-large on the GPU (OpenCV has no CUDA here)"
+    return "tvl1", "fast", "paper flow: TV-L1 fast preset on the CPU"
 
 
 class _Estimator:
@@ -272,6 +328,13 @@ def _pair_flows(gray: np.ndarray, pairs: np.ndarray, est: _Estimator) -> np.ndar
     return out
 
 
+def _flows(frames: np.ndarray, pairs: np.ndarray, s: FlowSettings, backend: str) -> np.ndarray:
+    """Flow of each (from, to) position pair of RGB ``frames``: (P, 2) -> (P, h, w, 2) float32."""
+    if s.algorithm in RAFT_MODELS:
+        return raft_pair_flows(frames, pairs, s.algorithm, size=s.size, device=backend)
+    return _pair_flows(_gray(frames, s.size), pairs, _Estimator(s, backend))
+
+
 def compute_flow(
     frames: np.ndarray, settings: FlowSettings, *, threads: int = 1, device: str = "auto"
 ) -> np.ndarray:
@@ -282,7 +345,7 @@ def compute_flow(
     Args:
         frames: (T, H, W, 3) uint8 RGB, T >= 2.
         settings: algorithm and parameters (``bound`` and ``stack`` are not used here).
-        threads: OpenCV threads during the call (``cv2.setNumThreads``).
+        threads: OpenCV threads during the call (``cv2.setNumThreads``); RAFT runs on torch's threads.
         device: ``"auto"``, ``"cpu"`` or ``"cuda"`` (see :func:`flow_backend`).
 
     Returns:
@@ -290,11 +353,9 @@ def compute_flow(
     """
     if frames.ndim != 4 or frames.shape[0] < 2:
         raise ValueError(f"compute_flow needs (T, H, W, 3) frames with T >= 2, got {frames.shape}")
+    pairs = np.stack([np.arange(len(frames) - 1), np.arange(1, len(frames))], axis=1)  # (T-1, 2)
     with _cv2_threads(threads):
-        est = _Estimator(settings, flow_backend(device))
-        gray = _gray(frames, settings.size)
-        pairs = np.stack([np.arange(len(gray) - 1), np.arange(1, len(gray))], axis=1)  # (T-1, 2)
-        return _pair_flows(gray, pairs, est)
+        return _flows(frames, pairs, settings, flow_backend(device, settings.algorithm))
 
 
 def flow_to_input(flow: np.ndarray, bound: float) -> np.ndarray:
@@ -375,9 +436,8 @@ def clip_flow_stack(
     uniq, inverse = np.unique(pairs.reshape(-1, 2), axis=0, return_inverse=True)  # (P, 2)
     numbers = np.unique(uniq)  # (F,) frames the flow needs
     with _cv2_threads(threads):
-        est = _Estimator(settings, flow_backend(device))
-        gray = _gray(decoded.take(numbers), settings.size)  # (F, h, w)
-        flows = _pair_flows(gray, np.searchsorted(numbers, uniq), est)  # (P, h, w, 2)
+        backend = flow_backend(device, settings.algorithm)
+        flows = _flows(decoded.take(numbers), np.searchsorted(numbers, uniq), settings, backend)  # (P, h, w, 2)
     stacked = flows[inverse.reshape(-1)].reshape(n, t_out, *flows.shape[1:])  # (N, T', h, w, 2)
     return flow_to_input(stacked, settings.bound)  # -> (N, 2, T', h, w)
 

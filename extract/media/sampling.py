@@ -3,11 +3,13 @@
 Two frozen settings records, both stored in a feature set's attrs (``to_dict``):
 
 * :class:`ClipSampling`: *when* -- ``num_clips`` (N) clips of ``frames_per_clip`` (T)
-  frames, ``stride`` (s) frames apart, placed by one of three modes.
+  frames, ``stride`` (s) frames apart, placed by one of three fixed-count modes, or one
+  clip every ``every_s`` seconds (``"every"``, at most N); optionally at ``fps`` frames a second.
 * :class:`ViewSpec`: *where* -- short-side resize, then centre / three / five / ten crops,
   optionally at several scales.
 
-Pure functions turn a frame count into frame numbers (:func:`clip_frame_indices`) and frame
+Pure functions turn a frame count (and rate) into frame numbers, real clips and times
+(:func:`sample_clips`; :func:`clip_frame_indices` for the frame numbers alone) and frame
 numbers into seconds (:func:`clip_times`). Every clip spans ``span = (T - 1) * s + 1``
 frames; ``slack = max(n_frames - span, 0)`` is the room its start has.
 
@@ -34,6 +36,25 @@ Modes (all starts are non-decreasing; ``u`` is a uniform draw in [0, 1)):
   timeline. The run is centred (``start_0 = floor(slack_run / 2)``) or, with
   ``random=True``, placed uniformly at random; ``slack_run = max(n - ((N*T - 1)*s + 1), 0)``.
 
+* ``"every"`` -- time-based clips for untrimmed video: clip ``w`` starts at ``w * every_s``
+  seconds, ``w = 0, 1, ...``, and a clip that would run past the end of the video is
+  **dropped**: with ``span_s = span / rate`` (``rate`` = ``fps``, else the video's own), a
+  video of ``duration = n_frames / video_fps`` seconds has ``W = floor((duration - span_s) /
+  every_s) + 1`` windows (one, from 0 s, if even the first does not fit: a video shorter than
+  a clip gives one clip whose missing frames repeat the last, as below). ``num_clips`` (K)
+  is a cap: with ``W > K`` the windows are evenly thinned to K by the ``"uniform"`` rule over
+  window numbers (the first and last window kept, ``w_i = floor(i (W-1)/(K-1) + 1/2)``). The
+  clip's frames are the ones shown at ``start + j * s / rate`` (``j < T``); its times are
+  these nominal instants, ``[w * every_s, w * every_s + span_s]`` (the end clamped to the
+  video's), so the stored starts are exactly ``0, every_s, 2 every_s, ...``. No ``random``.
+
+``fps`` (any mode): the clip's frames are taken at this rate, resampled from the video's:
+frame ``g`` of the resampled video is the source frame shown at ``g / fps`` seconds,
+``floor(g * video_fps / fps)``, and the video has ``floor(n_frames * fps / video_fps)`` (at
+least 1) resampled frames. The fixed-count modes place their clips on that grid (so
+``stride`` counts resampled frames) and report its times; ``fps`` above the video's repeats
+frames. Without ``fps`` every mode works on the video's own frames, as before.
+
 Short videos. Frame numbers past the last frame are clamped to it (the last frame is
 repeated; clips are never looped). A clip is *real* if it starts inside the video and is
 not a repeat of the previous real clip. The real clips come first, in time order, and the
@@ -52,6 +73,9 @@ from typing import Any
 import numpy as np
 
 SAMPLING_MODES = ("uniform", "tsn", "dense")
+#: The time-based mode (``--every``): a clip every ``every_s`` seconds, at most ``num_clips``.
+EVERY = "every"
+_EPS = 1e-6  # in frames or windows: absorbs float error of products like 3 * 0.1 * 30
 CROP_MODES = {"center": 1, "three": 3, "five": 5, "ten": 10}
 
 
@@ -67,7 +91,8 @@ def _check_fields(cls: type, d: dict[str, Any]) -> None:
 
 #: The flags of ClipSampling's numbers (extract.run; extract.train's --train-segments and
 #: --eval-clips also set the clips).
-_CLIP_FLAGS = {"num_clips": "--clips", "frames_per_clip": "--frames", "stride": "--stride"}
+_CLIP_FLAGS = {"num_clips": "--clips", "frames_per_clip": "--frames", "stride": "--stride",
+               "every_s": "--every", "fps": "--fps"}
 
 
 @dataclass(frozen=True)
@@ -75,11 +100,14 @@ class ClipSampling:
     """How clips are placed in time.
 
     Attributes:
-        mode: ``"uniform"``, ``"tsn"`` or ``"dense"`` (see the module docstring).
-        num_clips: N, clips per video (TSN: segments).
+        mode: ``"uniform"``, ``"tsn"``, ``"dense"`` or ``"every"`` (see the module docstring).
+        num_clips: N, clips per video (TSN: segments); for ``"every"`` the most clips a video
+            keeps (K-max, the set's K).
         frames_per_clip: T, frames in one clip.
         stride: s, frame step inside a clip (and between dense clips).
         random: training-time jitter; needs an ``rng`` in :func:`clip_frame_indices`.
+        every_s: seconds between clip starts; set exactly when ``mode == "every"``.
+        fps: frames per second the clips are taken at (None: the video's own).
     """
 
     mode: str = "uniform"
@@ -87,12 +115,26 @@ class ClipSampling:
     frames_per_clip: int = 8
     stride: int = 1
     random: bool = False
+    every_s: float | None = None
+    fps: float | None = None
 
     def __post_init__(self) -> None:
-        if self.mode not in SAMPLING_MODES:
+        if self.mode not in (*SAMPLING_MODES, EVERY):
             raise ValueError(
                 f"--sampling must be one of {SAMPLING_MODES}, got {self.mode!r}"
             )
+        for name in ("every_s", "fps"):
+            value = getattr(self, name)
+            if value is None:
+                continue
+            if isinstance(value, bool) or not isinstance(value, (int, float, np.number)) or not 0 < value < np.inf:
+                raise ValueError(f"{_CLIP_FLAGS[name]} must be a number > 0, got {value!r}")
+            object.__setattr__(self, name, float(value))
+        if (self.mode == EVERY) != (self.every_s is not None):
+            raise ValueError("ClipSampling: mode 'every' goes with every_s (seconds between clips), "
+                             f"the fixed-count modes without it; got mode {self.mode!r}, every_s {self.every_s!r}")
+        if self.mode == EVERY and self.random:
+            raise ValueError("time-based clips (--every) are deterministic; random=True is for the fixed-count modes")
         for name in ("num_clips", "frames_per_clip", "stride"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
@@ -105,8 +147,15 @@ class ClipSampling:
         """Frames covered by one clip, first to last inclusive."""
         return (self.frames_per_clip - 1) * self.stride + 1
 
+    @property
+    def needs_fps(self) -> bool:
+        """Whether placing the clips needs the video's frame rate (time-based or resampled)."""
+        return self.every_s is not None or self.fps is not None
+
     def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
+        """The fields; ``every_s`` and ``fps`` only when set, so fixed-count records are unchanged."""
+        d = dataclasses.asdict(self)
+        return {k: v for k, v in d.items() if v is not None or k not in ("every_s", "fps")}
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> ClipSampling:
@@ -185,10 +234,18 @@ class ViewSpec:
         return cls(**d)
 
 
+def _uniform_starts(n: int, slack: int) -> np.ndarray:
+    """``floor(i * slack / (n - 1) + 1/2)`` for ``i < n`` (n == 1: ``slack // 2``), exact, (n,) int64."""
+    i = np.arange(n, dtype=np.int64)
+    if n == 1:
+        return np.array([slack // 2], dtype=np.int64)
+    return (2 * i * slack + (n - 1)) // (2 * (n - 1))
+
+
 def _clip_starts(
     n_frames: int, sampling: ClipSampling, rng: np.random.Generator | None
 ) -> np.ndarray:
-    """Unclamped start frame of each clip, (N,) int64, non-decreasing."""
+    """Unclamped start frame of each clip of a fixed-count mode, (N,) int64, non-decreasing."""
     n, t, s = sampling.num_clips, sampling.frames_per_clip, sampling.stride
     i = np.arange(n, dtype=np.int64)
     if sampling.mode == "dense":
@@ -201,31 +258,15 @@ def _clip_starts(
         u = rng.random() if sampling.mode == "uniform" else rng.random(n)
         return np.floor((i + u) * (slack + 1) / n).astype(np.int64)
     if sampling.mode == "uniform":
-        if n == 1:
-            return np.array([slack // 2], dtype=np.int64)
-        return (2 * i * slack + (n - 1)) // (2 * (n - 1))  # floor(i*slack/(n-1) + 1/2), exact
+        return _uniform_starts(n, slack)
     return ((2 * i + 1) * (slack + 1)) // (2 * n)  # tsn: floor((i + 1/2)(slack+1)/n), exact
 
 
-def clip_frame_indices(
-    n_frames: int, sampling: ClipSampling, rng: np.random.Generator | None = None
+def _fixed_clips(
+    n_frames: int, sampling: ClipSampling, rng: np.random.Generator | None
 ) -> tuple[np.ndarray, int]:
-    """Frame numbers of every clip of a video with ``n_frames`` frames.
-
-    Args:
-        n_frames: frames in the video (>= 1).
-        sampling: where clips go.
-        rng: needed when ``sampling.random``; e.g. ``np.random.default_rng(seed)``.
-
-    Returns:
-        ``(indices, valid_clips)``: indices (N, T) int64 in ``[0, n_frames)``, real clips
-        first then repeats of the last real clip; ``valid_clips`` in ``[1, N]``.
-    """
-    if isinstance(n_frames, bool) or not isinstance(n_frames, (int, np.integer)) or n_frames < 1:
-        raise ValueError(f"n_frames must be an integer >= 1, got {n_frames!r}")
-    if sampling.random and rng is None:
-        raise ValueError("random sampling needs an rng: pass rng=np.random.default_rng(seed)")
-    starts = _clip_starts(int(n_frames), sampling, rng)  # (N,)
+    """Frame numbers (N, T) of a fixed-count mode on ``n_frames`` frames, and the real clips."""
+    starts = _clip_starts(n_frames, sampling, rng)  # (N,)
     real = np.unique(starts[starts < n_frames])  # sorted distinct starts inside the video
     valid = len(real)  # >= 1: the first start is always 0 <= start < n_frames
     starts = np.concatenate([real, np.full(sampling.num_clips - valid, real[-1])])  # (N,)
@@ -234,6 +275,115 @@ def clip_frame_indices(
         starts[:, None] + offsets[None, :], n_frames - 1
     )  # (N, 1)+(1, T) -> (N, T)
     return indices, valid
+
+
+@dataclass(frozen=True, eq=False)
+class SampledClips:
+    """Where the clips of one video are: frame numbers, how many are real, and when.
+
+    Attributes:
+        indices: (N, T) int64 source frame numbers in ``[0, n_frames)``; the real clips
+            first, in time order, then repeats of the last real clip.
+        valid_clips: real clips, in ``[1, N]``.
+        times: (N, 2) float64 ``[start_s, end_s]`` per clip (NaN when the frame rate is unknown).
+    """
+
+    indices: np.ndarray
+    valid_clips: int
+    times: np.ndarray
+
+
+def time_windows(duration_s: float, every_s: float, span_s: float) -> int:
+    """W: clips of ``span_s`` seconds, one starting every ``every_s`` seconds from 0, that end
+    inside a video of ``duration_s`` seconds; at least 1 (a video shorter than one clip keeps
+    its clip at 0 s)."""
+    if not (np.isfinite(duration_s) and every_s > 0 and span_s >= 0):
+        raise ValueError(f"time_windows needs a finite duration, every_s > 0 and span_s >= 0, got "
+                         f"{duration_s!r}, {every_s!r}, {span_s!r}")
+    return max(int(np.floor((duration_s - span_s) / every_s + _EPS)) + 1, 1)
+
+
+def _every_clips(n_frames: int, fps: float, sampling: ClipSampling) -> SampledClips:
+    """The ``"every"`` mode (module docstring): windows that fit, thinned to at most N."""
+    k, t, s = sampling.num_clips, sampling.frames_per_clip, sampling.stride
+    rate = sampling.fps or fps
+    duration, span_s = n_frames / fps, sampling.span / rate
+    windows = time_windows(duration, sampling.every_s, span_s)
+    w = _uniform_starts(k, windows - 1) if windows > k else np.arange(windows, dtype=np.int64)  # (n,)
+    starts = w * sampling.every_s  # (n,) seconds
+    instants = starts[:, None] + np.arange(t) * (s / rate)  # (n, 1)+(T,) -> (n, T) seconds
+    indices = np.minimum(np.floor(instants * fps + _EPS).astype(np.int64), n_frames - 1)  # (n, T)
+    times = np.stack([starts, np.minimum(starts + span_s, duration)], axis=1)  # 2 x (n,) -> (n, 2)
+    pad = k - len(w)
+    return SampledClips(
+        np.concatenate([indices, np.repeat(indices[-1:], pad, axis=0)]),  # -> (N, T)
+        len(w),
+        np.concatenate([times, np.repeat(times[-1:], pad, axis=0)]),  # -> (N, 2)
+    )
+
+
+def sample_clips(
+    n_frames: int,
+    sampling: ClipSampling,
+    fps: float | None = None,
+    rng: np.random.Generator | None = None,
+) -> SampledClips:
+    """The clips of a video with ``n_frames`` frames at ``fps`` frames a second (every mode).
+
+    Args:
+        n_frames: frames in the video (>= 1).
+        sampling: where clips go.
+        fps: the video's frame rate; needed by ``"every"`` and by ``sampling.fps`` (without
+            it the fixed-count modes still place clips, with NaN times).
+        rng: needed when ``sampling.random``; e.g. ``np.random.default_rng(seed)``.
+
+    Raises:
+        ValueError: a bad ``n_frames``, no ``rng`` for random sampling, or no frame rate
+            where one is needed.
+    """
+    if isinstance(n_frames, bool) or not isinstance(n_frames, (int, np.integer)) or n_frames < 1:
+        raise ValueError(f"n_frames must be an integer >= 1, got {n_frames!r}")
+    n_frames = int(n_frames)
+    if sampling.random and rng is None:
+        raise ValueError("random sampling needs an rng: pass rng=np.random.default_rng(seed)")
+    known = fps is not None and np.isfinite(fps) and fps > 0
+    if sampling.needs_fps and not known:
+        flag = "--every" if sampling.mode == EVERY else "--fps"
+        raise ValueError(f"{flag} places clips in seconds but the video's frame rate is unknown ({fps!r}); "
+                         "re-encode it with a constant frame rate")
+    if sampling.mode == EVERY:
+        return _every_clips(n_frames, float(fps), sampling)
+    if sampling.fps is None:
+        indices, valid = _fixed_clips(n_frames, sampling, rng)  # (N, T)
+        times = clip_times(indices, fps) if known else np.full((len(indices), 2), np.nan)
+        return SampledClips(indices, valid, times)
+    grid = max(int(np.floor(n_frames * sampling.fps / fps + _EPS)), 1)  # resampled frames
+    on_grid, valid = _fixed_clips(grid, sampling, rng)  # (N, T) resampled frame numbers
+    indices = np.minimum(np.floor(on_grid * fps / sampling.fps + _EPS).astype(np.int64), n_frames - 1)
+    return SampledClips(indices, valid, clip_times(on_grid, sampling.fps))
+
+
+def clip_frame_indices(
+    n_frames: int,
+    sampling: ClipSampling,
+    rng: np.random.Generator | None = None,
+    *,
+    fps: float | None = None,
+) -> tuple[np.ndarray, int]:
+    """Frame numbers of every clip of a video with ``n_frames`` frames.
+
+    Args:
+        n_frames: frames in the video (>= 1).
+        sampling: where clips go.
+        rng: needed when ``sampling.random``; e.g. ``np.random.default_rng(seed)``.
+        fps: the video's frame rate (needed by ``"every"`` and ``sampling.fps``).
+
+    Returns:
+        ``(indices, valid_clips)``: indices (N, T) int64 in ``[0, n_frames)``, real clips
+        first then repeats of the last real clip; ``valid_clips`` in ``[1, N]``.
+    """
+    clips = sample_clips(n_frames, sampling, fps, rng)
+    return clips.indices, clips.valid_clips
 
 
 def clip_times(indices: np.ndarray, fps: float) -> np.ndarray:

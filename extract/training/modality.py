@@ -35,12 +35,13 @@ from extract.backbones import Backbone, BackboneInfo
 from extract.dump.makers import RGBClips
 from extract.media.audio import AudioSettings, audio_windows, log_mel
 from extract.media.decode import DecodeError, decode_video
-from extract.media.flow import FlowSettings, clip_flow_stack, flow_frame_indices, flow_views
+from extract.media.flow import FlowSettings, clip_flow_stack, flow_frame_indices, flow_views, paper_flow
+from extract.media.raft import RAFT_MODELS, raft_weights_file
 from extract.media.sampling import (
     ClipSampling,
     ViewSpec,
     clip_frame_indices,
-    clip_times,
+    sample_clips,
     union_frame_indices,
 )
 from extract.media.transforms import normalize, to_tensor_clip
@@ -88,7 +89,7 @@ class ModalityInputs(abc.ABC):
 def _picture_sampling(recipe: TrainRecipe) -> ClipSampling:
     segments = recipe.train_segments
     return ClipSampling(mode="uniform" if segments == 1 else "tsn", num_clips=segments,
-                        frames_per_clip=recipe.frames, stride=recipe.stride, random=True)
+                        frames_per_clip=recipe.frames, stride=recipe.stride, random=True, fps=recipe.fps)
 
 
 class RGBInputs(ModalityInputs):
@@ -102,17 +103,17 @@ class RGBInputs(ModalityInputs):
         self.eval_maker = RGBClips(settings.clip_sampling(info), settings.view_spec(info))
 
     def train_example(self, video: VideoMeta, rng: np.random.Generator) -> np.ndarray:
-        idx, _ = clip_frame_indices(video.n_frames, self.sampling, rng)  # (S, T)
+        idx, _ = clip_frame_indices(video.n_frames, self.sampling, rng, fps=video.fps)  # (S, T)
         decoded = decode_video(video.path, idx, self.augment.draw_short_side(rng), timeout_s=self.timeout_s)
         frames = decoded.take(idx.reshape(-1))  # (S*T,) -> (S*T, H, W, 3)
         return self.augment.crop_flip_rgb(frames, rng)  # -> (S*T, crop, crop, 3)
 
     def eval_clips(self, video: VideoMeta) -> np.ndarray:
         maker = self.eval_maker
-        decoded = decode_video(video.path, maker.frame_indices(video.n_frames), maker.decode_short_side,
+        decoded = decode_video(video.path, maker.frame_indices(video.n_frames, video.fps), maker.decode_short_side,
                                timeout_s=self.timeout_s)
         made = maker.make(decoded, video.n_frames, video.fps)
-        return made.inputs[made.valid]  # (K, T, crop, crop, 3)
+        return made.inputs[made.valid[: len(made.inputs)]]  # (K, T, crop, crop, 3), the valid clips
 
     def to_model(self, x: torch.Tensor) -> torch.Tensor:
         return to_tensor_clip(x, self.info.mean, self.info.std)  # (B, T, h, w, 3) -> (B, 3, T, h, w)
@@ -126,7 +127,13 @@ class FlowInputs(ModalityInputs):
         if info.in_channels != 2:
             raise ValueError(f"flow training needs a 2-channel backbone (in_channels=2), got {info.in_channels}")
         settings = recipe.extract_settings()
-        self.flow = FlowSettings(algorithm=recipe.flow_algorithm, bound=recipe.flow_bound)
+        # flow is made in the DataLoader's CPU workers: ``paper`` resolves as on a CPU (TV-L1 fast)
+        algorithm, preset = (recipe.flow_algorithm, "default")
+        if algorithm == "paper":
+            algorithm, preset, _ = paper_flow("cpu")
+        self.flow = FlowSettings(algorithm=algorithm, bound=recipe.flow_bound, preset=preset)
+        if algorithm in RAFT_MODELS:
+            raft_weights_file(algorithm)  # missing weights: one error now, not one per data worker
         self.sampling = _picture_sampling(recipe)
         self.augment = ClipAugment(recipe.short_side, recipe.scale, recipe.crop, recipe.flip)
         self.eval_sampling: ClipSampling = settings.clip_sampling(info)
@@ -138,14 +145,14 @@ class FlowInputs(ModalityInputs):
         return clip_flow_stack(decoded, idx, self.flow, n_frames=video.n_frames, device="cpu")  # (N, 2, T, h, w)
 
     def train_example(self, video: VideoMeta, rng: np.random.Generator) -> np.ndarray:
-        idx, _ = clip_frame_indices(video.n_frames, self.sampling, rng)  # (S, T)
+        idx, _ = clip_frame_indices(video.n_frames, self.sampling, rng, fps=video.fps)  # (S, T)
         stack = self._stack(video, idx, self.augment.draw_short_side(rng))  # (S, 2, T, h, w)
         s, c, t, h, w = stack.shape
         joined = stack.transpose(1, 0, 2, 3, 4).reshape(c, s * t, h, w)  # (S, 2, T, h, w) -> (2, S*T, h, w)
         return self.augment.crop_flip_flow(joined, rng)  # -> (2, S*T, crop, crop)
 
     def eval_clips(self, video: VideoMeta) -> np.ndarray:
-        idx, valid = clip_frame_indices(video.n_frames, self.eval_sampling)  # (N, T)
+        idx, valid = clip_frame_indices(video.n_frames, self.eval_sampling, fps=video.fps)  # (N, T)
         stack = self._stack(video, idx[:valid], self.eval_view.decode_short_side)  # (n, 2, T, h, w)
         views = np.stack([flow_views(clip, self.eval_view) for clip in stack])  # (n, V, 2, T, c, c)
         return views.reshape(-1, *views.shape[2:])  # (n, V, 2, T, c, c) -> (n*V, 2, T, c, c)
@@ -186,23 +193,24 @@ class AudioInputs(ModalityInputs):
             raise ValueError("AudioInputs needs the backbone's audio settings: use make_inputs(backbone, recipe)")
         self.audio = settings
         self.sampling = ClipSampling(mode="uniform", num_clips=1, frames_per_clip=1, random=True)
-        self.eval_sampling = ClipSampling(mode="uniform", num_clips=recipe.eval_clips, frames_per_clip=1)
+        self.eval_sampling = (recipe.extract_settings().clip_sampling(None) if recipe.every is not None else
+                              ClipSampling(mode="uniform", num_clips=recipe.eval_clips, frames_per_clip=1))
 
-    def _windows(self, video: VideoMeta, idx: np.ndarray) -> np.ndarray:
+    def _windows(self, video: VideoMeta, sampling: ClipSampling, rng: np.random.Generator | None = None) -> np.ndarray:
+        """The audio windows of the real clips of ``sampling`` that hold audio, (n, W)."""
         decoded = decode_video(video.path, [], audio_rate=self.audio.sample_rate, timeout_s=self.timeout_s)
-        fps = video.fps if video.fps > 0 else decoded.fps
-        wave, valid = audio_windows(decoded.audio, self.audio.sample_rate, clip_times(idx, fps), self.audio.window_s)
+        clips = sample_clips(video.n_frames, sampling, video.fps if video.fps > 0 else decoded.fps, rng)
+        times = clips.times[: clips.valid_clips]  # (n, 2)
+        wave, valid = audio_windows(decoded.audio, self.audio.sample_rate, times, self.audio.window_s)
         if not valid.any():
             raise NoAudioTrack(video.path, "no audio track" if decoded.audio is None else "the audio track is empty")
         return wave[valid]  # (n, W)
 
     def train_example(self, video: VideoMeta, rng: np.random.Generator) -> np.ndarray:
-        idx, _ = clip_frame_indices(video.n_frames, self.sampling, rng)  # (1, 1)
-        return self._windows(video, idx)[0]  # (W,)
+        return self._windows(video, self.sampling, rng)[0]  # (W,)
 
     def eval_clips(self, video: VideoMeta) -> np.ndarray:
-        idx, valid = clip_frame_indices(video.n_frames, self.eval_sampling)  # (K, 1)
-        return self._windows(video, idx[:valid])  # (K, W)
+        return self._windows(video, self.eval_sampling)  # (K, W)
 
     def to_model(self, x: torch.Tensor) -> torch.Tensor:
         x = x.float()

@@ -21,7 +21,7 @@ from typing import Any
 
 from extract.backbones import BackboneInfo
 from extract.dump.settings import DEVICES, ExtractSettings
-from extract.media.flow import FLOW_ALGORITHMS
+from extract.media.flow import FLOW_CHOICES
 from heads.schedule import LRSchedule
 from store.cli import setting_name
 from store.errors import SettingsError
@@ -91,8 +91,16 @@ class TrainRecipe:
         stride: frame step inside a clip.
         train_segments: random clips per training example, their frames joined on the
             time axis (TSN consensus; frame models only). None = 3 for frame models, else 1.
-        eval_clips: deterministic clips per validation video; scores are averaged.
-        flow_algorithm: ``farneback`` or ``tvl1`` (flow modality).
+        eval_clips: deterministic clips per validation video; scores are averaged (not used
+            with ``every``).
+        every: evaluate on time-based clips, one every this many seconds (``extract.run
+            --every``), at most ``max_clips`` (None: ``AUTO_MAX_CLIPS``) per video.
+        fps: take every clip's frames (training and evaluation) at this rate, resampled
+            from the video's (``extract.run --fps``); None: the video's own frames.
+        max_clips: the most time-based evaluation clips per video (needs ``every``).
+        flow_algorithm: ``farneback``, ``tvl1``, ``raft_small``, ``raft_large`` or ``paper``
+            (flow modality). Training computes flow in its CPU data workers, so ``paper`` is TV-L1
+            with the ``fast`` preset here (:func:`extract.media.flow.paper_flow` on ``cpu``).
         flow_bound: flows are clipped to this many pixels per frame (flow modality).
         seed: seeds the init, the shuffles, the clip positions and the augmentations.
         device: ``auto`` (CUDA when torch sees a GPU), ``cpu`` or ``cuda``.
@@ -129,6 +137,9 @@ class TrainRecipe:
     stride: int = 1
     train_segments: int | None = None
     eval_clips: int = 4
+    every: float | None = None
+    fps: float | None = None
+    max_clips: int | None = None
     flow_algorithm: str = "farneback"
     flow_bound: float = 20.0
     seed: int = 0
@@ -144,7 +155,7 @@ class TrainRecipe:
     def _check_choices(self) -> None:
         for name, choices in (("modality", MODALITIES), ("optimizer", OPTIMIZERS), ("schedule", SCHEDULES),
                               ("class_weights", CLASS_WEIGHTS), ("device", DEVICES),
-                              ("flow_algorithm", FLOW_ALGORITHMS)):
+                              ("flow_algorithm", FLOW_CHOICES)):
             if getattr(self, name) not in choices:
                 raise SettingsError(f"{setting_name(name)} must be one of {choices}, got {getattr(self, name)!r}")
         if not self.backbone:
@@ -183,12 +194,14 @@ class TrainRecipe:
                              f"{setting_name('epochs')} ({self.epochs})")
         if len(self.scale) != 2 or not 0 < self.scale[0] <= self.scale[1]:
             raise SettingsError(f"{setting_name('scale')} must be LOW,HIGH with 0 < LOW <= HIGH, got {self.scale}")
+        self.extract_settings()  # every, fps, max_clips: checked as extract.run checks them
 
     # ------------------------------------------------------------------ backbone-dependent values
     def extract_settings(self) -> ExtractSettings:
         """The ``extract.run`` settings whose clips and views this recipe evaluates on."""
         return ExtractSettings(backbone=self.backbone, clips=self.eval_clips, frames=self.frames,
-                               stride=self.stride, crop=self.crop, short_side=self.short_side)
+                               stride=self.stride, crop=self.crop, short_side=self.short_side,
+                               every=self.every, fps=self.fps, max_clips=self.max_clips)
 
     def resolve(self, info: BackboneInfo) -> TrainRecipe:
         """A copy with every ``None`` that depends on the backbone filled in.

@@ -155,6 +155,21 @@ def test_a_video_that_kills_its_worker_twice_becomes_an_error_row(client, demo, 
     _assert_equal_to_reference(store, reference, rows=[0, 1, 3, 4, 5, 6, 7])
 
 
+def test_a_time_based_cluster_run_fixes_k_max_as_a_local_run_does(client, demo, tmp_path):
+    """--every on a cluster: the client fixes K-max from the videos (1 s at 25 fps, a one-frame clip every
+    0.25 s: floor((1 - 0.04) / 0.25) + 1 = 4, not the default cap of 128) before any task builds a model."""
+    timed = dataclasses.replace(SETTINGS, every=0.25)
+    local, remote = tmp_path / "local.zarr", tmp_path / "remote.zarr"
+    pipeline.extract(demo.videos_csv, local, timed)
+    _run(client, demo, remote, settings=timed)
+    a, b = (FeatureStore.open(s).feature_set(SET) for s in (local, remote))
+    assert a.spec.clips == 4 and b.spec == a.spec
+    for x, y in zip(a.read(), b.read()):
+        np.testing.assert_array_equal(x, y)
+    np.testing.assert_array_equal(a.read_times(), b.read_times())
+    np.testing.assert_array_equal(a.read_times()[0, :, 0], [0.0, 0.25, 0.5, 0.75])
+
+
 CLIENT = """
 import sys, time
 from pathlib import Path

@@ -10,6 +10,8 @@ from extract.media.sampling import (
     ViewSpec,
     clip_frame_indices,
     clip_times,
+    sample_clips,
+    time_windows,
     union_frame_indices,
 )
 
@@ -149,7 +151,10 @@ def test_clip_sampling_round_trips_through_json():
     assert s.span == 31
     assert ClipSampling.from_dict(json.loads(json.dumps(s.to_dict()))) == s
     with pytest.raises(ValueError, match="unknown keys"):
-        ClipSampling.from_dict({**s.to_dict(), "fps": 3})
+        ClipSampling.from_dict({**s.to_dict(), "speed": 3})
+    timed = ClipSampling("every", 5, 4, 2, every_s=0.5, fps=8)
+    assert ClipSampling.from_dict(json.loads(json.dumps(timed.to_dict()))) == timed
+    assert "every_s" not in s.to_dict() and "fps" not in s.to_dict()  # fixed-count records unchanged
 
 
 def test_view_spec_properties_and_round_trip():
@@ -176,3 +181,78 @@ def test_view_spec_properties_and_round_trip():
 def test_view_spec_validation(kwargs, match):
     with pytest.raises(ValueError, match=match):
         ViewSpec(**kwargs)
+
+
+# Time-based clips (mode "every") and resampled frame rates, worked by hand.
+# (n_frames, video fps, sampling, expected indices (N, T), valid clips, expected starts of the real clips)
+EVERY_CASES = [
+    # 2 s at 30 fps, one-frame clips every 0.5 s: span 1/30 s, W = floor((2 - 1/30) / 0.5) + 1 = 4
+    (60, 30.0, ClipSampling("every", 6, 1, 1, every_s=0.5), [[0], [15], [30], [45], [45], [45]], 4,
+     [0.0, 0.5, 1.0, 1.5]),
+    # 8 frames at 8 fps (span 1 s): W = floor((2 - 1) / 0.5) + 1 = 3; frames floor((start + j/8) * 30)
+    (60, 30.0, ClipSampling("every", 3, 8, 1, every_s=0.5, fps=8),
+     [[0, 3, 7, 11, 15, 18, 22, 26], [15, 18, 22, 26, 30, 33, 37, 41], [30, 33, 37, 41, 45, 48, 52, 56]], 3,
+     [0.0, 0.5, 1.0]),
+    # a clip past the end is dropped: 1 s, 4 native frames at stride 5 (span 16/30 s): W = floor(1.87) + 1 = 2;
+    # the clip at 0.5 s would end at 1.03 s. Starts 0 and 0.25 s: frames floor(7.5) = 7 + 5j
+    (30, 30.0, ClipSampling("every", 4, 4, 5, every_s=0.25), [[0, 5, 10, 15]] + [[7, 12, 17, 22]] * 3, 2,
+     [0.0, 0.25]),
+    # shorter than one clip: one clip from 0 s, its missing frames repeat the last one
+    (10, 30.0, ClipSampling("every", 2, 4, 5, every_s=0.25), [[0, 5, 9, 9]] * 2, 1, [0.0]),
+    # 60 s, every 0.5 s: W = 120 windows thinned to 3 by the uniform rule: windows 0, 60, 119 (59.5 + 0.5)
+    (600, 10.0, ClipSampling("every", 3, 1, 1, every_s=0.5), [[0], [300], [595]], 3, [0.0, 30.0, 59.5]),
+]
+
+
+@pytest.mark.parametrize("n_frames,fps,sampling,expected,valid,starts", EVERY_CASES)
+def test_every_clips_match_hand_computed(n_frames, fps, sampling, expected, valid, starts):
+    clips = sample_clips(n_frames, sampling, fps)
+    np.testing.assert_array_equal(clips.indices, np.array(expected))
+    assert clips.valid_clips == valid
+    np.testing.assert_allclose(clips.times[:valid, 0], starts, rtol=0, atol=1e-12)
+    rate = sampling.fps or fps
+    span_s = sampling.span / rate
+    np.testing.assert_allclose(clips.times[:valid, 1], np.minimum(np.array(starts) + span_s, n_frames / fps),
+                               rtol=0, atol=1e-12)
+    np.testing.assert_array_equal(clips.times[valid:], np.repeat(clips.times[valid - 1:valid], len(expected) - valid,
+                                                                 axis=0))
+    assert (clips.times[:valid, 1] <= n_frames / fps + 1e-12).all()  # no kept clip runs past the end
+
+
+def test_every_clips_against_a_brute_force_scan():
+    """Every window that fits, found by stepping through time, equals the formula (no cap)."""
+    for n_frames, fps, every, frames, stride in [(37, 25.0, 0.3, 3, 2), (90, 29.97, 0.1, 5, 1), (1, 30.0, 1.0, 1, 1)]:
+        s = ClipSampling("every", 1000, frames, stride, every_s=every)
+        clips = sample_clips(n_frames, s, fps)
+        span = ((frames - 1) * stride + 1) / fps
+        fits = [w for w in range(1000) if w * every + span <= n_frames / fps + 1e-9] or [0]
+        assert clips.valid_clips == len(fits) == time_windows(n_frames / fps, every, span)
+        first = np.floor(np.array(fits) * every * fps + 1e-6).astype(int)
+        np.testing.assert_array_equal(clips.indices[: len(fits), 0], first)
+
+
+def test_fps_resamples_the_fixed_modes_on_a_grid():
+    # 2 s at 30 fps resampled to 10 fps: 20 grid frames; tsn 2 x 4: slack 16, starts floor((i + .5) * 17 / 2) = 4, 12
+    clips = sample_clips(60, ClipSampling("tsn", 2, 4, 1, fps=10), 30.0)
+    np.testing.assert_array_equal(clips.indices, [[12, 15, 18, 21], [36, 39, 42, 45]])
+    np.testing.assert_allclose(clips.times, [[0.4, 0.8], [1.2, 1.6]])
+    # fps equal to the video's changes nothing
+    same = sample_clips(60, ClipSampling("uniform", 3, 4, 2, fps=30), 30.0)
+    ref, valid = clip_frame_indices(60, ClipSampling("uniform", 3, 4, 2))
+    np.testing.assert_array_equal(same.indices, ref)
+    np.testing.assert_allclose(same.times, clip_times(ref, 30.0))
+
+
+def test_time_sampling_refuses_what_it_cannot_do():
+    with pytest.raises(ValueError, match="frame rate is unknown"):
+        sample_clips(60, ClipSampling("every", 3, 1, 1, every_s=0.5), float("nan"))
+    with pytest.raises(ValueError, match="--fps"):
+        sample_clips(60, ClipSampling("tsn", 3, 1, 1, fps=5), None)
+    with pytest.raises(ValueError, match="every_s"):
+        ClipSampling("every", 3, 1, 1)
+    with pytest.raises(ValueError, match="every_s"):
+        ClipSampling("tsn", 3, 1, 1, every_s=1.0)
+    with pytest.raises(ValueError, match="deterministic"):
+        ClipSampling("every", 3, 1, 1, every_s=1.0, random=True)
+    with pytest.raises(ValueError, match="--every"):
+        ClipSampling("every", 3, 1, 1, every_s=0)

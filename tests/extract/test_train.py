@@ -237,6 +237,24 @@ def test_flow_and_audio_inputs_reach_the_backbone(data, backbone, modality, shap
     assert model(ev).shape == (2, 21)
 
 
+@pytest.mark.parametrize("backbone,modality", [("resnet_tiny", "rgb"), ("resnet_tiny", "flow"),
+                                               ("resnet_audio_tiny", "audio")])
+def test_time_based_evaluation_clips(data, backbone, modality):
+    """--every: evaluation takes extract.run's time-based clips; --fps: training clips on the resampled grid."""
+    model, recipe = _resolved(backbone=backbone, modality=modality, every=0.25, fps=10.0, max_clips=3)
+    inputs = make_inputs(model, recipe)
+    clips = EvalClips(data.val, data.val_labels, inputs)[0][1]
+    # 1 s at 25 fps, one-frame clips at 10 fps (0.1 s): W = floor((1 - 0.1) / 0.25) + 1 = 4 windows, thinned to 3
+    assert len(clips) == 3
+    ds = TrainClips(data.train, data.train_labels, inputs, seed=0)
+    x = inputs.to_model(collate_train([ds[(0, 0)], ds[(0, 1)]])["x"])
+    assert torch.isfinite(x).all() and model(x).shape == (2, 21)
+    if modality == "rgb":  # a training clip's frames lie on the 10 fps grid: source frames floor(g * 2.5)
+        assert set(inputs.sampling.to_dict()) >= {"fps"} and inputs.sampling.fps == 10.0
+    with pytest.raises(ValueError, match="--max-clips caps"):
+        TrainRecipe(**{**TINY, "max_clips": 3})
+
+
 # ---------------------------------------------------------------------------- checkpoints -> extract.run
 def test_checkpoint_loads_into_extract_run(data, demo, tmp_path):
     from extract.run import main as run_main
@@ -274,6 +292,9 @@ def test_cli_trains_resumes_and_refuses(demo, tmp_path, capsys):
     metrics = json.loads((out / "metrics.json").read_text())
     assert len(metrics["epochs"]) == 1 and 0 <= metrics["epochs"][0]["class_map"] <= 1
     assert "val class mAP" in capsys.readouterr().out
+    cut = args.index("--out")
+    assert main([*args[:cut], "--every", "0.5", "--out", str(tmp_path / "x"), *args[cut + 2:]]) == 2  # + --eval-clips
+    assert "--every 0.5 evaluates on a clip every 0.5 seconds" in capsys.readouterr().err
     assert main(args) == 2 and "--resume" in capsys.readouterr().err
     assert main(["--out", str(out), "--resume", "--lr", "0.5", "-q"]) == 2
     assert "lr: 0.5 != 0.01" in capsys.readouterr().err
