@@ -158,8 +158,9 @@ def check_extraction(demo, work: Path, device: str, sizes: GpuCheckSizes = SIZES
     for backbone, clips, batch in sizes.models:
         for dtype in AMP_DTYPES:
             key = f"{backbone}_{dtype}"
-            s = ExtractSettings(backbone=backbone, crop=112, clips=clips, batch_size=batch, device=device, amp=True,
-                                amp_dtype=dtype, workers=sizes.workers, set_name=f"gpu_{key}", chunk_rows=64)
+            s = ExtractSettings(backbone=backbone, weights="random", crop=112, clips=clips, batch_size=batch,
+                                device=device, amp=True, amp_dtype=dtype, workers=sizes.workers, set_name=f"gpu_{key}",
+                                chunk_rows=64)
             workers, threads = s.parallelism(device)
             producers = pipeline.build_producers(s, device)
             decode, inputs = _decode_stage(targets, meta, producers[0].maker, workers)

@@ -88,10 +88,10 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     table = pd.read_csv(args.videos)
     paths = [str((args.videos.parent / p).resolve()) for p in table["path"]]
-    settings = ExtractSettings(backbone=args.backbone, crop=args.crop, clips=args.clips)
+    settings = ExtractSettings(backbone=args.backbone, weights="random", crop=args.crop, clips=args.clips)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(settings.seed)
-        model = get_backbone(args.backbone).eval()
+        model = get_backbone(args.backbone, weights="random").eval()  # speed only: random weights, as ours
     clips, seconds = plain_extract(paths, model, settings, args.out, args.threads)
     print(json.dumps({"clips": clips, "seconds": seconds, "clips_per_s": clips / seconds,
                       "threads": args.threads or torch.get_num_threads()}))

@@ -171,7 +171,8 @@ def tiny_demo(tmp_path_factory):
     return make_demo(tmp_path_factory.mktemp("demo"), DemoConfig(videos=2, size=48, seconds=1.0), progress=False)
 
 
-RUN = ["--backbone", "flow:resnet_tiny", "--crop", "32", "--clips", "2", "--workers", "0", "--threads", "1", "-q"]
+RUN = ["--backbone", "flow:resnet_tiny@random", "--crop", "32", "--clips", "2", "--workers", "0", "--threads", "1",
+       "-q"]
 
 
 def test_run_paper_flow_records_which(tiny_demo, tmp_path):

@@ -115,7 +115,7 @@ def demo(tmp_path_factory):
     return make_demo(tmp_path_factory.mktemp("demo"), DemoConfig(videos=6, size=48, seconds=1.0), progress=False)
 
 
-TINY = dict(backbone="resnet_tiny", crop=32, clips=4, chunk_rows=4, batch_size=8)
+TINY = dict(backbone="resnet_tiny", weights="random", crop=32, clips=4, chunk_rows=4, batch_size=8)
 
 
 def test_a_small_budget_gives_batch_one_and_the_same_features(demo, tmp_path, caplog):
@@ -149,7 +149,7 @@ def test_the_plan_is_measured_and_recorded_in_the_attrs(demo, tmp_path):
 
 def test_cli_workers_and_threads_override_and_are_recorded(demo, tmp_path, capsys):
     store = tmp_path / "c.zarr"
-    argv = ["--videos", str(demo.videos_csv), "--store", str(store), "--backbone", "resnet_tiny", "--crop", "32",
+    argv = ["--videos", str(demo.videos_csv), "--store", str(store), "--backbone", "resnet_tiny@random", "--crop", "32",
             "--clips", "4", "--workers", "1", "--threads", "1", "--max-memory", "4", "-q"]
     assert main(argv) == 0
     assert "1 decode worker(s), 1 model thread(s), batch 64 on cpu (given plan)" in capsys.readouterr().out

@@ -24,7 +24,7 @@ from tests.heads.test_knn import _reference
 FPS = 10  # a 60 s video is 600 frames of 32 px: cheap to write and decode
 SECONDS = [1, 2, 60, 2, 1, 2, 3, 2]  # one long video among short ones
 SPLITS = ["train", "train", "train", "train", "train", "val", "val", "test"]
-RUN = ["--backbone", "resnet_tiny", "--crop", "32", "--workers", "1", "--threads", "1", "--chunk-rows", "4",
+RUN = ["--backbone", "resnet_tiny@random", "--crop", "32", "--workers", "1", "--threads", "1", "--chunk-rows", "4",
        "--batch-size", "16", "-q"]
 SET = "rgb_resnet_tiny"
 
@@ -69,8 +69,8 @@ def sounding(tmp_path_factory):
 
 def test_rgb_flow_and_audio_follow_one_time_based_timeline(sounding, tmp_path):
     store = tmp_path / "s.zarr"
-    sets = ["--backbone", "rgb:resnet_tiny", "--backbone", "flow:resnet_tiny", "--backbone",
-            "audio:resnet_audio_tiny"]
+    sets = ["--backbone", "rgb:resnet_tiny@random", "--backbone", "flow:resnet_tiny@random", "--backbone",
+            "audio:resnet_audio_tiny@random"]
     assert main(["--videos", str(sounding / "list.csv"), "--store", str(store), "--every", "0.5", *sets,
                  *RUN[2:]]) == 0
     fs = FeatureStore.open(store)
@@ -131,7 +131,7 @@ def test_max_clips_thins_long_videos_and_fps_resamples(videos, tmp_path):
     (stride 1: 0.8 s) takes every second frame; the clip past the end of the 1 s video is dropped."""
     store = tmp_path / "m.zarr"
     argv = ["--videos", str(videos / "list.csv"), "--store", str(store), "--every", "0.5", "--max-clips", "3",
-            "--fps", "5", "--frames", "4", "--backbone", "tsm_tiny", *RUN[2:]]
+            "--fps", "5", "--frames", "4", "--backbone", "tsm_tiny@random", *RUN[2:]]
     assert main(argv) == 0
     fset = FeatureStore.open(store).feature_set("rgb_tsm_tiny")
     _, valid = fset.read()
