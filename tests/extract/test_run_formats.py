@@ -17,7 +17,7 @@ from extract.media.video_writer import write_video
 from extract.run import main
 from store import FeatureStore
 
-TINY = ["--backbone", "resnet_tiny", "--crop", "32", "--clips", "4", "--workers", "1"]
+TINY = ["--backbone", "resnet_tiny@random", "--crop", "32", "--clips", "4", "--workers", "1"]
 TINY += ["--threads", "1", "--batch-size", "8", "-q", "--no-verify"]
 SET = "rgb_resnet_tiny"
 N_VIDEOS = 4
@@ -223,7 +223,7 @@ def test_extract_train_reads_the_formats_and_refuses_windows(tmp_path, capsys):
     (tmp_path / "full" / "aaaaaaaaaaa.mp4").write_bytes(b"")
     csv = tmp_path / "k.csv"
     csv.write_text("label,youtube_id,time_start,time_end,split\nx,aaaaaaaaaaa,0,10,train\n")
-    argv = ["--videos", str(csv), "--backbone", "resnet_tiny", "--out", str(tmp_path / "run"), "-q"]
+    argv = ["--videos", str(csv), "--backbone", "resnet_tiny@random", "--out", str(tmp_path / "run"), "-q"]
     assert train_main([*argv, "--kinetics-pattern", "full/{youtube_id}.mp4"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0] == (f"error: {csv}: extract.train takes whole files, not windows of untrimmed "
