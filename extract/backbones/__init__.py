@@ -10,6 +10,11 @@ Registered (``list_backbones()``):
 - frame models (TSN, ``kind="frame2d"``): ``resnet18``, ``resnet50``, ``resnet101``
 - TSM (``kind="clip3d"``, 2D convs with temporal shift): ``tsm_resnet18``, ``tsm_resnet50``
 - 3D clip models: ``r2plus1d_18``, ``r3d_18``, ``mc3_18``
+- families of external image models as frame encoders (``kind="frame2d"``), named
+  ``PREFIX/NAME`` (``list_backbone_families()``): ``timm/<any timm model[.tag]>``
+  (:mod:`extract.backbones.timm_frames`) and ``clip/<open_clip architecture>`` with
+  ``weights=TAG`` (:mod:`extract.backbones.clip_frames`); their weights come from the
+  Hugging Face cache (:mod:`extract.backbones.hf_hub`)
 - test / CPU-smoke variants (same code paths, a few channels, 32 px):
   ``resnet_tiny``, ``tsm_tiny``, ``r2plus1d_tiny``, ``r3d_tiny``, ``mc3_tiny``
 
@@ -18,9 +23,11 @@ Importing this package registers all of them.
 
 from extract.backbones import (  # noqa: F401  (registers the builders)
     audio_cnn,
+    clip_frames,
     frame2d,
     i3d_nonlocal,
     slowfast,
+    timm_frames,
     tin,
     tsm,
     video3d,
@@ -29,8 +36,10 @@ from extract.backbones.registry import (
     Backbone,
     BackboneInfo,
     get_backbone,
+    list_backbone_families,
     list_backbones,
     register_backbone,
+    register_backbone_family,
 )
 from extract.backbones.tsm import temporal_shift
 from extract.backbones.weights import (
@@ -48,9 +57,11 @@ __all__ = [
     "adapt_first_conv",
     "file_sha256",
     "get_backbone",
+    "list_backbone_families",
     "list_backbones",
     "load_weights",
     "read_torch_file",
     "register_backbone",
+    "register_backbone_family",
     "temporal_shift",
 ]

@@ -1,7 +1,9 @@
 """The backbone registry, the :class:`BackboneInfo` record and the :class:`Backbone` interface.
 
 A registry in the torchvision style: one dict, one decorator over plain builder functions,
-``get_backbone(name, **kw)`` and ``list_backbones()``. Every backbone carries a frozen
+``get_backbone(name, **kw)`` and ``list_backbones()``. Families of external models are one
+entry per prefix (``register_backbone_family("timm", builder)``): ``get_backbone("timm/x")``
+calls the family's builder with ``"x"``. Every backbone carries a frozen
 :class:`BackboneInfo` that says what it expects (frames per clip, crop size, normalisation,
 channels) and what it returns (feature dim), so the sampler, the transforms and the store's
 attrs read one record.
@@ -41,8 +43,10 @@ __all__ = [
     "Backbone",
     "BackboneInfo",
     "get_backbone",
+    "list_backbone_families",
     "list_backbones",
     "register_backbone",
+    "register_backbone_family",
 ]
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -167,6 +171,9 @@ class Backbone(nn.Module, abc.ABC):
         info: what the backbone expects and returns.
         weights_sha256: sha256 of the checkpoint loaded by :func:`get_backbone`, or None
             when randomly initialised.
+        weights_source: where those weights came from (``{"name", "source", "file"}``:
+            the weight's name, e.g. a hub id, and the file loaded), or None for a local file
+            given by path or a random init.
         fc: the classifier ``Linear(D, num_classes)``, or None without ``num_classes``.
     """
 
@@ -207,6 +214,7 @@ class Backbone(nn.Module, abc.ABC):
         if info.in_channels != 3:
             adapt_first_conv(self, info.in_channels)
         self.weights_sha256: str | None = None
+        self.weights_source: dict[str, str] | None = None
 
     @property
     def input_channels(self) -> int:
@@ -264,6 +272,11 @@ class Backbone(nn.Module, abc.ABC):
 
 BackboneBuilder = Callable[..., Backbone]
 _BACKBONES: dict[str, BackboneBuilder] = {}
+#: A family builder takes the name after ``PREFIX/`` and ``get_backbone``'s keywords
+#: (``weights``, ``in_channels``, ``num_classes``, extras) and loads its weights itself.
+FamilyBuilder = Callable[..., Backbone]
+_FAMILIES: dict[str, FamilyBuilder] = {}
+FAMILY_SEP = "/"
 
 
 def register_backbone(name: str) -> Callable[[BackboneBuilder], BackboneBuilder]:
@@ -288,9 +301,41 @@ def register_backbone(name: str) -> Callable[[BackboneBuilder], BackboneBuilder]
     return wrap
 
 
+def register_backbone_family(prefix: str, builder: FamilyBuilder) -> FamilyBuilder:
+    """Register a family of externally defined backbones under ``PREFIX/``.
+
+    ``get_backbone("PREFIX/rest", weights=..., **kw)`` calls ``builder("rest", weights=...,
+    **kw)``; the builder resolves ``rest`` (a timm model name, an open_clip architecture),
+    loads the weights (``None`` = the family's default pretrained weights, ``"random"`` = a
+    random init, else a local path) and sets ``weights_sha256`` / ``weights_source``.
+
+    Raises:
+        ValueError: an empty prefix, one holding ``/``, or one already registered.
+    """
+    if not prefix or FAMILY_SEP in prefix:
+        raise ValueError(f"a backbone family prefix is a non-empty name without '/', got {prefix!r}")
+    if prefix in _FAMILIES:
+        raise ValueError(
+            f"a backbone family {prefix!r} is already registered (by {_FAMILIES[prefix].__module__})"
+        )
+    _FAMILIES[prefix] = builder
+    return builder
+
+
 def list_backbones() -> list[str]:
     """Names of all registered backbones, sorted."""
     return sorted(_BACKBONES)
+
+
+def list_backbone_families() -> list[str]:
+    """Registered family prefixes, sorted (``["clip", "timm"]``): names ``PREFIX/...``."""
+    return sorted(_FAMILIES)
+
+
+def _available() -> str:
+    """The names a user may write, for error messages."""
+    families = ", ".join(f"{p}/NAME" for p in list_backbone_families())
+    return ", ".join(list_backbones()) + (f"; families: {families}" if families else "")
 
 
 def get_backbone(
@@ -304,12 +349,15 @@ def get_backbone(
     """Build a registered backbone, randomly initialised or from a local checkpoint.
 
     Args:
-        name: a name from :func:`list_backbones`.
+        name: a name from :func:`list_backbones`, or ``PREFIX/NAME`` of a family from
+            :func:`list_backbone_families` (``timm/convnext_tiny.fb_in22k``,
+            ``clip/ViT-B-32``), whose builder resolves ``weights`` itself.
         weights: path of a local state_dict (torchvision layout, or a checkpoint dict with
             a ``"model"``/``"state_dict"`` entry), loaded with ``weights_only=True``; see
             :func:`extract.backbones.weights.load_weights`. Its sha256 ends up in
             ``backbone.weights_sha256``. None leaves the backbone randomly initialised (and
-            logs a warning saying so).
+            logs a warning saying so). A family takes None as its default pretrained weights
+            and ``"random"`` as a random init.
         in_channels: input channels; None takes the builder's own (3 for video, 1 for
             audio). Another count adapts the first conv (cross-modality init), also when
             loading an RGB checkpoint.
@@ -323,13 +371,20 @@ def get_backbone(
         ValueError: unknown name.
         WeightsError: the checkpoint cannot be read or does not fit the backbone.
     """
-    if name not in _BACKBONES:
-        raise SettingsError(
-            f"unknown backbone {name!r}; available: {', '.join(list_backbones())} "
-            "(or register one with @register_backbone)"
-        )
     if in_channels is not None:
         kwargs["in_channels"] = in_channels
+    prefix, sep, rest = name.partition(FAMILY_SEP)
+    if sep:
+        if prefix not in _FAMILIES:
+            raise SettingsError(f"unknown backbone family {prefix!r} in {name!r}; available: {_available()}")
+        if not rest:
+            raise SettingsError(f"backbone {name!r}: name a model after '{prefix}/'")
+        return _FAMILIES[prefix](rest, weights=weights, num_classes=num_classes, **kwargs)
+    if name not in _BACKBONES:
+        raise SettingsError(
+            f"unknown backbone {name!r}; available: {_available()} "
+            "(or register one with @register_backbone)"
+        )
     model = _BACKBONES[name](num_classes=num_classes, **kwargs)
     if weights is None:
         logger.warning(
