@@ -128,7 +128,11 @@ def _parser() -> argparse.ArgumentParser:
         help="a registered backbone (extract.backbones.list_backbones()) and what it looks at: "
         "rgb (default, or --modality), flow (a video backbone built with 2 input channels) or "
         "audio (resnet18_audio, resnet34_audio, vggish, envnet_v2); @PATH loads a local "
-        "checkpoint. Repeat for several feature sets in one pass, e.g. --backbone "
+        "checkpoint. Pretrained image models as frame encoders, weights from the Hugging Face "
+        "cache (HF_HOME, downloaded on first use): timm/MODEL[.TAG] (any timm model, e.g. "
+        "timm/convnext_tiny.fb_in22k; @random for a random init) and clip/ARCH@TAG (an open_clip "
+        "image tower, e.g. clip/ViT-B-32@laion2b_s34b_b79k; rgb only). "
+        "Repeat for several feature sets in one pass, e.g. --backbone "
         "rgb:r2plus1d_18@r21d.pth --backbone flow:resnet18 --backbone audio:vggish. Default: "
         f"{_D.backbone}; on the demo set {' '.join(DEMO_BACKBONES)}",
     )

@@ -75,7 +75,7 @@ def _hub_checkpoint(arch: str, tag: str, cfg: dict[str, Any]) -> tuple[Path, dic
     elif filename.endswith((".bin", ".pth")):
         files.insert(0, filename[:-4] + ".safetensors")
     found = hub_file(repo, files)
-    source = {"name": f"{PREFIX}/{arch}@{tag}", "source": found.source, "file": str(found.path)}
+    source = {"name": f"{PREFIX}/{arch}@{tag}", "source": found.source}
     return found.path, source, found.sha256
 
 
@@ -109,8 +109,8 @@ def clip_frames(
         raise SettingsError(f"unknown open_clip model {name!r}; open_clip.list_models() lists them "
                             "(ViT-B-32, ViT-L-14, RN50, ...)")
     if in_channels != 3 or modality not in (None, "rgb"):
-        raise SettingsError(f"{PREFIX}/{name} is a CLIP image tower for RGB frames; it cannot take "
-                            f"{modality or f'{in_channels}-channel'} input")
+        raise SettingsError(f"{PREFIX}/{name} is a CLIP image tower: it takes RGB frames only, not "
+                            f"{modality or 'flow'} ({in_channels} channels); use a timm/ or torchvision backbone")
     if weights is None:
         raise SettingsError(f"{PREFIX}/{name} needs its weights after '@': a pretrained tag "
                             f"({_tags(name)}), @{RANDOM} or @PATH")
@@ -155,7 +155,7 @@ def clip_frames(
     model = ClipFrames(info, {"visual": visual}, num_classes=num_classes, dropout=dropout)
     model.weights_sha256, model.weights_source = sha256, source
     if path is None:
-        logger.warning("backbone %s is randomly initialised (@random)", info.name)
+        logger.info("backbone %s is randomly initialised (@random)", info.name)
     else:
         logger.info("backbone %s loaded %s (sha256 %s)", info.name, path, sha256)
     return model

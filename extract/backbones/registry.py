@@ -171,8 +171,8 @@ class Backbone(nn.Module, abc.ABC):
         info: what the backbone expects and returns.
         weights_sha256: sha256 of the checkpoint loaded by :func:`get_backbone`, or None
             when randomly initialised.
-        weights_source: where those weights came from (``{"name", "source", "file"}``:
-            the weight's name, e.g. a hub id, and the file loaded), or None for a local file
+        weights_source: where those weights came from (``{"name", "source"}``:
+            the weight's name and its hub file, ``hf-hub:REPO/FILE``), or None for a local file
             given by path or a random init.
         fc: the classifier ``Linear(D, num_classes)``, or None without ``num_classes``.
     """

@@ -98,7 +98,7 @@ def _hub_state(name: str, cfg: Any) -> tuple[dict[str, Tensor], dict[str, str], 
     repo, _, revision = cfg.hf_hub_id.partition("@")
     files = (cfg.hf_hub_filename,) if cfg.hf_hub_filename else HUB_FILES
     found = hub_file(repo, files, revision=revision or None)
-    source = {"name": f"{PREFIX}/{cfg.architecture}.{cfg.tag}", "source": found.source, "file": str(found.path)}
+    source = {"name": f"{PREFIX}/{cfg.architecture}.{cfg.tag}", "source": found.source}
     return _read_state_dict(found.path), source, found.sha256
 
 
@@ -186,7 +186,7 @@ def timm_frames(
         load_weights(model, ours)
     model.weights_sha256, model.weights_source = sha256, source
     if weights is not None and str(weights) == RANDOM:
-        logger.warning("backbone %s is randomly initialised (@random)", model.info.name)
+        logger.info("backbone %s is randomly initialised (@random)", model.info.name)
     else:
         logger.info("backbone %s loaded %s (sha256 %s)", model.info.name,
                     source["source"] if source else Path(weights), sha256)

@@ -138,6 +138,8 @@ class BackboneProducer(FeatureProducer):
         }
         if backbone.weights_sha256 is None:
             extra["random_init_seed"] = seed
+        if backbone.weights_source is not None:  # named weights: hub id, file, sha256
+            extra["weights"] = {**backbone.weights_source, "sha256": backbone.weights_sha256}
         common = {
             "clips": maker.clips,
             "backbone": info.name,

@@ -93,16 +93,25 @@ def _check_set_name(name: str | None) -> None:
         raise SettingsError(f"--set {name!r}: use letters, digits, '_', '-', '.' (not leading)")
 
 
+def set_name_for(modality: str, backbone: str) -> str:
+    """The default feature set name ``<modality>_<backbone>``, e.g. ``flow_resnet18``; a
+    family's ``/`` becomes ``_`` (``rgb_timm_convnext_tiny.fb_in22k``)."""
+    return f"{modality}_{backbone.replace('/', '_')}"
+
+
 @dataclass(frozen=True)
 class BackboneChoice:
     """One feature set of a run: a backbone, the modality it looks at, its weights, its name.
 
     Attributes:
-        backbone: registered backbone name. ``rgb`` and ``flow`` take a video backbone
-            (frame or clip; a flow one is built with 2 input channels), ``audio`` an audio
-            backbone (``resnet18_audio``, ``vggish``, ``envnet_v2``, ...).
+        backbone: registered backbone name, or ``PREFIX/NAME`` of a family (``timm/...``,
+            ``clip/...``). ``rgb`` and ``flow`` take a video backbone (frame or clip; a flow
+            one is built with 2 input channels), ``audio`` an audio backbone
+            (``resnet18_audio``, ``vggish``, ``envnet_v2``, ...).
         modality: ``rgb``, ``flow`` or ``audio``.
-        weights: local checkpoint path; None = random init from the run's seed.
+        weights: local checkpoint path; None = random init from the run's seed (a family:
+            its default pretrained weights; ``random`` asks for its random init; a ``clip/``
+            backbone takes its pretrained tag here).
         set_name: feature set name; None = ``"<modality>_<backbone>"``.
     """
 
@@ -123,8 +132,8 @@ class BackboneChoice:
 
     @property
     def default_set_name(self) -> str:
-        """``<modality>_<backbone>``, e.g. ``flow_resnet18``."""
-        return f"{self.modality}_{self.backbone}"
+        """``<modality>_<backbone>``, e.g. ``flow_resnet18`` (:func:`set_name_for`)."""
+        return set_name_for(self.modality, self.backbone)
 
     @classmethod
     def parse(
@@ -133,7 +142,8 @@ class BackboneChoice:
         """``[MODALITY:]NAME[@WEIGHTS]`` (the ``--backbone`` syntax) -> a choice.
 
         ``modality`` is used when the text has no ``rgb:``/``flow:``/``audio:`` prefix.
-        Examples: ``r2plus1d_18``, ``flow:resnet18``, ``audio:vggish@vggish.pt``.
+        Examples: ``r2plus1d_18``, ``flow:resnet18``, ``audio:vggish@vggish.pt``,
+        ``timm/convnext_tiny.fb_in22k``, ``clip/ViT-B-32@laion2b_s34b_b79k``.
         """
         text = str(text).strip()
         head, colon, rest = text.partition(":")
