@@ -127,6 +127,10 @@ SECTIONS: dict[str, Section] = {
         Row("optical flow, Farneback, 1 thread", "flow_farneback_pairs_per_s", "flow_tvl1_pairs_per_s", "TV-L1",
             "pairs/s"),
         Row("audio: log-mel + ResNet-18", "audio_windows_per_s", unit="windows/s"),
+        Row("timm/convnext_tiny, 224 px, model stage", "timm_convnext_tiny_clips_per_s", unit="clips/s"),
+        Row("timm/convnext_tiny, peak RSS", "timm_convnext_tiny_peak_rss_gb", unit="GB"),
+        Row("clip/ViT-B-32, 224 px, model stage", "clip_vit_b32_clips_per_s", unit="clips/s"),
+        Row("clip/ViT-B-32, peak RSS", "clip_vit_b32_peak_rss_gb", unit="GB"),
     ), derived=(
         ("serial_bound_clips_per_s", lambda m: 1 / (1 / m["decode_clips_per_s"] + 1 / m["model_clips_per_s"])),
         ("min_stage_clips_per_s", lambda m: min(m["decode_clips_per_s"], m["model_clips_per_s"])),

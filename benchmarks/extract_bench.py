@@ -31,6 +31,9 @@ Then a sweep of decode workers x model threads (the evidence behind
   pace), and ``single_pass_speedup_448`` the tiny backbones on ``LARGE_VIDEOS`` demo
   videos of 448 px (decoding a frame costs ~9x more; real datasets are 340-1280 px wide).
 
+Last, the frame encoders by name (:mod:`benchmarks.encoders_bench`): a timm ConvNeXt-T and a
+CLIP ViT-B/32, clips/s and peak RSS of each in its own process.
+
 Throughputs are the best of ``REPEATS`` tries (the figures of a shared machine move a lot
 between tries).
 """
@@ -48,6 +51,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from benchmarks.encoders_bench import frame_encoder_rates
 from benchmarks.registry import register_benchmark
 from extract.backbones import get_backbone
 from extract.demo import DemoConfig, make_demo
@@ -395,4 +399,6 @@ def bench_extract(args: argparse.Namespace) -> dict[str, float]:
     _report(f"R(2+1)D-18, 2 x 16 frames at 112 px, {R2PLUS1D_VIDEOS} videos", m21, device)
     metrics |= {f"r2plus1d_{k}": v for k, v in m21.items()}
     metrics |= _modalities(demo, fs, targets, device, work, args.workdir)
+    print("   pretrained frame encoders by name (random weights, model stage only):")
+    metrics |= frame_encoder_rates(device)
     return metrics

@@ -37,7 +37,7 @@ logger = logging.getLogger(__name__)
 __all__ = ["PREFIX", "ClipFrames", "clip_frames"]
 
 PREFIX = "clip"
-RANDOM = "random"
+RANDOM, DEFAULT = "random", "default"
 
 
 class ClipFrames(FrameBackbone):
@@ -61,7 +61,7 @@ def _tags(arch: str) -> str:
 
 
 def _hub_checkpoint(arch: str, tag: str, cfg: dict[str, Any]) -> tuple[Path, dict[str, str], str]:
-    """The file of a pretrained tag, from the hub cache, with its provenance and sha256."""
+    """The file of a pretrained tag, from the hub cache, with its record and sha256."""
     from open_clip.constants import HF_SAFE_WEIGHTS_NAME, HF_WEIGHTS_NAME
 
     if not cfg.get("hf_hub"):
@@ -75,8 +75,7 @@ def _hub_checkpoint(arch: str, tag: str, cfg: dict[str, Any]) -> tuple[Path, dic
     elif filename.endswith((".bin", ".pth")):
         files.insert(0, filename[:-4] + ".safetensors")
     found = hub_file(repo, files)
-    source = {"name": f"{PREFIX}/{arch}@{tag}", "source": found.source}
-    return found.path, source, found.sha256
+    return found.path, found.record(tag), found.sha256
 
 
 def clip_frames(
@@ -111,20 +110,21 @@ def clip_frames(
     if in_channels != 3 or modality not in (None, "rgb"):
         raise SettingsError(f"{PREFIX}/{name} is a CLIP image tower: it takes RGB frames only, not "
                             f"{modality or 'flow'} ({in_channels} channels); use a timm/ or torchvision backbone")
-    if weights is None:
+    if weights is None or str(weights) in (DEFAULT, DEFAULT.upper()):
         raise SettingsError(f"{PREFIX}/{name} needs its weights after '@': a pretrained tag "
                             f"({_tags(name)}), @{RANDOM} or @PATH")
     cfg: dict[str, Any] = {}
-    source: dict[str, str] | None = None
+    record: dict[str, str] = {"name": RANDOM}
     path: Path | None = None
     sha256: str | None = None
     if str(weights) == RANDOM:
         pass
     elif str(weights) in open_clip.list_pretrained_tags_by_model(name):
         cfg = open_clip.get_pretrained_cfg(name, str(weights))
-        path, source, sha256 = _hub_checkpoint(name, str(weights), cfg)
+        path, record, sha256 = _hub_checkpoint(name, str(weights), cfg)
     elif Path(weights).is_file():
         path, sha256 = Path(weights), file_sha256(weights)
+        record = {"name": "file", "source": "local file", "sha256": sha256}
     else:
         raise SettingsError(f"{PREFIX}/{name}@{weights}: not a pretrained tag of {name} ({_tags(name)}), "
                             f"nor @{RANDOM}, nor an existing file")
@@ -153,7 +153,7 @@ def clip_frames(
     )
     del clip  # the text tower is not needed
     model = ClipFrames(info, {"visual": visual}, num_classes=num_classes, dropout=dropout)
-    model.weights_sha256, model.weights_source = sha256, source
+    model.weights_sha256, model.weights_record = sha256, record
     if path is None:
         logger.info("backbone %s is randomly initialised (@random)", info.name)
     else:

@@ -68,6 +68,10 @@ class HubFile:
         """``hf-hub:REPO/FILE``, the provenance string recorded in the store."""
         return f"hf-hub:{self.repo_id}/{self.filename}"
 
+    def record(self, name: str) -> dict[str, str]:
+        """The backbone's ``weights_record`` for the weight ``name`` loaded from this file."""
+        return {"name": name, "source": self.source, "sha256": self.sha256}
+
 
 def _cached(repo_id: str, filename: str, cache: Path, revision: str | None) -> Path | None:
     from huggingface_hub import try_to_load_from_cache

@@ -171,9 +171,10 @@ class Backbone(nn.Module, abc.ABC):
         info: what the backbone expects and returns.
         weights_sha256: sha256 of the checkpoint loaded by :func:`get_backbone`, or None
             when randomly initialised.
-        weights_source: where those weights came from (``{"name", "source"}``:
-            the weight's name and its hub file, ``hf-hub:REPO/FILE``), or None for a local file
-            given by path or a random init.
+        weights_record: what :func:`get_backbone` loaded, for the feature set's attrs:
+            ``{"name": "random"}``, ``{"name": "file", "source": "local file", "sha256"}``
+            or a named weight's ``{"name", "source", "sha256"}`` (a family's hub file:
+            ``hf-hub:REPO/FILE``).
         fc: the classifier ``Linear(D, num_classes)``, or None without ``num_classes``.
     """
 
@@ -214,7 +215,7 @@ class Backbone(nn.Module, abc.ABC):
         if info.in_channels != 3:
             adapt_first_conv(self, info.in_channels)
         self.weights_sha256: str | None = None
-        self.weights_source: dict[str, str] | None = None
+        self.weights_record: dict[str, Any] = {"name": "random"}
 
     @property
     def input_channels(self) -> int:
@@ -307,7 +308,7 @@ def register_backbone_family(prefix: str, builder: FamilyBuilder) -> FamilyBuild
     ``get_backbone("PREFIX/rest", weights=..., **kw)`` calls ``builder("rest", weights=...,
     **kw)``; the builder resolves ``rest`` (a timm model name, an open_clip architecture),
     loads the weights (``None`` = the family's default pretrained weights, ``"random"`` = a
-    random init, else a local path) and sets ``weights_sha256`` / ``weights_source``.
+    random init, else a local path) and sets ``weights_sha256`` / ``weights_record``.
 
     Raises:
         ValueError: an empty prefix, one holding ``/``, or one already registered.
@@ -356,8 +357,8 @@ def get_backbone(
             a ``"model"``/``"state_dict"`` entry), loaded with ``weights_only=True``; see
             :func:`extract.backbones.weights.load_weights`. Its sha256 ends up in
             ``backbone.weights_sha256``. None leaves the backbone randomly initialised (and
-            logs a warning saying so). A family takes None as its default pretrained weights
-            and ``"random"`` as a random init.
+            logs a warning saying so). A family takes None or ``"default"`` as its default
+            pretrained weights and ``"random"`` as a random init.
         in_channels: input channels; None takes the builder's own (3 for video, 1 for
             audio). Another count adapts the first conv (cross-modality init), also when
             loading an RGB checkpoint.
@@ -394,5 +395,6 @@ def get_backbone(
         )
     else:
         model.weights_sha256 = load_weights(model, weights)
+        model.weights_record = {"name": "file", "source": "local file", "sha256": model.weights_sha256}
         logger.info("backbone %s loaded %s (sha256 %s)", name, weights, model.weights_sha256)
     return model

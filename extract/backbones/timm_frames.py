@@ -28,7 +28,6 @@ from __future__ import annotations
 import difflib
 import logging
 import os
-from pathlib import Path
 from typing import Any
 
 from torch import Tensor, nn
@@ -44,8 +43,8 @@ logger = logging.getLogger(__name__)
 __all__ = ["PREFIX", "RANDOM", "TimmFrames", "timm_frames"]
 
 PREFIX = "timm"
-#: The ``@`` value that asks for a random init.
-RANDOM = "random"
+#: The ``@`` value that asks for a random init, and the one that names the default weights.
+RANDOM, DEFAULT = "random", "default"
 #: Files a timm repository on the hub holds its weights in, preferred first.
 HUB_FILES = ("model.safetensors", "pytorch_model.bin")
 _OURS = ("net.", "fc.")  # key prefixes of a checkpoint of this backbone (extract.train)
@@ -89,7 +88,7 @@ def _pretrained_cfg(name: str) -> Any:
 
 
 def _hub_state(name: str, cfg: Any) -> tuple[dict[str, Tensor], dict[str, str], str]:
-    """The state dict of ``name``'s pretrained weights from the hub cache, with its provenance."""
+    """The state dict of ``name``'s pretrained weights from the hub cache, its record and sha256."""
     if cfg is None or not cfg.hf_hub_id:
         raise WeightsError(
             f"timm model {name} has no pretrained weights on the Hugging Face Hub; "
@@ -98,8 +97,7 @@ def _hub_state(name: str, cfg: Any) -> tuple[dict[str, Tensor], dict[str, str], 
     repo, _, revision = cfg.hf_hub_id.partition("@")
     files = (cfg.hf_hub_filename,) if cfg.hf_hub_filename else HUB_FILES
     found = hub_file(repo, files, revision=revision or None)
-    source = {"name": f"{PREFIX}/{cfg.architecture}.{cfg.tag}", "source": found.source}
-    return _read_state_dict(found.path), source, found.sha256
+    return _read_state_dict(found.path), found.record(cfg.tag), found.sha256
 
 
 def _create(arch_tag: str, state: dict[str, Tensor] | None) -> nn.Module:
@@ -133,8 +131,8 @@ def timm_frames(
 
     Args:
         name: a timm model name, with or without its pretrained tag (``convnext_tiny.fb_in22k``).
-        weights: None = the pretrained weights of the tag, from the hub cache; ``"random"``;
-            or a local file.
+        weights: None or ``"default"`` = the pretrained weights of the tag, from the hub
+            cache; ``"random"``; or a local file.
         in_channels: 3 for RGB; another count (2 for flow) adapts the input conv.
         num_classes: add a classifier of this size (fine-tuning).
         dropout: before the classifier.
@@ -151,16 +149,17 @@ def timm_frames(
     if not timm.is_model(arch):
         raise _unknown_model(arch)
     cfg = _pretrained_cfg(name)
-    source: dict[str, str] | None = None
+    record: dict[str, str] = {"name": RANDOM}
     sha256: str | None = None
     ours: str | None = None  # a checkpoint of this backbone, loaded after the adaptation
-    if weights is None:
-        state, source, sha256 = _hub_state(name, cfg)
+    if weights is None or str(weights) == DEFAULT:
+        state, record, sha256 = _hub_state(name, cfg)
     elif str(weights) == RANDOM:
         state = None
     else:
         state = _read_state_dict(weights)
         sha256 = file_sha256(weights)
+        record = {"name": "file", "source": "local file", "sha256": sha256}
         if all(k.startswith(_OURS) for k in state):
             state, ours = None, str(weights)
     net = _create(name, state)
@@ -184,12 +183,11 @@ def timm_frames(
     model.info = rgb.with_input_channels(in_channels, modality)
     if ours is not None:
         load_weights(model, ours)
-    model.weights_sha256, model.weights_source = sha256, source
-    if weights is not None and str(weights) == RANDOM:
+    model.weights_sha256, model.weights_record = sha256, record
+    if sha256 is None:
         logger.info("backbone %s is randomly initialised (@random)", model.info.name)
     else:
-        logger.info("backbone %s loaded %s (sha256 %s)", model.info.name,
-                    source["source"] if source else Path(weights), sha256)
+        logger.info("backbone %s loaded %s (sha256 %s)", model.info.name, record["source"], sha256)
     return model
 
 

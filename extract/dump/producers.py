@@ -133,13 +133,12 @@ class BackboneProducer(FeatureProducer):
         self.head_logits = head_logits
         extra = {
             "backbone": info.to_dict(),
+            "weights": dict(backbone.weights_record),
             **self.record(),
             "precision": "amp" if self.amp else "fp32",
         }
         if backbone.weights_sha256 is None:
             extra["random_init_seed"] = seed
-        if backbone.weights_source is not None:  # named weights: hub id, file, sha256
-            extra["weights"] = {**backbone.weights_source, "sha256": backbone.weights_sha256}
         common = {
             "clips": maker.clips,
             "backbone": info.name,

@@ -88,7 +88,9 @@ def test_timm_from_the_cache_equals_timm_forward_head(name, size, hf_home):
     assert (info.kind, info.clip_len, info.feature_dim) == ("frame2d", 1, ref.num_features)
     assert info.input_size == 160 and info.mean == (0.5, 0.5, 0.5) and info.std == (0.5, 0.5, 0.5)
     assert model.weights_sha256 == _sha256(path)
-    assert model.weights_source == {"name": f"timm/{name}", "source": f"hf-hub:timm/{name}/model.safetensors"}
+    assert model.weights_record == {
+        "name": "r160_in1k", "source": f"hf-hub:timm/{name}/model.safetensors", "sha256": _sha256(path)
+    }
     torch.manual_seed(1)
     frames = torch.randn(3, 3, size, size)
     with torch.no_grad():
@@ -109,13 +111,16 @@ def test_timm_default_tag_pytorch_bin_and_local_files(hf_home, tmp_path):
     ref = _timm_reference(CONVNEXT, seed=3)
     put_in_hf_cache(hf_home, f"timm/{CONVNEXT}", "pytorch_model.bin", ref.state_dict())
     cached = get_backbone("timm/test_convnext").eval()
-    assert cached.weights_source["name"] == f"timm/{CONVNEXT}"
-    assert cached.weights_source["source"].endswith("/pytorch_model.bin")
+    assert get_backbone("timm/test_convnext", weights="default").weights_record == cached.weights_record
+    assert cached.weights_record["name"] == "r160_in1k"
+    assert cached.weights_record["source"] == f"hf-hub:timm/{CONVNEXT}/pytorch_model.bin"
     torch.save(ref.state_dict(), tmp_path / "timm_layout.pth")
     from_file = get_backbone("timm/test_convnext", weights=tmp_path / "timm_layout.pth").eval()
     torch.save(cached.state_dict(), tmp_path / "ours.pt")
     ours = get_backbone("timm/test_convnext", weights=tmp_path / "ours.pt").eval()
-    assert from_file.weights_source is None and from_file.weights_sha256 == _sha256(tmp_path / "timm_layout.pth")
+    sha = _sha256(tmp_path / "timm_layout.pth")
+    assert from_file.weights_record == {"name": "file", "source": "local file", "sha256": sha}
+    assert from_file.weights_sha256 == sha
     x = torch.randn(2, 3, 1, 48, 48)
     with torch.no_grad():
         want = cached.forward_features(x)
@@ -128,7 +133,7 @@ def test_timm_random_init_is_timms_own(hf_home):
     model = get_backbone("timm/test_vit", weights="random")
     torch.manual_seed(5)
     ref = timm.create_model("test_vit", pretrained=False, num_classes=0)
-    assert model.weights_sha256 is None and model.weights_source is None
+    assert model.weights_sha256 is None and model.weights_record == {"name": "random"}
     ours = {k.removeprefix("net."): v for k, v in model.state_dict().items()}
     assert ours.keys() == ref.state_dict().keys()
     for key, value in ref.state_dict().items():
@@ -187,9 +192,10 @@ def test_clip_tower_equals_encode_image(tiny_clip):
     assert (info.kind, info.feature_dim, info.input_size) == ("frame2d", 32, 32)
     assert info.mean == open_clip.OPENAI_DATASET_MEAN and info.std == open_clip.OPENAI_DATASET_STD
     assert model.weights_sha256 == _sha256(path)
-    assert model.weights_source == {
-        "name": f"clip/{CLIP_ARCH}@test",
+    assert model.weights_record == {
+        "name": "test",
         "source": "hf-hub:vf-test/clip-tiny/open_clip_pytorch_model.bin",
+        "sha256": _sha256(path),
     }
     torch.manual_seed(2)
     frames = torch.randn(4, 3, 32, 32)
@@ -208,7 +214,7 @@ def test_clip_tag_normalisation_random_and_errors(tiny_clip, hf_home):
     put_in_hf_cache(hf_home, "vf-test/clip-tiny-b", "open_clip_model.safetensors", clip.state_dict())
     other = get_backbone(f"clip/{CLIP_ARCH}", weights="other_norm")
     assert other.info.mean == (0.5, 0.4, 0.3) and other.info.std == (0.2, 0.3, 0.4)
-    assert other.weights_source["source"].endswith("/open_clip_model.safetensors")
+    assert other.weights_record["source"] == "hf-hub:vf-test/clip-tiny-b/open_clip_model.safetensors"
     torch.manual_seed(7)
     rand = get_backbone(f"clip/{CLIP_ARCH}", weights="random")
     torch.manual_seed(7)
@@ -239,7 +245,7 @@ def test_extract_run_with_a_timm_backbone_from_the_cache(hf_home, tmp_path, caps
     spec = fset.spec
     assert spec.backbone == f"timm/{CONVNEXT}" and spec.weights_sha256 == _sha256(path)
     assert spec.extra["weights"] == {
-        "name": f"timm/{CONVNEXT}",
+        "name": "r160_in1k",
         "source": f"hf-hub:timm/{CONVNEXT}/model.safetensors",
         "sha256": _sha256(path),
     }
