@@ -115,20 +115,35 @@ def hub_file(repo_id: str, filenames: Sequence[str], *, revision: str | None = N
     if hf_offline():
         raise WeightsError(f"weights {repo_id} ({' or '.join(filenames)}) are not in the Hugging Face "
                            f"cache {cache} and HF_HUB_OFFLINE is set; {where}")
-    from huggingface_hub import hf_hub_download
-    from huggingface_hub.errors import EntryNotFoundError
+    from huggingface_hub.errors import LocalEntryNotFoundError, RemoteEntryNotFoundError
 
-    reasons = []
+    missing = []
     for name in filenames:
         try:
-            logger.info("downloading %s/%s into %s", repo_id, name, cache)
-            path = Path(hf_hub_download(repo_id, name, revision=revision, cache_dir=cache))
-        except EntryNotFoundError:
-            reasons.append(f"{name}: not in the repository")
+            path = _download(repo_id, name, revision, cache)
+        except RemoteEntryNotFoundError:  # the hub answered: no such file, try the next one
+            missing.append(name)
             continue
         except (OSError, ValueError) as err:  # no network, unknown or gated repository
             first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+            if isinstance(err, LocalEntryNotFoundError):
+                first = "the hub cannot be reached: no network?"
             raise WeightsError(f"cannot download {repo_id}/{name} from the Hugging Face Hub ({first[:160]}) "
                                f"into {cache}; {where}") from None
         return HubFile(repo_id, name, path, file_sha256(path))
-    raise WeightsError(f"the Hugging Face repository {repo_id} has none of {list(filenames)} ({'; '.join(reasons)})")
+    raise WeightsError(f"the Hugging Face repository {repo_id} has none of {missing}")
+
+
+def _download(repo_id: str, filename: str, revision: str | None, cache: Path) -> Path:
+    """``hf_hub_download`` with huggingface_hub's own warnings held back (the caller reports)."""
+    from huggingface_hub import hf_hub_download
+
+    logger.info("downloading %s/%s into %s", repo_id, filename, cache)
+    hub_logger = logging.getLogger("huggingface_hub")
+    level = hub_logger.level
+    hub_logger.setLevel(logging.ERROR)
+    try:
+        endpoint = os.environ.get("HF_ENDPOINT") or None  # read now, like the cache folder
+        return Path(hf_hub_download(repo_id, filename, revision=revision, cache_dir=cache, endpoint=endpoint))
+    finally:
+        hub_logger.setLevel(level)
