@@ -38,6 +38,7 @@ from extract.backbones.registry import (
     get_backbone,
     list_backbone_families,
     list_backbones,
+    list_family_weights,
     register_backbone,
     register_backbone_family,
 )
@@ -59,6 +60,7 @@ __all__ = [
     "get_backbone",
     "list_backbone_families",
     "list_backbones",
+    "list_family_weights",
     "load_weights",
     "read_torch_file",
     "register_backbone",

@@ -27,17 +27,24 @@ from typing import Any
 from torch import Tensor
 
 from extract.backbones.frame2d import FrameBackbone
-from extract.backbones.hf_hub import hub_file
+from extract.backbones.hf_hub import hub_file, in_hf_cache
 from extract.backbones.registry import BackboneInfo, register_backbone_family
 from extract.backbones.weights import WeightsError, file_sha256
 from store.errors import SettingsError
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["PREFIX", "ClipFrames", "clip_frames"]
+__all__ = ["LISTED", "PREFIX", "ClipFrames", "clip_frames", "listed_weights"]
 
 PREFIX = "clip"
 RANDOM, DEFAULT = "random", "default"
+#: Weights ``--list-backbones`` shows, with the data they were trained on (any open_clip tag works).
+LISTED = {
+    ("ViT-B-32", "laion2b_s34b_b79k"): "LAION-2B",
+    ("ViT-B-32", "openai"): "OpenAI CLIP (WIT-400M)",
+    ("ViT-L-14", "openai"): "OpenAI CLIP (WIT-400M)",
+    ("ViT-L-14", "laion2b_s32b_b82k"): "LAION-2B",
+}
 
 
 class ClipFrames(FrameBackbone):
@@ -60,8 +67,8 @@ def _tags(arch: str) -> str:
     return ", ".join(open_clip.list_pretrained_tags_by_model(arch)) or "none"
 
 
-def _hub_checkpoint(arch: str, tag: str, cfg: dict[str, Any]) -> tuple[Path, dict[str, str], str]:
-    """The file of a pretrained tag, from the hub cache, with its record and sha256."""
+def _hub_files(arch: str, tag: str, cfg: dict[str, Any]) -> tuple[str, list[str]]:
+    """Repository and candidate files (safetensors first) of a pretrained tag on the hub."""
     from open_clip.constants import HF_SAFE_WEIGHTS_NAME, HF_WEIGHTS_NAME
 
     if not cfg.get("hf_hub"):
@@ -74,8 +81,29 @@ def _hub_checkpoint(arch: str, tag: str, cfg: dict[str, Any]) -> tuple[Path, dic
         files.insert(0, HF_SAFE_WEIGHTS_NAME)
     elif filename.endswith((".bin", ".pth")):
         files.insert(0, filename[:-4] + ".safetensors")
-    found = hub_file(repo, files)
+    return repo, files
+
+
+def _hub_checkpoint(arch: str, tag: str, cfg: dict[str, Any]) -> tuple[Path, dict[str, str], str]:
+    """The file of a pretrained tag, from the hub cache, with its record and sha256."""
+    found = hub_file(*_hub_files(arch, tag, cfg))
     return found.path, found.record(tag), found.sha256
+
+
+def listed_weights() -> list[dict[str, Any]]:
+    """:data:`LISTED` as ``--list-backbones`` rows (D and size from open_clip's model config)."""
+    import open_clip
+
+    rows = []
+    for (arch, tag), dataset in LISTED.items():
+        repo, files = _hub_files(arch, tag, open_clip.get_pretrained_cfg(arch, tag))
+        config = open_clip.get_model_config(arch)
+        rows.append({
+            "backbone": f"{PREFIX}/{arch}", "weights": tag, "dataset": dataset,
+            "feature_dim": int(config["embed_dim"]), "clip_len": 1, "crop": int(config["vision_cfg"]["image_size"]),
+            "cached": in_hf_cache(repo, files), "source": f"hf-hub:{repo}",
+        })
+    return rows
 
 
 def clip_frames(
@@ -161,4 +189,4 @@ def clip_frames(
     return model
 
 
-register_backbone_family(PREFIX, clip_frames)
+register_backbone_family(PREFIX, clip_frames, listed_weights)

@@ -25,7 +25,7 @@ from extract.backbones.weights import WeightsError, file_sha256
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["HubFile", "hf_cache_dir", "hf_offline", "hub_file"]
+__all__ = ["HubFile", "hf_cache_dir", "hf_offline", "hub_file", "in_hf_cache"]
 
 _TRUE = {"1", "on", "yes", "true"}
 
@@ -78,6 +78,12 @@ def _cached(repo_id: str, filename: str, cache: Path, revision: str | None) -> P
 
     found = try_to_load_from_cache(repo_id, filename, cache_dir=cache, revision=revision)
     return Path(found) if isinstance(found, str) else None
+
+
+def in_hf_cache(repo_id: str, filenames: Sequence[str], *, revision: str | None = None) -> bool:
+    """True when one of ``filenames`` of ``repo_id`` is in the cache (no network access)."""
+    cache = hf_cache_dir()
+    return any(_cached(repo_id, name, cache, revision) is not None for name in filenames)
 
 
 def _hand_placement(repo_id: str, filenames: Sequence[str], cache: Path) -> str:

@@ -45,6 +45,7 @@ __all__ = [
     "get_backbone",
     "list_backbone_families",
     "list_backbones",
+    "list_family_weights",
     "register_backbone",
     "register_backbone_family",
 ]
@@ -277,6 +278,8 @@ _BACKBONES: dict[str, BackboneBuilder] = {}
 #: (``weights``, ``in_channels``, ``num_classes``, extras) and loads its weights itself.
 FamilyBuilder = Callable[..., Backbone]
 _FAMILIES: dict[str, FamilyBuilder] = {}
+#: Per family: a function listing some of its well-known weights (rows for --list-backbones).
+_LISTED: dict[str, Callable[[], list[dict[str, Any]]]] = {}
 FAMILY_SEP = "/"
 
 
@@ -302,13 +305,16 @@ def register_backbone(name: str) -> Callable[[BackboneBuilder], BackboneBuilder]
     return wrap
 
 
-def register_backbone_family(prefix: str, builder: FamilyBuilder) -> FamilyBuilder:
+def register_backbone_family(
+    prefix: str, builder: FamilyBuilder, listed: Callable[[], list[dict[str, Any]]] | None = None
+) -> FamilyBuilder:
     """Register a family of externally defined backbones under ``PREFIX/``.
 
     ``get_backbone("PREFIX/rest", weights=..., **kw)`` calls ``builder("rest", weights=...,
     **kw)``; the builder resolves ``rest`` (a timm model name, an open_clip architecture),
     loads the weights (``None`` = the family's default pretrained weights, ``"random"`` = a
     random init, else a local path) and sets ``weights_sha256`` / ``weights_record``.
+    ``listed`` returns a few of the family's well-known weights for :func:`list_family_weights`.
 
     Raises:
         ValueError: an empty prefix, one holding ``/``, or one already registered.
@@ -320,6 +326,8 @@ def register_backbone_family(prefix: str, builder: FamilyBuilder) -> FamilyBuild
             f"a backbone family {prefix!r} is already registered (by {_FAMILIES[prefix].__module__})"
         )
     _FAMILIES[prefix] = builder
+    if listed is not None:
+        _LISTED[prefix] = listed
     return builder
 
 
@@ -331,6 +339,14 @@ def list_backbones() -> list[str]:
 def list_backbone_families() -> list[str]:
     """Registered family prefixes, sorted (``["clip", "timm"]``): names ``PREFIX/...``."""
     return sorted(_FAMILIES)
+
+
+def list_family_weights() -> list[dict[str, Any]]:
+    """Well-known weights of every family, one dict each: ``backbone`` (as written after
+    ``--backbone``), ``weights`` (the ``@`` part, ``""`` when the name holds it), ``dataset``,
+    ``feature_dim``, ``clip_len``, ``crop``, ``cached`` (already in the local cache),
+    ``source``. Examples, not the whole family: any timm model or open_clip tag works."""
+    return [row for prefix in sorted(_LISTED) for row in _LISTED[prefix]()]
 
 
 def _available() -> str:

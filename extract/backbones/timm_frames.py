@@ -30,17 +30,18 @@ import logging
 import os
 from typing import Any
 
+import torch
 from torch import Tensor, nn
 
 from extract.backbones.frame2d import FrameBackbone
-from extract.backbones.hf_hub import hub_file
+from extract.backbones.hf_hub import hub_file, in_hf_cache
 from extract.backbones.registry import BackboneInfo, register_backbone_family
 from extract.backbones.weights import WeightsError, _read_state_dict, adapt_first_conv, file_sha256, load_weights
 from store.errors import SettingsError
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["PREFIX", "RANDOM", "TimmFrames", "timm_frames"]
+__all__ = ["LISTED", "PREFIX", "RANDOM", "TimmFrames", "listed_weights", "timm_frames"]
 
 PREFIX = "timm"
 #: The ``@`` value that asks for a random init, and the one that names the default weights.
@@ -48,6 +49,13 @@ RANDOM, DEFAULT = "random", "default"
 #: Files a timm repository on the hub holds its weights in, preferred first.
 HUB_FILES = ("model.safetensors", "pytorch_model.bin")
 _OURS = ("net.", "fc.")  # key prefixes of a checkpoint of this backbone (extract.train)
+#: Weights ``--list-backbones`` shows, with the data they were trained on (any timm model works).
+LISTED = {
+    "convnext_tiny.fb_in22k": "ImageNet-22k",
+    "convnext_tiny.fb_in1k": "ImageNet-1k",
+    "vit_base_patch16_clip_224.openai": "OpenAI CLIP (WIT-400M)",
+    "resnet50.a1_in1k": "ImageNet-1k",
+}
 
 
 class TimmFrames(FrameBackbone):
@@ -87,17 +95,41 @@ def _pretrained_cfg(name: str) -> Any:
         ) from None
 
 
-def _hub_state(name: str, cfg: Any) -> tuple[dict[str, Tensor], dict[str, str], str]:
-    """The state dict of ``name``'s pretrained weights from the hub cache, its record and sha256."""
+def _hub_files(name: str, cfg: Any) -> tuple[str, tuple[str, ...], str | None]:
+    """Repository, candidate files and revision of ``name``'s pretrained weights on the hub."""
     if cfg is None or not cfg.hf_hub_id:
         raise WeightsError(
             f"timm model {name} has no pretrained weights on the Hugging Face Hub; "
             f"write @{RANDOM} for a random init or @PATH for a local file"
         )
     repo, _, revision = cfg.hf_hub_id.partition("@")
-    files = (cfg.hf_hub_filename,) if cfg.hf_hub_filename else HUB_FILES
-    found = hub_file(repo, files, revision=revision or None)
+    return repo, (cfg.hf_hub_filename,) if cfg.hf_hub_filename else HUB_FILES, revision or None
+
+
+def _hub_state(name: str, cfg: Any) -> tuple[dict[str, Tensor], dict[str, str], str]:
+    """The state dict of ``name``'s pretrained weights from the hub cache, its record and sha256."""
+    repo, files, revision = _hub_files(name, cfg)
+    found = hub_file(repo, files, revision=revision)
     return _read_state_dict(found.path), found.record(cfg.tag), found.sha256
+
+
+def listed_weights() -> list[dict[str, Any]]:
+    """:data:`LISTED` as ``--list-backbones`` rows (D from a model built on the meta device)."""
+    import timm
+
+    rows = []
+    for name, dataset in LISTED.items():
+        cfg = _pretrained_cfg(name)
+        repo, files, revision = _hub_files(name, cfg)
+        with torch.device("meta"):  # shapes only: no memory, no init cost
+            net = timm.create_model(name, pretrained=False, num_classes=0)
+        rows.append({
+            "backbone": f"{PREFIX}/{name}", "weights": "", "dataset": dataset,
+            "feature_dim": int(getattr(net, "head_hidden_size", None) or net.num_features), "clip_len": 1,
+            "crop": int(cfg.input_size[-1]), "cached": in_hf_cache(repo, files, revision=revision),
+            "source": f"hf-hub:{repo}",
+        })
+    return rows
 
 
 def _create(arch_tag: str, state: dict[str, Tensor] | None) -> nn.Module:
@@ -191,4 +223,4 @@ def timm_frames(
     return model
 
 
-register_backbone_family(PREFIX, timm_frames)
+register_backbone_family(PREFIX, timm_frames, listed_weights)

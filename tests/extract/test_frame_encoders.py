@@ -16,7 +16,7 @@ import timm
 import torch
 from safetensors.torch import save_file
 
-from extract.backbones import get_backbone, list_backbone_families
+from extract.backbones import get_backbone, list_backbone_families, list_family_weights
 from extract.backbones.weights import WeightsError
 from extract.demo import DemoConfig, make_demo
 from extract.media.decode import decode_video
@@ -267,3 +267,19 @@ def test_extract_run_with_a_timm_backbone_from_the_cache(hf_home, tmp_path, caps
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and f"timm/{VIT}" in err and str(hf_home / "hub") in err
     assert f"rgb_timm_{VIT}" not in FeatureStore.open(store).feature_sets()
+
+
+def test_listed_family_weights_and_their_cache_state(hf_home):
+    rows = {(r["backbone"], r["weights"]): r for r in list_family_weights()}
+    assert ("clip/ViT-B-32", "laion2b_s34b_b79k") in rows and ("clip/ViT-L-14", "openai") in rows
+    convnext = rows[("timm/convnext_tiny.fb_in22k", "")]
+    assert convnext["source"] == "hf-hub:timm/convnext_tiny.fb_in22k" and not convnext["cached"]
+    assert convnext["feature_dim"] == get_backbone("timm/convnext_tiny", weights="random").info.feature_dim == 768
+    assert rows[("clip/ViT-L-14", "openai")]["feature_dim"] == 768 and all(r["clip_len"] == 1 for r in rows.values())
+    repo = hf_home / "hub" / "models--timm--convnext_tiny.fb_in22k"
+    (repo / "refs").mkdir(parents=True)
+    (repo / "refs" / "main").write_text("r1")
+    (repo / "snapshots" / "r1").mkdir(parents=True)
+    (repo / "snapshots" / "r1" / "model.safetensors").write_bytes(b"x")  # presence is what is listed
+    cached = {(r["backbone"], r["weights"]): r["cached"] for r in list_family_weights()}
+    assert cached[("timm/convnext_tiny.fb_in22k", "")] and not cached[("timm/convnext_tiny.fb_in1k", "")]
