@@ -230,7 +230,7 @@ def test_clip_tag_normalisation_random_and_errors(tiny_clip, hf_home):
 
 
 # ------------------------------------------------------------------------------- extract.run
-def test_extract_run_with_a_timm_backbone_from_the_cache(hf_home, tmp_path, capsys):
+def test_extract_run_with_a_timm_backbone_from_the_cache(hf_home, tiny_clip, tmp_path, capsys):
     demo = make_demo(tmp_path / "demo", DemoConfig(videos=4, size=48, seconds=1.0), progress=False)
     ref = _timm_reference(CONVNEXT)
     path = put_in_hf_cache(hf_home, f"timm/{CONVNEXT}", "model.safetensors", ref.state_dict())
@@ -267,6 +267,13 @@ def test_extract_run_with_a_timm_backbone_from_the_cache(hf_home, tmp_path, caps
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and f"timm/{VIT}" in err and str(hf_home / "hub") in err
     assert f"rgb_timm_{VIT}" not in FeatureStore.open(store).feature_sets()
+    # A frame encoder on audio, a CLIP tower on flow: one line each.
+    for spec, words in ((f"audio:timm/{CONVNEXT}", "audio needs an audio backbone"),
+                        (f"flow:clip/{CLIP_ARCH}@test", "takes RGB frames only, not flow")):
+        assert main([*args, "--backbone", spec]) == 2
+        err = capsys.readouterr().err
+        assert err.startswith("error: ") and err.count("\n") == 1 and words in err, err
+    assert FeatureStore.open(store).feature_sets() == [name]
 
 
 def test_listed_family_weights_and_their_cache_state(hf_home):
