@@ -300,6 +300,7 @@ class FeatureWriter:
     def _check_rows(self, rows: Sequence[int] | np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         if not self._open:
             raise StoreError("use the writer as a context manager: `with fset.writer() as w: ...`")
+        self._lock.check()  # a lease taken over (this process was taken for dead) must not write on
         idx = np.asarray(rows, dtype=np.int64).reshape(-1)
         lo, hi = self.rows if self.rows is not None else (0, self.fset.n_rows)
         if idx.size and (idx.min() < lo or idx.max() >= hi):
