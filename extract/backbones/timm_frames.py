@@ -73,6 +73,11 @@ class TimmFrames(FrameBackbone):
         return self.net.forward_head(feats, pre_logits=True)  # -> (N, D)
 
 
+def _feature_dim(net: nn.Module) -> int:
+    """D of ``forward_head(..., pre_logits=True)``: the head's hidden size where it has one."""
+    return int(getattr(net, "head_hidden_size", None) or net.num_features)
+
+
 def _unknown_model(arch: str) -> SettingsError:
     import timm
 
@@ -125,7 +130,7 @@ def listed_weights() -> list[dict[str, Any]]:
             net = timm.create_model(name, pretrained=False, num_classes=0)
         rows.append({
             "backbone": f"{PREFIX}/{name}", "weights": "", "dataset": dataset,
-            "feature_dim": int(getattr(net, "head_hidden_size", None) or net.num_features), "clip_len": 1,
+            "feature_dim": _feature_dim(net), "clip_len": 1,
             "crop": int(cfg.input_size[-1]), "cached": in_hf_cache(repo, files, revision=revision),
             "source": f"hf-hub:{repo}",
         })
@@ -199,7 +204,7 @@ def timm_frames(
     rgb = BackboneInfo(
         name=f"{PREFIX}/{name}",
         kind="frame2d",
-        feature_dim=int(getattr(net, "head_hidden_size", None) or net.num_features),
+        feature_dim=_feature_dim(net),
         clip_len=1,
         input_size=int(pcfg.get("input_size", (3, 224, 224))[-1]),
         mean=tuple(pcfg.get("mean", ())),
