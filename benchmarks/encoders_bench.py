@@ -1,9 +1,10 @@
 """Pretrained frame encoders by name: clips/s and peak memory of a timm ConvNeXt and a CLIP ViT.
 
 Part of ``python -m benchmarks.run --only extract`` (:func:`frame_encoder_rates`), so users can
-choose between the families on their machine; ``python -m benchmarks.encoders_bench`` runs
-these lines alone. Each model runs in a fresh process (``spawn``), so its peak resident
-memory (``ru_maxrss``: the interpreter, torch, the model and its activations) is its own:
+choose between the families on their machine; these lines alone:
+``python -c "from benchmarks.encoders_bench import frame_encoder_rates as f; f('cpu')"``.
+Each model runs in a fresh process (``spawn``), so its peak resident memory (``ru_maxrss``:
+the interpreter, torch, the model and its activations) is its own:
 
 * ``timm/convnext_tiny`` (D = 768) and ``clip/ViT-B-32`` (D = 512), both at their own input
   size (224 px), one frame per clip, random weights (``@random``: the speed does not depend
@@ -67,7 +68,3 @@ def frame_encoder_rates(device: str) -> dict[str, float]:
         print(f"   {name}@{weights} (D={dim}, {size} px, 1 frame per clip, batch {BATCH}, {threads} threads): "
               f"{rate:.1f} clips/s, peak RSS {peak:.2f} GB")
     return metrics
-
-
-if __name__ == "__main__":
-    frame_encoder_rates("cuda" if torch.cuda.is_available() else "cpu")
