@@ -8,9 +8,10 @@ num_features`` dims. Input size, mean and std come from the model's ``pretrained
 
 Weights (the ``@`` part of ``--backbone``):
 
-* none: the pretrained weights the name's tag selects (``.fb_in22k``; a name without a tag
-  takes timm's default tag), read from the Hugging Face cache
-  (:mod:`extract.backbones.hf_hub`), downloaded there on first use;
+* none (or ``@default``): the pretrained weights the name's tag selects (``.fb_in22k``; a
+  name without a tag takes timm's default tag), read from the Hugging Face cache
+  (:mod:`extract.backbones.hf_hub`), downloaded there on first use; ``timm/MODEL@TAG`` is
+  another spelling of ``timm/MODEL.TAG`` (the recorded weight name is the tag);
 * ``@random``: timm's random init (seeded by the caller);
 * ``@PATH``: a local file, either in timm's layout (the published ``model.safetensors`` /
   ``pytorch_model.bin``, loaded through timm's own checkpoint filter) or a checkpoint of
@@ -100,6 +101,13 @@ def _pretrained_cfg(name: str) -> Any:
         ) from None
 
 
+def _is_tag(arch: str, text: str) -> bool:
+    """True when ``text`` is one of timm's pretrained tags of ``arch``."""
+    from timm.models import list_pretrained
+
+    return f"{arch}.{text}" in list_pretrained(f"{arch}.*")
+
+
 def _hub_files(name: str, cfg: Any) -> tuple[str, tuple[str, ...], str | None]:
     """Repository, candidate files and revision of ``name``'s pretrained weights on the hub."""
     if cfg is None or not cfg.hf_hub_id:
@@ -169,7 +177,7 @@ def timm_frames(
     Args:
         name: a timm model name, with or without its pretrained tag (``convnext_tiny.fb_in22k``).
         weights: None or ``"default"`` = the pretrained weights of the tag, from the hub
-            cache; ``"random"``; or a local file.
+            cache; a pretrained tag of the model (``@TAG``); ``"random"``; or a local file.
         in_channels: 3 for RGB; another count (2 for flow) adapts the input conv.
         num_classes: add a classifier of this size (fine-tuning).
         dropout: before the classifier.
@@ -182,9 +190,13 @@ def timm_frames(
     import timm
     from timm.models import split_model_name_tag
 
-    arch, _ = split_model_name_tag(name)
+    arch, tag = split_model_name_tag(name)
     if not timm.is_model(arch):
         raise _unknown_model(arch)
+    if weights is not None and str(weights) not in (RANDOM, DEFAULT) and _is_tag(arch, str(weights)):
+        if tag and tag != str(weights):  # timm/x.a@b
+            raise SettingsError(f"timm/{name}@{weights}: the name already has the tag {tag!r}; write one of them")
+        name, weights = f"{arch}.{weights}", None  # timm/MODEL@TAG is timm/MODEL.TAG
     cfg = _pretrained_cfg(name)
     record: dict[str, str] = {"name": RANDOM}
     sha256: str | None = None

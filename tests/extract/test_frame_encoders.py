@@ -112,6 +112,11 @@ def test_timm_default_tag_pytorch_bin_and_local_files(hf_home, tmp_path):
     put_in_hf_cache(hf_home, f"timm/{CONVNEXT}", "pytorch_model.bin", ref.state_dict())
     cached = get_backbone("timm/test_convnext").eval()
     assert get_backbone("timm/test_convnext", weights="default").weights_record == cached.weights_record
+    # @TAG spells the tag too (the recorded name rebuilds the backbone); a second tag is refused
+    assert get_backbone("timm/test_convnext", weights="r160_in1k").weights_record == cached.weights_record
+    assert get_backbone(f"timm/{CONVNEXT}", weights="r160_in1k").weights_record == cached.weights_record
+    with pytest.raises(SettingsError, match="already has the tag 'a1_in1k'"):
+        get_backbone("timm/resnet50.a1_in1k", weights="a2_in1k")
     assert cached.weights_record["name"] == "r160_in1k"
     assert cached.weights_record["source"] == f"hf-hub:timm/{CONVNEXT}/pytorch_model.bin"
     torch.save(ref.state_dict(), tmp_path / "timm_layout.pth")
