@@ -28,6 +28,7 @@ from torch import Tensor
 
 from extract.backbones.frame2d import FrameBackbone
 from extract.backbones.hf_hub import hub_file, in_hf_cache
+from extract.backbones.pretrained import DEFAULT, RANDOM
 from extract.backbones.registry import BackboneInfo, register_backbone_family
 from extract.backbones.weights import WeightsError, file_sha256
 from store.errors import SettingsError
@@ -37,7 +38,6 @@ logger = logging.getLogger(__name__)
 __all__ = ["LISTED", "PREFIX", "ClipFrames", "clip_frames", "listed_weights"]
 
 PREFIX = "clip"
-RANDOM, DEFAULT = "random", "default"
 #: Weights ``--list-backbones`` shows, with the data they were trained on (any open_clip tag works).
 LISTED = {
     ("ViT-B-32", "laion2b_s34b_b79k"): "LAION-2B",

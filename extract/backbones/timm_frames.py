@@ -36,17 +36,16 @@ from torch import Tensor, nn
 
 from extract.backbones.frame2d import FrameBackbone
 from extract.backbones.hf_hub import hub_file, in_hf_cache
+from extract.backbones.pretrained import DEFAULT, RANDOM
 from extract.backbones.registry import BackboneInfo, register_backbone_family
 from extract.backbones.weights import WeightsError, _read_state_dict, adapt_first_conv, file_sha256, load_weights
 from store.errors import SettingsError
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["LISTED", "PREFIX", "RANDOM", "TimmFrames", "listed_weights", "timm_frames"]
+__all__ = ["LISTED", "PREFIX", "TimmFrames", "listed_weights", "timm_frames"]
 
 PREFIX = "timm"
-#: The ``@`` value that asks for a random init, and the one that names the default weights.
-RANDOM, DEFAULT = "random", "default"
 #: Files a timm repository on the hub holds its weights in, preferred first.
 HUB_FILES = ("model.safetensors", "pytorch_model.bin")
 _OURS = ("net.", "fc.")  # key prefixes of a checkpoint of this backbone (extract.train)
@@ -193,7 +192,7 @@ def timm_frames(
     arch, tag = split_model_name_tag(name)
     if not timm.is_model(arch):
         raise _unknown_model(arch)
-    if weights is not None and str(weights) not in (RANDOM, DEFAULT) and _is_tag(arch, str(weights)):
+    if weights is not None and str(weights) not in (RANDOM, DEFAULT, DEFAULT.upper()) and _is_tag(arch, str(weights)):
         if tag and tag != str(weights):  # timm/x.a@b
             raise SettingsError(f"timm/{name}@{weights}: the name already has the tag {tag!r}; write one of them")
         name, weights = f"{arch}.{weights}", None  # timm/MODEL@TAG is timm/MODEL.TAG
@@ -201,7 +200,7 @@ def timm_frames(
     record: dict[str, str] = {"name": RANDOM}
     sha256: str | None = None
     ours: str | None = None  # a checkpoint of this backbone, loaded after the adaptation
-    if weights is None or str(weights) == DEFAULT:
+    if weights is None or str(weights) in (DEFAULT, DEFAULT.upper()):
         state, record, sha256 = _hub_state(name, cfg)
     elif str(weights) == RANDOM:
         state = None

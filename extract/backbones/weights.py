@@ -1,6 +1,7 @@
-"""Local checkpoints: loading (``weights_only=True``), checksums and cross-modality init.
+"""Checkpoint files: loading (``weights_only=True``), checksums and cross-modality init.
 
-No weights are ever downloaded. A checkpoint is a file on disk holding a state_dict in
+This module reads files on disk; named weights and their downloads are
+:mod:`extract.backbones.pretrained`. A checkpoint is a file holding a state_dict in
 torchvision's layout (``conv1.weight``, ``layer1.0.bn1.running_mean``, ..., ``fc.weight``),
 or a training checkpoint dict with that state_dict under ``"model"`` or ``"state_dict"``.
 
@@ -18,7 +19,7 @@ import hashlib
 import logging
 import os
 import pickle
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -207,7 +208,13 @@ def _fit_first_conv(model: nn.Module, state: dict[str, Tensor], own: Mapping[str
         state[key] = _average_kernel(theirs, conv.in_channels)
 
 
-def load_weights(model: nn.Module, path: str | os.PathLike[str]) -> str:
+def load_weights(
+    model: nn.Module,
+    path: str | os.PathLike[str],
+    *,
+    convert: Callable[[dict[str, Tensor]], dict[str, Tensor]] | None = None,
+    sha256: str | None = None,
+) -> str:
     """Load a local checkpoint into ``model`` and return the file's sha256.
 
     Accepts a plain state_dict or a dict with it under ``"model"``/``"state_dict"``; a
@@ -221,6 +228,9 @@ def load_weights(model: nn.Module, path: str | os.PathLike[str]) -> str:
     Args:
         model: the module to fill, with torchvision's key layout.
         path: the checkpoint file; read with ``torch.load(..., weights_only=True)``.
+        convert: maps the file's state_dict to the model's key layout first (a published
+            checkpoint's converter, see :mod:`extract.backbones.pretrained`).
+        sha256: the file's checksum when the caller has computed it already.
 
     Returns:
         Hex sha256 of the file, to record next to the features it produces.
@@ -231,6 +241,8 @@ def load_weights(model: nn.Module, path: str | os.PathLike[str]) -> str:
     """
     path = Path(path)
     state = _read_state_dict(path)
+    if convert is not None:
+        state = convert(state)
     own = model.state_dict()
     _fit_first_conv(model, state, own)
 
@@ -276,4 +288,4 @@ def load_weights(model: nn.Module, path: str | os.PathLike[str]) -> str:
         else:
             loadable[key] = value
     model.load_state_dict(loadable, strict=False)
-    return file_sha256(path)
+    return sha256 or file_sha256(path)

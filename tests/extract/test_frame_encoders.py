@@ -21,6 +21,7 @@ from extract.backbones.weights import WeightsError
 from extract.demo import DemoConfig, make_demo
 from extract.media.decode import decode_video
 from extract.run import main
+from extract.search import producer_for
 from store import FeatureStore
 from store.errors import SettingsError
 
@@ -254,6 +255,9 @@ def test_extract_run_with_a_timm_backbone_from_the_cache(hf_home, tiny_clip, tmp
         "source": f"hf-hub:timm/{CONVNEXT}/model.safetensors",
         "sha256": _sha256(path),
     }
+    # extract.search rebuilds the backbone from the recorded weight name (the tag), from the cache
+    rebuilt = producer_for(fset, device="cpu")
+    assert rebuilt.model.weights_sha256 == _sha256(path) and rebuilt.spec.extra["weights"] == spec.extra["weights"]
     # Hand reference: TSN frames 3, 9, 15, 21 of 25, short side 37, centre 32 px crop, mean/std 0.5.
     starts = np.array([3, 9, 15, 21])
     for row in (0, 3):
