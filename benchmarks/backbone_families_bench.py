@@ -1,71 +1,75 @@
-"""Backbone families side by side: model clips/s and peak memory on random clips, for choosing one.
+"""The backbone families side by side: clips/s and peak memory on the CPU, for choosing one.
 
-One line per family (part of ``python -m benchmarks.run --only extract``): the backbone's
-``forward_features`` on random ``(1, 3, T, S, S)`` clips of its own clip length and crop
-(torchvision's evaluation shape, from its weights' metadata), random init (speed does not
-depend on the weights, and nothing is downloaded). Each family runs in a fresh process so
-its peak resident memory (``ru_maxrss``: torch, the model and its activations) is its own:
+Part of ``python -m benchmarks.run --only extract`` (:func:`video_family_rates`); these lines
+alone: ``python -c "from benchmarks.backbone_families_bench import video_family_rates as f; f()"``.
+Each backbone runs in a fresh process (``spawn``), so its peak resident memory (``ru_maxrss``:
+the interpreter, torch, the model and its activations) is its own:
 
-* ``family_<name>_clips_per_s``: clips per second after one warm-up clip;
-* ``family_<name>_peak_rss_mib``: the process's peak resident set.
+* S3D, MViT v2-S and Swin3D-T at torchvision's evaluation crop (224 px) and clip length
+  (16 frames for MViT, 32 for Swin3D; S3D's weights were evaluated on 128-frame clips, far too
+  slow for a CPU line, so 32 here), random weights (``@random``: the speed does not depend on
+  the values, and nothing is downloaded); the frame encoders by name ``timm/convnext_tiny``
+  and ``clip/ViT-B-32`` at 224 px, one frame per clip, the same way;
+* the model stage as ``extract.run`` runs it (``RGBProducer.embed``: uint8 frames in,
+  normalise, ``forward_features``), one clip per batch after one warm-up clip, on the run's
+  default model threads: ``<key>_clips_per_s`` and ``<key>_peak_rss_gb``.
 
-Other families add one entry to :data:`FAMILIES` (registered backbone, frames or None for
-its clip length, and a label). The frame encoders by name (``timm/convnext_tiny``,
-``clip/ViT-B-32``) take one frame per clip, so their clips/s are frames/s; ``/`` becomes ``_``
-in their metric keys (``family_timm_convnext_tiny_clips_per_s``).
+Another family is one entry of :data:`FAMILIES`. A frame encoder's clip is one frame: its
+clips/s are frames/s.
 """
 
 from __future__ import annotations
 
 import multiprocessing as mp
 import resource
-import sys
 import time
-from concurrent.futures import ProcessPoolExecutor
 
-#: (backbone, frames (None = its clip length), label) per line.
-FAMILIES: list[tuple[str, int | None, str]] = [
-    ("r2plus1d_18", None, "R(2+1)D-18 (reference)"),
-    ("s3d", 32, "S3D"),
-    ("mvit_v2_s", None, "MViT v2-S"),
-    ("swin3d_t", None, "Swin3D-T"),
-    ("timm/convnext_tiny", None, "timm ConvNeXt-T (frame)"),
-    ("clip/ViT-B-32", None, "CLIP ViT-B/32 (frame)"),
-]
-CLIPS = 2  # timed clips per family, after one warm-up clip
+import numpy as np
+
+#: metric key -> (registered backbone, frames per clip or None for its clip length)
+FAMILIES: dict[str, tuple[str, int | None]] = {
+    "s3d": ("s3d", 32),
+    "mvit_v2_s": ("mvit_v2_s", None),
+    "swin3d_t": ("swin3d_t", None),
+    "timm_convnext_tiny": ("timm/convnext_tiny", None),
+    "clip_vit_b32": ("clip/ViT-B-32", None),
+}
+CLIPS = 2  # timed clips per backbone, one per batch, after one warm-up clip
 
 
-def _run_family(name: str, frames: int | None, threads: int, clips: int) -> tuple[float, float, int, int]:
-    """In a fresh process: ``(clips/s, peak RSS MiB, frames, crop)`` of ``name``'s forward_features."""
+def _child(name: str, frames: int | None, threads: int) -> tuple[float, float, int, int, int]:
+    """In a fresh process: (clips/s, peak RSS in GB, D, frames, crop) of one backbone's model stage."""
     import torch
 
-    from extract.backbones import RANDOM, get_backbone
+    from extract.dump import pipeline
+    from extract.dump.settings import ExtractSettings
 
     torch.set_num_threads(threads)
-    torch.manual_seed(0)
-    model = get_backbone(name, weights=RANDOM).eval()
-    t, s = frames or model.info.clip_len, model.info.input_size
-    x = torch.randn(1, model.info.in_channels, t, s, s)  # (1, C, T, S, S)
-    with torch.inference_mode():
-        model.forward_features(x)  # warm-up
-        start = time.perf_counter()
-        for _ in range(clips):
-            model.forward_features(x)
-        rate = clips / (time.perf_counter() - start)
-    scale = 1024 if sys.platform != "darwin" else 1024 * 1024  # KiB on Linux, bytes on macOS
-    return rate, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / scale, t, s
+    settings = ExtractSettings(backbone=name, weights="random", frames=frames, clips=1, workers=0)
+    producer = pipeline.build_producers(settings, "cpu")[0]
+    info, t = producer.model.info, frames or producer.model.info.clip_len
+    rng = np.random.default_rng(0)
+    clip = rng.integers(0, 256, (1, t, info.input_size, info.input_size, 3), dtype=np.uint8)  # (B, T, H, W, C)
+    producer.embed(clip)  # warm-up (allocations, oneDNN kernels)
+    start = time.perf_counter()
+    for _ in range(CLIPS):
+        producer.embed(clip)
+    rate = CLIPS / (time.perf_counter() - start)
+    peak_gb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # KiB on Linux
+    return rate, peak_gb, info.feature_dim, t, info.input_size
 
 
-def bench_families(threads: int, families: list[tuple[str, int | None, str]] = FAMILIES,
-                   clips: int = CLIPS) -> dict[str, float]:
-    """Print one line per family and return its metrics (see the module docstring)."""
+def video_family_rates() -> dict[str, float]:
+    """``<key>_clips_per_s`` and ``<key>_peak_rss_gb`` for every entry of :data:`FAMILIES` (CPU)."""
+    from extract.dump.settings import default_parallelism
+
+    threads = default_parallelism("cpu")[1]
     metrics: dict[str, float] = {}
-    print(f"   backbone families, CPU, {threads} thread(s), batch 1, random init, {clips} clips each:")
     ctx = mp.get_context("spawn")
-    for name, frames, label in families:
-        with ProcessPoolExecutor(max_workers=1, mp_context=ctx) as pool:
-            rate, rss, t, s = pool.submit(_run_family, name, frames, threads, clips).result()
-        print(f"     {label:24s} {name:18s} {t:3d}x{s}px  {rate:6.2f} clips/s  peak RSS {rss:7.0f} MiB")
-        key = name.replace("/", "_")  # timm/convnext_tiny -> timm_convnext_tiny
-        metrics |= {f"family_{key}_clips_per_s": rate, f"family_{key}_peak_rss_mib": rss}
+    for key, (name, frames) in FAMILIES.items():
+        with ctx.Pool(1) as pool:
+            rate, peak, dim, t, size = pool.apply(_child, (name, frames, threads))
+        metrics[f"{key}_clips_per_s"], metrics[f"{key}_peak_rss_gb"] = rate, peak
+        print(f"   {name}@random (D={dim}, {t}x{size}x{size} clips, batch 1, {threads} threads, CPU): "
+              f"{rate:.2f} clips/s, peak RSS {peak:.2f} GB")
     return metrics

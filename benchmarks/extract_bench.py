@@ -31,8 +31,8 @@ Then a sweep of decode workers x model threads (the evidence behind
   pace), and ``single_pass_speedup_448`` the tiny backbones on ``LARGE_VIDEOS`` demo
   videos of 448 px (decoding a frame costs ~9x more; real datasets are 340-1280 px wide).
 
-Last, one line per backbone family (S3D, MViT v2-S, Swin3D-T, ... against R(2+1)D-18): model
-clips/s and peak memory on the CPU (:mod:`benchmarks.backbone_families_bench`).
+Last, the torchvision video families (:mod:`benchmarks.backbone_families_bench`): S3D, MViT v2-S
+and Swin3D-T, model-stage clips/s and peak RSS on the CPU, each in its own process.
 
 Throughputs are the best of ``REPEATS`` tries (the figures of a shared machine move a lot
 between tries).
@@ -51,7 +51,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from benchmarks.backbone_families_bench import bench_families
+from benchmarks.backbone_families_bench import video_family_rates
 from benchmarks.registry import register_benchmark
 from extract.backbones import RANDOM, get_backbone
 from extract.demo import DemoConfig, make_demo
@@ -399,5 +399,6 @@ def bench_extract(args: argparse.Namespace) -> dict[str, float]:
     _report(f"R(2+1)D-18, 2 x 16 frames at 112 px, {R2PLUS1D_VIDEOS} videos", m21, device)
     metrics |= {f"r2plus1d_{k}": v for k, v in m21.items()}
     metrics |= _modalities(demo, fs, targets, device, work, args.workdir)
-    metrics |= bench_families(threads=available_cores())
+    print("   torchvision video families (random weights, model stage only, CPU):")
+    metrics |= video_family_rates()
     return metrics

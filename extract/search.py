@@ -207,7 +207,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--store", required=True, help="the NAME.zarr store")
     p.add_argument("--features", required=True, help="feature set to search (written by extract.run)")
     p.add_argument("--video", required=True, type=Path, help="the video file to search by")
-    p.add_argument("--weights", type=Path, help="the checkpoint the set was extracted with (sha256 is checked)")
+    p.add_argument("--weights", type=Path, help="the local checkpoint the set was extracted with (sha256 is checked); "
+                   "not needed for a random init or a named weight (reloaded by its recorded name)")
     p.add_argument("-k", type=positive_int, default=10, help="neighbours to show (default 10)")
     p.add_argument("--temperature", type=positive_float, default=0.1,
                    help="softmax temperature of the votes (default 0.1)")

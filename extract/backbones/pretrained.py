@@ -118,10 +118,14 @@ class PretrainedWeights:
         aliases: other accepted names (torchvision's enum name, ``KINETICS400_V1``).
         source: the family of the aliases, for the prefixed spelling ``SOURCE:ALIAS``.
         sha256: full checksum of the file; None checks the hash prefix in the URL's file
-            name (torchvision's ``NAME-<hash prefix>.pth``) instead.
+            name (torchvision's ``NAME-<hash prefix>.pth``) instead, or nothing when the name
+            has none (a source that publishes no checksum: the sha256 of the file loaded is
+            still recorded with the features).
         converter: maps the file's state_dict to the backbone's key layout; None when it
             already has it.
         default: the weight a backbone without ``@`` uses (at most one per backbone).
+        keep_init: key fragments of the backbone's own modules the file does not hold; they
+            keep their init (TIN's interlace nets on an ImageNet ResNet body).
     """
 
     backbone: str
@@ -135,13 +139,14 @@ class PretrainedWeights:
     sha256: str | None = None
     converter: Converter | None = None
     default: bool = False
+    keep_init: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "aliases", tuple(self.aliases))
         if not self.name or not self.backbone or not self.url:
             raise ValueError("PretrainedWeights needs a backbone, a name and a url")
-        if self.sha256 is None and self.hash_prefix is None:
-            raise ValueError(f"{self.full_name}: give sha256, or a URL whose file name carries a hash prefix")
+        if self.sha256 is not None and not re.fullmatch(r"[0-9a-f]{64}", self.sha256):
+            raise ValueError(f"{self.full_name}: sha256 must be 64 lower-case hex digits, got {self.sha256!r}")
 
     @property
     def full_name(self) -> str:
@@ -207,7 +212,7 @@ class PretrainedWeights:
         return path
 
     def check_file(self, path: Path) -> str:
-        """The file's sha256, after checking it against :attr:`sha256` or :attr:`hash_prefix`.
+        """The file's sha256, after checking it against :attr:`sha256` or :attr:`hash_prefix` (if any).
 
         Raises:
             WeightsError: the checksum differs (a damaged or different file).
@@ -327,6 +332,7 @@ def from_torchvision(
     default: bool = True,
     clip_len: int | None = None,
     converter: Converter | None = None,
+    keep_init: tuple[str, ...] = (),
 ) -> list[PretrainedWeights]:
     """Registry entries read from a torchvision ``Weights`` enum, one per member.
 
@@ -343,6 +349,7 @@ def from_torchvision(
             (False for backbones whose default comes from elsewhere, or that have none).
         clip_len: frames per clip instead of the docs' figure.
         converter: torchvision's layout -> ours, where they differ (the classifier's keys).
+        keep_init: see :attr:`PretrainedWeights.keep_init`.
     """
     out = []
     for enum in enum_cls:
@@ -370,6 +377,7 @@ def from_torchvision(
             source="torchvision",
             converter=converter,
             default=default and enum is enum_cls.DEFAULT,
+            keep_init=keep_init,
         ))
     return out
 

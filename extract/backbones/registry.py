@@ -428,7 +428,8 @@ def get_backbone(
         model.weights_record = {"name": RANDOM}
     elif isinstance(choice, PretrainedWeights):
         digest = choice.check_file(path)
-        model.weights_sha256 = load_weights(model, path, convert=choice.converter, sha256=digest)
+        model.weights_sha256 = load_weights(model, path, convert=choice.converter, sha256=digest,
+                                            keep_init=choice.keep_init)
         model.weights_record = choice.record(digest)
         logger.info("backbone %s loaded %s from %s (sha256 %s)", name, choice.full_name, path, digest)
     else:

@@ -3,7 +3,8 @@
 This module reads files on disk; named weights and their downloads are
 :mod:`extract.backbones.pretrained`. A checkpoint is a file holding a state_dict in
 torchvision's layout (``conv1.weight``, ``layer1.0.bn1.running_mean``, ..., ``fc.weight``),
-or a training checkpoint dict with that state_dict under ``"model"`` or ``"state_dict"``.
+or a training checkpoint dict with that state_dict under ``"model"``, ``"state_dict"`` or
+``"model_state"`` (PySlowFast, pytorchvideo).
 
 Cross-modality init (TSN, Wang et al. 2016): a net for C input channels (a flow stack)
 starts from an RGB net by averaging the first conv's kernel over its 3 input channels and
@@ -179,7 +180,7 @@ def _read_state_dict(path: str | os.PathLike[str]) -> dict[str, Tensor]:
     else:
         obj = read_torch_file(path)
     if isinstance(obj, Mapping):
-        for key in ("state_dict", "model"):
+        for key in ("state_dict", "model", "model_state"):  # model_state: PySlowFast / pytorchvideo
             if isinstance(obj.get(key), Mapping):
                 obj = obj[key]
                 break
@@ -214,10 +215,11 @@ def load_weights(
     *,
     convert: Callable[[dict[str, Tensor]], dict[str, Tensor]] | None = None,
     sha256: str | None = None,
+    keep_init: tuple[str, ...] = (),
 ) -> str:
     """Load a local checkpoint into ``model`` and return the file's sha256.
 
-    Accepts a plain state_dict or a dict with it under ``"model"``/``"state_dict"``; a
+    Accepts a plain state_dict or a dict with it under ``"model"``/``"state_dict"``/``"model_state"``; a
     ``"module."`` key prefix is dropped. An RGB first conv loaded into a model with other
     input channels is averaged over channels (cross-modality init). The classifier
     (``fc.*``) is optional: checkpoint classifiers are skipped when the model has none or
@@ -231,6 +233,8 @@ def load_weights(
         convert: maps the file's state_dict to the model's key layout first (a published
             checkpoint's converter, see :mod:`extract.backbones.pretrained`).
         sha256: the file's checksum when the caller has computed it already.
+        keep_init: key fragments of the model's own modules the file need not hold; they
+            keep their init (TIN's interlace nets on an ImageNet ResNet body).
 
     Returns:
         Hex sha256 of the file, to record next to the features it produces.
@@ -249,7 +253,7 @@ def load_weights(
     def optional(key: str) -> bool:
         return key.startswith(CLASSIFIER_PREFIX) or key.endswith("num_batches_tracked")
 
-    missing = [k for k in own if k not in state and not optional(k)]
+    missing = [k for k in own if k not in state and not optional(k) and not any(f in k for f in keep_init)]
     unexpected = [k for k in state if k not in own and not optional(k)]
     wrong_shape = [
         f"{k} {tuple(state[k].shape)} != {tuple(own[k].shape)}"

@@ -144,6 +144,8 @@ def test_a_download_lands_in_the_cache_and_a_wrong_one_is_refused(hub, monkeypat
     path = good.fetch(progress=False)
     assert path == Path(torch.hub.get_dir()) / "checkpoints" / "tiny.pth" and path.read_bytes() == payload
     assert good.check_file(path) == good.sha256 and good.is_cached()
+    # a source without a published checksum: nothing to check, the file's sha256 is still what is recorded
+    assert dataclasses.replace(good, sha256=None).check_file(path) == good.sha256
     # torch.hub's own hash-prefix check on download (torchvision's NAME-<prefix>.pth names)
     bad = dataclasses.replace(good, url="https://example.invalid/m/tiny-0123abcd.pth", sha256=None)
     with pytest.raises(WeightsError, match=r"cannot download weights resnet_tiny@test from .*tiny-0123abcd.pth "
@@ -255,6 +257,22 @@ def test_flow_nets_start_from_rgb_weights_by_the_cross_modality_rule(hub):
     flow = get_backbone("resnet18", weights="imagenet1k", in_channels=2)
     torch.testing.assert_close(flow.conv1.weight, rgb.mean(1, keepdim=True).expand(-1, 2, -1, -1))
     assert flow.weights_sha256 == entry.sha256
+
+
+def test_tin_body_from_imagenet_keeps_its_interlace_init(hub):
+    from torchvision.models import resnet50
+
+    entry = hub("tin_resnet50", "imagenet1k", _tv(resnet50))
+    body = torch.load(entry.cache_path(), weights_only=True)
+    torch.manual_seed(5)
+    loaded = get_backbone("tin_resnet50", weights="imagenet1k").state_dict()
+    torch.manual_seed(5)
+    fresh = get_backbone("tin_resnet50", weights=RANDOM).state_dict()
+    interlace = [k for k in loaded if ".interlace." in k]
+    assert len(interlace) == 128 and set(loaded) - set(interlace) - set(body) == set()
+    for k in loaded:
+        want = fresh[k] if k in interlace else body[k]
+        torch.testing.assert_close(loaded[k], want, rtol=0, atol=0)
 
 
 # ---------------------------------------------------------------------------- fine-tuning
