@@ -271,18 +271,18 @@ class FeatureStore:
                                         f"{', '.join(self.classes[:8])}{'...' if c > 8 else ''}")
         return out
 
-    def videos(self, columns: Sequence[str] | None = None) -> pd.DataFrame:
-        """The videos table (index = row)."""
-        n = self.n_videos
+    def videos(self, columns: Sequence[str] | None = None, rows: slice | None = None) -> pd.DataFrame:
+        """The videos table (index = row), or the rows of a slice of it (``rows=slice(a, b)``)."""
+        start, stop, _ = (rows or slice(None)).indices(self.n_videos)
         vg = self.root["videos"]
         cols = list(self.columns) if columns is None else list(columns)
         data = {}
         for name in cols:
             if name not in vg:
                 raise SchemaMismatch(f"no video column {name!r}; columns are {sorted(self.columns)}")
-            values = np.asarray(vg[name][:n])
+            values = np.asarray(vg[name][start:stop])
             data[name] = values.astype(object) if values.dtype.kind in "TUO" else values
-        return pd.DataFrame(data, index=pd.RangeIndex(n, name="row"))
+        return pd.DataFrame(data, index=pd.RangeIndex(start, max(start, stop), name="row"))
 
     def video_ids(self) -> np.ndarray:
         if "id" not in self.root["videos"]:
