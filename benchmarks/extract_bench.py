@@ -1,6 +1,17 @@
 """Feature extraction: our decode-once, batched, overlapped pipeline vs a per-video baseline.
 
-On demo videos (112 px, 3 s at 25 fps) with the TSN ResNet-18 frame backbone at 112 px,
+First, head to head as a user would compare them: our ``extract()`` and the plain per-video
+script (:mod:`benchmarks.plain_extract`, torch's default threads), each in its own process,
+for ResNet-18 TSN (``--size`` videos) and R(2+1)D-18 (4 videos), 8 clips of 112 px, default
+settings (resource plan fitted on the first videos, ``--max-memory`` 2 GB); once as the
+machine is ("idle") and once with one core kept busy by a spinning process ("busy"):
+
+* ``<model>_<idle|busy>_ours_clips_per_s``, ``..._plain_clips_per_s``, ``..._ours_vs_plain``;
+* ``<model>_<idle|busy>_ours_peak_rss_gb``, ``..._plain_peak_rss_gb``: peak resident memory,
+  sampled every 50 ms: the process's RSS plus its child processes' private memory (USS);
+* ``<model>_<idle|busy>_plan_workers`` / ``_plan_threads`` / ``_plan_batch``: the plan ours chose.
+
+Then, on demo videos (112 px, 3 s at 25 fps) with the TSN ResNet-18 frame backbone at 112 px,
 8 segments (light enough that decoding is a real share of the cost), in one run:
 
 * ``decode_clips_per_s``: the decode stage alone (``DecodePool``, the default worker count:
@@ -42,16 +53,21 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import json
+import os
 import shutil
+import subprocess
+import sys
+import threading
 import time
 from pathlib import Path
 
-import av
 import numpy as np
+import psutil
 import torch
-import torch.nn.functional as F
 
 from benchmarks.backbone_families_bench import video_family_rates
+from benchmarks.plain_extract import plain_extract
 from benchmarks.registry import register_benchmark
 from extract.backbones import RANDOM, get_backbone
 from extract.demo import DemoConfig, make_demo
@@ -63,7 +79,7 @@ from extract.dump.worker import DecodePool, DecodeTask
 from extract.media.audio import AudioSettings
 from extract.media.decode import decode_video
 from extract.media.flow import FlowSettings, compute_flow
-from extract.media.sampling import ClipSampling, clip_frame_indices
+from extract.media.sampling import ClipSampling
 from store.threads import available_cores
 
 VIDEOS = 60
@@ -130,45 +146,9 @@ def _pipeline(fs, targets, producers, settings: ExtractSettings) -> pipeline.Run
 
 
 def _naive(paths: list[str], model, settings: ExtractSettings, out: Path, threads: int) -> float:
-    """Clips/s of the one-video-at-a-time, decode-everything baseline."""
-    info = model.info
-    device = next(model.parameters()).device
-    sampling, view = settings.clip_sampling(info), settings.view_spec(info)
-    mean = torch.tensor(info.mean).view(1, 3, 1, 1)
-    std = torch.tensor(info.std).view(1, 3, 1, 1)
-    shutil.rmtree(out, ignore_errors=True)
-    out.mkdir(parents=True)
-    old = torch.get_num_threads()
-    torch.set_num_threads(threads)
-    clips = 0
-    t = time.perf_counter()
-    try:
-        for i, path in enumerate(paths):
-            with av.open(path) as container:
-                frames = np.stack(
-                    [f.to_ndarray(format="rgb24") for f in container.decode(video=0)]
-                )  # (N, H, W, 3)
-            idx, _ = clip_frame_indices(len(frames), sampling)  # (n, T)
-            x = (
-                torch.from_numpy(frames[idx.reshape(-1)]).permute(0, 3, 1, 2).float() / 255
-            )  # (n*T, 3, H, W)
-            h, w = x.shape[-2:]
-            scale = view.short_side / min(h, w)
-            x = F.interpolate(
-                x, size=(round(h * scale), round(w * scale)), mode="bilinear", antialias=True
-            )
-            top, left = (x.shape[-2] - view.crop) // 2, (x.shape[-1] - view.crop) // 2
-            x = (x[..., top : top + view.crop, left : left + view.crop] - mean) / std
-            x = x.view(*idx.shape, 3, view.crop, view.crop).transpose(
-                1, 2
-            )  # (n, T, 3, c, c) -> (n, 3, T, c, c)
-            with torch.inference_mode():
-                feats = model.forward_features(x.to(device))  # (n, 3, T, c, c) -> (n, D)
-            np.save(out / f"{i:05d}.npy", feats.cpu().numpy().astype(np.float16))
-            clips += len(idx)
-    finally:
-        torch.set_num_threads(old)
-    return clips / (time.perf_counter() - t)
+    """Clips/s of the plain per-video script (:mod:`benchmarks.plain_extract`) in this process."""
+    clips, seconds = plain_extract(paths, model, settings, out, threads)
+    return clips / seconds
 
 
 def _measure(
@@ -177,7 +157,8 @@ def _measure(
     """The four throughputs (best of ``repeats``) and the decode count for one backbone.
 
     The baseline gets its best thread count (1 or every core: on a busy machine torch's
-    OpenMP threads can stall each other), like the pipeline gets its default."""
+    OpenMP threads can stall each other); the pipeline fits its own plan (reported), the
+    stages alone run with the fixed rule ``default_parallelism``."""
     workers, threads = settings.parallelism(device)
     producers = pipeline.build_producers(settings, device)
     meta = fs.videos(["n_frames", "fps"])
@@ -204,15 +185,17 @@ def _measure(
             best[k] = max(best.get(k, 0.0), v)
     return {f"{k}_clips_per_s": v for k, v in best.items()} | {
         "decodes_per_video": stats.decodes_per_video,
-        "workers": workers,
-        "threads": threads,
+        "workers": stats.workers,
+        "threads": stats.threads,
+        "batch": stats.batch_size,
     }
 
 
 def _report(name: str, m: dict[str, float], device: str) -> None:
     d, mo, p, n = (m[f"{k}_clips_per_s"] for k in ("decode", "model", "pipeline", "naive"))
     serial = 1 / (1 / d + 1 / mo)
-    print(f"   {name}: {int(m['workers'])} decode worker(s), {int(m['threads'])} model thread(s)")
+    print(f"   {name}: the pipeline's plan: {int(m['workers'])} decode process(es), {int(m['threads'])} model "
+          f"thread(s), batch {int(m['batch'])} (the stages alone: the fixed rule default_parallelism)")
     print(f"     decode only   {d:8.1f} clips/s")
     print(f"     model only    {mo:8.1f} clips/s")
     print(f"     pipeline      {p:8.1f} clips/s   {p / n:.2f}x naive (target >= 2)")
@@ -269,12 +252,18 @@ def _audio_rates(targets, meta, device: str, threads: int) -> dict[str, float]:
     }
 
 
-def _single_pass(demo, work: Path, n: int, trio, device: str) -> tuple[float, float, float]:
-    """Seconds of three one-set ``extract()`` runs, of one three-set run, and the decodes
-    per video of the latter, on the first ``n`` demo videos (stores made beforehand)."""
+def _first_videos(demo, n: int) -> Path:
+    """A CSV of the demo's first ``n`` videos (beside the demo's own list)."""
     lines = demo.videos_csv.read_text().splitlines()
     csv = demo.root / f"bench_{n}.csv"
     csv.write_text("\n".join(lines[: n + 1]) + "\n")
+    return csv
+
+
+def _single_pass(demo, work: Path, n: int, trio, device: str) -> tuple[float, float, float]:
+    """Seconds of three one-set ``extract()`` runs, of one three-set run, and the decodes
+    per video of the latter, on the first ``n`` demo videos (stores made beforehand)."""
+    csv = _first_videos(demo, n)
     base = ExtractSettings(crop=112, clips=8, chunk_rows=64)
     workers = base.parallelism(device)[0]
     stores = {}
@@ -339,6 +328,100 @@ def _modalities(demo, fs, targets, device: str, work: Path, workdir: Path) -> di
     return metrics
 
 
+# ---------------------------------------------------------------------------- ours vs the plain script
+#: (metric key, backbone, videos) of the head-to-head runs; the TSN run takes ``--size`` videos.
+VERSUS = (("resnet18_tsn", "resnet18", None), ("r2plus1d_18", "r2plus1d_18", 4))
+_OURS = """
+import json, sys
+from extract.dump import pipeline
+from extract.dump.settings import ExtractSettings
+s = ExtractSettings.from_dict(json.loads(sys.argv[3]))
+st = pipeline.extract(sys.argv[1], sys.argv[2], s)
+print(json.dumps({"clips": st.clips, "seconds": st.seconds, "plan": st.plan["plan"]}))
+"""
+
+
+def _watched(cmd: list[str]) -> tuple[dict, float]:
+    """Run a child that prints one JSON line; ``(that line, peak memory in GB)``.
+
+    The memory is sampled every 50 ms: the child's resident set plus the private (USS)
+    memory of its own children (decode processes share the parent's pages copy-on-write;
+    their RSS would count those pages again)."""
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(Path(__file__).resolve().parents[1]),
+                                                        os.environ.get("PYTHONPATH", "")])}
+    child = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    peak, stop = [0], threading.Event()
+
+    def watch() -> None:
+        proc = psutil.Process(child.pid)
+        while not stop.is_set():
+            try:
+                total = proc.memory_info().rss
+                total += sum(c.memory_full_info().uss for c in proc.children(recursive=True))
+            except psutil.Error:
+                pass
+            else:
+                peak[0] = max(peak[0], total)
+            stop.wait(0.05)
+
+    watcher = threading.Thread(target=watch, daemon=True)
+    watcher.start()
+    out, err = child.communicate()
+    stop.set()
+    watcher.join()
+    if child.returncode != 0:
+        raise RuntimeError(f"{' '.join(cmd[:3])} failed (exit {child.returncode}): {err.strip()[-2000:]}")
+    return json.loads(out.strip().splitlines()[-1]), peak[0] / 2**30
+
+
+def _busy_core() -> subprocess.Popen:
+    """A child that keeps one core busy until killed (another job on the machine)."""
+    return subprocess.Popen([sys.executable, "-c", "while True: pass"])
+
+
+def _versus(demo, n: int, work: Path) -> dict[str, float]:
+    """Our ``extract()`` against the plain script, each in its own process, idle and with one
+    core busy: clips/s, their ratio, peak memory of each, and the plan ours chose."""
+    metrics: dict[str, float] = {}
+    for key, backbone, videos in VERSUS:
+        count = videos or n
+        csv = _first_videos(demo, count)
+        settings = ExtractSettings(backbone=backbone, crop=112, clips=8, chunk_rows=64)
+        for load in ("idle", "busy"):
+            busy = _busy_core() if load == "busy" else None
+            try:
+                store = work / f"versus_{key}.zarr"
+                shutil.rmtree(store, ignore_errors=True)
+                ours, ours_gb = _watched([sys.executable, "-c", _OURS, str(csv), str(store),
+                                          json.dumps(settings.to_dict())])
+                plain, plain_gb = _watched([sys.executable, "-m", "benchmarks.plain_extract", str(csv),
+                                            str(work / f"versus_{key}_plain"), "--backbone", backbone,
+                                            "--crop", "112", "--clips", "8"])
+            finally:
+                if busy is not None:
+                    busy.kill()
+                    busy.wait()
+            rate, plain_rate = ours["clips"] / ours["seconds"], plain["clips"] / plain["seconds"]
+            plan = ours["plan"]
+            k = f"{key}_{load}"
+            metrics |= {
+                f"{k}_ours_clips_per_s": rate,
+                f"{k}_plain_clips_per_s": plain_rate,
+                f"{k}_ours_vs_plain": rate / plain_rate,
+                f"{k}_ours_peak_rss_gb": ours_gb,
+                f"{k}_plain_peak_rss_gb": plain_gb,
+                f"{k}_plan_workers": plan["workers"],
+                f"{k}_plan_threads": plan["threads"],
+                f"{k}_plan_batch": plan["batch_size"],
+            }
+            print(f"   {key}, {count} videos x 8 clips, {load} (load average {os.getloadavg()[0]:.1f}): "
+                  f"ours {rate:.2f} clips/s, peak {ours_gb:.2f} GB [{plan['workers']} decode process(es), "
+                  f"{plan['threads']} thread(s), batch {plan['batch_size']}]; plain script {plain_rate:.2f} "
+                  f"clips/s ({plain['threads']} torch threads), peak {plain_gb:.2f} GB; "
+                  f"ours / plain {rate / plain_rate:.2f}x", flush=True)
+    return metrics
+
+
 @register_benchmark(
     "extract",
     "decode-once pipeline (workers, cross-video batches) vs a per-video decode-all script",
@@ -358,6 +441,7 @@ def bench_extract(args: argparse.Namespace) -> dict[str, float]:
     )
     cores = available_cores()
     print(f"   {n} demo videos, 112 px, 75 frames; {cores} cores, device {device}")
+    versus = _versus(demo, n, work)
 
     base = ExtractSettings(backbone="resnet18", weights=RANDOM, crop=112, clips=8, set_name="bench", chunk_rows=64)
     metrics = _measure(fs, targets, base, device, work)
@@ -399,6 +483,6 @@ def bench_extract(args: argparse.Namespace) -> dict[str, float]:
     _report(f"R(2+1)D-18, 2 x 16 frames at 112 px, {R2PLUS1D_VIDEOS} videos", m21, device)
     metrics |= {f"r2plus1d_{k}": v for k, v in m21.items()}
     metrics |= _modalities(demo, fs, targets, device, work, args.workdir)
-    print("   torchvision video families (random weights, model stage only, CPU):")
+    print("   backbone families: video nets, timm/ and clip/ frame encoders (random weights, model stage, CPU):")
     metrics |= video_family_rates()
-    return metrics
+    return versus | metrics

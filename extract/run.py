@@ -252,18 +252,28 @@ def _parser() -> argparse.ArgumentParser:
         "--batch-size",
         type=positive_int,
         default=_D.batch_size,
-        help=f"clips per model batch, gathered across videos (default: {_D.batch_size})",
+        help=f"the most clips per model batch, gathered across videos; --max-memory may take fewer "
+        f"(default: {_D.batch_size})",
     )
     g.add_argument(
         "--workers",
         type=non_negative_int,
-        help="decode processes; 0 decodes in the main process (default: max(1, cores // 4) on CPU, "
-        "cores - 1 with CUDA; measured by benchmarks.run --only extract)",
+        help="decode processes; 0 decodes in the main process, between batches (default: fitted to the "
+        "decode and model cost measured on the first videos and to the free cores; -v logs the plan)",
     )
     add_threads_argument(
         g,
-        help="torch, OpenMP and BLAS threads of the model (default: max(1, free cores - workers) on CPU, "
-        "1 with CUDA)",
+        help="torch, OpenMP and BLAS threads of the model (default: fitted with --workers; with --workers "
+        "alone: the free cores minus the workers on CPU, 1 with CUDA)",
+    )
+    g.add_argument(
+        "--max-memory",
+        dest="max_memory_gb",
+        type=positive_float,
+        default=_D.max_memory_gb,
+        metavar="GB",
+        help="memory budget of the run's processes together, in GB: the model batch, the queue of "
+        f"decoded videos and the decode processes are sized to fit it (default: {_D.max_memory_gb:g})",
     )
     g.add_argument(
         "--timeout",
@@ -393,6 +403,7 @@ def _settings(args: argparse.Namespace, demo: bool) -> ExtractSettings:
         batch_size=args.batch_size,
         workers=args.workers,
         threads=args.threads,
+        max_memory_gb=args.max_memory_gb,
         timeout_s=args.timeout_s,
         chunk_rows=args.chunk_rows,
         flush_s=args.flush_s,
@@ -434,7 +445,8 @@ def _summary(stats: RunStats, elapsed: float) -> str:
             f"{name} {t:.1f} s" for name, t in zip(stats.producer_sets, stats.make_seconds)
         )
         lines.append(
-            f"  {stats.workers} decode worker(s), {stats.threads} model thread(s) on {stats.device}; "
+            f"  {stats.workers} decode worker(s), {stats.threads} model thread(s), batch {stats.batch_size} "
+            f"on {stats.device} ({stats.plan['plan']['source']} plan); "
             f"busy: decode {stats.decode_seconds:.1f} s (workers; inputs: {inputs}), "
             f"model {stats.model_seconds:.1f} s, writes {stats.write_seconds:.1f} s ({stats.writes} writes)"
         )
@@ -524,10 +536,10 @@ def run(args: argparse.Namespace) -> int:
 
         def progress(stats: RunStats) -> None:
             bar.total, bar.n = stats.planned, stats.videos_done + stats.videos_failed
-            t_run[:] = t_run or [time.perf_counter()]
-            dt = max(time.perf_counter() - t_run[0], 1e-9)
+            t_run[:] = t_run or [time.perf_counter(), stats.clips]  # the clock starts at the first report
+            dt = time.perf_counter() - t_run[0]
             bar.set_postfix(
-                clips_s=f"{stats.clips / dt:.1f}",
+                clips_s=f"{(stats.clips - t_run[1]) / dt:.1f}" if dt > 0 else "-",
                 failed=stats.videos_failed,
                 written=stats.rows_written,
                 refresh=False,

@@ -13,6 +13,10 @@ the affinity count::
     args = parser.parse_args()
     n = set_threads(args.threads)                # None -> free_cores(); returns the count set
 
+A command that sizes its threads once for a long run can measure instead of trusting the
+load average, which trails by about a minute: ``free_cores(sample_s=0.5)`` counts the CPU the
+other processes use over half a second (``extract.run`` does).
+
 XGBoost takes its thread count per call (``nthread``); pass it the value :func:`set_threads`
 returns.
 """
@@ -38,10 +42,31 @@ def available_cores() -> int:
         return max(1, os.cpu_count() or 1)
 
 
-def free_cores() -> int:
+def busy_cores(sample_s: float) -> float:
+    """How many of this process's cores other work keeps busy: their CPU use over the next
+    ``sample_s`` seconds (the caller sleeps meanwhile), summed over the affinity mask."""
+    import psutil
+
+    per_cpu = psutil.cpu_percent(interval=sample_s, percpu=True)  # % busy per logical CPU
+    try:
+        mine = sorted(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        mine = range(len(per_cpu))
+    return sum(per_cpu[i] for i in mine if i < len(per_cpu)) / 100
+
+
+def free_cores(sample_s: float | None = None) -> int:
     """The cores not busy right now: :func:`available_cores` minus the rounded 1-minute load
-    average, between 1 and :func:`available_cores`."""
+    average, between 1 and :func:`available_cores`.
+
+    Args:
+        sample_s: measure instead of trusting the load average: :func:`busy_cores` over this
+            many seconds. The load average trails by about a minute (a job that just ended
+            still counts), which a run that sizes its threads once at its start cannot afford.
+    """
     cores = available_cores()
+    if sample_s is not None:
+        return max(1, min(cores, cores - round(busy_cores(sample_s))))
     try:
         load = os.getloadavg()[0]
     except (AttributeError, OSError):  # no load average on this OS

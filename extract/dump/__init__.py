@@ -16,6 +16,9 @@ Public API::
       ModelInput, audio_input_for, NO_AUDIO, SILENT_AUDIO
     DecodePool, DecodeTask, DecodeResult,           extract.dump.worker (decode processes; one video, one decode)
       process_task
+    ResourcePlan, WorkCosts, MemoryBudget,          extract.dump.resources (workers, threads, batch, queue:
+      choose_plan, model_seconds                      fitted to measured costs, free cores, --max-memory)
+    calibrate, measure_model, largest_activation    extract.dump.calibration (the costs, on the first videos)
 
 Private helpers: ``_prepare`` (store rows, pending work), ``_assembly`` (batches, chunked
 writes, the run loop), ``_logits`` (head logits). Exports are lazy (PEP 562).
@@ -35,6 +38,8 @@ _MODULES = {
     "extract.dump.makers": ("NO_AUDIO", "SILENT_AUDIO", "AudioWindows", "FlowClips", "InputMaker", "ModelInput",
                             "RGBClips", "audio_input_for"),
     "extract.dump.worker": ("DecodePool", "DecodeResult", "DecodeTask", "process_task"),
+    "extract.dump.resources": ("MemoryBudget", "ResourcePlan", "WorkCosts", "choose_plan", "model_seconds"),
+    "extract.dump.calibration": ("calibrate", "largest_activation", "measure_model"),
 }
 _EXPORTS = {name: module for module, names in _MODULES.items() for name in names}
 __all__ = sorted(_EXPORTS)

@@ -17,6 +17,9 @@ from __future__ import annotations
 
 import collections
 import contextlib
+import datetime
+import itertools
+import logging
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -24,16 +27,26 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
+import psutil
 import torch
 
+from extract.dump.calibration import calibrate
 from extract.dump.makers import ModelInput
-from extract.dump.worker import DecodePool, DecodeResult, DecodeTask
+from extract.dump.resources import MemoryBudget, ResourcePlan, WorkCosts, choose_plan
+from extract.dump.worker import DecodePool, DecodeResult, DecodeTask, process_task, stop_fork_server
 from store import FeatureStore, FeatureWriter
-from store.threads import set_threads
+from store.threads import free_cores, set_threads
 
 if TYPE_CHECKING:
     from extract.dump.jobs import PlannedJob, RunPlan
     from extract.dump.settings import ExtractSettings
+
+log = logging.getLogger(__name__)
+
+#: Videos decoded in the main process and measured before the plan is made.
+CALIBRATION_VIDEOS = 2
+#: Seconds the other processes' CPU use is sampled for (the free cores of the plan).
+FREE_CORES_SAMPLE_S = 0.5
 
 
 @dataclass
@@ -304,7 +317,11 @@ def extract_rows(
     """The decode -> model -> write loop over the planned rows ``plan.todo`` (sorted).
 
     ``paths`` maps a store row to its video file. Every video is decoded once, for the jobs
-    with at least one set that lacks it.
+    with at least one set that lacks it. The first :data:`CALIBRATION_VIDEOS` videos are
+    decoded here and measured (:mod:`extract.dump.calibration`); the resource plan fitted to
+    them (:func:`extract.dump.resources.choose_plan`) sets the decode processes, the threads,
+    the batch size and the queue bound of the rest, is logged, kept in ``stats.plan`` and
+    recorded in every filled set's attrs (``extraction``).
     """
     todo = plan.todo
     wants = np.stack([job.lacking(todo).any(axis=1) for job in plan.jobs], axis=1)  # (n, jobs)
@@ -321,7 +338,7 @@ def extract_rows(
     )
     start = time.perf_counter()
     old_threads = torch.get_num_threads()
-    set_threads(stats.threads)  # torch, OpenMP and BLAS together
+    makers = [job.job.maker for job in plan.jobs]
     try:
         with contextlib.ExitStack() as stack:
             writers = [
@@ -337,18 +354,23 @@ def extract_rows(
                 ]
                 for job in plan.jobs
             ]
-            ahead = max(8, 2 * settings.batch_size // min(job.job.producer.spec.clips for job in plan.jobs))
+            cores = free_cores(sample_s=FREE_CORES_SAMPLE_S)
+            set_threads(settings.threads or cores)  # torch, OpenMP and BLAS together
+            first = [process_task(t, makers, settings.timeout_s) for t in itertools.islice(tasks, CALIBRATION_VIDEOS)]
+            costs = calibrate(first, [job.job.producer for job in plan.jobs], settings.threads or cores)
+            budget = MemoryBudget(int(settings.max_memory_gb * 2**30), psutil.Process().memory_info().rss)
+            chosen = choose_plan(costs, cores, budget, max_batch=settings.batch_size, device=stats.device,
+                                 workers=settings.workers, threads=settings.threads)
+            _record_plan(plan, chosen, costs, settings, stats)
+            if chosen.workers == 0 and stop_fork_server():  # the header probes' server: ~0.4 GB unused
+                log.info("stopped the decode processes' fork server (decoding in this process)")
+            set_threads(chosen.threads)
             pool = stack.enter_context(
-                DecodePool(
-                    [job.job.maker for job in plan.jobs],
-                    stats.workers,
-                    timeout_s=settings.timeout_s,
-                    max_ahead=ahead,
-                )
+                DecodePool(makers, chosen.workers, timeout_s=settings.timeout_s, max_ahead=chosen.max_ahead)
             )
-            loop = RunLoop(plan.jobs, writers, todo, settings.batch_size, stats, on_progress)
+            loop = RunLoop(plan.jobs, writers, todo, chosen.batch_size, stats, on_progress)
             try:
-                for res in pool.imap_unordered(tasks):
+                for res in itertools.chain(first, pool.imap_unordered(tasks)):
                     loop.take(res)
                 loop.drain()
             finally:  # also on Ctrl-C: what is finished gets written
@@ -359,3 +381,23 @@ def extract_rows(
     finally:
         set_threads(old_threads)
         stats.seconds = time.perf_counter() - start
+
+
+def _record_plan(plan: RunPlan, chosen: ResourcePlan, costs: WorkCosts | None, settings: ExtractSettings,
+                 stats: Any) -> None:
+    """Log the plan, keep it in the stats and in the attrs of every set the run fills."""
+    log.info(chosen.describe())
+    if not chosen.fits:
+        log.warning("--max-memory %g GB is below what one clip per batch needs (~%.2f GB); running anyway",
+                    settings.max_memory_gb, chosen.peak_bytes / 2**30)
+    stats.workers, stats.threads, stats.batch_size = chosen.workers, chosen.threads, chosen.batch_size
+    record = {
+        "plan": chosen.to_dict(),
+        "costs": costs.to_dict() if costs is not None else None,
+        "max_memory_gb": settings.max_memory_gb,
+        "recorded": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
+    }
+    stats.plan = record
+    for job in plan.jobs:
+        for s in job.sets:
+            s.fset.group.attrs["extraction"] = record

@@ -277,7 +277,9 @@ class RunStats:
     of zeros, whose rows are valid features of silence; neither is a failure). ``outputs``
     holds ``(set name, spec)`` of every set filled; ``producer_sets[i]`` and
     ``make_seconds[i]`` belong to job ``i`` (its features' set name, its makers' time in the
-    decode workers).
+    decode workers). ``workers``, ``threads``, ``batch_size`` are the run's resource plan,
+    ``plan`` its full record (the plan, the measured costs, the budget: what the feature
+    sets' ``extraction`` attrs hold); all empty when nothing was pending.
     """
 
     planned: int = 0
@@ -301,6 +303,8 @@ class RunStats:
     seconds: float = 0.0
     workers: int = 0
     threads: int = 0
+    batch_size: int = 0
+    plan: dict = field(default_factory=dict)
     device: str = "cpu"
     store: str = ""
     outputs: list[tuple[str, FeatureSetSpec]] = field(default_factory=list)
@@ -336,7 +340,8 @@ def run_extraction(
         fs: a store opened writable.
         targets: rows to consider (index) and their ``path``; see :func:`prepare_store`.
         producers: from :func:`build_producers`.
-        settings: run settings (batch size, workers, threads, shard, limit, ...).
+        settings: run settings (batch size, workers, threads, memory budget, shard, limit, ...);
+            the resource plan is fitted on the first videos (:mod:`extract.dump.resources`).
         set_names: one feature set name per producer (default: the choice's ``set_name``,
             else :func:`default_set_name`); a producer with head logits also fills
             ``<name>__logits`` and, at the end, the prediction run ``<name>_logits``.
@@ -361,7 +366,6 @@ def run_extraction(
         producer_sets=names,
         make_seconds=[0.0] * len(jobs),
     )
-    stats.workers, stats.threads = settings.parallelism(device)
     opened = [[fs.create_feature_set(name, spec) for name, spec in job.outputs] for job in jobs]
     fsets = [f for sets in opened for f in sets]
     rows = np.sort(targets.index.to_numpy(dtype=np.int64))

@@ -9,7 +9,7 @@ Two kinds of fields live here:
   (``short_side``, ``crop``, ``crops``, ``scales``), the flow (``flow_algorithm``,
   ``flow_bound``), the precision (``amp``), ``head_logits`` and ``chunk_rows``.
 * **How the run goes** (free to change between a run and its resume): ``set_name``,
-  ``device``, ``batch_size``, ``workers``, ``threads``, ``timeout_s``, ``flush_s``,
+  ``device``, ``batch_size``, ``workers``, ``threads``, ``max_memory_gb``, ``timeout_s``, ``flush_s``,
   ``retry_errors``, ``limit``, ``shard``.
 
 One run fills one feature set per :class:`BackboneChoice` (:meth:`ExtractSettings.choices`)
@@ -18,7 +18,12 @@ set; ``ExtractSettings(backbones=(BackboneChoice("resnet18"), BackboneChoice("re
 "flow"), BackboneChoice("vggish", "audio")))`` is three.
 
 Fields left ``None`` are resolved from the backbone (:meth:`ExtractSettings.clip_sampling`,
-:meth:`ExtractSettings.view_spec`) or from the machine (:func:`default_parallelism`).
+:meth:`ExtractSettings.view_spec`) or from the measured work (``workers``, ``threads``: the
+run measures decode and model cost on its first videos and fits them, the batch size and the
+decode queue to the free cores and ``max_memory_gb``; :mod:`extract.dump.resources`).
+
+The fixed rule below (:func:`default_parallelism`) is what a run falls back on when nothing
+could be measured (every first video failed), and what store creation uses to probe headers.
 
 Default parallelism, measured with ``python -m benchmarks.run --only extract`` on the 2-core
 CPU machines (shared with other jobs, so the figures move): one decode worker makes ~250
@@ -77,7 +82,7 @@ def parse_shard(text: str) -> tuple[int, int]:
 
 
 #: extract.run's flags whose name is not ``--`` + the field with dashes.
-_FLAGS = {"timeout_s": "--timeout", "flush_s": "--flush-every"}
+_FLAGS = {"timeout_s": "--timeout", "flush_s": "--flush-every", "max_memory_gb": "--max-memory"}
 
 
 def _positive_int(name: str, value: Any, *, allow_none: bool = False, low: int = 1) -> None:
@@ -199,10 +204,14 @@ class ExtractSettings:
         scales: extra short sides for multi-scale views.
         device: ``auto`` (CUDA if available), ``cpu`` or ``cuda``.
         amp: mixed precision; None = on for CUDA, off on CPU.
-        batch_size: clips per model batch, gathered across videos.
-        workers: decode processes (0 = decode in the main process, no hard timeout);
-            None = :func:`default_parallelism`.
-        threads: torch threads of the model; None = :func:`default_parallelism`.
+        batch_size: the most clips per model batch, gathered across videos (the memory
+            budget may take fewer).
+        workers: decode processes (0 = decode in the main process, between batches, no hard
+            timeout); None = fitted to the measured work (:mod:`extract.dump.resources`).
+        threads: torch threads of the model; None = fitted to the measured work.
+        max_memory_gb: memory budget of the run's processes together, in GB (2**30 bytes):
+            the model batch, the queue of decoded videos and the decode processes are sized
+            to it.
         timeout_s: per-video decode time limit; a worker past it (plus a grace period) is
             killed and replaced, and the row gets a "decode timed out" error.
         chunk_rows: rows per storage chunk of a new feature set.
@@ -234,6 +243,7 @@ class ExtractSettings:
     batch_size: int = 64
     workers: int | None = None
     threads: int | None = None
+    max_memory_gb: float = 2.0
     timeout_s: float = 120.0
     chunk_rows: int = 256
     flush_s: float = 60.0
@@ -295,10 +305,10 @@ class ExtractSettings:
             _positive_int(name, getattr(self, name), allow_none=True)
         _positive_int("workers", self.workers, allow_none=True, low=0)
         _positive_int("seed", self.seed, low=0)
-        for name in ("timeout_s", "flush_s"):
+        for name, unit in (("timeout_s", "seconds"), ("flush_s", "seconds"), ("max_memory_gb", "GB")):
             if not float(getattr(self, name)) > 0:
                 raise SettingsError(
-                    f"{setting_name(name, _FLAGS.get(name))} must be > 0 seconds, "
+                    f"{setting_name(name, _FLAGS.get(name))} must be > 0 {unit}, "
                     f"got {getattr(self, name)!r}"
                 )
 

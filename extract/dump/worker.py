@@ -12,14 +12,18 @@ and replaced, its video gets a ``DecodeTimeout`` error and its queued videos go 
 worker. A worker that dies (a crash inside FFmpeg) is replaced the same way.
 
 Each worker has its own duplex pipe, so killing one can never leave a shared queue lock
-held. ``workers=0`` decodes in the calling process instead (no hard time limit).
+held. ``workers=0`` decodes in the calling process instead (no hard time limit);
+:func:`stop_fork_server` then frees the fork server an earlier pool (the header probes) left.
 """
 
 from __future__ import annotations
 
 import collections
+import contextlib
 import logging
 import multiprocessing as mp
+import multiprocessing.forkserver
+import os
 import queue
 import signal
 import sys
@@ -371,6 +375,25 @@ class DecodePool:
                         reversed(self._replace(i, f"{task.path} ran past the time limit"))
                     )
                     out.put(_failed(task, err.kind, str(err)))
+
+
+def stop_fork_server() -> bool:
+    """Stop the decode processes' fork server if it runs; True if it did.
+
+    The server is an interpreter of its own with this module, hence torch, imported (~0.4 GB
+    resident); a run that decodes in its main process does not need it after the header
+    probes. The next :class:`DecodePool` starts a fresh one (``ensure_running``).
+    ``multiprocessing`` has no public call for this: it is ``ForkServer._stop``, the method
+    the standard library's own tests use, looked up defensively.
+    """
+    server = getattr(multiprocessing.forkserver, "_forkserver", None)
+    pid = getattr(server, "_forkserver_pid", None)
+    if pid is None or not hasattr(server, "_stop"):
+        return False
+    with contextlib.suppress(ProcessLookupError):  # its own exit tears torch down for seconds; it owns no data
+        os.kill(pid, signal.SIGKILL)
+    server._stop()  # closes its pipe, reaps it, forgets it
+    return True
 
 
 def _failed(task: DecodeTask, reason: str, error: str) -> DecodeResult:

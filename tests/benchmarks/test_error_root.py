@@ -45,7 +45,8 @@ def test_every_command_is_found():
         "store.info", "store.verify", "store.search", "store.export", "store.import", "store.split", "store.merge",
         "heads.train", "heads.sweep", "heads.knn", "heads.localize",
         "extract.run", "extract.train", "extract.search", "extract.demo.__main__", "fusion.run", "benchmarks.run",
-        "benchmarks.recipes.__main__", "benchmarks.pipeline.__main__", "benchmarks.scale_bench"}
+        "benchmarks.recipes.__main__", "benchmarks.pipeline.__main__", "benchmarks.scale_bench",
+        "benchmarks.plain_extract"}
 
 
 @pytest.mark.parametrize("module", COMMANDS, ids=lambda m: m.__name__)

@@ -49,6 +49,19 @@ def test_default_is_the_free_cores_within_the_affinity(monkeypatch, restore_thre
     assert set_threads(None) == cores == torch.get_num_threads()
 
 
+def test_sampled_free_cores_count_the_busy_cpus_of_the_affinity(monkeypatch):
+    import psutil
+
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0, 2})  # two of four CPUs are ours
+    for per_cpu, expect in [([0, 100, 3, 100], 2), ([100, 0, 4, 0], 1), ([100, 0, 90, 0], 1), ([40, 100, 30, 100], 1),
+                            ([20, 100, 20, 100], 2)]:
+        monkeypatch.setattr(psutil, "cpu_percent", lambda interval, percpu, v=per_cpu: v)
+        assert threads.busy_cores(0.1) == pytest.approx((per_cpu[0] + per_cpu[2]) / 100)
+        assert free_cores(sample_s=0.1) == expect  # 2 - round(busy), at least 1
+    monkeypatch.setattr(os, "getloadavg", lambda: (2.0, 2.0, 2.0))  # the load average is not asked
+    assert free_cores(sample_s=0.1) == 2
+
+
 def test_bad_counts_are_refused():
     for bad in (0, -1, 1.5, True):
         with pytest.raises(ValueError, match="threads"):
