@@ -137,6 +137,10 @@ SECTIONS: dict[str, Section] = {
         Row("MViT v2-S, peak RSS", "mvit_v2_s_peak_rss_gb", unit="GB"),
         Row("Swin3D-T, 32x224x224, model stage, CPU", "swin3d_t_clips_per_s", unit="clips/s"),
         Row("Swin3D-T, peak RSS", "swin3d_t_peak_rss_gb", unit="GB"),
+        Row("timm/convnext_tiny, 1 x 224 px, model stage, CPU", "timm_convnext_tiny_clips_per_s", unit="clips/s"),
+        Row("timm/convnext_tiny, peak RSS", "timm_convnext_tiny_peak_rss_gb", unit="GB"),
+        Row("clip/ViT-B-32, 1 x 224 px, model stage, CPU", "clip_vit_b32_clips_per_s", unit="clips/s"),
+        Row("clip/ViT-B-32, peak RSS", "clip_vit_b32_peak_rss_gb", unit="GB"),
     ), derived=(
         ("serial_bound_clips_per_s", lambda m: 1 / (1 / m["decode_clips_per_s"] + 1 / m["model_clips_per_s"])),
         ("min_stage_clips_per_s", lambda m: min(m["decode_clips_per_s"], m["model_clips_per_s"])),

@@ -1,4 +1,4 @@
-"""The torchvision video families side by side: clips/s and peak memory on the CPU, for choosing one.
+"""The backbone families side by side: clips/s and peak memory on the CPU, for choosing one.
 
 Part of ``python -m benchmarks.run --only extract`` (:func:`video_family_rates`); these lines
 alone: ``python -c "from benchmarks.backbone_families_bench import video_family_rates as f; f()"``.
@@ -8,12 +8,14 @@ the interpreter, torch, the model and its activations) is its own:
 * S3D, MViT v2-S and Swin3D-T at torchvision's evaluation crop (224 px) and clip length
   (16 frames for MViT, 32 for Swin3D; S3D's weights were evaluated on 128-frame clips, far too
   slow for a CPU line, so 32 here), random weights (``@random``: the speed does not depend on
-  the values, and nothing is downloaded);
+  the values, and nothing is downloaded); the frame encoders by name ``timm/convnext_tiny``
+  and ``clip/ViT-B-32`` at 224 px, one frame per clip, the same way;
 * the model stage as ``extract.run`` runs it (``RGBProducer.embed``: uint8 frames in,
   normalise, ``forward_features``), one clip per batch after one warm-up clip, on the run's
   default model threads: ``<key>_clips_per_s`` and ``<key>_peak_rss_gb``.
 
-Another family is one entry of :data:`FAMILIES`.
+Another family is one entry of :data:`FAMILIES`. A frame encoder's clip is one frame: its
+clips/s are frames/s.
 """
 
 from __future__ import annotations
@@ -29,6 +31,8 @@ FAMILIES: dict[str, tuple[str, int | None]] = {
     "s3d": ("s3d", 32),
     "mvit_v2_s": ("mvit_v2_s", None),
     "swin3d_t": ("swin3d_t", None),
+    "timm_convnext_tiny": ("timm/convnext_tiny", None),
+    "clip_vit_b32": ("clip/ViT-B-32", None),
 }
 CLIPS = 2  # timed clips per backbone, one per batch, after one warm-up clip
 

@@ -466,6 +466,6 @@ def bench_extract(args: argparse.Namespace) -> dict[str, float]:
     _report(f"R(2+1)D-18, 2 x 16 frames at 112 px, {R2PLUS1D_VIDEOS} videos", m21, device)
     metrics |= {f"r2plus1d_{k}": v for k, v in m21.items()}
     metrics |= _modalities(demo, fs, targets, device, work, args.workdir)
-    print("   torchvision video families (random weights, model stage only, CPU):")
+    print("   backbone families: video nets, timm/ and clip/ frame encoders (random weights, model stage, CPU):")
     metrics |= video_family_rates()
     return versus | metrics

@@ -147,6 +147,9 @@ def _parser() -> argparse.ArgumentParser:
         "@KINETICS400_V1, @torchvision:KINETICS400_V1; a known name wins over a file of that name), "
         "@random (random init from --seed), or a local checkpoint (@PATH: anything with a '/' or a "
         "suffix such as .pt); no @ = the backbone's default weights, an error if it has none. "
+        "Pretrained image models as frame encoders, weights from the Hugging Face cache (HF_HOME, "
+        "downloaded on first use): timm/MODEL[.TAG] (any timm model, e.g. timm/convnext_tiny.fb_in22k) "
+        "and clip/ARCH@TAG (an open_clip image tower, e.g. clip/ViT-B-32@laion2b_s34b_b79k; rgb only). "
         "Repeat for several feature sets in one pass, e.g. --backbone rgb:r2plus1d_18@kinetics400 "
         "--backbone flow:resnet18@flow.pth --backbone audio:vggish@vggish.pt. Default: "
         f"{_D.backbone}; on the demo set {' '.join(DEMO_BACKBONES)}",
@@ -524,8 +527,11 @@ def _summary(stats: RunStats, elapsed: float) -> str:
 
 
 def backbones_table() -> str:
-    """``--list-backbones``: every backbone, one line per named weight (``*`` marks the default)."""
-    from extract.backbones import list_backbones, list_weights
+    """``--list-backbones``: every backbone, one line per named weight (``*`` marks the default),
+    then well-known weights of the ``timm/`` and ``clip/`` families (examples: any timm model
+    or open_clip tag works)."""
+    from extract.backbones import list_backbones, list_family_weights, list_weights
+    from extract.backbones.hf_hub import hf_cache_dir
 
     head = ("backbone", "weights (* default)", "aliases", "dataset", "D", "clip", "crop", "cached", "source")
     rows = [head]
@@ -537,12 +543,18 @@ def backbones_table() -> str:
                          "yes" if e.is_cached() else "no", e.url))
         if not entries:
             rows.append((name, "(none: @random or @PATH)", "", "", "", "", "", "", ""))
+    family = list_family_weights()
+    for r in family:  # the weight is the name's tag (timm) or the @TAG (clip)
+        rows.append((r["backbone"], r["weights"] or "(in the name)", "", r["dataset"], str(r["feature_dim"]),
+                     str(r["clip_len"]), str(r["crop"]), "yes" if r["cached"] else "no", r["source"]))
     widths = [max(len(r[i]) for r in rows) for i in range(len(head) - 1)]
     lines = ["  ".join(c.ljust(w) for c, w in zip(r, widths)) + "  " + r[-1] for r in rows]
     n = sum(len(list_weights(b)) for b in list_backbones())
     from torch.hub import get_dir
 
     lines.append(f"{n} named weights; cache: {Path(get_dir()) / 'checkpoints'} (TORCH_HOME)")
+    lines.append(f"{len(family)} of the timm/ and clip/ families (any timm model or open_clip tag works); "
+                 f"cache: {hf_cache_dir()} (HF_HOME)")
     return "\n".join(line.rstrip() for line in lines)
 
 

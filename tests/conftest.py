@@ -34,9 +34,14 @@ def _one_thread_again():
 
 @pytest.fixture(autouse=True)
 def _no_hub(monkeypatch, tmp_path_factory):
-    """Tests never reach a hub: TORCH_HOME is an empty folder of the test session (tests that need
-    weights fill their own), and a torch.hub download raises instead of going to the network."""
+    """Tests never reach a hub: TORCH_HOME and HF_HOME are empty folders of the test session (tests
+    that need weights fill their own), a torch.hub download raises instead of going to the network,
+    and HF_HUB_OFFLINE=1 keeps huggingface_hub off it."""
     monkeypatch.setenv("TORCH_HOME", str(tmp_path_factory.getbasetemp() / "torch_home"))
+    # the Hugging Face cache (timm/ and clip/ backbones): an empty one, and no downloads
+    monkeypatch.setenv("HF_HOME", str(tmp_path_factory.getbasetemp() / "hf_home"))
+    monkeypatch.delenv("HF_HUB_CACHE", raising=False)
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
 
     def refuse(url, *args, **kwargs):
         raise AssertionError(f"a test tried to download {url}; fill a temporary TORCH_HOME instead")

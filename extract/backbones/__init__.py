@@ -14,6 +14,11 @@ Registered (``list_backbones()``; ``list_weights()`` for the named weights):
 - 3D clip models: ``r2plus1d_18``, ``r3d_18``, ``mc3_18``, ``s3d``, ``mvit_v1_b``, ``mvit_v2_s``,
   ``swin3d_t``, ``swin3d_s``, ``swin3d_b``, ``slowfast_r50``..., ``i3d_nl_r50``...
 - audio models: ``resnet18_audio``, ``resnet34_audio``, ``vggish``, ``envnet_v2``
+- families of external image models as frame encoders (``kind="frame2d"``), named
+  ``PREFIX/NAME`` (``list_backbone_families()``): ``timm/<any timm model[.tag]>``
+  (:mod:`extract.backbones.timm_frames`) and ``clip/<open_clip architecture>`` with
+  ``weights=TAG`` (:mod:`extract.backbones.clip_frames`); their weights come from the
+  Hugging Face cache (:mod:`extract.backbones.hf_hub`)
 - test / CPU-smoke variants (same code paths, a few channels, 32 px):
   ``resnet_tiny``, ``tsm_tiny``, ``r2plus1d_tiny``, ``r3d_tiny``, ``mc3_tiny``, ...
 
@@ -27,9 +32,11 @@ Importing this package registers all of them.
 
 from extract.backbones import (  # noqa: F401  (registers the builders)
     audio_cnn,
+    clip_frames,
     frame2d,
     i3d_nonlocal,
     slowfast,
+    timm_frames,
     tin,
     tsm,
     video3d,
@@ -49,8 +56,11 @@ from extract.backbones.registry import (
     Backbone,
     BackboneInfo,
     get_backbone,
+    list_backbone_families,
     list_backbones,
+    list_family_weights,
     register_backbone,
+    register_backbone_family,
 )
 from extract.backbones.tsm import temporal_shift
 from extract.backbones.weights import (
@@ -73,11 +83,14 @@ __all__ = [
     "default_weights",
     "file_sha256",
     "get_backbone",
+    "list_backbone_families",
     "list_backbones",
+    "list_family_weights",
     "list_weights",
     "load_weights",
     "read_torch_file",
     "register_backbone",
+    "register_backbone_family",
     "register_weights",
     "resolve_weights",
     "temporal_shift",

@@ -11,6 +11,7 @@ the mean of the T per-frame features (a TSN consensus inside one clip).
 
 from __future__ import annotations
 
+import abc
 from collections.abc import Callable
 
 from torch import Tensor, nn
@@ -27,7 +28,7 @@ from extract.backbones.registry import (
 )
 from extract.backbones.variants import register_variants
 
-__all__ = ["VARIANTS", "FrameResNet", "resnet_trunk"]
+__all__ = ["VARIANTS", "FrameBackbone", "FrameResNet", "resnet_trunk"]
 
 _TRUNK_NAMES = (
     "conv1",
@@ -84,7 +85,28 @@ def resnet_trunk(arch: str) -> tuple[dict[str, nn.Module], int]:
     return trunk, feature_dim
 
 
-class FrameResNet(Backbone):
+class FrameBackbone(Backbone):
+    """A 2D image model run on every frame of a clip; features averaged over the frames.
+
+    Subclasses implement :meth:`frame_features` (``FrameResNet`` here, the timm and
+    open_clip frame encoders in :mod:`extract.backbones.timm_frames` and
+    :mod:`extract.backbones.clip_frames`).
+    """
+
+    @abc.abstractmethod
+    def frame_features(self, frames: Tensor) -> Tensor:
+        """``(N, C, H, W)`` normalised frames -> ``(N, D)`` pooled features."""
+
+    def forward_features(self, x: Tensor) -> Tensor:
+        """``(B, C, T, H, W)`` -> ``(B, D)``: per-frame features, mean over T."""
+        self.check_input(x)
+        b, c, t, h, w = x.shape
+        frames = x.transpose(1, 2).reshape(b * t, c, h, w)  # (B, C, T, H, W) -> (B*T, C, H, W)
+        feats = self.frame_features(frames)  # (B*T, C, H, W) -> (B*T, D)
+        return feats.view(b, t, -1).mean(dim=1)  # (B*T, D) -> (B, D)
+
+
+class FrameResNet(FrameBackbone):
     """A 2D ResNet run on every frame; features averaged over the frames of a clip."""
 
     stage_names = (
@@ -100,14 +122,6 @@ class FrameResNet(Backbone):
         x = self.maxpool(self.relu(self.bn1(self.conv1(frames))))
         x = self.layer4(self.layer3(self.layer2(self.layer1(x))))
         return self.avgpool(x).flatten(1)  # (N, D, h, w) -> (N, D)
-
-    def forward_features(self, x: Tensor) -> Tensor:
-        """``(B, C, T, H, W)`` -> ``(B, D)``: per-frame features, mean over T."""
-        self.check_input(x)
-        b, c, t, h, w = x.shape
-        frames = x.transpose(1, 2).reshape(b * t, c, h, w)  # (B, C, T, H, W) -> (B*T, C, H, W)
-        feats = self.frame_features(frames)  # (B*T, C, H, W) -> (B*T, D)
-        return feats.view(b, t, -1).mean(dim=1)  # (B*T, D) -> (B, D)
 
 
 def _frame_resnet(

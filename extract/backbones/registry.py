@@ -1,7 +1,9 @@
 """The backbone registry, the :class:`BackboneInfo` record and the :class:`Backbone` interface.
 
 A registry in the torchvision style: one dict, one decorator over plain builder functions,
-``get_backbone(name, **kw)`` and ``list_backbones()``. Every backbone carries a frozen
+``get_backbone(name, **kw)`` and ``list_backbones()``. Families of external models are one
+entry per prefix (``register_backbone_family("timm", builder)``): ``get_backbone("timm/x")``
+calls the family's builder with ``"x"``. Every backbone carries a frozen
 :class:`BackboneInfo` that says what it expects (frames per clip, crop size, normalisation,
 channels) and what it returns (feature dim), so the sampler, the transforms and the store's
 attrs read one record.
@@ -42,8 +44,11 @@ __all__ = [
     "Backbone",
     "BackboneInfo",
     "get_backbone",
+    "list_backbone_families",
     "list_backbones",
+    "list_family_weights",
     "register_backbone",
+    "register_backbone_family",
 ]
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -170,7 +175,8 @@ class Backbone(nn.Module, abc.ABC):
             when randomly initialised.
         weights_record: what :func:`get_backbone` loaded, for the feature set's attrs:
             ``{"name": "random"}``, ``{"name": "file", "source": "local file", "sha256"}``
-            or a named weight's ``{"name", "source" (URL), "sha256", "dataset"}``.
+            or a named weight's ``{"name", "source" (URL), "sha256", "dataset"}`` (a family's
+            hub file: ``{"name": TAG, "source": "hf-hub:REPO/FILE", "sha256"}``).
         fc: the classifier ``Linear(D, num_classes)``, or None without ``num_classes``.
     """
 
@@ -269,6 +275,13 @@ class Backbone(nn.Module, abc.ABC):
 
 BackboneBuilder = Callable[..., Backbone]
 _BACKBONES: dict[str, BackboneBuilder] = {}
+#: A family builder takes the name after ``PREFIX/`` and ``get_backbone``'s keywords
+#: (``weights``, ``in_channels``, ``num_classes``, extras) and loads its weights itself.
+FamilyBuilder = Callable[..., Backbone]
+_FAMILIES: dict[str, FamilyBuilder] = {}
+#: Per family: a function listing some of its well-known weights (rows for --list-backbones).
+_LISTED: dict[str, Callable[[], list[dict[str, Any]]]] = {}
+FAMILY_SEP = "/"
 
 
 def register_backbone(name: str) -> Callable[[BackboneBuilder], BackboneBuilder]:
@@ -293,9 +306,54 @@ def register_backbone(name: str) -> Callable[[BackboneBuilder], BackboneBuilder]
     return wrap
 
 
+def register_backbone_family(
+    prefix: str, builder: FamilyBuilder, listed: Callable[[], list[dict[str, Any]]] | None = None
+) -> FamilyBuilder:
+    """Register a family of externally defined backbones under ``PREFIX/``.
+
+    ``get_backbone("PREFIX/rest", weights=..., **kw)`` calls ``builder("rest", weights=...,
+    **kw)``; the builder resolves ``rest`` (a timm model name, an open_clip architecture),
+    loads the weights (``None`` = the family's default pretrained weights, ``"random"`` = a
+    random init, else a local path) and sets ``weights_sha256`` / ``weights_record``.
+    ``listed`` returns a few of the family's well-known weights for :func:`list_family_weights`.
+
+    Raises:
+        ValueError: an empty prefix, one holding ``/``, or one already registered.
+    """
+    if not prefix or FAMILY_SEP in prefix:
+        raise ValueError(f"a backbone family prefix is a non-empty name without '/', got {prefix!r}")
+    if prefix in _FAMILIES:
+        raise ValueError(
+            f"a backbone family {prefix!r} is already registered (by {_FAMILIES[prefix].__module__})"
+        )
+    _FAMILIES[prefix] = builder
+    if listed is not None:
+        _LISTED[prefix] = listed
+    return builder
+
+
 def list_backbones() -> list[str]:
     """Names of all registered backbones, sorted."""
     return sorted(_BACKBONES)
+
+
+def list_backbone_families() -> list[str]:
+    """Registered family prefixes, sorted (``["clip", "timm"]``): names ``PREFIX/...``."""
+    return sorted(_FAMILIES)
+
+
+def list_family_weights() -> list[dict[str, Any]]:
+    """Well-known weights of every family, one dict each: ``backbone`` (as written after
+    ``--backbone``), ``weights`` (the ``@`` part, ``""`` when the name holds it), ``dataset``,
+    ``feature_dim``, ``clip_len``, ``crop``, ``cached`` (already in the local cache),
+    ``source``. Examples, not the whole family: any timm model or open_clip tag works."""
+    return [row for prefix in sorted(_LISTED) for row in _LISTED[prefix]()]
+
+
+def _available() -> str:
+    """The names a user may write, for error messages."""
+    families = ", ".join(f"{p}/NAME" for p in list_backbone_families())
+    return ", ".join(list_backbones()) + (f"; families: {families}" if families else "")
 
 
 def get_backbone(
@@ -310,7 +368,10 @@ def get_backbone(
     """Build a registered backbone: random, from named pretrained weights or from a local file.
 
     Args:
-        name: a name from :func:`list_backbones`.
+        name: a name from :func:`list_backbones`, or ``PREFIX/NAME`` of a family from
+            :func:`list_backbone_families` (``timm/convnext_tiny.fb_in22k``,
+            ``clip/ViT-B-32``), whose builder resolves ``weights`` itself (None or
+            ``"default"``: its default pretrained weights, ``"random"``, a tag, a path).
         weights: what to load, resolved by :func:`extract.backbones.pretrained.resolve_weights`:
             a named weight of the backbone (``"kinetics400"``, ``"KINETICS400_V1"``,
             ``"torchvision:KINETICS400_V1"``; downloaded into torch.hub's cache on first
@@ -338,16 +399,23 @@ def get_backbone(
         WeightsError: unknown weights, a failed download, a checksum that differs, or a
             checkpoint that cannot be read or does not fit the backbone.
     """
+    if in_channels is not None:
+        kwargs["in_channels"] = in_channels
+    prefix, sep, rest = name.partition(FAMILY_SEP)
+    if sep:
+        if prefix not in _FAMILIES:
+            raise SettingsError(f"unknown backbone family {prefix!r} in {name!r}; available: {_available()}")
+        if not rest:
+            raise SettingsError(f"backbone {name!r}: name a model after '{prefix}/'")
+        return _FAMILIES[prefix](rest, weights=weights, num_classes=num_classes, **kwargs)
     if name not in _BACKBONES:
         raise SettingsError(
-            f"unknown backbone {name!r}; available: {', '.join(list_backbones())} "
+            f"unknown backbone {name!r}; available: {_available()} "
             "(or register one with @register_backbone)"
         )
     choice = resolve_weights(name, weights)
     if isinstance(choice, PretrainedWeights):
         path = choice.fetch(progress=progress)  # before building: a failed download costs nothing
-    if in_channels is not None:
-        kwargs["in_channels"] = in_channels
     model = _BACKBONES[name](num_classes=num_classes, **kwargs)
     if choice is None:
         logger.warning(

@@ -56,8 +56,13 @@ def file_sha256(path: str | os.PathLike[str]) -> str:
     return digest.hexdigest()
 
 
-def _first_conv(module: nn.Module) -> tuple[str, nn.Conv1d | nn.Conv2d | nn.Conv3d]:
-    """Name and module of the first convolution in registration (forward) order."""
+def _first_conv(module: nn.Module, name: str | None = None) -> tuple[str, nn.Conv1d | nn.Conv2d | nn.Conv3d]:
+    """Name and module of the convolution ``name``, or of the first one in registration order."""
+    if name is not None:
+        conv = module.get_submodule(name)
+        if not isinstance(conv, _CONVS):
+            raise ValueError(f"{name} is a {type(conv).__name__}, not a convolution")
+        return name, conv
     for name, child in module.named_modules():
         if isinstance(child, _CONVS):
             return name, child
@@ -70,7 +75,7 @@ def _average_kernel(weight: Tensor, in_channels: int) -> Tensor:
     return mean.expand(-1, in_channels, *weight.shape[2:]).clone()  # (O, 1, *k) -> (O, C, *k)
 
 
-def adapt_first_conv(module: nn.Module, in_channels: int) -> nn.Module:
+def adapt_first_conv(module: nn.Module, in_channels: int, name: str | None = None) -> nn.Module:
     """Replace the first convolution of ``module`` by one taking ``in_channels`` inputs.
 
     The new kernel is the old one averaged over its input channels and repeated
@@ -79,13 +84,15 @@ def adapt_first_conv(module: nn.Module, in_channels: int) -> nn.Module:
     Args:
         module: a model containing the convolution (not the convolution itself).
         in_channels: the new number of input channels.
+        name: the input convolution's name inside ``module`` (e.g. timm's
+            ``pretrained_cfg["first_conv"]``); None takes the first convolution registered.
 
     Returns:
         The new convolution, already in place inside ``module``.
     """
     if in_channels < 1:
         raise ValueError(f"in_channels must be positive, got {in_channels}")
-    name, conv = _first_conv(module)
+    name, conv = _first_conv(module, name)
     if not name:
         raise ValueError("pass the model that contains the convolution, not the conv itself")
     if conv.groups != 1:
@@ -155,9 +162,23 @@ def read_torch_file(path: str | os.PathLike[str]) -> Any:
         raise WeightsError(f"weights file {path} is {_what_file(path)}; {EXPECTED}") from err
 
 
-def _read_state_dict(path: Path) -> dict[str, Tensor]:
-    """Load a file with ``weights_only=True`` and return its state_dict (prefixes removed)."""
-    obj = read_torch_file(path)
+def _read_state_dict(path: str | os.PathLike[str]) -> dict[str, Tensor]:
+    """The state_dict in a file (prefixes removed): ``.safetensors``, or torch with ``weights_only=True``.
+
+    Raises:
+        WeightsError: unreadable file, or one that holds no state_dict of tensors.
+    """
+    path = Path(path)
+    if path.suffix == ".safetensors" and path.is_file():
+        from safetensors import SafetensorError
+        from safetensors.torch import load_file
+
+        try:
+            obj: Any = load_file(path, device="cpu")
+        except (SafetensorError, OSError) as err:
+            raise WeightsError(f"weights file {path} is not a readable safetensors file ({err})") from None
+    else:
+        obj = read_torch_file(path)
     if isinstance(obj, Mapping):
         for key in ("state_dict", "model", "model_state"):  # model_state: PySlowFast / pytorchvideo
             if isinstance(obj.get(key), Mapping):

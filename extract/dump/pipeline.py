@@ -60,7 +60,7 @@ from extract.dump.producers import (
     FlowProducer,
     RGBProducer,
 )
-from extract.dump.settings import BackboneChoice, ExtractSettings
+from extract.dump.settings import BackboneChoice, ExtractSettings, set_name_for
 from extract.errors import ExtractError
 from extract.media.flow import flow_backend
 from extract.media.raft import RAFT_MODELS, raft_weights_file
@@ -207,8 +207,8 @@ def _producer(
 
 
 def default_set_name(producer: FeatureProducer) -> str:
-    """``<modality>_<backbone>``, e.g. ``rgb_resnet18``."""
-    return f"{producer.spec.modality}_{producer.spec.backbone}"
+    """``<modality>_<backbone>``, e.g. ``rgb_resnet18`` (:func:`~extract.dump.settings.set_name_for`)."""
+    return set_name_for(producer.spec.modality, producer.spec.backbone)
 
 
 def output_set_names(

@@ -109,20 +109,27 @@ def _check_set_name(name: str | None) -> None:
         raise SettingsError(f"--set {name!r}: use letters, digits, '_', '-', '.' (not leading)")
 
 
+def set_name_for(modality: str, backbone: str) -> str:
+    """The default feature set name ``<modality>_<backbone>``, e.g. ``flow_resnet18``; a
+    family's ``/`` becomes ``_`` (``rgb_timm_convnext_tiny.fb_in22k``)."""
+    return f"{modality}_{backbone.replace('/', '_')}"
+
+
 @dataclass(frozen=True)
 class BackboneChoice:
     """One feature set of a run: a backbone, the modality it looks at, its weights, its name.
 
     Attributes:
-        backbone: registered backbone name. ``rgb`` and ``flow`` take a video backbone
-            (frame or clip; a flow one is built with 2 input channels), ``audio`` an audio
-            backbone (``resnet18_audio``, ``vggish``, ``envnet_v2``, ...).
+        backbone: registered backbone name, or ``PREFIX/NAME`` of a family (``timm/...``,
+            ``clip/...``). ``rgb`` and ``flow`` take a video backbone (frame or clip; a flow
+            one is built with 2 input channels), ``audio`` an audio backbone
+            (``resnet18_audio``, ``vggish``, ``envnet_v2``, ...).
         modality: ``rgb``, ``flow`` or ``audio``.
         weights: what ``@WEIGHTS`` said: a named weight of the backbone (``kinetics400``,
-            ``KINETICS400_V1``, ``torchvision:KINETICS400_V1``), ``random`` (random init from
-            the run's seed), or a local checkpoint path; see
-            :func:`extract.backbones.pretrained.resolve_weights`. None = the backbone's
-            default weights (an error listing its weights if it has none).
+            ``KINETICS400_V1``, ``torchvision:KINETICS400_V1``; a family's tag:
+            ``clip/ViT-B-32@openai``), ``random`` (random init from the run's seed), or a
+            local checkpoint path; see :func:`extract.backbones.pretrained.resolve_weights`.
+            None = the backbone's default weights (an error listing its weights if it has none).
         set_name: feature set name; None = ``"<modality>_<backbone>"``.
     """
 
@@ -143,8 +150,8 @@ class BackboneChoice:
 
     @property
     def default_set_name(self) -> str:
-        """``<modality>_<backbone>``, e.g. ``flow_resnet18``."""
-        return f"{self.modality}_{self.backbone}"
+        """``<modality>_<backbone>``, e.g. ``flow_resnet18`` (:func:`set_name_for`)."""
+        return set_name_for(self.modality, self.backbone)
 
     @classmethod
     def parse(
@@ -156,7 +163,7 @@ class BackboneChoice:
         Everything after the first ``@`` is the weights (see :attr:`weights`), so
         ``r2plus1d_18@torchvision:KINETICS400_V1`` keeps its ``:``. Examples:
         ``r2plus1d_18`` (default weights), ``rgb:r2plus1d_18@kinetics400``, ``flow:resnet18@random``,
-        ``audio:vggish@vggish.pt``.
+        ``audio:vggish@vggish.pt``, ``timm/convnext_tiny.fb_in22k``, ``clip/ViT-B-32@laion2b_s34b_b79k``.
         """
         text = str(text).strip()
         head, colon, rest = text.partition(":")
