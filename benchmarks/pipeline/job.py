@@ -117,7 +117,7 @@ class PipelineConfig:
     seconds: float = 3.0
     difficulty: float = 0.2
     seed: int = 0
-    rgb_backbone: str = "tsm_tiny"
+    rgb_backbone: str = "tsm_small"
     flow_backbone: str = "r2plus1d_tiny"
     audio_backbone: str = "resnet_audio_tiny"
     crop: int = 48

@@ -8,7 +8,8 @@
 Registered (``list_backbones()``):
 
 - frame models (TSN, ``kind="frame2d"``): ``resnet18``, ``resnet50``, ``resnet101``
-- TSM (``kind="clip3d"``, 2D convs with temporal shift): ``tsm_resnet18``, ``tsm_resnet50``
+- TSM (``kind="clip3d"``, 2D convs with temporal shift): ``tsm_resnet18``, ``tsm_resnet50``;
+  ``tsm_small`` for frames of a few dozen pixels (48-px crops, global max pooling: the demo's RGB net)
 - 3D clip models: ``r2plus1d_18``, ``r3d_18``, ``mc3_18``
 - families of external image models as frame encoders (``kind="frame2d"``), named
   ``PREFIX/NAME`` (``list_backbone_families()``): ``timm/<any timm model[.tag]>``

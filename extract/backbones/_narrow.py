@@ -36,22 +36,42 @@ class NarrowResNet(tv_resnet.ResNet):
         block: type[tv_resnet.BasicBlock | tv_resnet.Bottleneck],
         layers: Sequence[int],
         widths: Sequence[int],
+        *,
+        small_stem: bool = False,
+        strides: Sequence[int] = (1, 2, 2, 2),
+        global_pool: str = "avg",
     ) -> None:
+        """Args as torchvision's ``ResNet``, with ``widths`` per stage, plus:
+
+        Args:
+            small_stem: a 3x3 stride-2 first conv and no stem max-pool (a 2x reduction
+                instead of torchvision's 4x), for frames of a few dozen pixels.
+            strides: the stride of each of the four stages.
+            global_pool: ``"avg"`` (torchvision) or ``"max"`` (the strongest response of
+                each channel anywhere in the frame: a small object is not averaged away).
+        """
         nn.Module.__init__(self)  # torchvision's __init__ would build the 64..512 net
+        if global_pool not in ("avg", "max"):
+            raise ValueError(f"global_pool must be 'avg' or 'max', got {global_pool!r}")
         self._norm_layer = nn.BatchNorm2d
         self.inplanes = widths[0]
         self.dilation = 1
         self.groups = 1
         self.base_width = 64
-        self.conv1 = nn.Conv2d(3, widths[0], kernel_size=7, stride=2, padding=3, bias=False)
+        if small_stem:
+            self.conv1 = nn.Conv2d(3, widths[0], kernel_size=3, stride=2, padding=1, bias=False)
+            self.maxpool = nn.Identity()
+        else:
+            self.conv1 = nn.Conv2d(3, widths[0], kernel_size=7, stride=2, padding=3, bias=False)
+            self.maxpool = nn.MaxPool2d(kernel_size=3, stride=2, padding=1)
         self.bn1 = nn.BatchNorm2d(widths[0])
         self.relu = nn.ReLU(inplace=True)
-        self.maxpool = nn.MaxPool2d(kernel_size=3, stride=2, padding=1)
-        self.layer1 = self._make_layer(block, widths[0], layers[0])
-        self.layer2 = self._make_layer(block, widths[1], layers[1], stride=2)
-        self.layer3 = self._make_layer(block, widths[2], layers[2], stride=2)
-        self.layer4 = self._make_layer(block, widths[3], layers[3], stride=2)
-        self.avgpool = nn.AdaptiveAvgPool2d((1, 1))
+        self.layer1 = self._make_layer(block, widths[0], layers[0], stride=strides[0])
+        self.layer2 = self._make_layer(block, widths[1], layers[1], stride=strides[1])
+        self.layer3 = self._make_layer(block, widths[2], layers[2], stride=strides[2])
+        self.layer4 = self._make_layer(block, widths[3], layers[3], stride=strides[3])
+        # the module keeps torchvision's name: no parameters, so the state_dict is unchanged
+        self.avgpool = nn.AdaptiveMaxPool2d((1, 1)) if global_pool == "max" else nn.AdaptiveAvgPool2d((1, 1))
         self.fc = nn.Identity()
         _init_like_torchvision(self)
 

@@ -40,6 +40,10 @@ _TRUNK_NAMES = (
 #: Widths of the tiny test variant (BasicBlock, one block per stage).
 TINY_WIDTHS = (8, 16, 32, 64)
 TINY_INPUT_SIZE = 32
+#: The small-frame variant: widths, stage strides, crop (BasicBlock, one block per stage).
+SMALL_WIDTHS = (16, 32, 32, 32)
+SMALL_STRIDES = (1, 2, 1, 1)
+SMALL_INPUT_SIZE = 48
 
 _TORCHVISION_RESNETS: dict[str, Callable[..., tv_resnet.ResNet]] = {
     "resnet18": tv_resnet.resnet18,
@@ -52,18 +56,25 @@ def resnet_trunk(arch: str) -> tuple[dict[str, nn.Module], int]:
     """The modules of a randomly initialised torchvision ResNet, without its classifier.
 
     Args:
-        arch: ``"resnet18"``, ``"resnet50"``, ``"resnet101"`` or ``"tiny"`` (BasicBlock,
-            one block per stage, widths :data:`TINY_WIDTHS`).
+        arch: ``"resnet18"``, ``"resnet50"``, ``"resnet101"``, ``"tiny"`` (BasicBlock,
+            one block per stage, widths :data:`TINY_WIDTHS`) or ``"small"`` (for frames of a
+            few dozen pixels with small objects: BasicBlock, one block per stage, widths
+            :data:`SMALL_WIDTHS`, a 3x3 stride-2 stem without max-pool, stage strides
+            :data:`SMALL_STRIDES`, so a 48-px crop ends on a 12x12 map, and global max
+            pooling, so an object a few pixels wide is not averaged away).
 
     Returns:
         The modules by torchvision name (``conv1`` ... ``avgpool``) and the feature dim.
     """
     if arch == "tiny":
         net: tv_resnet.ResNet = NarrowResNet(tv_resnet.BasicBlock, [1, 1, 1, 1], TINY_WIDTHS)
+    elif arch == "small":
+        net = NarrowResNet(tv_resnet.BasicBlock, [1, 1, 1, 1], SMALL_WIDTHS, small_stem=True, strides=SMALL_STRIDES,
+                           global_pool="max")
     elif arch in _TORCHVISION_RESNETS:
         net = _TORCHVISION_RESNETS[arch](weights=None)  # never downloads
     else:
-        raise ValueError(f"unknown ResNet {arch!r}; use one of {[*_TORCHVISION_RESNETS, 'tiny']}")
+        raise ValueError(f"unknown ResNet {arch!r}; use one of {[*_TORCHVISION_RESNETS, 'tiny', 'small']}")
     trunk = {name: getattr(net, name) for name in _TRUNK_NAMES}
     block = net.layer4[-1]
     feature_dim = block.bn3.num_features if hasattr(block, "bn3") else block.bn2.num_features

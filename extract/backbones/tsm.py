@@ -20,7 +20,7 @@ from collections.abc import Mapping
 
 from torch import Tensor, nn
 
-from extract.backbones.frame2d import TINY_INPUT_SIZE, FrameResNet, resnet_trunk
+from extract.backbones.frame2d import SMALL_INPUT_SIZE, TINY_INPUT_SIZE, FrameResNet, resnet_trunk
 from extract.backbones.registry import IMAGENET_MEAN, IMAGENET_STD, BackboneInfo, register_backbone
 from extract.backbones.variants import register_variants
 
@@ -149,5 +149,8 @@ VARIANTS: dict[str, dict] = {
                      "arch": "resnet50", "input_size": 224},
     "tsm_tiny": {"doc": "Test / CPU-smoke variant: TSM over the tiny ResNet (widths 8..64), D=64, 4x32x32 clips.",
                  "arch": "tiny", "input_size": TINY_INPUT_SIZE, "defaults": {"clip_len": 4}},
+    "tsm_small": {"doc": "CPU variant for small frames (the demo): TSM over the small ResNet (widths 16..32, "
+                         "3x3 stride-2 stem, 12x12 last map at 48 px, global max pooling), D=32, 4x48x48 clips.",
+                  "arch": "small", "input_size": SMALL_INPUT_SIZE, "defaults": {"clip_len": 4}},
 }
 register_variants(register_backbone, _tsm_resnet, VARIANTS)

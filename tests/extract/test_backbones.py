@@ -27,8 +27,9 @@ from extract.backbones import (
     temporal_shift,
 )
 
-TINY = [n for n in list_backbones() if n.endswith("_tiny")]
-FULL = [n for n in list_backbones() if not n.endswith("_tiny")]
+# CPU-sized nets (the test variants and tsm_small, the demo's RGB net): shapes, gradients, seeds
+TINY = [n for n in list_backbones() if n.endswith(("_tiny", "_small"))]
+FULL = [n for n in list_backbones() if n not in TINY]
 # name: (kind, clip_len, input_size, feature_dim)
 DECLARED = {
     "resnet18": ("frame2d", 1, 224, 512),
