@@ -28,6 +28,7 @@ from typing import Any, Literal
 
 from torch import Tensor, nn
 
+from extract.backbones.converters import converter_for
 from extract.backbones.weights import adapt_first_conv, load_weights
 from store.errors import SettingsError
 
@@ -307,7 +308,10 @@ def get_backbone(
         name: a name from :func:`list_backbones`.
         weights: path of a local state_dict (torchvision layout, or a checkpoint dict with
             a ``"model"``/``"state_dict"`` entry), loaded with ``weights_only=True``; see
-            :func:`extract.backbones.weights.load_weights`. Its sha256 ends up in
+            :func:`extract.backbones.weights.load_weights`; a public checkpoint in its
+            source layout is converted first (:func:`extract.backbones.converters.converter_for`:
+            pytorchvideo / PySlowFast / TSM files for ``slowfast_8x8_r50``, ``i3d_8x8_r50``,
+            ``i3d_nln_8x8_r50``, ``tsm_resnet50``). Its sha256 ends up in
             ``backbone.weights_sha256``. None leaves the backbone randomly initialised (and
             logs a warning saying so).
         in_channels: input channels; None takes the builder's own (3 for video, 1 for
@@ -338,6 +342,6 @@ def get_backbone(
             name,
         )
     else:
-        model.weights_sha256 = load_weights(model, weights)
+        model.weights_sha256 = load_weights(model, weights, convert=converter_for(name))
         logger.info("backbone %s loaded %s (sha256 %s)", name, weights, model.weights_sha256)
     return model

@@ -18,7 +18,7 @@ import hashlib
 import logging
 import os
 import pickle
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -157,7 +157,7 @@ def _read_state_dict(path: Path) -> dict[str, Tensor]:
     """Load a file with ``weights_only=True`` and return its state_dict (prefixes removed)."""
     obj = read_torch_file(path)
     if isinstance(obj, Mapping):
-        for key in ("state_dict", "model"):
+        for key in ("state_dict", "model", "model_state"):  # model_state: PySlowFast / pytorchvideo
             if isinstance(obj.get(key), Mapping):
                 obj = obj[key]
                 break
@@ -186,12 +186,18 @@ def _fit_first_conv(model: nn.Module, state: dict[str, Tensor], own: Mapping[str
         state[key] = _average_kernel(theirs, conv.in_channels)
 
 
-def load_weights(model: nn.Module, path: str | os.PathLike[str]) -> str:
+def load_weights(
+    model: nn.Module,
+    path: str | os.PathLike[str],
+    convert: Callable[[dict[str, Tensor]], dict[str, Tensor]] | None = None,
+) -> str:
     """Load a local checkpoint into ``model`` and return the file's sha256.
 
-    Accepts a plain state_dict or a dict with it under ``"model"``/``"state_dict"``; a
-    ``"module."`` key prefix is dropped. An RGB first conv loaded into a model with other
-    input channels is averaged over channels (cross-modality init). The classifier
+    Accepts a plain state_dict or a dict with it under ``"model"``/``"state_dict"``/
+    ``"model_state"``; a ``"module."`` key prefix is dropped; ``convert`` (a checkpoint
+    converter, :mod:`extract.backbones.converters`) then renames the keys. An RGB first
+    conv loaded into a model with other input channels is averaged over channels
+    (cross-modality init). The classifier
     (``fc.*``) is optional: checkpoint classifiers are skipped when the model has none or
     when their shapes differ (with a warning), and a model's classifier missing from the
     checkpoint keeps its random init. Every other key must match in name and shape;
@@ -200,6 +206,7 @@ def load_weights(model: nn.Module, path: str | os.PathLike[str]) -> str:
     Args:
         model: the module to fill, with torchvision's key layout.
         path: the checkpoint file; read with ``torch.load(..., weights_only=True)``.
+        convert: applied to the file's state_dict before it is checked against the model.
 
     Returns:
         Hex sha256 of the file, to record next to the features it produces.
@@ -210,6 +217,11 @@ def load_weights(model: nn.Module, path: str | os.PathLike[str]) -> str:
     """
     path = Path(path)
     state = _read_state_dict(path)
+    if convert is not None:
+        try:
+            state = convert(state)
+        except WeightsError as err:
+            raise WeightsError(f"weights file {path}: {err}") from err
     own = model.state_dict()
     _fit_first_conv(model, state, own)
 
