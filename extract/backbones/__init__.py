@@ -10,6 +10,10 @@ Registered (``list_backbones()``):
 - frame models (TSN, ``kind="frame2d"``): ``resnet18``, ``resnet50``, ``resnet101``
 - TSM (``kind="clip3d"``, 2D convs with temporal shift): ``tsm_resnet18``, ``tsm_resnet50``
 - 3D clip models: ``r2plus1d_18``, ``r3d_18``, ``mc3_18``
+- SlowFast, I3D non-local, TIN, audio CNNs (``slowfast.py``, ``i3d_nonlocal.py``,
+  ``tin.py``, ``audio_cnn.py``), with the exact architectures of public checkpoints
+  (``slowfast_8x8_r50``, ``i3d_8x8_r50``, ``i3d_nln_8x8_r50``, ``vggish_relu``) whose files
+  ``converters/`` turns into our layout
 - test / CPU-smoke variants (same code paths, a few channels, 32 px):
   ``resnet_tiny``, ``tsm_tiny``, ``r2plus1d_tiny``, ``r3d_tiny``, ``mc3_tiny``
 
