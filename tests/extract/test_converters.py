@@ -12,7 +12,10 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+import pytorchvideo.layers.nonlocal_net as pv_nonlocal  # test-only references (the dev extra)
+import pytorchvideo.models.hub as pv_hub
 import torch
+import torchvggish.torchvggish as tvggish
 from torch import Tensor, nn
 from torchvision.models import resnet50
 
@@ -26,10 +29,6 @@ from extract.backbones.converters import (
     torchvggish,
     tsm,
 )
-
-pv_hub = pytest.importorskip("pytorchvideo.models.hub")
-pv_nonlocal = pytest.importorskip("pytorchvideo.layers.nonlocal_net")
-tvggish = pytest.importorskip("torchvggish.torchvggish")
 
 ATOL = 1e-4
 
