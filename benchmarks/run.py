@@ -39,6 +39,7 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
+import benchmarks.distributed_bench  # noqa: F401  (registers "distributed")
 import benchmarks.extract_bench  # noqa: F401  (registers "extract")
 import benchmarks.fusion_bench  # noqa: F401  (registers "fusion")
 import benchmarks.heads_bench  # noqa: F401  (registers "heads")

@@ -19,6 +19,8 @@ Examples::
         --backbone rgb:r2plus1d_18@r21d.pth --backbone flow:resnet18@flow.pth \\
         --backbone audio:vggish@vggish.pth --flow tvl1 --head-logits
     python -m extract.run --videos clips/ --store clips.zarr --shard 0/4     # on 4 machines
+    python -m extract.run --videos clips/ --store clips.zarr --cluster local  # on a Dask cluster
+    python -m extract.run --videos list.csv --store /shared/s.zarr --cluster slurm --slurm slurm.toml
 
 Exit status: 0 done (rows that could not be decoded are recorded, not fatal), 1 the store
 failed verification, 2 a usage error (one ``error: ...`` line), 130 interrupted.
@@ -38,6 +40,7 @@ from extract.dump.settings import DEVICES, MODALITIES, BackboneChoice, ExtractSe
 from extract.errors import DemoError, ExtractError
 from extract.media.flow import FLOW_ALGORITHMS
 from store.cli import non_negative_int, positive_float, positive_int, run_command
+from store.cluster import CLUSTERS, check_choice
 from store.errors import SettingsError
 from store.threads import add_threads_argument
 
@@ -283,6 +286,27 @@ def _parser() -> argparse.ArgumentParser:
     )
     g.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
     g.add_argument("-v", "--verbose", action="store_true", help="log INFO messages")
+    c = p.add_argument_group(
+        "on a Dask cluster (extract/README.md, store/cluster.py): tasks are chunk-aligned row ranges; "
+        "a worker killed mid-task loses no finished row"
+    )
+    c.add_argument("--scheduler", metavar="tcp://HOST:PORT", help="run the tasks on an existing Dask cluster")
+    c.add_argument(
+        "--cluster",
+        choices=CLUSTERS,
+        help="start a Dask cluster: local (one worker process per core, or --cluster-workers), cuda (one "
+        "worker per GPU, dask-cuda), slurm (dask-jobqueue, from --slurm FILE.toml)",
+    )
+    c.add_argument("--slurm", metavar="FILE.toml", help="the Slurm cluster of --cluster slurm (store/cluster.py)")
+    c.add_argument(
+        "--cluster-workers", type=positive_int, help="worker processes of --cluster local (default: one per core)"
+    )
+    c.add_argument(
+        "--task-chunks",
+        type=positive_int,
+        default=1,
+        help="storage chunks (--chunk-rows rows each) per task (default: 1)",
+    )
     return p
 
 
@@ -431,6 +455,8 @@ def run(args: argparse.Namespace) -> int:
         source, classes = manifest.videos_csv, manifest.classes_path
     else:
         source, classes = args.videos, args.classes
+    if args.scheduler or args.cluster:
+        return _run_on_cluster(args, settings, source, classes, t0)
     with logging_redirect_tqdm():
         probe_bar = tqdm(
             desc="reading video headers", unit="video", disable=args.quiet, leave=False
@@ -478,6 +504,53 @@ def run(args: argparse.Namespace) -> int:
     print(
         f"verify: {stats.store}: " + ("OK" if report.ok else f"{len(report.problems)} problem(s)")
     )
+    for problem in report.problems:
+        print(f"  - {problem}")
+    return 0 if report.ok else 1
+
+
+def _run_on_cluster(args: argparse.Namespace, settings: ExtractSettings, source, classes, t0: float) -> int:
+    """``run`` with ``--scheduler`` / ``--cluster``: the tasks on Dask, progress from this client."""
+    from tqdm import tqdm
+
+    from extract.dump.cluster import extract_on_cluster
+    from store.cluster import SlurmConfig, connect, dashboard_link
+
+    check_choice(args.scheduler, args.cluster, args.slurm)
+    if settings.shard is not None:
+        raise SettingsError("--shard splits rows between commands you start by hand; with --scheduler/--cluster "
+                            "the cluster splits them: drop --shard")
+    gpu = settings.device == "cuda" or args.cluster == "cuda" or (
+        args.cluster == "slurm" and SlurmConfig.read(args.slurm).gpus)
+    with connect(args.scheduler, args.cluster, workers=args.cluster_workers, slurm=args.slurm) as client:
+        link = dashboard_link(client)
+        print(f"dashboard: {link}" if link else "dashboard unavailable (pip install bokeh)", flush=True)
+        bar = tqdm(desc="extracting", unit="video", disable=args.quiet, dynamic_ncols=True, delay=0.5)
+
+        def progress(stats) -> None:
+            bar.total, bar.n = stats.planned, stats.done + stats.failed
+            bar.set_postfix(workers=len(stats.per_worker), failed=stats.failed, refresh=False)
+            bar.update(0)
+
+        try:
+            stats = extract_on_cluster(client, source, args.store, settings, root=args.root, classes=classes,
+                                       gpu=gpu, chunks_per_task=args.task_chunks, on_progress=progress)
+        finally:
+            bar.close()
+    rate = (stats.done + stats.failed) / max(stats.seconds, 1e-9)
+    print(f"{stats.store}: {stats.done} videos extracted, {stats.failed} failed, in {stats.tasks} task(s) "
+          f"({rate:.2f} videos/s, {time.perf_counter() - t0:.1f} s in all)")
+    for worker, n in sorted(stats.per_worker.items()):
+        print(f"  {worker}: {n} videos")
+    if stats.killed_rows:
+        print(f"  {len(stats.killed_rows)} video(s) killed their worker twice and got error rows "
+              "(python -m store.info STORE --errors)")
+    if not args.verify:
+        return 0
+    from store.verify import verify_store
+
+    report = verify_store(stats.store)
+    print(f"verify: {stats.store}: " + ("OK" if report.ok else f"{len(report.problems)} problem(s)"))
     for problem in report.problems:
         print(f"  - {problem}")
     return 0 if report.ok else 1

@@ -8,6 +8,7 @@ Examples::
     python -m fusion.run --store demo.zarr --runs rgb flow audio --fit-split val --eval-split test
     # xgboost over a Dask cluster
     python -m fusion.run --store demo.zarr --runs rgb flow audio --scheduler tcp://10.0.0.1:8786
+    python -m fusion.run --store demo.zarr --runs rgb flow audio --cluster local
 
 Every other registered method is fitted beside ``--method`` for comparison (``--compare``
 with no names: none). Inputs that would leak are refused with one line and exit status 2.
@@ -18,6 +19,7 @@ Method settings: the flags below, or ``--config file.toml`` with one table per m
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
 import sys
 import tomllib
@@ -31,6 +33,7 @@ from fusion.pipeline import DEFAULT_FIT_ROWS, METRIC_NAMES, fuse_runs
 from fusion.registry import list_fusions
 from fusion.report import HEADERS, write_report
 from store.cli import non_negative_int, positive_float, positive_int, run_command
+from store.cluster import CLUSTERS, connect
 from store.threads import add_threads_argument, set_threads
 
 # flag -> (method, settings field)
@@ -59,6 +62,10 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--overwrite", action="store_true", help="replace an existing fused run of that name")
     ap.add_argument("--report", type=Path, default=None, help="write report.md and PNG plots into this folder")
     ap.add_argument("--scheduler", default=None, help="Dask scheduler address (tcp://...): xgboost.dask training")
+    ap.add_argument("--cluster", choices=CLUSTERS, default=None,
+                    help="start a Dask cluster for xgboost.dask training: local, cuda (one worker per GPU) or slurm "
+                         "(--slurm FILE.toml; store/cluster.py)")
+    ap.add_argument("--slurm", type=Path, default=None, metavar="FILE.toml", help="the cluster of --cluster slurm")
     ap.add_argument("--config", type=Path, default=None, help="TOML file with [xgboost]/[weighted]/[logistic] settings")
     ap.add_argument("--device", choices=("auto", "cpu", "cuda"), default=None, help="xgboost device (default auto)")
     add_threads_argument(ap, "--n-jobs", help="threads of xgboost, OpenMP and BLAS (default: the free cores; "
@@ -97,22 +104,13 @@ def method_settings(args: argparse.Namespace) -> dict[str, dict[str, Any]]:
     return settings
 
 
-def _connect(address: str) -> Any:
-    from distributed import Client
-    try:
-        return Client(address, timeout="20s")
-    except (OSError, TimeoutError) as exc:
-        raise FusionError(f"cannot reach the Dask scheduler at {address} ({exc}); start it or drop --scheduler") \
-            from None
-
-
 @run_command
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(message)s")
     compare = [m for m in list_fusions() if m != args.method] if args.compare is None else args.compare
     out = None if args.no_write else (args.out or f"fused_{args.method}")
-    client, bars = None, []
+    bars = []
     n_methods = len(dict.fromkeys([args.method, *compare]))
 
     def on_method(name: str) -> None:  # called before each method is fitted, after the inputs were accepted
@@ -122,10 +120,12 @@ def main(argv: list[str] | None = None) -> int:
             bars[0].update(1)
         bars[0].set_postfix_str(name)
 
+    stack = contextlib.ExitStack()
     try:
         settings = method_settings(args)
         set_threads(args.threads)
-        client = _connect(args.scheduler) if args.scheduler else None
+        dask = connect(args.scheduler, args.cluster, slurm=args.slurm) if args.scheduler or args.cluster else None
+        client = stack.enter_context(dask) if dask is not None else None
         result = fuse_runs(args.store, args.runs, method=args.method, compare=compare, fit_split=args.fit_split,
                            eval_split=args.eval_split, settings=settings, client=client, write_as=out,
                            overwrite=args.overwrite, on_method=on_method, fit_rows=args.fit_rows)
@@ -135,8 +135,7 @@ def main(argv: list[str] | None = None) -> int:
     finally:  # a VideoFeatError goes on to run_command: one line, exit 2
         for bar in bars:
             bar.close()
-        if client is not None:
-            client.close()
+        stack.close()
     table = result.metrics_table()
     sampled = len(result.fit_rows) < len(result.plan.fit_rows)
     print(f"evaluated on {result.plan.eval_split} ({len(result.plan.eval_rows)} rows), "

@@ -4,6 +4,7 @@ Example::
 
     python -m heads.sweep --store demo.zarr --grid benchmarks/grids/demo_sweep.toml
     python -m heads.sweep --store demo.zarr --grid grid.toml --scheduler tcp://10.0.0.5:8786
+    python -m heads.sweep --store demo.zarr --grid grid.toml --cluster slurm --slurm slurm.toml
 
 ::
 
@@ -14,8 +15,9 @@ Example::
                                                                                   |
       as_completed ──> results table (val class mAP first) ──> printed + CSV
 
-Without ``--scheduler`` a ``LocalCluster`` of one single-threaded worker process per core runs
-the tasks. A configuration whose hash matches a prediction run already in the store is not
+Without ``--scheduler`` or ``--cluster`` a ``LocalCluster`` of one single-threaded worker process
+per core runs the tasks (the flags are the same for every Dask command: ``store/cluster.py``).
+A configuration whose hash matches a prediction run already in the store is not
 recomputed ("cached"), so an interrupted sweep continues with the same command. See
 ``heads/README_sweep.md``.
 """
@@ -24,7 +26,6 @@ from __future__ import annotations
 
 import argparse
 import ctypes
-import importlib.util
 import logging
 import math
 import os
@@ -51,7 +52,8 @@ from heads._train_data import (
 )
 from heads.trainer import TrainConfig, build_head, train_head
 from store.cli import non_negative_int, positive_int, run_command
-from store.errors import SettingsError, StoreError, VideoFeatError
+from store.cluster import CLUSTERS, connect, dashboard_link, local_cluster
+from store.errors import StoreError, VideoFeatError
 from store.feature_store import FeatureStore
 from store.threads import add_threads_argument, available_cores, free_cores, set_threads
 
@@ -284,8 +286,11 @@ def _run_on_dask(client: Any, path: str, todo: list[TrainConfig], torch_threads:
 
     token = uuid.uuid4().hex[:8]  # a fresh key per sweep: a rerun never picks up an old task's result
     futures = {client.submit(train_task, path, c, c.default_run_name(), torch_threads, before_train, pure=False,
-                             retries=retries, priority=len(todo) - i, key=f"train-{c.default_run_name()}-{token}"): c
+                             retries=retries, priority=len(todo) - i, key=f"train-{c.default_run_name()}-{token}",
+                             resources={"GPU": 1} if c.device.startswith("cuda") else None): c
                for i, c in enumerate(todo)}  # todo is most expensive first: run in that order
+    # A config asking for CUDA waits for a worker that advertises the resource GPU (store/cluster.py's
+    # cuda and GPU-gres slurm clusters do); "auto" runs anywhere and uses a GPU where the worker has one.
     try:
         for future in as_completed(futures):
             try:
@@ -325,30 +330,6 @@ def results_table(configs: Sequence[TrainConfig], outcomes: dict[str, Outcome]) 
     return table.reset_index(drop=True)
 
 
-def local_cluster(n_workers: int | None = None) -> Any:
-    """A ``LocalCluster``: ``n_workers`` (default: one per core) single-threaded worker processes,
-    with the dashboard when bokeh (which distributed draws it with) is installed."""
-    from distributed import LocalCluster
-
-    bokeh = importlib.util.find_spec("bokeh") is not None
-    return LocalCluster(n_workers=n_workers or available_cores(), threads_per_worker=1, processes=True,
-                        memory_limit="auto", dashboard_address=":8787" if bokeh else None)
-
-
-def dashboard_link(client: Any) -> str | None:
-    """The scheduler's dashboard address, or None when it serves none (no bokeh where it runs).
-
-    Without bokeh the scheduler still answers HTTP (health, metrics) but draws no dashboard, so
-    the check asks the scheduler's process whether it can import bokeh.
-    """
-    try:
-        has_bokeh = client.run_on_scheduler(lambda: importlib.util.find_spec("bokeh") is not None)
-    except Exception as exc:  # noqa: BLE001 -- a locked-down scheduler: say nothing rather than guess
-        log.info("cannot ask the scheduler about its dashboard: %s", exc)
-        return None
-    return client.dashboard_link if has_bokeh else None
-
-
 # ---------------------------------------------------------------------------------- command line
 def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="python -m heads.sweep", description=__doc__,
@@ -358,6 +339,9 @@ def build_parser() -> argparse.ArgumentParser:
                     help="the sweep: [base], [grid] / [[grid]], [[runs]], [random] (heads/README_sweep.md)")
     where = ap.add_mutually_exclusive_group()
     where.add_argument("--scheduler", metavar="tcp://HOST:PORT", help="an existing Dask cluster's scheduler")
+    where.add_argument("--cluster", choices=CLUSTERS, help="start a Dask cluster: local (default: one worker "
+                       "process per core), cuda (one per GPU) or slurm (--slurm FILE.toml; store/cluster.py)")
+    ap.add_argument("--slurm", type=Path, metavar="FILE.toml", help="the Slurm cluster of --cluster slurm")
     where.add_argument("--serial", action="store_true", help="train one after another in this process (no Dask)")
     ap.add_argument("--workers", type=positive_int, help="LocalCluster worker processes (default: one per core)")
     add_threads_argument(ap, "--torch-threads", help="torch, OpenMP and BLAS threads per task (default: the free "
@@ -382,28 +366,17 @@ def _sweep(args: argparse.Namespace, configs: list[TrainConfig]) -> pd.DataFrame
     kwargs = {"retries": args.retries, "resume": not args.rerun, "progress": not args.quiet}
     if args.serial:
         return run_sweep(args.store, configs, torch_threads=set_threads(args.threads), **kwargs)
-    from distributed import Client
-
-    logging.getLogger("distributed").setLevel(logging.WARNING)  # its INFO lines would bury the results
-    if args.scheduler:
-        try:
-            client = Client(args.scheduler, timeout="20s")
-        except OSError as exc:
-            raise SettingsError(f"cannot reach the Dask scheduler at {args.scheduler} ({exc}); "
-                             "start one (dask scheduler / dask worker) or drop --scheduler") from None
-        cluster, threads = None, args.threads or 1
-    else:
-        cluster = local_cluster(args.workers)
-        client = Client(cluster)
-        threads = args.threads or max(1, free_cores() // len(cluster.workers))
-    try:
+    with connect(args.scheduler, args.cluster or (None if args.scheduler else "local"), workers=args.workers,
+                 slurm=args.slurm) as client:
+        if args.threads:
+            threads = args.threads
+        elif args.scheduler or args.cluster in ("slurm", "cuda"):
+            threads = 1
+        else:
+            threads = max(1, free_cores() // max(1, len(client.scheduler_info()["workers"])))
         link = dashboard_link(client)
         print(f"dashboard: {link}" if link else "dashboard unavailable (pip install bokeh)", flush=True)
         return run_sweep(args.store, configs, client=client, torch_threads=threads, **kwargs)
-    finally:
-        client.close()
-        if cluster is not None:
-            cluster.close()
 
 
 @run_command(interrupted="finished runs are in the store; the same command continues the sweep")

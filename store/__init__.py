@@ -12,6 +12,7 @@ Public API::
     store.search.neighbours, ...                nearest-neighbour search (import store.search)
     store.export.export_features, export_run    feature sets / runs to npy, HDF5, Parquet
     store.feature_import.import_features        npy / HDF5 features of other tools into a set
+    store.merge.merge_stores                    stores written apart joined into one (``python -m store.merge``)
 """
 
 from store.errors import StoreError

@@ -50,8 +50,21 @@ class FeatureSet:
         self.name = name
         self.group: zarr.Group = store.root[f"features/{name}"]
         self.spec = FeatureSetSpec.from_dict(self.group.attrs["spec"])
-        self.arrays: dict[str, zarr.Array] = {a: self.group[a] for a in ARRAYS}
+        self._arrays: dict[str, zarr.Array] = {a: self.group[a] for a in ARRAYS}
         self._raw_dir = self._raw_chunk_path()
+
+    @property
+    def arrays(self) -> dict[str, zarr.Array]:
+        """The set's zarr arrays by name (``data``, ``valid``, ``times``, ``done``, ``errors``).
+
+        Re-opened when the store's row count moved since they were opened (videos appended
+        through the same ``FeatureStore`` after this object was made): a zarr array object
+        keeps the shape it was opened with, and writing past it would silently drop rows
+        (longer arrays are normal: an append killed before its commit point leaves them).
+        """
+        if self._arrays["done"].shape[0] < self.n_rows:
+            self._arrays = {a: self.group[a] for a in ARRAYS}
+        return self._arrays
 
     # ------------------------------------------------------------------ properties
     @property
@@ -287,6 +300,7 @@ class FeatureWriter:
     def _check_rows(self, rows: Sequence[int] | np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         if not self._open:
             raise StoreError("use the writer as a context manager: `with fset.writer() as w: ...`")
+        self._lock.check()  # a lease taken over (this process was taken for dead) must not write on
         idx = np.asarray(rows, dtype=np.int64).reshape(-1)
         lo, hi = self.rows if self.rows is not None else (0, self.fset.n_rows)
         if idx.size and (idx.min() < lo or idx.max() >= hi):

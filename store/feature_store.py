@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import contextlib
 import datetime as _dt
-import fcntl
 import logging
 import os
 import re
@@ -28,6 +27,7 @@ from zarr.codecs import BloscCodec
 
 from store._column import repair_column_swaps, replace_column
 from store._durable import DurableLocalStore
+from store._lock import FileLock
 from store.errors import (
     ClassMismatch,
     DuplicateVideoId,
@@ -271,18 +271,18 @@ class FeatureStore:
                                         f"{', '.join(self.classes[:8])}{'...' if c > 8 else ''}")
         return out
 
-    def videos(self, columns: Sequence[str] | None = None) -> pd.DataFrame:
-        """The videos table (index = row)."""
-        n = self.n_videos
+    def videos(self, columns: Sequence[str] | None = None, rows: slice | None = None) -> pd.DataFrame:
+        """The videos table (index = row), or the rows of a slice of it (``rows=slice(a, b)``)."""
+        start, stop, _ = (rows or slice(None)).indices(self.n_videos)
         vg = self.root["videos"]
         cols = list(self.columns) if columns is None else list(columns)
         data = {}
         for name in cols:
             if name not in vg:
                 raise SchemaMismatch(f"no video column {name!r}; columns are {sorted(self.columns)}")
-            values = np.asarray(vg[name][:n])
+            values = np.asarray(vg[name][start:stop])
             data[name] = values.astype(object) if values.dtype.kind in "TUO" else values
-        return pd.DataFrame(data, index=pd.RangeIndex(n, name="row"))
+        return pd.DataFrame(data, index=pd.RangeIndex(start, max(start, stop), name="row"))
 
     def video_ids(self) -> np.ndarray:
         if "id" not in self.root["videos"]:
@@ -474,11 +474,11 @@ class FeatureStore:
 
     # ------------------------------------------------------------------ crash repair
     def _append_lock(self):
-        return _FileLock(self.path / ".append.lock")
+        return FileLock(self.path / ".append.lock")
 
     def _trim_uncommitted(self) -> None:
         """Finish an interrupted column swap; shrink arrays a crashed append left longer than ``n_videos``."""
-        with _FileLock(self.path / ".append.lock", blocking=False) as held:
+        with FileLock(self.path / ".append.lock", blocking=False) as held:
             if not held:
                 return  # a live appender is at work; it will leave things consistent
             repair_column_swaps(self.path)
@@ -518,28 +518,6 @@ class PredictionWriter:
                 raise ShapeMismatch(f"fold must have shape ({b},), got {fold.shape}")
             self._fold[start : start + b] = fold
         self._scores[start : start + b] = scores
-
-
-class _FileLock:
-    """An exclusive ``flock`` on a file (released on exit and when the process dies)."""
-
-    def __init__(self, path: Path, blocking: bool = True) -> None:
-        self.path, self.blocking, self.fd = path, blocking, -1
-
-    def __enter__(self) -> bool:
-        self.fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
-        try:
-            fcntl.flock(self.fd, fcntl.LOCK_EX | (0 if self.blocking else fcntl.LOCK_NB))
-        except BlockingIOError:
-            os.close(self.fd)
-            self.fd = -1
-            return False
-        return True
-
-    def __exit__(self, *exc: object) -> None:
-        if self.fd >= 0:
-            fcntl.flock(self.fd, fcntl.LOCK_UN)
-            os.close(self.fd)
 
 
 def id_hashes(ids: np.ndarray) -> np.ndarray:

@@ -308,7 +308,7 @@ def extract_rows(
     """
     todo = plan.todo
     wants = np.stack([job.lacking(todo).any(axis=1) for job in plan.jobs], axis=1)  # (n, jobs)
-    meta = fs.videos(["n_frames", "fps"])
+    meta = fs.videos(["n_frames", "fps"], rows=slice(int(todo[0]), int(todo[-1]) + 1))  # todo is sorted
     tasks = (
         DecodeTask(
             int(r),

@@ -221,7 +221,8 @@ def output_set_names(
     return [out for job in make_jobs(producers, names) for out in job.outputs]
 
 
-def _base_names(settings: ExtractSettings, producers: Sequence[FeatureProducer]) -> list[str]:
+def base_set_names(settings: ExtractSettings, producers: Sequence[FeatureProducer]) -> list[str]:
+    """One feature set name per producer: the ``--set`` names given, else ``<modality>_<backbone>``."""
     choices = settings.choices()
     if len(choices) == len(producers):
         return [c.set_name or default_set_name(p) for c, p in zip(choices, producers)]
@@ -248,7 +249,7 @@ def extract(
     videos = open_video_list(source, store=store, root=root, classes=classes)
     num_classes = len(videos.classes) or len(UNLABELLED_CLASSES)
     producers = build_producers(settings, device, num_classes=num_classes)
-    jobs = make_jobs(producers, _base_names(settings, producers))
+    jobs = make_jobs(producers, base_set_names(settings, producers))
     check_feature_sets(store, [out for job in jobs for out in job.outputs])
     workers, _ = settings.parallelism(device)
     fs, targets = prepare_store(
@@ -326,6 +327,8 @@ def run_extraction(
     set_names: Sequence[str] | None = None,
     device: str = "cpu",
     on_progress: Progress | None = None,
+    row_range: tuple[int, int] | None = None,
+    logit_runs: bool = True,
 ) -> RunStats:
     """Extract the pending rows of ``targets`` into the feature sets of every producer.
 
@@ -339,12 +342,16 @@ def run_extraction(
             ``<name>__logits`` and, at the end, the prediction run ``<name>_logits``.
         device: ``"cpu"`` or ``"cuda"`` (where the producers' models are).
         on_progress: called with the live stats after every video and every write.
+        row_range: a chunk-aligned ``(start, stop)`` to fill instead of ``settings.shard``'s
+            range (one Dask task of ``extract.dump.cluster``); its writers lock only that range.
+        logit_runs: write the head-logit prediction runs at the end (a cluster's client does it
+            once, after every task, instead).
 
     Raises:
         FeatureSetExists: a set of that name was made with other settings.
         StoreLocked: another writer holds the feature set (or an overlapping shard).
     """
-    names = list(set_names) if set_names is not None else _base_names(settings, producers)
+    names = list(set_names) if set_names is not None else base_set_names(settings, producers)
     jobs = make_jobs(producers, names)
     outputs = [out for job in jobs for out in job.outputs]
     stats = RunStats(
@@ -358,9 +365,10 @@ def run_extraction(
     opened = [[fs.create_feature_set(name, spec) for name, spec in job.outputs] for job in jobs]
     fsets = [f for sets in opened for f in sets]
     rows = np.sort(targets.index.to_numpy(dtype=np.int64))
-    shard_rows = None
-    if settings.shard is not None:
+    shard_rows = row_range
+    if shard_rows is None and settings.shard is not None:
         shard_rows = fs.shard_range(*settings.shard, chunk_rows=fsets[0].chunk_rows)
+    if shard_rows is not None:
         inside = (rows >= shard_rows[0]) & (rows < shard_rows[1])
         stats.outside_shard = int((~inside).sum())
         rows = rows[inside]
@@ -380,7 +388,7 @@ def run_extraction(
     stats.planned = len(todo)
     if len(todo):
         extract_rows(fs, targets["path"], RunPlan(planned, todo, shard_rows), settings, stats, on_progress)
-    for job in jobs:
+    for job in jobs if logit_runs else ():
         if job.head_logits:
             stats.predictions[f"{job.name}_logits"] = write_logit_predictions(
                 fs, job.name, f"{job.name}{LOGITS_SUFFIX}"

@@ -15,7 +15,7 @@ import pytest
 from store.cli import non_negative_int, positive_float, positive_int
 
 COMMANDS = [
-    "store.info", "store.search", "store.split", "store.export", "store.import",
+    "store.info", "store.search", "store.split", "store.export", "store.import", "store.merge",
     "heads.train", "heads.sweep", "heads.knn", "heads.localize",
     "extract.run", "extract.train", "extract.search", "extract.demo", "fusion.run",
     "benchmarks.run", "benchmarks.pipeline", "benchmarks.recipes",

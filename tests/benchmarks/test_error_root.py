@@ -42,7 +42,7 @@ def test_every_error_class_derives_from_the_root():
 
 def test_every_command_is_found():
     assert {m.__name__ for m in COMMANDS} == {
-        "store.info", "store.verify", "store.search", "store.export", "store.import", "store.split",
+        "store.info", "store.verify", "store.search", "store.export", "store.import", "store.split", "store.merge",
         "heads.train", "heads.sweep", "heads.knn", "heads.localize",
         "extract.run", "extract.train", "extract.search", "extract.demo.__main__", "fusion.run", "benchmarks.run",
         "benchmarks.recipes.__main__", "benchmarks.pipeline.__main__", "benchmarks.scale_bench"}

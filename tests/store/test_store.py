@@ -49,6 +49,20 @@ def test_multi_hot_matrix_and_append_grows_every_array(store):
     assert fset.n_rows == 13
 
 
+def test_a_feature_set_held_across_an_append_writes_the_new_rows(store, tmp_path):
+    """The FeatureSet object made before the append must not drop writes past its old shape."""
+    fset = store.create_feature_set("f", FeatureSetSpec(clips=2, dim=3, chunk_rows=4))
+    assert fset.arrays["data"].shape[0] == 10
+    store.append_videos(_table(["a", "b"]))
+    data = np.arange(12, dtype=np.float32).reshape(2, 2, 3) + 1
+    with fset.writer() as w:
+        w.write_rows([10, 11], data)
+    np.testing.assert_array_equal(np.flatnonzero(fset.done()), [10, 11])
+    reread = FeatureStore.open(tmp_path / "s.zarr").feature_set("f")
+    np.testing.assert_array_equal(np.flatnonzero(reread.done()), [10, 11])
+    np.testing.assert_array_equal(reread.read([10, 11])[0], data)
+
+
 def test_feature_round_trip_with_masks_times_and_errors(store):
     rng = np.random.default_rng(0)
     fset = store.create_feature_set("f", FeatureSetSpec(clips=3, dim=5, chunk_rows=4, backbone="b"))

@@ -1,0 +1,151 @@
+"""extract.run on a Dask cluster (LocalCluster, 2 worker processes, tiny backbone and demo): features equal
+a single-process run; a worker killed mid-task loses no finished row; a video that kills its worker twice
+becomes an error row; a rerun resumes; the Slurm job script; flag mistakes."""
+
+import dataclasses
+import json
+import os
+import sys
+from functools import partial
+from pathlib import Path
+
+import cloudpickle
+import numpy as np
+import pytest
+
+from extract.demo import DemoConfig, make_demo
+from extract.dump import cluster as C
+from extract.dump import pipeline
+from extract.dump.settings import ExtractSettings
+from store import FeatureStore
+from store.cluster import SlurmConfig, check_choice, connect, slurm_cluster
+from store.errors import SettingsError
+from store.verify import verify_store
+
+cloudpickle.register_pickle_by_value(sys.modules[__name__])  # the task wrappers below travel by value
+SET = "rgb_resnet_tiny"
+SETTINGS = ExtractSettings(backbone="resnet_tiny", crop=32, clips=4, chunk_rows=4,
+                           batch_size=8, workers=0, threads=1)
+
+
+def test_task_ranges_are_whole_chunks_holding_pending_rows():
+    assert C.task_ranges(np.array([0, 1, 9, 10, 11, 21]), 22, 4) == [(0, 4), (8, 12), (20, 22)]
+    assert C.task_ranges(np.array([5, 6]), 22, 4, chunks_per_task=2) == [(0, 8)]
+    assert C.task_ranges(np.array([], np.int64), 22, 4) == []
+
+
+def test_the_slurm_job_script_follows_the_toml(tmp_path):
+    toml = tmp_path / "slurm.toml"
+    toml.write_text('partition = "gpu"\ngres = "gpu:1"\ncores = 6\nmemory = "24GB"\nwalltime = "02:00:00"\n'
+                    'max_jobs = 4\njob_extra = ["--account=vision"]\nprologue = ["module load cuda"]\n')
+    config = SlurmConfig.read(toml)
+    assert config.gpus and (config.min_jobs, config.max_jobs) == (1, 4)
+    cluster = slurm_cluster(config, adapt=False)
+    try:
+        script = cluster.job_script()
+    finally:
+        cluster.close()
+    for line in ("#SBATCH -p gpu", "#SBATCH --cpus-per-task=6", "#SBATCH -t 02:00:00", "#SBATCH --gres=gpu:1",
+                 "#SBATCH --account=vision", "module load cuda", "--resources GPU=1", "--nthreads 6"):
+        assert line in script, line
+
+
+@pytest.mark.parametrize("text, match", [
+    ('gres = "gpu:1"\n', "give the partition"),
+    ('partition = "gpu"\ncores = "many"\n', "cores must be a int"),
+    ('partition = "gpu"\nqueue = "x"\n', "unknown key"),
+    ('partition = "gpu"\nmin_jobs = 5\nmax_jobs = 2\n', "min_jobs"),
+])
+def test_a_bad_slurm_toml_is_one_clear_error(tmp_path, text, match):
+    (tmp_path / "s.toml").write_text(text)
+    with pytest.raises(SettingsError, match=match):
+        SlurmConfig.read(tmp_path / "s.toml")
+
+
+@pytest.mark.parametrize("args, match", [
+    (("tcp://h:8786", "local", None), "not both"), ((None, "slurm", None), "needs --slurm"),
+    ((None, "local", "s.toml"), "needs --slurm"), ((None, "moon", None), "must be one of"),
+])
+def test_cluster_flag_mistakes(args, match):
+    with pytest.raises(SettingsError, match=match):
+        check_choice(*args)
+
+
+@pytest.fixture(scope="module")
+def demo(tmp_path_factory):
+    return make_demo(tmp_path_factory.mktemp("demo"), DemoConfig(videos=8, size=48, seconds=1.0), progress=False)
+
+
+@pytest.fixture(scope="module")
+def reference(demo, tmp_path_factory):
+    store = tmp_path_factory.mktemp("ref") / "ref.zarr"
+    pipeline.extract(demo.videos_csv, store, SETTINGS)
+    return FeatureStore.open(store).feature_set(SET).read()
+
+
+@pytest.fixture(scope="module")
+def client():
+    with connect(cluster="local", workers=2) as c:
+        yield c
+
+
+def _run(client, demo, store, **kw):
+    return C.extract_on_cluster(client, demo.videos_csv, store, kw.pop("settings", SETTINGS), **kw)
+
+
+def _assert_equal_to_reference(store, reference, rows=slice(None)):
+    data, valid = FeatureStore.open(store).feature_set(SET).read()
+    np.testing.assert_array_equal(data[rows], reference[0][rows])  # same model, same inputs: same fp16 features
+    np.testing.assert_array_equal(valid[rows], reference[1][rows])
+
+
+def test_a_cluster_run_equals_a_single_process_run_and_resumes(client, demo, reference, tmp_path):
+    store = tmp_path / "c.zarr"
+    first = _run(client, demo, store, settings=dataclasses.replace(SETTINGS, limit=3))
+    assert (first.planned, first.done, first.tasks) == (3, 3, 1)
+    stats = _run(client, demo, store)
+    assert (stats.planned, stats.done, stats.failed, stats.tasks) == (5, 5, 0, 2)  # only the rows left
+    assert sum(stats.per_worker.values()) == 5
+    assert FeatureStore.open(store).feature_set(SET).done().all() and verify_store(store).ok
+    _assert_equal_to_reference(store, reference)
+
+
+def kill_mid_task(store, settings, names, num_classes, a, b, rows, marks):
+    """Range 4:8, first attempt: write two rows, then die like a SIGKILLed worker. Later attempts: record
+    which rows were still pending, then work normally."""
+    mark = Path(marks) / f"{a}"
+    if a == 4 and not mark.exists():
+        mark.write_text("[]")
+        C.extract_range(store, settings, names, num_classes, a, b, rows[:2])
+        os._exit(9)
+    if a == 4:
+        pending = FeatureStore.open(store).feature_set(SET).pending(range(a, b))
+        mark.write_text(json.dumps(pending.tolist()))
+    return C.extract_range(store, settings, names, num_classes, a, b, rows)
+
+
+def test_a_worker_killed_mid_task_loses_no_finished_row(client, demo, reference, tmp_path):
+    store = tmp_path / "c.zarr"
+    stats = _run(client, demo, store, task=partial(kill_mid_task, marks=str(tmp_path)))
+    assert stats.killed_rows == [] and stats.isolated_ranges == 0
+    assert json.loads((tmp_path / "4").read_text()) == [6, 7]  # rows 4 and 5 were done before the kill
+    assert FeatureStore.open(store).feature_set(SET).done().all() and verify_store(store).ok
+    _assert_equal_to_reference(store, reference)
+
+
+def poison(store, settings, names, num_classes, a, b, rows, bad):
+    """Any task holding row ``bad`` kills its worker (a video that crashes the decoder or the model)."""
+    if bad in rows:
+        os._exit(9)
+    return C.extract_range(store, settings, names, num_classes, a, b, rows)
+
+
+def test_a_video_that_kills_its_worker_twice_becomes_an_error_row(client, demo, reference, tmp_path):
+    store = tmp_path / "c.zarr"
+    stats = _run(client, demo, store, task=partial(poison, bad=2))
+    assert stats.killed_rows == [2] and stats.isolated_ranges == 1 and (stats.done, stats.failed) == (7, 1)
+    fset = FeatureStore.open(store).feature_set(SET)
+    assert fset.errors() == {2: C.KILLED}
+    np.testing.assert_array_equal(np.flatnonzero(~fset.done()), [2])
+    assert verify_store(store).ok
+    _assert_equal_to_reference(store, reference, rows=[0, 1, 3, 4, 5, 6, 7])
