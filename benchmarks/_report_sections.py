@@ -127,6 +127,12 @@ SECTIONS: dict[str, Section] = {
         Row("optical flow, Farneback, 1 thread", "flow_farneback_pairs_per_s", "flow_tvl1_pairs_per_s", "TV-L1",
             "pairs/s"),
         Row("audio: log-mel + ResNet-18", "audio_windows_per_s", unit="windows/s"),
+        Row("S3D, 32x224x224, model stage, CPU", "s3d_clips_per_s", unit="clips/s"),
+        Row("S3D, peak RSS", "s3d_peak_rss_gb", unit="GB"),
+        Row("MViT v2-S, 16x224x224, model stage, CPU", "mvit_v2_s_clips_per_s", unit="clips/s"),
+        Row("MViT v2-S, peak RSS", "mvit_v2_s_peak_rss_gb", unit="GB"),
+        Row("Swin3D-T, 32x224x224, model stage, CPU", "swin3d_t_clips_per_s", unit="clips/s"),
+        Row("Swin3D-T, peak RSS", "swin3d_t_peak_rss_gb", unit="GB"),
     ), derived=(
         ("serial_bound_clips_per_s", lambda m: 1 / (1 / m["decode_clips_per_s"] + 1 / m["model_clips_per_s"])),
         ("min_stage_clips_per_s", lambda m: min(m["decode_clips_per_s"], m["model_clips_per_s"])),

@@ -35,8 +35,8 @@ from store.cluster import connect
 from store.verify import verify_store
 
 VIDEOS = 200
-SETTINGS = ExtractSettings(backbone="resnet18", crop=112, clips=8, chunk_rows=16, batch_size=32, workers=0,
-                           threads=1, device="cpu")
+SETTINGS = ExtractSettings(backbone="resnet18", weights="random", crop=112, clips=8, chunk_rows=16, batch_size=32,
+                           workers=0, threads=1, device="cpu")
 SET = "rgb_resnet18"
 
 

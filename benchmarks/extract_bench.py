@@ -31,6 +31,9 @@ Then a sweep of decode workers x model threads (the evidence behind
   pace), and ``single_pass_speedup_448`` the tiny backbones on ``LARGE_VIDEOS`` demo
   videos of 448 px (decoding a frame costs ~9x more; real datasets are 340-1280 px wide).
 
+Last, the torchvision video families (:mod:`benchmarks.backbone_families_bench`): S3D, MViT v2-S
+and Swin3D-T, model-stage clips/s and peak RSS on the CPU, each in its own process.
+
 Throughputs are the best of ``REPEATS`` tries (the figures of a shared machine move a lot
 between tries).
 """
@@ -48,8 +51,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from benchmarks.backbone_families_bench import video_family_rates
 from benchmarks.registry import register_benchmark
-from extract.backbones import get_backbone
+from extract.backbones import RANDOM, get_backbone
 from extract.demo import DemoConfig, make_demo
 from extract.dump import pipeline
 from extract.dump.makers import AudioWindows
@@ -71,14 +75,14 @@ AUDIO_VIDEOS = 20
 SINGLE_PASS_VIDEOS = 30
 LARGE_VIDEOS, LARGE_SIZE = 20, 448
 TRIO = (
-    BackboneChoice("resnet18"),
-    BackboneChoice("resnet18", "flow"),
-    BackboneChoice("resnet18_audio", "audio"),
+    BackboneChoice("resnet18", weights=RANDOM),
+    BackboneChoice("resnet18", "flow", weights=RANDOM),
+    BackboneChoice("resnet18_audio", "audio", weights=RANDOM),
 )
 TINY_TRIO = (
-    BackboneChoice("resnet_tiny"),
-    BackboneChoice("resnet_tiny", "flow"),
-    BackboneChoice("resnet_audio_tiny", "audio"),
+    BackboneChoice("resnet_tiny", weights=RANDOM),
+    BackboneChoice("resnet_tiny", "flow", weights=RANDOM),
+    BackboneChoice("resnet_audio_tiny", "audio", weights=RANDOM),
 )
 
 
@@ -179,7 +183,7 @@ def _measure(
     meta = fs.videos(["n_frames", "fps"])
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(settings.seed)
-        plain = get_backbone(settings.backbone).eval().to(device)  # NCHW, no tricks
+        plain = get_backbone(settings.backbone, weights=RANDOM).eval().to(device)  # NCHW, no tricks
     paths = [str(p) for p in targets["path"]]
     best: dict[str, float] = {}
     stats = None
@@ -256,7 +260,7 @@ def _audio_rates(targets, meta, device: str, threads: int) -> dict[str, float]:
         torch.set_num_threads(old)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(0)
-        producer = AudioProducer(get_backbone("resnet18_audio"), maker, device=device)
+        producer = AudioProducer(get_backbone("resnet18_audio", weights=RANDOM), maker, device=device)
     model = _model_stage(producer, made, 64, threads)
     return {
         "audio_logmel_windows_per_s": best,
@@ -283,7 +287,7 @@ def _single_pass(demo, work: Path, n: int, trio, device: str) -> tuple[float, fl
         pipeline.extract(
             csv,
             stores["separate"],
-            dataclasses.replace(base, backbone=c.backbone, modality=c.modality),
+            dataclasses.replace(base, backbone=c.backbone, modality=c.modality, weights=c.weights),
         )
     separate = time.perf_counter() - t
     t = time.perf_counter()
@@ -355,7 +359,7 @@ def bench_extract(args: argparse.Namespace) -> dict[str, float]:
     cores = available_cores()
     print(f"   {n} demo videos, 112 px, 75 frames; {cores} cores, device {device}")
 
-    base = ExtractSettings(backbone="resnet18", crop=112, clips=8, set_name="bench", chunk_rows=64)
+    base = ExtractSettings(backbone="resnet18", weights=RANDOM, crop=112, clips=8, set_name="bench", chunk_rows=64)
     metrics = _measure(fs, targets, base, device, work)
     _report("ResNet-18 TSN, 8 x 1 frame at 112 px", metrics, device)
 
@@ -395,4 +399,6 @@ def bench_extract(args: argparse.Namespace) -> dict[str, float]:
     _report(f"R(2+1)D-18, 2 x 16 frames at 112 px, {R2PLUS1D_VIDEOS} videos", m21, device)
     metrics |= {f"r2plus1d_{k}": v for k, v in m21.items()}
     metrics |= _modalities(demo, fs, targets, device, work, args.workdir)
+    print("   torchvision video families (random weights, model stage only, CPU):")
+    metrics |= video_family_rates()
     return metrics

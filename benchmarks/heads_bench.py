@@ -48,7 +48,7 @@ def _store(args: argparse.Namespace, n: int) -> FeatureStore:
 
 def _backbone_frames_per_s(device: torch.device, batches: int = 3, batch: int = 32) -> float:
     """Forward-only ResNet-18 throughput on 112 px frames (random init; speed does not depend on it)."""
-    model = get_backbone("resnet18").eval().to(device)
+    model = get_backbone("resnet18", weights="random").eval().to(device)
     x = torch.randn(batch, 3, 1, 112, 112, device=device)  # (B, C, T=1, H, W): one frame per clip
     with torch.inference_mode():
         model.forward_features(x)  # warm-up

@@ -32,8 +32,8 @@ from benchmarks.registry import register_benchmark
 
 EPOCHS = 50
 DIFFICULTY = 0.2
-RECIPE = dict(backbone="tsm_tiny", frames=4, stride=6, crop=48, batch_size=16, optimizer="adamw", lr=3e-3,
-              weight_decay=0.01, warmup_epochs=1.0, mixup_alpha=0.4, dropout=0.2, eval_clips=2, seed=0,
+RECIPE = dict(backbone="tsm_tiny", weights="random", frames=4, stride=6, crop=48, batch_size=16, optimizer="adamw",
+              lr=3e-3, weight_decay=0.01, warmup_epochs=1.0, mixup_alpha=0.4, dropout=0.2, eval_clips=2, seed=0,
               device="auto")
 
 
@@ -97,7 +97,7 @@ def bench_train(args: argparse.Namespace) -> dict[str, float]:
     fs, targets = pipeline.prepare_store(work / "features.zarr", videos, workers=workers)
     t = time.perf_counter()
     for name, weights in (("trained", result.backbone_path), ("random", None)):
-        settings = ExtractSettings(backbone=recipe.backbone, weights=str(weights) if weights else None,
+        settings = ExtractSettings(backbone=recipe.backbone, weights=str(weights) if weights else "random",
                                    seed=recipe.seed, clips=4, frames=recipe.frames, stride=recipe.stride,
                                    crop=recipe.crop, workers=workers, threads=torch.get_num_threads(), set_name=name)
         producers = pipeline.build_producers(settings, "cpu")

@@ -3,8 +3,12 @@
 Each ``--backbone [MODALITY:]NAME[@WEIGHTS]`` (repeatable; MODALITY rgb (default), flow or
 audio) fills its own feature set (``--set``, default <modality>_<backbone>), all from ONE
 decode per video: RGB clips, their optical flow (computed in the decode workers) and the
-audio windows of the same clips. With no arguments it uses the demo set (``./demo``,
-generated if missing) with randomly initialised ResNet-18s at 112 px, 8 segments: RGB
+audio windows of the same clips. WEIGHTS is a named weight of the backbone (kinetics400,
+KINETICS400_V1 or torchvision:KINETICS400_V1; downloaded into $TORCH_HOME/hub/checkpoints
+on first use, offline after), random (an explicit random init), or a local file; without
+@ the backbone's default weights, or an error listing its weights (``--list-backbones``).
+With no arguments it uses the demo set (``./demo``, generated if missing) with randomly
+initialised ResNet-18s at 112 px (@random, so it runs offline), 8 segments: RGB
 (rgb_resnet18), Farneback flow (flow_resnet18) and log-mel audio (audio_resnet18_audio),
 and writes ``demo.zarr``; then it prints a summary and the ``store.verify`` result.
 Rerunning resumes: rows already done are skipped. ``--shard i/n`` lets n processes fill
@@ -13,8 +17,9 @@ disjoint chunk-aligned row ranges of one store.
 Examples::
 
     python -m extract.run
+    python -m extract.run --list-backbones
     python -m extract.run --videos trainingSet.csv --classes moments_categories.txt \\
-        --store mit.zarr --backbone r2plus1d_18 --weights r2plus1d_18.pth --crops three
+        --store mit.zarr --backbone r2plus1d_18@kinetics400 --crops three
     python -m extract.run --videos trainingSet.csv --store mit.zarr \\
         --backbone rgb:r2plus1d_18@r21d.pth --backbone flow:resnet18@flow.pth \\
         --backbone audio:vggish@vggish.pth --flow tvl1 --head-logits
@@ -53,7 +58,7 @@ DEFAULT_STORE = Path("demo.zarr")
 DEFAULT_DEMO_DIR = Path("demo")
 DEMO_CROP = 112  # the demo's frames are 112 px
 #: What a run on the demo set extracts when no --backbone is given: RGB, flow and audio.
-DEMO_BACKBONES = ("rgb:resnet18", "flow:resnet18", "audio:resnet18_audio")
+DEMO_BACKBONES = ("rgb:resnet18@random", "flow:resnet18@random", "audio:resnet18_audio@random")
 _D = ExtractSettings()
 
 
@@ -128,11 +133,14 @@ def _parser() -> argparse.ArgumentParser:
         "--backbone",
         action=_Repeat,
         metavar="[MODALITY:]NAME[@WEIGHTS]",
-        help="a registered backbone (extract.backbones.list_backbones()) and what it looks at: "
-        "rgb (default, or --modality), flow (a video backbone built with 2 input channels) or "
-        "audio (resnet18_audio, resnet34_audio, vggish, envnet_v2); @PATH loads a local "
-        "checkpoint. Repeat for several feature sets in one pass, e.g. --backbone "
-        "rgb:r2plus1d_18@r21d.pth --backbone flow:resnet18 --backbone audio:vggish. Default: "
+        help="a registered backbone (--list-backbones) and what it looks at: rgb (default, or "
+        "--modality), flow (a video backbone built with 2 input channels) or audio (resnet18_audio, "
+        "vggish, envnet_v2, ...). @WEIGHTS: a named weight of the backbone (@kinetics400, "
+        "@KINETICS400_V1, @torchvision:KINETICS400_V1; a known name wins over a file of that name), "
+        "@random (random init from --seed), or a local checkpoint (@PATH: anything with a '/' or a "
+        "suffix such as .pt); no @ = the backbone's default weights, an error if it has none. "
+        "Repeat for several feature sets in one pass, e.g. --backbone rgb:r2plus1d_18@kinetics400 "
+        "--backbone flow:resnet18@flow.pth --backbone audio:vggish@vggish.pt. Default: "
         f"{_D.backbone}; on the demo set {' '.join(DEMO_BACKBONES)}",
     )
     g.add_argument(
@@ -143,10 +151,10 @@ def _parser() -> argparse.ArgumentParser:
     )
     g.add_argument(
         "--weights",
-        type=Path,
-        metavar="PATH",
-        help="local checkpoint (torchvision state_dict layout) of the one --backbone; with "
-        "several, write NAME@PATH. Default: random init from --seed",
+        metavar="WEIGHTS",
+        help="weights of the one --backbone, as after its '@' (a named weight, random, or a local "
+        "checkpoint in torchvision's state_dict layout); with several, write NAME@WEIGHTS. "
+        "Default: the backbone's default weights",
     )
     g.add_argument(
         "--head-logits",
@@ -157,7 +165,13 @@ def _parser() -> argparse.ArgumentParser:
         "<set>_logits for fusion. Every backbone needs weights with such a classifier",
     )
     g.add_argument(
-        "--seed", type=non_negative_int, default=_D.seed, help=f"seed of a random init (default: {_D.seed})"
+        "--seed", type=non_negative_int, default=_D.seed, help=f"seed of a @random init (default: {_D.seed})"
+    )
+    g.add_argument(
+        "--list-backbones",
+        action="store_true",
+        help="list every backbone with its named weights (dataset, feature dim, clip length, source, "
+        "whether the file is in the cache) and exit",
     )
     g = p.add_argument_group("clips and views")
     g.add_argument(
@@ -392,7 +406,7 @@ def _summary(stats: RunStats, elapsed: float) -> str:
     """The end-of-run report: what was written, what failed and why, how fast."""
     lines = []
     for name, spec in stats.outputs:
-        made = f"weights {spec.weights_sha256[:12]}" if spec.weights_sha256 else "random init"
+        made = spec.describe_weights()
         lines.append(
             f"extract: {stats.store} features/{name}: K={spec.clips} x D={spec.dim} {spec.dtype}, "
             f"{spec.modality}, backbone {spec.backbone} ({made})"
@@ -430,8 +444,34 @@ def _summary(stats: RunStats, elapsed: float) -> str:
     return "\n".join(lines)
 
 
+def backbones_table() -> str:
+    """``--list-backbones``: every backbone, one line per named weight (``*`` marks the default)."""
+    from extract.backbones import list_backbones, list_weights
+
+    head = ("backbone", "weights (* default)", "aliases", "dataset", "D", "clip", "crop", "cached", "source")
+    rows = [head]
+    for name in list_backbones():
+        entries = list_weights(name)
+        for e in entries:
+            rows.append((name, e.name + ("*" if e.default else ""), ", ".join(e.aliases), e.dataset,
+                         str(e.feature_dim), str(e.clip_len), str(e.transforms.crop_size),
+                         "yes" if e.is_cached() else "no", e.url))
+        if not entries:
+            rows.append((name, "(none: @random or @PATH)", "", "", "", "", "", "", ""))
+    widths = [max(len(r[i]) for r in rows) for i in range(len(head) - 1)]
+    lines = ["  ".join(c.ljust(w) for c, w in zip(r, widths)) + "  " + r[-1] for r in rows]
+    n = sum(len(list_weights(b)) for b in list_backbones())
+    from torch.hub import get_dir
+
+    lines.append(f"{n} named weights; cache: {Path(get_dir()) / 'checkpoints'} (TORCH_HOME)")
+    return "\n".join(line.rstrip() for line in lines)
+
+
 def run(args: argparse.Namespace) -> int:
     """Run the command on parsed arguments; returns the exit status."""
+    if args.list_backbones:
+        print(backbones_table())
+        return 0
     from tqdm import tqdm
     from tqdm.contrib.logging import logging_redirect_tqdm
 

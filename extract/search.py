@@ -9,13 +9,14 @@
 Any feature set ``extract.run`` wrote can be searched: RGB, optical flow or audio. The file is
 embedded exactly as ``extract.run`` embedded the feature set: the producer is rebuilt from the
 set's recorded spec (modality, backbone, random-init seed or weights checksum, clip sampling,
-views, flow algorithm and bound, audio windows, chunking) through
+views, flow algorithm and bound, audio windows, chunking; a named weight, e.g.
+``r2plus1d_18@kinetics400``, is loaded again by its name from the cache) through
 :func:`extract.dump.pipeline.build_producers`, the file is
 decoded by the same worker function and embedded in the same model, and the features are
 rounded to the set's storage dtype. The per-video vector is the mean of the valid clips
 (:func:`store.index.pool_video_vectors`, what the index holds), and the search is
-:func:`store.search.neighbours`. A set extracted with weights needs ``--weights PATH`` to
-that checkpoint; its sha256 must equal the recorded one (the path itself is not recorded).
+:func:`store.search.neighbours`. A set extracted from a local file needs ``--weights PATH``
+to that checkpoint; its sha256 must equal the recorded one (the path itself is not recorded).
 
 Exit status: 0 found, 2 a usage error (one ``error: ...`` line).
 """
@@ -32,7 +33,7 @@ from pathlib import Path
 
 import numpy as np
 
-from extract.backbones import file_sha256
+from extract.backbones import RANDOM, file_sha256
 from extract.dump.makers import NO_AUDIO
 from extract.dump.pipeline import build_producers
 from extract.dump.producers import FeatureProducer
@@ -74,7 +75,12 @@ def _settings_from_spec(fset: FeatureSet, weights: str | os.PathLike | None, dev
     if spec.weights_sha256 is None and weights is not None:
         raise ExtractError(f"feature set {fset.name!r} was extracted from a random init (seed "
                            f"{spec.extra.get('random_init_seed', 0)}), not from a checkpoint; drop --weights")
-    if spec.weights_sha256 is not None:
+    named = (spec.extra.get("weights") or {}).get("name")
+    if spec.weights_sha256 is None:
+        weights = RANDOM
+    elif weights is None and named not in (None, "file", RANDOM):
+        weights = named  # a named weight: loaded from the cache, its sha256 checked against the set's below
+    elif spec.weights_sha256 is not None:
         if weights is None:
             raise ExtractError(f"feature set {fset.name!r} was extracted with the checkpoint of sha256 "
                                f"{spec.weights_sha256[:16]}...; pass --weights PATH to that file")
@@ -97,8 +103,8 @@ def producer_for(fset: FeatureSet, *, weights: str | os.PathLike | None = None, 
 
     Args:
         fset: A feature set written by ``extract.run``.
-        weights: The checkpoint it was extracted with (its sha256 must match); None for a
-            random-init set (rebuilt from the recorded seed).
+        weights: The local checkpoint it was extracted with (its sha256 must match); None for
+            a random-init set (rebuilt from the recorded seed) or one from a named weight.
         device: ``auto``, ``cpu`` or ``cuda``.
         batch_size: Clips per model batch.
 
@@ -201,7 +207,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--store", required=True, help="the NAME.zarr store")
     p.add_argument("--features", required=True, help="feature set to search (written by extract.run)")
     p.add_argument("--video", required=True, type=Path, help="the video file to search by")
-    p.add_argument("--weights", type=Path, help="the checkpoint the set was extracted with (sha256 is checked)")
+    p.add_argument("--weights", type=Path, help="the local checkpoint the set was extracted with (sha256 is checked); "
+                   "not needed for a random init or a named weight (reloaded by its recorded name)")
     p.add_argument("-k", type=positive_int, default=10, help="neighbours to show (default 10)")
     p.add_argument("--temperature", type=positive_float, default=0.1,
                    help="softmax temperature of the votes (default 0.1)")

@@ -4,13 +4,16 @@ Trains on the list's ``train`` rows, evaluates on its ``val`` rows (or ``--val-v
 epoch (class and sample mAP, GAP@20, top-1/top-5), and writes into ``--out``: ``recipe.json``,
 ``metrics.json``, ``last.pt`` (resumable), ``best.pt``, ``backbone.pt`` and, with SWA,
 ``backbone_swa.pt`` (plain state_dicts for ``extract.run --weights``). Without ``--videos``
-it trains on the demo set (``./demo``, made if missing).
+it trains on the demo set (``./demo``, made if missing), from a random init unless weights are
+named. ``--backbone NAME@WEIGHTS`` starts from named weights (``r2plus1d_18@kinetics400``,
+downloaded on first use), ``@random`` or a local file; the classifier is replaced by one for
+the list's classes.
 
 Examples::
 
     python -m extract.train --backbone r2plus1d_tiny --crop 32 --epochs 5 --out runs/demo
     python -m extract.train --videos trainingSet.csv --val-videos validationSet.csv \\
-        --classes moments_categories.txt --backbone r2plus1d_18 --weights r2plus1d_18.pth \\
+        --classes moments_categories.txt --backbone r2plus1d_18@kinetics400 \\
         --train-stages 2 --loss focal --class-weights sqrt --mixup-alpha 0.4 --swa-epochs 3 --out runs/r21d
     python -m extract.train --out runs/r21d --resume          # after an interruption
     python -m extract.run --videos all.csv --store mit.zarr --backbone r2plus1d_18 \\
@@ -33,9 +36,12 @@ from pathlib import Path
 from typing import Any
 
 from extract._config import read_toml_config
+from extract.backbones import RANDOM
+from extract.dump.settings import BackboneChoice
 from extract.errors import DemoError, ExtractError
 from extract.training.recipe import CLASS_WEIGHTS, MODALITIES, OPTIMIZERS, SCHEDULES, TrainRecipe
 from store.cli import non_negative_int, positive_float, positive_int, run_command
+from store.errors import SettingsError
 from store.threads import add_threads_argument, free_cores, set_threads
 
 log = logging.getLogger("extract.train")
@@ -68,12 +74,16 @@ def _recipe_flags(p: argparse.ArgumentParser) -> None:
     """Flags of TrainRecipe fields; absent unless given (defaults: TrainRecipe, saved run, --config)."""
     S = argparse.SUPPRESS
     g = p.add_argument_group("model")
-    g.add_argument("--backbone", default=S, help=f"registered backbone (default: {_R.backbone}); see "
-                                                 "extract.backbones.list_backbones()")
+    g.add_argument("--backbone", default=S, metavar="[MODALITY:]NAME[@WEIGHTS]",
+                   help=f"registered backbone and its initial weights, as in extract.run (python -m extract.run "
+                        f"--list-backbones): NAME@kinetics400 (a named weight; its classifier is replaced by one "
+                        f"for the store's classes), NAME@random (from --seed) or NAME@PATH; no @ = the backbone's "
+                        f"default weights (default: {_R.backbone}; on the demo set {_R.backbone}@random)")
     g.add_argument("--modality", choices=MODALITIES, default=S,
                    help="rgb clips, flow stacks (2-channel backbone) or audio windows (audio backbone) "
                         f"(default: {_R.modality})")
-    g.add_argument("--weights", default=S, metavar="PATH", help="initial local checkpoint (default: random init)")
+    g.add_argument("--weights", default=S, metavar="WEIGHTS",
+                   help="initial weights, as after --backbone NAME@ (default: the backbone's default weights)")
     g.add_argument("--train-stages", dest="train_stages", type=non_negative_int, default=S, metavar="K",
                    help="fine-tune only the last K stages, the classifier counting as one; 0 = all (default: 0)")
     g.add_argument("--dropout", type=float, default=S, help=f"dropout before the classifier (default: {_R.dropout})")
@@ -195,6 +205,14 @@ def _recipe(args: argparse.Namespace, config: dict[str, Any], saved: dict[str, A
     if demo and "crop" not in values:
         values["crop"] = DEMO_CROP
     try:
+        if "@" in str(values.get("backbone", "")) or ":" in str(values.get("backbone", "")):
+            choice = BackboneChoice.parse(values["backbone"], modality=values.get("modality", "rgb"))
+            if choice.weights and values.get("weights"):
+                raise SettingsError("--weights and --backbone NAME@WEIGHTS both give weights; keep one")
+            values.update(backbone=choice.backbone, modality=choice.modality,
+                          weights=choice.weights or values.get("weights"))
+        if demo and values.get("weights") is None:
+            values["weights"] = RANDOM  # the demo runs offline: an explicit random init
         return TrainRecipe.from_dict(values)
     except (TypeError, ValueError) as err:
         raise ExtractError(str(err)) from None
@@ -255,7 +273,7 @@ def run(args: argparse.Namespace, config: dict[str, Any]) -> int:
     from tqdm import tqdm
     from tqdm.contrib.logging import logging_redirect_tqdm
 
-    from extract.backbones import read_torch_file
+    from extract.backbones import DEFAULT, PretrainedWeights, list_backbones, read_torch_file, resolve_weights
     from extract.demo import load_demo, make_demo
     from extract.training import fit
     from extract.training.checkpoint import RECIPE_JSON, save_json
@@ -284,8 +302,13 @@ def run(args: argparse.Namespace, config: dict[str, Any]) -> int:
     device = torch.device(resolve_device(recipe.device))
     workers = default_workers(device) if args.workers is None else args.workers
     set_threads(args.threads or (max(1, free_cores() - workers) if device.type == "cpu" else None))
-    if recipe.weights is not None:
-        read_torch_file(recipe.weights)  # a file that is no checkpoint fails before --out is made
+    # an unknown backbone is refused by get_backbone, with the list of names
+    known = recipe.backbone in list_backbones()
+    weights = resolve_weights(recipe.backbone, recipe.weights or DEFAULT) if known else None
+    if isinstance(weights, PretrainedWeights):
+        weights.fetch(progress=not args.quiet)  # download (or fail) before --out is made
+    elif isinstance(weights, Path):
+        read_torch_file(weights)  # a file that is no checkpoint fails before --out is made
     out.mkdir(parents=True, exist_ok=True)
     save_json({k: str(Path(getattr(args, k)).resolve()) if getattr(args, k) is not None else None for k in _RUN_KEYS},
               out / RUN_JSON)

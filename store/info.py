@@ -65,8 +65,11 @@ def describe(path: str | Path, max_classes: int = 20) -> str:
         disk_total += disk
         lines.append(f"features     {name}: ({n}, {sp.clips}, {sp.dim}) {sp.dtype}, backbone {sp.backbone}, "
                      f"modality {sp.modality}, {int(done.sum())}/{n} done ({100 * done.mean() if n else 0:.0f}%), "
-                     f"{n_err} errors, {_human(disk)} on disk, compressor {sp.compressor}"
-                     + ("" if sp.weights_sha256 else ", random-init weights"))
+                     f"{n_err} errors, {_human(disk)} on disk, compressor {sp.compressor}, "
+                     f"{sp.describe_weights()}")
+        record = sp.extra.get("weights") or {}
+        if record.get("source") and record.get("sha256"):
+            lines.append(f"             weights {record.get('name')}: {record['source']}, sha256 {record['sha256']}")
     if not fs.feature_sets():
         lines.append("features     none")
     for run in fs.prediction_runs():

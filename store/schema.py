@@ -94,6 +94,17 @@ class FeatureSetSpec:
         names = {f.name for f in dataclasses.fields(cls)}
         return cls(**{k: v for k, v in d.items() if k in names})
 
+    def describe_weights(self) -> str:
+        """A few words on the weights the features come from (``extra["weights"]``, see README)."""
+        record = self.extra.get("weights") or {}
+        sha = f"sha256 {self.weights_sha256[:12]}" if self.weights_sha256 else ""
+        if not self.weights_sha256:
+            seed = self.extra.get("random_init_seed")
+            return "random init" + (f" (seed {seed})" if seed is not None else "")
+        if record.get("name") not in (None, "file"):
+            return f"weights {record['name']} ({record.get('dataset', '?')}, {sha})"
+        return f"weights from a local file ({sha})"
+
     def provenance(self) -> dict[str, Any]:
         """The fields that define what the features mean (not how they are stored)."""
         return {k: v for k, v in self.to_dict().items() if k not in ("chunk_rows", "compressor")}

@@ -1,4 +1,5 @@
-"""Shared test settings: one torch thread (the CI machine has 2 cores), no GPU assumptions."""
+"""Shared test settings: one torch thread (the CI machine has 2 cores), no GPU assumptions, no hub:
+an empty TORCH_HOME of the session's own and torch.hub downloads that fail loudly."""
 
 import os
 
@@ -29,3 +30,15 @@ def _one_thread_again():
                 os.environ.pop(k, None)
             else:
                 os.environ[k] = v
+
+
+@pytest.fixture(autouse=True)
+def _no_hub(monkeypatch, tmp_path_factory):
+    """Tests never reach a hub: TORCH_HOME is an empty folder of the test session (tests that need
+    weights fill their own), and a torch.hub download raises instead of going to the network."""
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path_factory.getbasetemp() / "torch_home"))
+
+    def refuse(url, *args, **kwargs):
+        raise AssertionError(f"a test tried to download {url}; fill a temporary TORCH_HOME instead")
+
+    monkeypatch.setattr(torch.hub, "download_url_to_file", refuse)

@@ -15,8 +15,11 @@ REPO = Path(__file__).resolve().parents[1]
 HEADING = "## From videos to predictions"
 
 # Text substitutions over the whole block: tiny backbones for the real ones (their feature
-# set names follow: rgb_r2plus1d_18 -> rgb_r2plus1d_tiny, ...), and fewer sweep epochs.
+# set names follow: rgb_r2plus1d_18 -> rgb_r2plus1d_tiny, ...), random init for named pretrained
+# weights (tests never reach a hub; the tiny nets have none), and fewer sweep epochs.
 SUBSTITUTE = {
+    "r2plus1d_18@kinetics400": "r2plus1d_tiny@random",
+    "resnet18@imagenet1k": "resnet_tiny@random",
     "r2plus1d_18": "r2plus1d_tiny",
     "resnet18": "resnet_tiny",
     "vggish": "vggish_tiny",

@@ -184,7 +184,8 @@ class PipelineConfig:
         """The backbone training recipe of a modality (clips and crops as the extraction's)."""
         picture = {} if modality == "audio" else {"crop": self.crop, "frames": self.frames}
         # No flips: a mirrored clip of "moves_right" or "rotates_cw" would carry the opposite label.
-        return TrainRecipe(backbone=self.backbone(modality), modality=modality, optimizer="adamw", lr=self.lr,
+        return TrainRecipe(backbone=self.backbone(modality), weights="random", modality=modality, optimizer="adamw",
+                           lr=self.lr,
                            weight_decay=0.01, warmup_epochs=1.0, mixup_alpha=0.4, dropout=0.2, flip=False,
                            epochs=self.epochs, batch_size=self.batch_size, stride=self.stride,
                            eval_clips=min(self.clips, 2), seed=self.seed, device=self.device, **picture)

@@ -156,6 +156,7 @@ def _build(cfg: dict[str, Any], path: Path) -> Recipe:
     for key, table in _section(cfg, "backbones", where).items():
         table = dict(table)
         label = table.pop("label", key)
+        table.setdefault("weights", "random")  # demo-sized recipes train from scratch, offline
         backbones[key] = BackboneSpec(key, label, TrainRecipe.from_dict(table))
     passes = []
     for i, table in enumerate(_section(cfg, "extract", where)):

@@ -1,21 +1,27 @@
-"""Backbones: a registry of clip/frame feature extractors.
+"""Backbones: a registry of clip/frame feature extractors and of their named pretrained weights.
 
->>> from extract.backbones import get_backbone, list_backbones
->>> model = get_backbone("r2plus1d_18", weights="r2plus1d_18.pth").eval()  # doctest: +SKIP
+>>> from extract.backbones import get_backbone, list_backbones, list_weights
+>>> model = get_backbone("r2plus1d_18", weights="kinetics400").eval()  # doctest: +SKIP
 >>> model.info.clip_len, model.info.input_size, model.info.feature_dim  # doctest: +SKIP
 (16, 112, 512)
 
-Registered (``list_backbones()``):
+Registered (``list_backbones()``; ``list_weights()`` for the named weights):
 
 - frame models (TSN, ``kind="frame2d"``): ``resnet18``, ``resnet50``, ``resnet101``
-- TSM (``kind="clip3d"``, 2D convs with temporal shift): ``tsm_resnet18``, ``tsm_resnet50``
-- 3D clip models: ``r2plus1d_18``, ``r3d_18``, ``mc3_18``
-- SlowFast, I3D non-local, TIN, audio CNNs (``slowfast.py``, ``i3d_nonlocal.py``,
-  ``tin.py``, ``audio_cnn.py``), with the exact architectures of public checkpoints
-  (``slowfast_8x8_r50``, ``i3d_8x8_r50``, ``i3d_nln_8x8_r50``, ``vggish_relu``) whose files
-  ``converters/`` turns into our layout
+- TSM / TIN (``kind="clip3d"``, 2D convs with temporal shift): ``tsm_resnet18``, ``tsm_resnet50``,
+  ``tin_resnet50``
+- 3D clip models: ``r2plus1d_18``, ``r3d_18``, ``mc3_18``, ``s3d``, ``mvit_v1_b``, ``mvit_v2_s``,
+  ``swin3d_t``, ``swin3d_s``, ``swin3d_b``, ``slowfast_r50``..., ``i3d_nl_r50``...
+- audio models: ``resnet18_audio``, ``resnet34_audio``, ``vggish``, ``envnet_v2``
+- the exact architectures of public checkpoints (``slowfast_8x8_r50``, ``i3d_8x8_r50``,
+  ``i3d_nln_8x8_r50``, ``vggish_relu``), whose files ``converters/`` turns into our layout
 - test / CPU-smoke variants (same code paths, a few channels, 32 px):
-  ``resnet_tiny``, ``tsm_tiny``, ``r2plus1d_tiny``, ``r3d_tiny``, ``mc3_tiny``
+  ``resnet_tiny``, ``tsm_tiny``, ``r2plus1d_tiny``, ``r3d_tiny``, ``mc3_tiny``, ...
+
+``weights=`` of :func:`get_backbone`: None (the library default) is a random init, as in
+torchvision, with a warning; ``"random"`` says it explicitly; ``"default"`` or a named weight
+loads pretrained weights (downloaded into torch.hub's cache on first use); a path loads a
+local file. The commands never pass None: ``--backbone NAME`` without ``@`` means ``default``.
 
 Importing this package registers all of them.
 """
@@ -28,6 +34,17 @@ from extract.backbones import (  # noqa: F401  (registers the builders)
     tin,
     tsm,
     video3d,
+    video_transformers,
+)
+from extract.backbones.pretrained import (
+    DEFAULT,
+    RANDOM,
+    PretrainedWeights,
+    WeightsTransforms,
+    default_weights,
+    list_weights,
+    register_weights,
+    resolve_weights,
 )
 from extract.backbones.registry import (
     Backbone,
@@ -46,15 +63,23 @@ from extract.backbones.weights import (
 )
 
 __all__ = [
+    "DEFAULT",
+    "RANDOM",
     "Backbone",
     "BackboneInfo",
+    "PretrainedWeights",
+    "WeightsTransforms",
     "WeightsError",
     "adapt_first_conv",
+    "default_weights",
     "file_sha256",
     "get_backbone",
     "list_backbones",
+    "list_weights",
     "load_weights",
     "read_torch_file",
     "register_backbone",
+    "register_weights",
+    "resolve_weights",
     "temporal_shift",
 ]

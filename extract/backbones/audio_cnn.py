@@ -46,7 +46,8 @@ from torch import Tensor, nn
 from torchvision.models import resnet as tv_resnet
 
 from extract.backbones._narrow import NarrowResNet, _init_like_torchvision
-from extract.backbones.frame2d import _TRUNK_NAMES, TINY_WIDTHS, FrameResNet
+from extract.backbones.frame2d import _TRUNK_NAMES, IMAGENET_WEIGHTS, TINY_WIDTHS, FrameResNet
+from extract.backbones.pretrained import from_torchvision, register_all
 from extract.backbones.registry import Backbone, BackboneInfo, BackboneKind, register_backbone
 from extract.backbones.variants import register_variants
 
@@ -328,3 +329,7 @@ ENVNET_VARIANTS: dict[str, dict] = {
 register_variants(register_backbone, _resnet_audio, RESNET_VARIANTS)
 register_variants(register_backbone, _vggish, VGGISH_VARIANTS)
 register_variants(register_backbone, _envnet, ENVNET_VARIANTS)
+# ImageNet ResNets, their first conv averaged to one channel (cross-modality init); not a default.
+for _name, _arch in (("resnet18_audio", "resnet18"), ("resnet34_audio", "resnet34")):
+    _enum, _dim = IMAGENET_WEIGHTS[_arch]
+    register_all(from_torchvision(_name, _enum, feature_dim=_dim, default=False, clip_len=LOG_MEL_FRAMES))

@@ -1,5 +1,8 @@
 """TSN-style frame backbones: torchvision ResNet-18/50/101 applied to single frames.
 
+Their named weights are torchvision's ImageNet ones (``@imagenet1k``, ``@imagenet1k_v2``;
+the default is torchvision's ``DEFAULT``), read from torchvision's enums.
+
 Temporal Segment Networks (Wang et al. 2016) sample K frames per video and run a 2D net on
 each; the store keeps one feature per sampled frame (the K axis), so these backbones are
 ``kind="frame2d"`` with ``clip_len=1``. Given ``(B, C, T, H, W)`` with ``T > 1`` they return
@@ -14,6 +17,7 @@ from torch import Tensor, nn
 from torchvision.models import resnet as tv_resnet
 
 from extract.backbones._narrow import NarrowResNet
+from extract.backbones.pretrained import from_torchvision, register_all
 from extract.backbones.registry import (
     IMAGENET_MEAN,
     IMAGENET_STD,
@@ -130,3 +134,13 @@ VARIANTS: dict[str, dict] = {
                     "arch": "tiny", "input_size": TINY_INPUT_SIZE},
 }
 register_variants(register_backbone, _frame_resnet, VARIANTS)
+
+#: torchvision's ImageNet weights per ResNet (also the bodies of TSM and TIN, and of audio ResNets).
+IMAGENET_WEIGHTS = {
+    "resnet18": (tv_resnet.ResNet18_Weights, 512),
+    "resnet34": (tv_resnet.ResNet34_Weights, 512),
+    "resnet50": (tv_resnet.ResNet50_Weights, 2048),
+    "resnet101": (tv_resnet.ResNet101_Weights, 2048),
+}
+for _arch in ("resnet18", "resnet50", "resnet101"):
+    register_all(from_torchvision(_arch, IMAGENET_WEIGHTS[_arch][0], feature_dim=IMAGENET_WEIGHTS[_arch][1]))

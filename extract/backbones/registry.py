@@ -29,6 +29,7 @@ from typing import Any, Literal
 from torch import Tensor, nn
 
 from extract.backbones.converters import converter_for
+from extract.backbones.pretrained import RANDOM, PretrainedWeights, resolve_weights, weights_help
 from extract.backbones.weights import adapt_first_conv, load_weights
 from store.errors import SettingsError
 
@@ -168,6 +169,9 @@ class Backbone(nn.Module, abc.ABC):
         info: what the backbone expects and returns.
         weights_sha256: sha256 of the checkpoint loaded by :func:`get_backbone`, or None
             when randomly initialised.
+        weights_record: what :func:`get_backbone` loaded, for the feature set's attrs:
+            ``{"name": "random"}``, ``{"name": "file", "source": "local file", "sha256"}``
+            or a named weight's ``{"name", "source" (URL), "sha256", "dataset"}``.
         fc: the classifier ``Linear(D, num_classes)``, or None without ``num_classes``.
     """
 
@@ -208,6 +212,7 @@ class Backbone(nn.Module, abc.ABC):
         if info.in_channels != 3:
             adapt_first_conv(self, info.in_channels)
         self.weights_sha256: str | None = None
+        self.weights_record: dict[str, Any] = {"name": RANDOM}
 
     @property
     def input_channels(self) -> int:
@@ -300,48 +305,70 @@ def get_backbone(
     weights: str | os.PathLike[str] | None = None,
     in_channels: int | None = None,
     num_classes: int | None = None,
+    progress: bool = True,
     **kwargs: Any,
 ) -> Backbone:
-    """Build a registered backbone, randomly initialised or from a local checkpoint.
+    """Build a registered backbone: random, from named pretrained weights or from a local file.
 
     Args:
         name: a name from :func:`list_backbones`.
-        weights: path of a local state_dict (torchvision layout, or a checkpoint dict with
-            a ``"model"``/``"state_dict"`` entry), loaded with ``weights_only=True``; see
-            :func:`extract.backbones.weights.load_weights`; a public checkpoint in its
-            source layout is converted first (:func:`extract.backbones.converters.converter_for`:
-            pytorchvideo / PySlowFast / TSM files for ``slowfast_8x8_r50``, ``i3d_8x8_r50``,
-            ``i3d_nln_8x8_r50``, ``tsm_resnet50``). Its sha256 ends up in
-            ``backbone.weights_sha256``. None leaves the backbone randomly initialised (and
-            logs a warning saying so).
+        weights: what to load, resolved by :func:`extract.backbones.pretrained.resolve_weights`:
+            a named weight of the backbone (``"kinetics400"``, ``"KINETICS400_V1"``,
+            ``"torchvision:KINETICS400_V1"``; downloaded into torch.hub's cache on first
+            use), ``"default"`` (the backbone's default weight, an error if it has none),
+            ``"random"`` (random init, said explicitly), or a local checkpoint path
+            (torchvision layout, or a checkpoint dict with a ``"model"``/``"state_dict"``
+            entry; read with ``weights_only=True``; a public checkpoint in its source layout is
+            converted first, :func:`extract.backbones.converters.converter_for`). None, the
+            library default, is a random
+            init as in torchvision (``weights=None``) and logs a warning saying so; the
+            commands never pass None (a ``--backbone`` without ``@`` means ``default``).
         in_channels: input channels; None takes the builder's own (3 for video, 1 for
             audio). Another count adapts the first conv (cross-modality init), also when
             loading an RGB checkpoint.
-        num_classes: add a dropout + ``fc`` classifier of this size (for training).
+        num_classes: add a dropout + ``fc`` classifier of this size (for training); a
+            checkpoint's classifier of another size is skipped (it keeps a fresh init).
+        progress: show a progress bar while downloading.
         **kwargs: builder options (``dropout``, ``modality``, ``clip_len``, ``shift_div``...).
 
     Returns:
-        The backbone, in training mode as built (call ``.eval()`` for extraction).
+        The backbone, in training mode as built (call ``.eval()`` for extraction). Its
+        ``weights_sha256`` is the loaded file's sha256 (None for a random init), its
+        ``weights_record`` what the feature set's attrs record about the weights.
 
     Raises:
-        ValueError: unknown name.
-        WeightsError: the checkpoint cannot be read or does not fit the backbone.
+        SettingsError: unknown name.
+        WeightsError: unknown weights, a failed download, a checksum that differs, or a
+            checkpoint that cannot be read or does not fit the backbone.
     """
     if name not in _BACKBONES:
         raise SettingsError(
             f"unknown backbone {name!r}; available: {', '.join(list_backbones())} "
             "(or register one with @register_backbone)"
         )
+    choice = resolve_weights(name, weights)
+    if isinstance(choice, PretrainedWeights):
+        path = choice.fetch(progress=progress)  # before building: a failed download costs nothing
     if in_channels is not None:
         kwargs["in_channels"] = in_channels
     model = _BACKBONES[name](num_classes=num_classes, **kwargs)
-    if weights is None:
+    if choice is None:
         logger.warning(
-            "backbone %s is randomly initialised (no weights given): its features carry no "
-            "pretrained knowledge; pass --weights PATH for a local checkpoint",
+            "backbone %s is randomly initialised (weights=None): its features carry no pretrained "
+            "knowledge; pass weights='random' to say so, or a named weight (%s) or a file",
             name,
+            weights_help(name),
         )
+    if choice is None or choice == RANDOM:
+        model.weights_record = {"name": RANDOM}
+    elif isinstance(choice, PretrainedWeights):
+        digest = choice.check_file(path)
+        model.weights_sha256 = load_weights(model, path, convert=choice.converter, sha256=digest,
+                                            keep_init=choice.keep_init)
+        model.weights_record = choice.record(digest)
+        logger.info("backbone %s loaded %s from %s (sha256 %s)", name, choice.full_name, path, digest)
     else:
-        model.weights_sha256 = load_weights(model, weights, convert=converter_for(name))
-        logger.info("backbone %s loaded %s (sha256 %s)", name, weights, model.weights_sha256)
+        model.weights_sha256 = load_weights(model, choice, convert=converter_for(name))
+        model.weights_record = {"name": "file", "source": "local file", "sha256": model.weights_sha256}
+        logger.info("backbone %s loaded %s (sha256 %s)", name, choice, model.weights_sha256)
     return model

@@ -20,8 +20,9 @@ frame t-1), i.e. TSM's second fold; TSM's first fold is ``-1``.
 
 The offset net has a T x T layer, so a TIN model is built for ``clip_len`` frames. The
 interlacing conv is a ``Conv2d`` subclass holding the small nets: the state_dict is a
-ResNet's plus ``layerX.Y.conv1.interlace.*``, so an ImageNet ResNet loads with
-``model.load_state_dict(resnet_state, strict=False)`` (only the interlace keys are missing).
+ResNet's plus ``layerX.Y.conv1.interlace.*``, so an ImageNet ResNet loads into it with only
+the interlace keys missing: ``tin_resnet50@imagenet1k`` (torchvision's file; the interlace nets
+keep their init).
 """
 
 from __future__ import annotations
@@ -32,7 +33,8 @@ from collections.abc import Mapping
 import torch
 from torch import Tensor, nn
 
-from extract.backbones.frame2d import TINY_INPUT_SIZE, FrameResNet, resnet_trunk
+from extract.backbones.frame2d import IMAGENET_WEIGHTS, TINY_INPUT_SIZE, FrameResNet, resnet_trunk
+from extract.backbones.pretrained import from_torchvision, register_all
 from extract.backbones.registry import IMAGENET_MEAN, IMAGENET_STD, BackboneInfo, register_backbone
 from extract.backbones.variants import register_variants
 
@@ -248,3 +250,7 @@ VARIANTS: dict[str, dict] = {
                  "arch": "tiny", "input_size": TINY_INPUT_SIZE, "defaults": {"shift_div": 2}},
 }
 register_variants(register_backbone, _tin_resnet, VARIANTS)
+# The ImageNet ResNet-50 body, the interlace (offset and weight) nets keeping their own init, as
+# TIN trains from; not a default (a TIN is meant to be trained on video first, with extract.train).
+register_all(from_torchvision("tin_resnet50", IMAGENET_WEIGHTS["resnet50"][0], feature_dim=2048, default=False,
+                              clip_len=8, keep_init=(".interlace.",)))

@@ -20,11 +20,15 @@ from collections.abc import Mapping
 
 from torch import Tensor, nn
 
-from extract.backbones.frame2d import TINY_INPUT_SIZE, FrameResNet, resnet_trunk
+from extract.backbones.frame2d import IMAGENET_WEIGHTS, TINY_INPUT_SIZE, FrameResNet, resnet_trunk
+from extract.backbones.pretrained import from_torchvision, register_all
 from extract.backbones.registry import IMAGENET_MEAN, IMAGENET_STD, BackboneInfo, register_backbone
 from extract.backbones.variants import register_variants
 
 __all__ = ["VARIANTS", "ShiftConv2d", "TSMResNet", "temporal_shift"]
+
+#: Frames per clip of the TSM paper's Kinetics models.
+CLIP_LEN = 8
 
 
 def temporal_shift(x: Tensor, n_segment: int, shift_div: int = 8) -> Tensor:
@@ -125,7 +129,7 @@ def _tsm_resnet(
     num_classes: int | None = None,
     dropout: float = 0.5,
     modality: str | None = None,
-    clip_len: int = 8,
+    clip_len: int = CLIP_LEN,
     shift_div: int = 8,
 ) -> TSMResNet:
     """A TSM over a torchvision ResNet trunk (``arch``, or the tiny one): 1/``shift_div`` channels shift each way."""
@@ -151,3 +155,8 @@ VARIANTS: dict[str, dict] = {
                  "arch": "tiny", "input_size": TINY_INPUT_SIZE, "defaults": {"clip_len": 4}},
 }
 register_variants(register_backbone, _tsm_resnet, VARIANTS)
+# ImageNet ResNet bodies (plain ResNet keys load unchanged); not a default: TSM is meant to be
+# trained on video first (extract.train), so a bare tsm_resnet50 asks which weights to use.
+for _name, _arch in (("tsm_resnet18", "resnet18"), ("tsm_resnet50", "resnet50")):
+    _enum, _dim = IMAGENET_WEIGHTS[_arch]
+    register_all(from_torchvision(_name, _enum, feature_dim=_dim, default=False, clip_len=CLIP_LEN))

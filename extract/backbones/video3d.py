@@ -1,8 +1,9 @@
 """3D clip backbones from torchvision: R(2+1)D-18, R3D-18 and MC3-18 (Tran et al. 2018).
 
-Built with ``weights=None`` (never downloaded); the Kinetics-400 classifier is dropped and
-``forward_features`` returns the pooled 512-d clip feature. Defaults follow torchvision's
-Kinetics recipe: 16-frame clips, 112 px crops, Kinetics mean/std.
+Built with ``weights=None``; ``forward_features`` returns the pooled 512-d clip feature and
+the classifier is our optional ``fc`` (torchvision's key layout, so torchvision's Kinetics-400
+files load unchanged: ``@kinetics400``, the default, registered from torchvision's enums).
+Defaults follow torchvision's Kinetics recipe: 16-frame clips, 112 px crops, Kinetics mean/std.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from torch import Tensor, nn
 from torchvision.models.video import resnet as tv_video
 
 from extract.backbones._narrow import NarrowVideoResNet, video_stem
+from extract.backbones.pretrained import from_torchvision, register_all
 from extract.backbones.registry import (
     KINETICS_MEAN,
     KINETICS_STD,
@@ -103,3 +105,9 @@ VARIANTS: dict[str, dict] = {
                  "arch": "mc3", "tiny": True},
 }
 register_variants(register_backbone, _video_backbone, VARIANTS)
+for _name, _enum in (
+    ("r2plus1d_18", tv_video.R2Plus1D_18_Weights),
+    ("r3d_18", tv_video.R3D_18_Weights),
+    ("mc3_18", tv_video.MC3_18_Weights),
+):
+    register_all(from_torchvision(_name, _enum, feature_dim=512))

@@ -1,8 +1,10 @@
-"""Local checkpoints: loading (``weights_only=True``), checksums and cross-modality init.
+"""Checkpoint files: loading (``weights_only=True``), checksums and cross-modality init.
 
-No weights are ever downloaded. A checkpoint is a file on disk holding a state_dict in
+This module reads files on disk; named weights and their downloads are
+:mod:`extract.backbones.pretrained`. A checkpoint is a file holding a state_dict in
 torchvision's layout (``conv1.weight``, ``layer1.0.bn1.running_mean``, ..., ``fc.weight``),
-or a training checkpoint dict with that state_dict under ``"model"`` or ``"state_dict"``.
+or a training checkpoint dict with that state_dict under ``"model"``, ``"state_dict"`` or
+``"model_state"`` (PySlowFast, pytorchvideo).
 
 Cross-modality init (TSN, Wang et al. 2016): a net for C input channels (a flow stack)
 starts from an RGB net by averaging the first conv's kernel over its 3 input channels and
@@ -189,15 +191,16 @@ def _fit_first_conv(model: nn.Module, state: dict[str, Tensor], own: Mapping[str
 def load_weights(
     model: nn.Module,
     path: str | os.PathLike[str],
+    *,
     convert: Callable[[dict[str, Tensor]], dict[str, Tensor]] | None = None,
+    sha256: str | None = None,
+    keep_init: tuple[str, ...] = (),
 ) -> str:
     """Load a local checkpoint into ``model`` and return the file's sha256.
 
-    Accepts a plain state_dict or a dict with it under ``"model"``/``"state_dict"``/
-    ``"model_state"``; a ``"module."`` key prefix is dropped; ``convert`` (a checkpoint
-    converter, :mod:`extract.backbones.converters`) then renames the keys. An RGB first
-    conv loaded into a model with other input channels is averaged over channels
-    (cross-modality init). The classifier
+    Accepts a plain state_dict or a dict with it under ``"model"``/``"state_dict"``/``"model_state"``; a
+    ``"module."`` key prefix is dropped; ``convert`` then renames the keys. An RGB first conv loaded
+    into a model with other input channels is averaged over channels (cross-modality init). The classifier
     (``fc.*``) is optional: checkpoint classifiers are skipped when the model has none or
     when their shapes differ (with a warning), and a model's classifier missing from the
     checkpoint keeps its random init. Every other key must match in name and shape;
@@ -206,7 +209,12 @@ def load_weights(
     Args:
         model: the module to fill, with torchvision's key layout.
         path: the checkpoint file; read with ``torch.load(..., weights_only=True)``.
-        convert: applied to the file's state_dict before it is checked against the model.
+        convert: maps the file's state_dict to the model's key layout first (a published
+            checkpoint's converter, see :mod:`extract.backbones.converters`);
+            its refusal is reported with the file's path.
+        sha256: the file's checksum when the caller has computed it already.
+        keep_init: key fragments of the model's own modules the file need not hold; they
+            keep their init (TIN's interlace nets on an ImageNet ResNet body).
 
     Returns:
         Hex sha256 of the file, to record next to the features it produces.
@@ -228,7 +236,7 @@ def load_weights(
     def optional(key: str) -> bool:
         return key.startswith(CLASSIFIER_PREFIX) or key.endswith("num_batches_tracked")
 
-    missing = [k for k in own if k not in state and not optional(k)]
+    missing = [k for k in own if k not in state and not optional(k) and not any(f in k for f in keep_init)]
     unexpected = [k for k in state if k not in own and not optional(k)]
     wrong_shape = [
         f"{k} {tuple(state[k].shape)} != {tuple(own[k].shape)}"
@@ -267,4 +275,4 @@ def load_weights(
         else:
             loadable[key] = value
     model.load_state_dict(loadable, strict=False)
-    return file_sha256(path)
+    return sha256 or file_sha256(path)

@@ -39,7 +39,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from extract.backbones import Backbone, BackboneInfo, get_backbone
+from extract.backbones import DEFAULT, Backbone, BackboneInfo, get_backbone
 from extract.dump._assembly import extract_rows
 from extract.dump._logits import check_classifier, write_logit_predictions
 from extract.dump._prepare import (
@@ -138,7 +138,7 @@ def _backbone(
             torch.manual_seed(settings.seed)
             backbone = get_backbone(
                 choice.backbone,
-                weights=choice.weights,
+                weights=choice.weights or DEFAULT,  # no @: the default weights, never a silent random init
                 num_classes=num_classes if settings.head_logits else None,
                 **kwargs,
             )

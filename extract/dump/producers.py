@@ -133,6 +133,7 @@ class BackboneProducer(FeatureProducer):
         self.head_logits = head_logits
         extra = {
             "backbone": info.to_dict(),
+            "weights": dict(backbone.weights_record),
             **self.record(),
             "precision": "amp" if self.amp else "fp32",
         }

@@ -102,7 +102,11 @@ class BackboneChoice:
             (frame or clip; a flow one is built with 2 input channels), ``audio`` an audio
             backbone (``resnet18_audio``, ``vggish``, ``envnet_v2``, ...).
         modality: ``rgb``, ``flow`` or ``audio``.
-        weights: local checkpoint path; None = random init from the run's seed.
+        weights: what ``@WEIGHTS`` said: a named weight of the backbone (``kinetics400``,
+            ``KINETICS400_V1``, ``torchvision:KINETICS400_V1``), ``random`` (random init from
+            the run's seed), or a local checkpoint path; see
+            :func:`extract.backbones.pretrained.resolve_weights`. None = the backbone's
+            default weights (an error listing its weights if it has none).
         set_name: feature set name; None = ``"<modality>_<backbone>"``.
     """
 
@@ -133,20 +137,25 @@ class BackboneChoice:
         """``[MODALITY:]NAME[@WEIGHTS]`` (the ``--backbone`` syntax) -> a choice.
 
         ``modality`` is used when the text has no ``rgb:``/``flow:``/``audio:`` prefix.
-        Examples: ``r2plus1d_18``, ``flow:resnet18``, ``audio:vggish@vggish.pt``.
+        Everything after the first ``@`` is the weights (see :attr:`weights`), so
+        ``r2plus1d_18@torchvision:KINETICS400_V1`` keeps its ``:``. Examples:
+        ``r2plus1d_18`` (default weights), ``rgb:r2plus1d_18@kinetics400``, ``flow:resnet18@random``,
+        ``audio:vggish@vggish.pt``.
         """
         text = str(text).strip()
         head, colon, rest = text.partition(":")
         if colon and head in MODALITIES:
             modality, text = head, rest
-        elif colon and "@" not in head:
+        elif colon and "@" not in head:  # else the ':' belongs to the weights (@torchvision:NAME)
             raise SettingsError(
                 f"--backbone {text!r}: the part before ':' must be one of {MODALITIES} "
                 "(MODALITY:NAME[@WEIGHTS])"
             )
         name, at, weights = text.partition("@")
         if at and not weights:
-            raise SettingsError(f"--backbone {text!r}: give the checkpoint path after '@'")
+            raise SettingsError(
+                f"--backbone {text!r}: give the weights after '@' (a named weight, random or a file path)"
+            )
         return cls(name.strip(), modality, weights or None, set_name)
 
     def to_dict(self) -> dict[str, Any]:
@@ -164,7 +173,8 @@ class ExtractSettings:
     Attributes:
         backbone: registered backbone name (``extract.backbones.list_backbones()``) of a
             one-backbone run.
-        weights: local checkpoint path; None = random init from ``seed``.
+        weights: the one backbone's weights, as :attr:`BackboneChoice.weights` (a named
+            weight, ``random``, a path; None = the backbone's default weights).
         seed: torch seed of the random init (every shard and resume builds the same model).
         set_name: feature set name; None = ``"<modality>_<backbone>"``.
         modality: ``rgb``, ``flow`` or ``audio``: what ``backbone`` looks at.

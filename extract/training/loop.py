@@ -31,7 +31,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from extract.backbones import Backbone, get_backbone
+from extract.backbones import DEFAULT, Backbone, get_backbone
 from extract.errors import ExtractError
 from extract.training import checkpoint as ckpt
 from extract.training.data import EvalClips, TrainClips, eval_loader, train_loader
@@ -110,9 +110,10 @@ def default_workers(device: torch.device) -> int:
 
 
 def build_backbone(recipe: TrainRecipe, num_classes: int) -> Backbone:
-    """The backbone with a classifier, initialised from ``recipe.seed`` (or ``recipe.weights``)."""
+    """The backbone with a classifier for ``num_classes``: ``recipe.weights`` (None: the backbone's default
+    weights) with a fresh classifier where theirs has another size, random parts from ``recipe.seed``."""
     torch.manual_seed(recipe.seed)
-    return get_backbone(recipe.backbone, weights=recipe.weights, in_channels=IN_CHANNELS[recipe.modality],
+    return get_backbone(recipe.backbone, weights=recipe.weights or DEFAULT, in_channels=IN_CHANNELS[recipe.modality],
                         num_classes=num_classes, dropout=recipe.dropout)
 
 

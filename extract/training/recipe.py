@@ -50,7 +50,10 @@ class TrainRecipe:
     Attributes:
         backbone: registered backbone name (``extract.backbones.list_backbones()``).
         modality: ``rgb``, ``flow`` (2-channel flow stacks) or ``audio`` (an audio backbone).
-        weights: initial checkpoint (local file), None = random init from ``seed``.
+        weights: initial weights, as after ``--backbone NAME@``: a named weight of the backbone
+            (``kinetics400``; its classifier is replaced by one for the store's classes),
+            ``random`` (random init from ``seed``) or a local checkpoint; None = the
+            backbone's default weights (an error listing its weights if it has none).
         loss: a loss of ``heads.losses`` (``bce``, ``scaled_bce``, ``focal``, ``focal_lc``, ``lsep``...).
         loss_kwargs: keyword arguments of the loss (e.g. ``{"gamma": 2.0}`` for focal).
         class_weights: per-class loss weights from train label counts: ``none``, ``sqrt``

@@ -48,11 +48,20 @@ DECLARED = {
     "i3d_nln_8x8_r50": ("clip3d", 8, 224, 2048),
     "vggish_relu": ("audio2d", 96, 64, 128),
     "tin_resnet50": ("clip3d", 8, 224, 2048),
+    "s3d": ("clip3d", 128, 224, 1024),
+    "mvit_v1_b": ("clip3d", 16, 224, 768),
+    "mvit_v2_s": ("clip3d", 16, 224, 768),
+    "swin3d_t": ("clip3d", 32, 224, 768),
+    "swin3d_s": ("clip3d", 32, 224, 768),
+    "swin3d_b": ("clip3d", 32, 224, 1024),
     "resnet18_audio": ("audio2d", 198, 64, 512),
     "resnet34_audio": ("audio2d", 198, 64, 512),
     "vggish": ("audio2d", 96, 64, 128),
     "envnet_v2": ("audio1d", 32000, 1, 4096),
 }
+# Built here but run at their own minimum input in test_pretrained.py (S3D: 16x224x224; MViT: exactly
+# 16x224x224), against torchvision's own forward: too costly to repeat for every variant.
+NO_SMALL_INPUT = {"s3d", "mvit_v1_b", "mvit_v2_s"}
 # Builder options for the generic tests: zero-initialised non-local blocks pass no
 # gradient to their inner convs at init (the paper's design), so start them at gamma 1.
 TEST_KWARGS: dict[str, dict[str, object]] = {"i3d_nl_tiny": {"nl_zero_init": False}}
@@ -144,10 +153,12 @@ def test_declared_normalisation() -> None:
 
 @pytest.mark.parametrize("name", FULL)
 def test_full_size_backbones_build_and_run(name: str) -> None:
-    model = get_backbone(name).eval()
+    model = get_backbone(name, weights="random").eval()
     info = model.info
     assert (info.kind, info.clip_len, info.input_size, info.feature_dim) == DECLARED[name]
     assert info.name == name and info.in_channels == (1 if info.kind.startswith("audio") else 3)
+    if name in NO_SMALL_INPUT:
+        return
     if info.kind.startswith("audio"):
         x = clip_for(model, batch=1)
     else:  # TIN needs its clip_len frames

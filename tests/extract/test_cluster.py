@@ -24,7 +24,7 @@ from store.verify import verify_store
 
 cloudpickle.register_pickle_by_value(sys.modules[__name__])  # the task wrappers below travel by value
 SET = "rgb_resnet_tiny"
-SETTINGS = ExtractSettings(backbone="resnet_tiny", crop=32, clips=4, chunk_rows=4,
+SETTINGS = ExtractSettings(backbone="resnet_tiny", weights="random", crop=32, clips=4, chunk_rows=4,
                            batch_size=8, workers=0, threads=1)
 
 

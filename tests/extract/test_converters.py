@@ -19,7 +19,7 @@ import torchvggish.torchvggish as tvggish
 from torch import Tensor, nn
 from torchvision.models import resnet50
 
-from extract.backbones import WeightsError, get_backbone, temporal_shift
+from extract.backbones import WeightsError, file_sha256, get_backbone, temporal_shift
 from extract.backbones.converters import (
     converter_for,
     get_converter,
@@ -29,6 +29,7 @@ from extract.backbones.converters import (
     torchvggish,
     tsm,
 )
+from extract.backbones.pretrained import list_weights
 
 ATOL = 1e-4
 
@@ -72,12 +73,24 @@ def pytorchvideo_features(net: nn.Module, x: object) -> Tensor:
 # --- pytorchvideo: SlowFast R50 8x8, I3D R50 8x8 -----------------------------------------------
 
 
-def test_pytorchvideo_slowfast_r50_matches_the_reference(tmp_path: Path) -> None:
+def cached(backbone: str, name: str, obj: object) -> Path:
+    """Save ``obj`` where the named weight's download lands (a temporary TORCH_HOME)."""
+    entry = next(e for e in list_weights(backbone) if e.name == name)
+    path = entry.cache_path()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    torch.save(obj, path)
+    return path
+
+
+def test_pytorchvideo_slowfast_r50_matches_the_reference(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     torch.manual_seed(0)
     # the hub builder's architecture; global average pooling so that a 32 px clip fits the head
     reference = randomize(pv_hub.slowfast_r50(pretrained=False, head_pool=nn.AdaptiveAvgPool3d), 1)
-    path = save(tmp_path, "SLOWFAST_8x8_R50.pyth", {"model_state": reference.state_dict(), "epoch": 196})
-    ours = get_backbone("slowfast_8x8_r50", weights=path, num_classes=400).eval()
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch_home"))
+    path = cached("slowfast_8x8_r50", "kinetics400", {"model_state": reference.state_dict(), "epoch": 196})
+    assert path.name == "SLOWFAST_8x8_R50.pyth"
+    ours = get_backbone("slowfast_8x8_r50", weights="kinetics400", num_classes=400).eval()  # the named weight
+    assert ours.weights_record["sha256"] == file_sha256(path) == ours.weights_sha256
     x = clip(32, 32)
     slow = x.index_select(2, torch.linspace(0, 31, 8).long())  # PySlowFast's PackPathway
     assert slow[0, 0, :, 0, 0].tolist() == x[0, 0, [0, 4, 8, 13, 17, 22, 26, 31], 0, 0].tolist()
@@ -224,7 +237,7 @@ def test_tsm_shift_is_the_authors_shift_by_hand_and_by_their_code() -> None:
     torch.testing.assert_close(temporal_shift(y, n_segment=8, shift_div=8), tsm_shift(y, 8, 8), atol=0, rtol=0)
 
 
-def test_tsm_resnet50_matches_the_reference(tmp_path: Path) -> None:
+def test_tsm_resnet50_matches_the_reference(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     torch.manual_seed(0)
     reference = randomize(TSN(n_segment=8, num_classes=400), 4)
     state = DataParallelLike(reference).state_dict()
@@ -232,9 +245,10 @@ def test_tsm_resnet50_matches_the_reference(tmp_path: Path) -> None:
                  "module.base_model.layer4.2.bn3.running_var", "module.base_model.layer2.0.downsample.0.weight",
                  "module.new_fc.weight", "module.new_fc.bias"}  # key names of the released files
     assert published <= set(state) and not any(".fc." in k for k in state)
-    path = save(tmp_path, "TSM_kinetics_RGB_resnet50_shift8_blockres_avg_segment8_e50.pth",
-                {"epoch": 50, "arch": "resnet50", "state_dict": state, "best_prec1": 71.2})
-    ours = get_backbone("tsm_resnet50", weights=path, num_classes=400).eval()
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch_home"))
+    cached("tsm_resnet50", "kinetics400", {"epoch": 50, "arch": "resnet50", "state_dict": state, "best_prec1": 71.2})
+    alias = "tsm:TSM_kinetics_RGB_resnet50_shift8_blockres_avg_segment8_e50"  # the prefixed spelling
+    ours = get_backbone("tsm_resnet50", weights=alias, num_classes=400).eval()
     x = clip(8, 32)
     with torch.no_grad():
         assert_same(ours.forward_features(x), reference.features(x))

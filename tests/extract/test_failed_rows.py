@@ -13,7 +13,7 @@ import pytest
 from store import FeatureStore
 
 REPO = Path(__file__).resolve().parents[2]
-TINY = ["--backbone", "resnet_tiny", "--crop", "32", "--clips", "2", "--workers", "0",
+TINY = ["--backbone", "resnet_tiny@random", "--crop", "32", "--clips", "2", "--workers", "0",
         "--threads", "1", "--chunk-rows", "4", "-q"]
 SET = "rgb_resnet_tiny"
 

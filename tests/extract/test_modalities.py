@@ -31,16 +31,16 @@ from store.verify import verify_store
 FPS, N_FRAMES, CLIPS = 25.0, 25, 3
 STARTS = np.array([4, 12, 20])  # TSN, 3 segments of 1 frame in 25: floor((i + 1/2) * 25 / 3)
 THREE = (
-    BackboneChoice("resnet_tiny"),
-    BackboneChoice("resnet_tiny", "flow"),
-    BackboneChoice("resnet_audio_tiny", "audio"),
+    BackboneChoice("resnet_tiny", weights="random"),
+    BackboneChoice("resnet_tiny", "flow", weights="random"),
+    BackboneChoice("resnet_audio_tiny", "audio", weights="random"),
 )
 SETS = ["rgb_resnet_tiny", "flow_resnet_tiny", "audio_resnet_audio_tiny"]
 BASE = {"crop": 32, "clips": CLIPS, "threads": 1, "chunk_rows": 4, "batch_size": 8}
 CLI = ["--crop", "32", "--clips", str(CLIPS), "--workers", "1", "--threads", "1"]
 CLI += ["--chunk-rows", "4", "--batch-size", "8", "-q"]
-CLI3 = ["--backbone", "rgb:resnet_tiny", "--backbone", "flow:resnet_tiny"]
-CLI3 += ["--backbone", "audio:resnet_audio_tiny", *CLI]
+CLI3 = ["--backbone", "rgb:resnet_tiny@random", "--backbone", "flow:resnet_tiny@random"]
+CLI3 += ["--backbone", "audio:resnet_audio_tiny@random", *CLI]
 
 
 @pytest.fixture(scope="module")
@@ -160,7 +160,7 @@ def test_a_silent_track_is_valid_input_in_every_audio_backbone(videos, tmp_path,
     csv.write_text(f"{path}\n{silent}\n")
     store = tmp_path / "s.zarr"
     names = ["resnet_audio_tiny", "vggish_tiny", "envnet_tiny"]
-    args = [a for n in names for a in ("--backbone", f"audio:{n}")]
+    args = [a for n in names for a in ("--backbone", f"audio:{n}@random")]
     assert main(["--videos", str(csv), "--store", str(store), *args, *CLI]) == 0
     assert "silent audio track: 1" in capsys.readouterr().out
     assert verify_store(store).ok
@@ -280,7 +280,7 @@ def test_multi_set_run_resumes_and_matches_one_pass(three, videos, tmp_path, cap
     store = tmp_path / "r.zarr"
     # first the RGB set alone, then part of the three-set run, then the rest
     assert (
-        main(["--videos", str(videos), "--store", str(store), "--backbone", "resnet_tiny", *CLI])
+        main(["--videos", str(videos), "--store", str(store), "--backbone", "resnet_tiny@random", *CLI])
         == 0
     )
     assert main(["--videos", str(videos), "--store", str(store), *CLI3, "--limit", "3"]) == 0
@@ -301,8 +301,8 @@ def test_multi_set_run_resumes_and_matches_one_pass(three, videos, tmp_path, cap
 @pytest.mark.parametrize(
     "extra,words",
     [
-        (["--backbone", "audio:resnet_tiny"], "audio needs an audio backbone"),
-        (["--backbone", "rgb:vggish_tiny"], "rgb needs a video backbone"),
+        (["--backbone", "audio:resnet_tiny@random"], "audio needs an audio backbone"),
+        (["--backbone", "rgb:vggish_tiny@random"], "rgb needs a video backbone"),
         (["--backbone", "video:resnet_tiny"], "the part before ':' must be one of"),
         (
             ["--backbone", "resnet_tiny", "--backbone", "flow:resnet_tiny", "--set", "a"],

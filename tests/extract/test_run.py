@@ -32,7 +32,7 @@ from store.verify import verify_store
 
 REPO = Path(__file__).resolve().parents[2]
 N_VIDEOS, N_FRAMES, FPS = 10, 25, 25.0
-TINY = ["--backbone", "resnet_tiny", "--crop", "32", "--clips", "4", "--workers", "1"]
+TINY = ["--backbone", "resnet_tiny@random", "--crop", "32", "--clips", "4", "--workers", "1"]
 TINY += ["--threads", "1", "--chunk-rows", "4", "--batch-size", "8", "-q"]
 SET = "rgb_resnet_tiny"
 
@@ -104,6 +104,7 @@ def test_clip_backbone_views_and_short_video_mask(demo, tmp_path):
     """R(2+1)D-tiny, 3 clips of 16 frames at stride 2 (31 frames > 25), three crops: K = 9."""
     settings = ExtractSettings(
         backbone="r2plus1d_tiny",
+        weights="random",
         crop=32,
         clips=3,
         frames=16,
@@ -200,7 +201,7 @@ pipeline.extract(sys.argv[1], sys.argv[2], settings, on_progress=kill)
 def test_sigkill_then_resume_equals_an_uninterrupted_run(demo, ref_store, tmp_path, capsys):
     store = tmp_path / "k.zarr"
     cfg = ExtractSettings(
-        backbone="resnet_tiny", crop=32, clips=4, workers=1, threads=1, chunk_rows=4, batch_size=3
+        backbone="resnet_tiny", weights="random", crop=32, clips=4, workers=1, threads=1, chunk_rows=4, batch_size=3
     ).to_dict()
     env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
     argv = [sys.executable, "-c", KILL_AFTER_WRITE, str(demo.videos_csv), str(store)]
@@ -225,7 +226,7 @@ def test_two_shards_fill_one_store(demo, ref_store, tmp_path):
     store = str(tmp_path / "sh.zarr")
     config = tmp_path / "tiny.toml"  # the same settings as TINY, half of them from a config file
     config.write_text(
-        'backbone = "resnet_tiny"\ncrop = 32\nclips = 4\nbatch-size = 5\nchunk_rows = 4\n'
+        'backbone = "resnet_tiny@random"\ncrop = 32\nclips = 4\nbatch-size = 5\nchunk_rows = 4\n'
     )
     args = ["--videos", str(demo.videos_csv), "--store", store, "--config", str(config)]
     args += ["--workers", "1", "--threads", "1", "-q"]
@@ -324,7 +325,8 @@ def test_demo_default_is_rgb_flow_and_audio_and_one_backbone_is_unchanged():
     from extract.run import DEMO_BACKBONES, _parser, _settings
 
     demo = _settings(_parser().parse_args([]), demo=True)
-    assert [f"{c.modality}:{c.backbone}" for c in demo.choices()] == list(DEMO_BACKBONES)
+    assert [f"{c.modality}:{c.backbone}@{c.weights}" for c in demo.choices()] == list(DEMO_BACKBONES)
+    assert all(c.weights == "random" for c in demo.choices())  # the demo says so: it runs offline
     assert [c.default_set_name for c in demo.choices()] == [
         "rgb_resnet18",
         "flow_resnet18",
@@ -334,6 +336,7 @@ def test_demo_default_is_rgb_flow_and_audio_and_one_backbone_is_unchanged():
     one = _settings(_parser().parse_args([*TINY, "--videos", "x.csv", "--set", "s"]), demo=False)
     assert one == ExtractSettings(
         backbone="resnet_tiny",
+        weights="random",
         set_name="s",
         crop=32,
         clips=4,

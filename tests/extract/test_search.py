@@ -13,7 +13,7 @@ from extract.search import embed_video, main, producer_for, search_video
 from store import FeatureStore
 from store.testing import make_synthetic_store
 
-TINY = ["--backbone", "resnet_tiny", "--crop", "32", "--clips", "3", "--workers", "0", "--threads", "1",
+TINY = ["--backbone", "resnet_tiny@random", "--crop", "32", "--clips", "3", "--workers", "0", "--threads", "1",
         "--chunk-rows", "4", "--batch-size", "8", "--no-verify", "-q"]
 SET = "rgb_resnet_tiny"
 
@@ -33,8 +33,9 @@ def built(demo, tmp_path_factory):
     torch.manual_seed(11)
     weights = root / "tiny.pth"
     torch.save(get_backbone("resnet_tiny").state_dict(), weights)
+    tiny = [a.replace("@random", "") for a in TINY]
     assert extract_main(["--videos", str(demo.videos_csv), "--store", str(store), "--weights", str(weights),
-                         "--set", "ckpt", *TINY]) == 0
+                         "--set", "ckpt", *tiny]) == 0
     return FeatureStore.open(store), weights
 
 
@@ -86,8 +87,9 @@ MODALITY_SETS = ["rgb_resnet_tiny", "flow_resnet_tiny", "audio_resnet_audio_tiny
 def three(demo, tmp_path_factory):
     """RGB, flow and audio sets from one extract.run (the flow and audio sets as a user would add them)."""
     store = tmp_path_factory.mktemp("three") / "m.zarr"
-    sets = ["--backbone", "rgb:resnet_tiny", "--backbone", "flow:resnet_tiny", "--backbone", "audio:resnet_audio_tiny"]
-    args = [a for a in TINY if a not in ("--backbone", "resnet_tiny")]
+    sets = ["--backbone", "rgb:resnet_tiny@random", "--backbone", "flow:resnet_tiny@random", "--backbone",
+            "audio:resnet_audio_tiny@random"]
+    args = [a for a in TINY if a not in ("--backbone", "resnet_tiny@random")]
     assert extract_main(["--videos", str(demo.videos_csv), "--store", str(store), "--seed", "5", *sets, *args]) == 0
     return FeatureStore.open(store)
 

@@ -21,7 +21,8 @@ from extract.training.data import EvalClips, TrainClips, collate_train, eval_loa
 from extract.training.modality import make_inputs
 from store import FeatureStore
 
-TINY = dict(backbone="r2plus1d_tiny", crop=32, epochs=2, batch_size=4, warmup_epochs=0.5, eval_clips=2)
+TINY = dict(backbone="r2plus1d_tiny", weights="random", crop=32, epochs=2, batch_size=4, warmup_epochs=0.5,
+            eval_clips=2)
 
 
 @pytest.fixture(scope="module")
@@ -264,7 +265,7 @@ def test_cli_trains_resumes_and_refuses(demo, tmp_path, capsys):
     cfg = tmp_path / "recipe.toml"
     cfg.write_text('loss = "focal"\nloss_kwargs = {gamma = 1.5}\nscale = [1.0, 1.2]\nepochs = 1\n')
     out = tmp_path / "run"
-    args = ["--videos", str(demo.videos_csv), "--backbone", "r2plus1d_tiny", "--crop", "32", "--batch-size", "4",
+    args = ["--videos", str(demo.videos_csv), "--backbone", "r2plus1d_tiny@random", "--crop", "32", "--batch-size", "4",
             "--eval-clips", "2", "--config", str(cfg), "--out", str(out), "--workers", "0", "-q"]
     assert main([*args, "--class-weights", "sqrt"]) == 0
     recipe = json.loads((out / "recipe.json").read_text())

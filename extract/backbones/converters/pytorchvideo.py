@@ -38,10 +38,13 @@ from torch import Tensor
 
 from extract.backbones.converters._resnet3d import R50_BLOCKS, bottleneck
 from extract.backbones.converters._table import apply_table, batch_norm, unwrap
+from extract.backbones.pretrained import PretrainedWeights, WeightsTransforms, register_all
 from extract.backbones.weights import WeightsError
 
 __all__ = ["I3D_TABLE", "SLOWFAST_TABLE", "TABLES", "URLS", "convert"]
 
+#: PySlowFast's Kinetics normalisation (inputs in [0, 1]).
+_MEAN, _STD = (0.45, 0.45, 0.45), (0.225, 0.225, 0.225)
 URLS = {
     "slowfast_8x8_r50": "https://dl.fbaipublicfiles.com/pytorchvideo/model_zoo/kinetics/SLOWFAST_8x8_R50.pyth",
     "i3d_8x8_r50": "https://dl.fbaipublicfiles.com/pytorchvideo/model_zoo/kinetics/I3D_8x8_R50.pyth",
@@ -113,3 +116,19 @@ def convert(state_dict: Mapping[str, Any]) -> dict[str, Tensor]:
         "blocks.0.multipathway_blocks.0.conv.weight nor blocks.0.conv.weight "
         f"(first keys: {', '.join(list(state)[:3])})"
     )
+
+
+# Named weights (extract.backbones.pretrained): the files above, converted on load. The
+# model zoo publishes no checksum: the sha256 of the file loaded is recorded with the features.
+register_all([
+    PretrainedWeights(
+        backbone="slowfast_8x8_r50", name="kinetics400", url=URLS["slowfast_8x8_r50"], dataset="Kinetics-400",
+        transforms=WeightsTransforms(crop_size=224, resize_size=(256,), mean=_MEAN, std=_STD, clip_len=32,
+                                     frame_rate=15.0),  # 32 frames, every 2nd of 30 fps
+        feature_dim=2304, aliases=("SLOWFAST_8x8_R50",), source="pytorchvideo", converter=convert, default=True),
+    PretrainedWeights(
+        backbone="i3d_8x8_r50", name="kinetics400", url=URLS["i3d_8x8_r50"], dataset="Kinetics-400",
+        transforms=WeightsTransforms(crop_size=224, resize_size=(256,), mean=_MEAN, std=_STD, clip_len=8,
+                                     frame_rate=3.75),  # 8 frames, every 8th of 30 fps
+        feature_dim=2048, aliases=("I3D_8x8_R50",), source="pytorchvideo", converter=convert, default=True),
+])

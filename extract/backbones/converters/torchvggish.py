@@ -22,6 +22,7 @@ from typing import Any
 from torch import Tensor
 
 from extract.backbones.converters._table import apply_table, unwrap
+from extract.backbones.pretrained import PretrainedWeights, WeightsTransforms, register_all
 
 __all__ = ["TABLES", "URLS", "VGGISH_TABLE", "convert"]
 
@@ -46,3 +47,11 @@ def convert(state_dict: Mapping[str, Any]) -> dict[str, Tensor]:
         WeightsError: tensors missing / left over (a few listed).
     """
     return apply_table(unwrap(state_dict), VGGISH_TABLE, "torchvggish VGGish (vggish_relu)")
+
+
+# Named weight (extract.backbones.pretrained); the file name carries its sha256 prefix (10086976).
+# Transforms in BackboneInfo's terms: 96 log-mel frames (clip_len) of 64 bands (crop_size).
+register_all([PretrainedWeights(
+    backbone="vggish_relu", name="audioset", url=URLS["vggish_relu"], dataset="AudioSet",
+    transforms=WeightsTransforms(crop_size=64, resize_size=(64,), mean=(0.0,), std=(1.0,), clip_len=96),
+    feature_dim=128, aliases=("vggish-10086976",), source="torchvggish", converter=convert, default=True)])

@@ -32,6 +32,7 @@ from torch import Tensor
 
 from extract.backbones.converters._resnet3d import R50_BLOCKS
 from extract.backbones.converters._table import apply_table, batch_norm, unwrap
+from extract.backbones.pretrained import PretrainedWeights, WeightsTransforms, register_all
 
 __all__ = ["TSM_TABLE", "TABLES", "URLS", "convert"]
 
@@ -70,3 +71,13 @@ def convert(state_dict: Mapping[str, Any]) -> dict[str, Tensor]:
         WeightsError: tensors missing / left over (a few listed).
     """
     return apply_table(unwrap(state_dict), TSM_TABLE, "TSM ResNet-50 (tsm_resnet50)")
+
+
+# Named weight (extract.backbones.pretrained): the file above, converted on load; no published
+# checksum (the sha256 of the file loaded is recorded with the features).
+register_all([PretrainedWeights(
+    backbone="tsm_resnet50", name="kinetics400", url=URLS["tsm_resnet50"], dataset="Kinetics-400",
+    transforms=WeightsTransforms(crop_size=224, resize_size=(256,), mean=(0.485, 0.456, 0.406),
+                                 std=(0.229, 0.224, 0.225), clip_len=8),  # 8 TSN segments of one frame
+    feature_dim=2048, aliases=("TSM_kinetics_RGB_resnet50_shift8_blockres_avg_segment8_e50",), source="tsm",
+    converter=convert, default=True)])
