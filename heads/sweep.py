@@ -52,7 +52,7 @@ from heads._train_data import (
 )
 from heads.trainer import TrainConfig, build_head, train_head
 from store.cli import non_negative_int, positive_int, run_command
-from store.cluster import CLUSTERS, connect, dashboard_link, local_cluster
+from store.cluster import CLUSTERS, connect, dashboard_link, gpu_resources, local_cluster
 from store.errors import StoreError, VideoFeatError
 from store.feature_store import FeatureStore
 from store.threads import add_threads_argument, available_cores, free_cores, set_threads
@@ -285,12 +285,13 @@ def _run_on_dask(client: Any, path: str, todo: list[TrainConfig], torch_threads:
     from distributed import as_completed
 
     token = uuid.uuid4().hex[:8]  # a fresh key per sweep: a rerun never picks up an old task's result
+    gpu = gpu_resources(client) if any(c.device.startswith("cuda") for c in todo) else None
     futures = {client.submit(train_task, path, c, c.default_run_name(), torch_threads, before_train, pure=False,
                              retries=retries, priority=len(todo) - i, key=f"train-{c.default_run_name()}-{token}",
-                             resources={"GPU": 1} if c.device.startswith("cuda") else None): c
+                             resources=gpu if c.device.startswith("cuda") else None): c
                for i, c in enumerate(todo)}  # todo is most expensive first: run in that order
-    # A config asking for CUDA waits for a worker that advertises the resource GPU (store/cluster.py's
-    # cuda and GPU-gres slurm clusters do); "auto" runs anywhere and uses a GPU where the worker has one.
+    # A config asking for CUDA goes to a worker that advertises the resource GPU when there is one
+    # (store/cluster.py's cuda and GPU-gres slurm clusters do); "auto" runs anywhere.
     try:
         for future in as_completed(futures):
             try:

@@ -155,6 +155,20 @@ def dashboard_link(client: Any) -> str | None:
     return client.dashboard_link if has_bokeh else None
 
 
+def gpu_resources(client: Any) -> dict[str, int] | None:
+    """``{"GPU": 1}`` for a task that needs a GPU, when some worker advertises the resource; else None.
+
+    A cluster whose workers advertise no GPU (a LocalCluster on a GPU machine, a cluster started by
+    hand without ``--resources GPU=1``) would never run a task that asks for one: it runs anywhere.
+    """
+    workers = client.scheduler_info(n_workers=-1)["workers"].values()
+    if any((w.get("resources") or {}).get("GPU") for w in workers):
+        return {"GPU": 1}
+    log.warning("no Dask worker advertises the resource GPU (start them with --resources GPU=1, or use "
+                "--cluster cuda): GPU tasks may land on any worker")
+    return None
+
+
 def check_choice(scheduler: str | None, cluster: str | None, slurm: str | Path | None) -> None:
     """One error line for flag combinations that cannot work (before anything starts)."""
     if scheduler and cluster:

@@ -48,6 +48,7 @@ from extract.dump.producers import LOGITS_SUFFIX
 from extract.dump.settings import ExtractSettings
 from extract.errors import ExtractError
 from store import FeatureStore
+from store.cluster import gpu_resources
 from store.errors import StoreLocked
 
 log = logging.getLogger(__name__)
@@ -211,7 +212,7 @@ def extract_on_cluster(
     ranges = task_ranges(pending, fs.n_videos, settings.chunk_rows, chunks_per_task)
     stats.tasks = len(ranges)
     task_settings = dataclasses.replace(settings, limit=None, shard=None)
-    resources = {"GPU": 1} if gpu else None
+    resources = gpu_resources(client) if gpu else None
 
     def submit(a: int, b: int, rows: list[int]) -> Any:
         return client.submit(task, str(fs.path), task_settings, names, num_classes, a, b, rows,
