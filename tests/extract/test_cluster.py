@@ -1,11 +1,14 @@
 """extract.run on a Dask cluster (LocalCluster, 2 worker processes, tiny backbone and demo): features equal
 a single-process run; a worker killed mid-task loses no finished row; a video that kills its worker twice
-becomes an error row; a rerun resumes; the Slurm job script; flag mistakes."""
+becomes an error row; a rerun resumes, also after the client was SIGKILLed; the Slurm job script; flag mistakes."""
 
 import dataclasses
 import json
 import os
+import signal
+import subprocess
 import sys
+import time
 from functools import partial
 from pathlib import Path
 
@@ -149,3 +152,54 @@ def test_a_video_that_kills_its_worker_twice_becomes_an_error_row(client, demo, 
     np.testing.assert_array_equal(np.flatnonzero(~fset.done()), [2])
     assert verify_store(store).ok
     _assert_equal_to_reference(store, reference, rows=[0, 1, 3, 4, 5, 6, 7])
+
+
+CLIENT = """
+import sys, time
+from pathlib import Path
+from distributed import Client
+from extract.dump import cluster as C
+from extract.dump.settings import ExtractSettings
+
+def hold_second_range(store, settings, names, num_classes, a, b, rows, release=sys.argv[4]):
+    if a == 4:  # never extracts: waits until the test lets it go (or 120 s), so the client is killed mid-run
+        deadline = time.monotonic() + 120
+        while not Path(release).exists() and time.monotonic() < deadline:
+            time.sleep(0.1)
+        return C.RangeResult(a, b, 0, 0, 0, 0.0, "held")
+    return C.extract_range(store, settings, names, num_classes, a, b, rows)
+
+settings = ExtractSettings.from_dict({settings!r})
+with Client(sys.argv[1]) as client:
+    C.extract_on_cluster(client, sys.argv[2], sys.argv[3], settings, task=hold_second_range)
+"""
+
+
+def test_a_rerun_completes_the_store_after_the_client_was_killed(client, demo, reference, tmp_path):
+    store = tmp_path / "c.zarr"
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[2])}
+    code = CLIENT.format(settings=SETTINGS.to_dict())
+    release = tmp_path / "release"
+    proc = subprocess.Popen([sys.executable, "-c", code, client.scheduler.address, str(demo.videos_csv), str(store),
+                             str(release)], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    try:
+        while proc.poll() is None:  # wait until the first range (rows 0-3) is done; the second one is held
+            try:
+                if FeatureStore.open(store).feature_set(SET).done().sum() == 4:
+                    break
+            except Exception:  # noqa: BLE001 -- the store or the set is not made yet
+                pass
+            time.sleep(0.2)
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+        assert proc.returncode == -signal.SIGKILL, proc.stderr.read()  # killed mid-run, not finished
+    finally:
+        proc.kill()
+    done_at_kill = FeatureStore.open(store).feature_set(SET).done()
+    assert verify_store(store).ok  # a valid store at once
+    stats = _run(client, demo, store)
+    np.testing.assert_array_equal(np.flatnonzero(done_at_kill), [0, 1, 2, 3])
+    assert stats.planned == 4  # only the rows left
+    assert FeatureStore.open(store).feature_set(SET).done().all() and verify_store(store).ok
+    _assert_equal_to_reference(store, reference)
+    release.touch()  # the held task of the killed client returns and frees its worker
