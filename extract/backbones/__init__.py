@@ -19,6 +19,8 @@ Registered (``list_backbones()``; ``list_weights()`` for the named weights):
   (:mod:`extract.backbones.timm_frames`) and ``clip/<open_clip architecture>`` with
   ``weights=TAG`` (:mod:`extract.backbones.clip_frames`); their weights come from the
   Hugging Face cache (:mod:`extract.backbones.hf_hub`)
+- the exact architectures of public checkpoints (``slowfast_8x8_r50``, ``i3d_8x8_r50``,
+  ``i3d_nln_8x8_r50``, ``vggish_relu``), whose files ``converters/`` turns into our layout
 - test / CPU-smoke variants (same code paths, a few channels, 32 px):
   ``resnet_tiny``, ``tsm_tiny``, ``r2plus1d_tiny``, ``r3d_tiny``, ``mc3_tiny``, ...
 

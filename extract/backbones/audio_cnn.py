@@ -25,7 +25,9 @@ default; ``get_backbone`` passes none unless asked).
   D = 128, the embedding before the (omitted) PCA, without a final ReLU (as the current
   TensorFlow release). Module layout of ``torchvggish`` (``features.N``,
   ``embeddings.N``), flattened in TensorFlow's (H, W, C) order, so its converted
-  checkpoint loads.
+  checkpoint loads. ``vggish_relu`` is the torchvggish port's architecture (the 2017
+  TensorFlow release's): the same with a ReLU after the 128-D embedding; features are
+  taken before torchvggish's PCA whitening and 8-bit quantisation.
 - ``envnet_v2`` (Tokozume, Ushiku and Harada, ICLR 2018): conv1d 32 (k 64, s 2), 64 (k 16,
   s 2), max-pool 64, the 64 filters become the height of a 1-channel image, conv 32 (8x8)
   x2, max-pool (5, 3), conv 64 (1x4) x2, pool (1, 2), conv 128 (1x2) x2, pool, conv 256
@@ -183,8 +185,10 @@ def _vggish(
     num_classes: int | None = None,
     dropout: float = 0.5,
     modality: str | None = None,
+    final_relu: bool = False,
 ) -> VGGish:
-    """VGGish with conv ``widths`` per group and fully connected sizes ``fc``."""
+    """VGGish with conv ``widths`` per group and fully connected sizes ``fc``, a ReLU after
+    the embedding with ``final_relu``."""
     layers: list[nn.Module] = []
     cin = 1
     for group, width in enumerate(widths):
@@ -200,6 +204,7 @@ def _vggish(
         nn.Linear(fc[0], fc[1]),
         nn.ReLU(inplace=True),
         nn.Linear(fc[1], fc[2]),
+        *([nn.ReLU(inplace=True)] if final_relu else []),
     )
     features = nn.Sequential(*layers)
     _init_like_torchvision(features)
@@ -309,6 +314,9 @@ RESNET_VARIANTS: dict[str, dict] = {
 VGGISH_VARIANTS: dict[str, dict] = {
     "vggish": {"doc": "VGGish on ``(B, 1, 96, 64)`` log-mel patches (0.96 s), D=128.",
                "widths": VGGISH_WIDTHS, "fc": VGGISH_FC},
+    "vggish_relu": {"doc": "VGGish as the torchvggish port of the AudioSet release (its checkpoint's architecture): "
+                           "``vggish`` with a ReLU after the 128-D embedding, before PCA; D=128.",
+                    "widths": VGGISH_WIDTHS, "fc": VGGISH_FC, "final_relu": True},
     "vggish_tiny": {"doc": "Test / CPU-smoke variant: VGGish widths 8..64, fc 128-128-32, same input, D=32.",
                     "widths": TINY_WIDTHS, "fc": (128, 128, 32)},
 }

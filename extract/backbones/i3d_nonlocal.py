@@ -26,6 +26,13 @@ gives exactly the 2D net's activations on one frame (the I3D "boring video" fixe
 ``temporal_padding="zeros"`` is the paper's padding, under which the fixed point holds
 only away from the first and last frames. The default clip is 8 frames (the 8x8 recipe:
 8 frames taken every 8th frame, which is the sampler's business) at 224 px.
+
+Public checkpoints (``extract/backbones/converters/``) need the exact architectures they
+were trained with: ``i3d_8x8_r50`` (PySlowFast / pytorchvideo I3D_8x8_R50: no non-local
+block, zero temporal padding) and ``i3d_nln_8x8_r50`` (PySlowFast I3D_NLN_8x8_R50: zero
+temporal padding, and non-local blocks that max-pool their input ``x`` before the phi and
+g convs, where ``i3d_nl_r50`` pools the conv outputs). Their pool after res2 rounds odd
+frame counts up where PySlowFast rounds down: equal for the even clips they are made for.
 """
 
 from __future__ import annotations
@@ -111,21 +118,31 @@ class NonLocalBlock(nn.Module):
     """Embedded-Gaussian non-local block with a zero-initialised output BN (identity at init)."""
 
     def __init__(
-        self, channels: int, *, subsample: tuple[int, int, int] = (1, 2, 2), zero_init: bool = True
+        self,
+        channels: int,
+        *,
+        subsample: tuple[int, int, int] = (1, 2, 2),
+        zero_init: bool = True,
+        pool_first: bool = False,
     ) -> None:
         """Args:
         channels: C, input and output channels; the inner dim is d = C // 2.
         subsample: max-pool kernel (= stride) applied to phi and g; (1, 1, 1) for none.
         zero_init: zero the output BN's gamma (the paper); False starts from BN's default 1.
+        pool_first: max-pool the block's input ``x`` before the phi and g convs (floor
+            division of odd sizes), as PySlowFast's and pytorchvideo's ``Nonlocal``;
+            False (the default) pools the phi and g outputs (ceil division). A max does
+            not commute with a 1x1 conv, so the two are different functions.
         """
         super().__init__()
         if channels < 2:
             raise ValueError(f"a non-local block needs at least 2 channels, got {channels}")
         self.inner = channels // 2
+        self.pool_first = pool_first
         self.conv_theta = nn.Conv3d(channels, self.inner, 1)
         self.conv_phi = nn.Conv3d(channels, self.inner, 1)
         self.conv_g = nn.Conv3d(channels, self.inner, 1)
-        self.pool = nn.MaxPool3d(subsample, subsample, ceil_mode=True)
+        self.pool = nn.MaxPool3d(subsample, subsample, ceil_mode=not pool_first)
         self.conv_out = nn.Conv3d(self.inner, channels, 1)  # W_z
         self.bn = nn.BatchNorm3d(channels)
         self.zero_init = zero_init
@@ -139,8 +156,13 @@ class NonLocalBlock(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         b, _, t, h, w = x.shape
         theta = self.conv_theta(x).flatten(2)  # (B, C, T, H, W) -> (B, d, N)
-        phi = self.pool(self.conv_phi(x)).flatten(2)  # (B, C, T, H, W) -> (B, d, M)
-        g = self.pool(self.conv_g(x)).flatten(2)  # (B, C, T, H, W) -> (B, d, M)
+        if self.pool_first:
+            pooled = self.pool(x)  # (B, C, T, H, W) -> (B, C, T', H', W')
+            phi = self.conv_phi(pooled).flatten(2)  # -> (B, d, M)
+            g = self.conv_g(pooled).flatten(2)  # -> (B, d, M)
+        else:
+            phi = self.pool(self.conv_phi(x)).flatten(2)  # (B, C, T, H, W) -> (B, d, M)
+            g = self.pool(self.conv_g(x)).flatten(2)  # (B, C, T, H, W) -> (B, d, M)
         affinity = torch.bmm(theta.transpose(1, 2), phi) * self.inner**-0.5  # (B, N, M)
         attention = affinity.softmax(dim=-1)
         y = torch.bmm(g, attention.transpose(1, 2))  # (B, d, M) x (B, M, N) -> (B, d, N)
@@ -205,6 +227,7 @@ def make_layer3d(
     temporal_padding: TemporalPadding = "zeros",
     nonlocal_at: Sequence[int] = (),
     nl_zero_init: bool = True,
+    nl_pool_first: bool = False,
 ) -> nn.Sequential:
     """A stage of :class:`Bottleneck3d` blocks; ``temporal_kernels`` is cycled over the blocks.
 
@@ -217,6 +240,7 @@ def make_layer3d(
         temporal_padding: see :class:`TemporalPadConv3d`.
         nonlocal_at: indices of the blocks followed by a :class:`NonLocalBlock`.
         nl_zero_init: zero-initialise the non-local blocks' output BN.
+        nl_pool_first: the non-local blocks pool their input (see :class:`NonLocalBlock`).
     """
     bad = [i for i in nonlocal_at if not 0 <= i < blocks]
     if bad:
@@ -226,7 +250,8 @@ def make_layer3d(
         )
     layer = []
     for i in range(blocks):
-        nl = NonLocalBlock(planes * EXPANSION, zero_init=nl_zero_init) if i in nonlocal_at else None
+        nl = (NonLocalBlock(planes * EXPANSION, zero_init=nl_zero_init, pool_first=nl_pool_first)
+              if i in nonlocal_at else None)
         layer.append(
             Bottleneck3d(
                 inplanes if i == 0 else planes * EXPANSION,
@@ -267,6 +292,7 @@ def i3d_trunk(
     *,
     temporal_padding: TemporalPadding,
     nl_zero_init: bool,
+    nl_pool_first: bool = False,
 ) -> tuple[dict[str, nn.Module], int]:
     """The modules of a randomly initialised I3D ResNet and its feature dim."""
     if len(layers) != 4 or len(widths) != 4 or len(nonlocal_at) != 4:
@@ -293,6 +319,7 @@ def i3d_trunk(
             temporal_padding=temporal_padding,
             nonlocal_at=nonlocal_at[i],
             nl_zero_init=nl_zero_init,
+            nl_pool_first=nl_pool_first,
         )
         inplanes = planes * EXPANSION
         if i == 0:
@@ -319,10 +346,12 @@ def _i3d(
     nonlocal_at: Sequence[Sequence[int]] = R50_NONLOCAL_AT,
     temporal_padding: TemporalPadding = "replicate",
     nl_zero_init: bool = True,
+    nl_pool_first: bool = False,
 ) -> I3DResNet:
     """An I3D ResNet of ``layers`` blocks and ``widths`` per stage, non-local blocks at ``nonlocal_at``."""
     trunk, feature_dim = i3d_trunk(
-        layers, widths, nonlocal_at, temporal_padding=temporal_padding, nl_zero_init=nl_zero_init
+        layers, widths, nonlocal_at, temporal_padding=temporal_padding, nl_zero_init=nl_zero_init,
+        nl_pool_first=nl_pool_first,
     )
     info = BackboneInfo(
         name=name,
@@ -340,6 +369,15 @@ VARIANTS: dict[str, dict] = {
     # nonlocal_at=((), (), (), ()) gives the plain I3D ResNet-50
     "i3d_nl_r50": {"doc": "I3D ResNet-50 + 5 non-local blocks (res3: 1, 3; res4: 1, 3, 5): D=2048, 8x224x224 clips.",
                    "layers": R50_LAYERS, "widths": R50_WIDTHS, "input_size": 224},
+    # the public checkpoints' architectures, exactly (extract/backbones/converters/)
+    "i3d_8x8_r50": {"doc": "I3D R50 8x8 as PySlowFast / pytorchvideo's I3D_8x8_R50 (Kinetics-400 checkpoints): no "
+                           "non-local block, zero temporal padding, D=2048, 8x224x224 clips.",
+                    "layers": R50_LAYERS, "widths": R50_WIDTHS, "input_size": 224, "nonlocal_at": ((), (), (), ()),
+                    "temporal_padding": "zeros"},
+    "i3d_nln_8x8_r50": {"doc": "I3D NLN R50 8x8 as PySlowFast's I3D_NLN_8x8_R50: 5 non-local blocks that max-pool "
+                               "their input before phi and g, zero temporal padding, D=2048, 8x224x224 clips.",
+                        "layers": R50_LAYERS, "widths": R50_WIDTHS, "input_size": 224,
+                        "nonlocal_at": R50_NONLOCAL_AT, "temporal_padding": "zeros", "nl_pool_first": True},
     "i3d_nl_tiny": {"doc": "Test / CPU-smoke variant: blocks 1,2,2,1 of widths 8..64, 2 non-local blocks, D=256, "
                            "4x32x32.", "layers": TINY_LAYERS, "widths": TINY_WIDTHS, "input_size": 32,
                     "defaults": {"clip_len": 4, "nonlocal_at": TINY_NONLOCAL_AT}},

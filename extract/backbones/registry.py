@@ -30,6 +30,7 @@ from typing import Any, Literal
 
 from torch import Tensor, nn
 
+from extract.backbones.converters import converter_for
 from extract.backbones.pretrained import RANDOM, PretrainedWeights, resolve_weights, weights_help
 from extract.backbones.weights import adapt_first_conv, load_weights
 from store.errors import SettingsError
@@ -378,7 +379,9 @@ def get_backbone(
             use), ``"default"`` (the backbone's default weight, an error if it has none),
             ``"random"`` (random init, said explicitly), or a local checkpoint path
             (torchvision layout, or a checkpoint dict with a ``"model"``/``"state_dict"``
-            entry; read with ``weights_only=True``). None, the library default, is a random
+            entry; read with ``weights_only=True``; a public checkpoint in its source layout is
+            converted first, :func:`extract.backbones.converters.converter_for`). None, the
+            library default, is a random
             init as in torchvision (``weights=None``) and logs a warning saying so; the
             commands never pass None (a ``--backbone`` without ``@`` means ``default``).
         in_channels: input channels; None takes the builder's own (3 for video, 1 for
@@ -433,7 +436,7 @@ def get_backbone(
         model.weights_record = choice.record(digest)
         logger.info("backbone %s loaded %s from %s (sha256 %s)", name, choice.full_name, path, digest)
     else:
-        model.weights_sha256 = load_weights(model, choice)
+        model.weights_sha256 = load_weights(model, choice, convert=converter_for(name))
         model.weights_record = {"name": "file", "source": "local file", "sha256": model.weights_sha256}
         logger.info("backbone %s loaded %s (sha256 %s)", name, choice, model.weights_sha256)
     return model

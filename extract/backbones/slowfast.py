@@ -29,11 +29,18 @@ parameter count are those of the unshifted model (a SlowFast checkpoint loads as
 block whose input has fewer than ``shift_div`` channels (``fold = 0``) is left unshifted.
 The shift is recorded in the name: ``slowfast_shift_r50`` / ``slowfast_shift_tiny`` are
 registered with ``shift_div = 8``; another ``shift_div`` gives ``slowfast_shift4_r50``...
+
+``slowfast_8x8_r50`` is the architecture of the public SLOWFAST_8x8_R50 checkpoints
+(PySlowFast, pytorchvideo; see ``extract/backbones/converters/``): alpha 4 (the Slow
+pathway sees 8 of the 32 frames), 7x1x1 lateral convs, and the Slow frames picked as
+PySlowFast packs them, ``linspace(0, T - 1, T // alpha)`` rounded down (0, 4, 8, 13, 17,
+22, 26, 31 for 32 frames) instead of every alpha-th frame.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from typing import Literal
 
 import torch
 from torch import Tensor, nn
@@ -68,6 +75,7 @@ SLOW_TEMPORAL = (1, 1, 3, 3)
 FAST_TEMPORAL = (3, 3, 3, 3)
 FUSION_KERNEL = 5
 FUSION_RATIO = 2
+SlowFrames = Literal["stride", "linspace"]
 #: shift_div of the registered ``slowfast_shift_*`` variants (TSM's 1/8 each way).
 SHIFT_DIV = 8
 
@@ -134,14 +142,14 @@ def shifted_name(name: str, shift_div: int) -> str:
 class FastToSlow(nn.Module):
     """Lateral connection: time-strided conv of the Fast features, concatenated to the Slow ones."""
 
-    def __init__(self, fast_channels: int, alpha: int) -> None:
+    def __init__(self, fast_channels: int, alpha: int, kernel: int = FUSION_KERNEL) -> None:
         super().__init__()
         self.conv = nn.Conv3d(
             fast_channels,
             FUSION_RATIO * fast_channels,
-            (FUSION_KERNEL, 1, 1),
+            (kernel, 1, 1),
             stride=(alpha, 1, 1),
-            padding=(FUSION_KERNEL // 2, 0, 0),
+            padding=(kernel // 2, 0, 0),
             bias=False,
         )
         self.bn = nn.BatchNorm3d(FUSION_RATIO * fast_channels)
@@ -170,7 +178,12 @@ def _stem(out_channels: int, temporal_kernel: int) -> nn.Sequential:
 
 
 def slowfast_trunk(
-    layers: Sequence[int], widths: Sequence[int], alpha: int, beta_inv: int, shift_div: int = 0
+    layers: Sequence[int],
+    widths: Sequence[int],
+    alpha: int,
+    beta_inv: int,
+    shift_div: int = 0,
+    fusion_kernel: int = FUSION_KERNEL,
 ) -> tuple[dict[str, nn.Module], int]:
     """The modules of a randomly initialised SlowFast and its feature dim.
 
@@ -182,6 +195,7 @@ def slowfast_trunk(
         beta_inv: channel ratio 1 / beta.
         shift_div: 0 for none, else every block of both pathways shifts 1/shift_div of
             its input channels each way in time before its first conv (module docstring).
+        fusion_kernel: temporal kernel of the lateral connections' convs (odd).
     """
     if alpha < 1 or beta_inv < 1:
         raise ValueError(f"alpha and beta_inv must be positive integers, got {alpha}, {beta_inv}")
@@ -190,6 +204,8 @@ def slowfast_trunk(
             f"shift_div must be 0 (no temporal shift) or >= 2 (2/shift_div of the channels "
             f"move), got {shift_div}"
         )
+    if fusion_kernel < 1 or fusion_kernel % 2 == 0:
+        raise ValueError(f"fusion_kernel must be a positive odd number, got {fusion_kernel}")
     if any(w % beta_inv for w in widths):
         raise ValueError(
             f"the widths {tuple(widths)} must be multiples of beta_inv={beta_inv} "
@@ -199,7 +215,7 @@ def slowfast_trunk(
     trunk: dict[str, nn.Module] = {
         "slow_stem": _stem(widths[0], 1),
         "fast_stem": _stem(fast_widths[0], 5),
-        "fuse0": FastToSlow(fast_widths[0], alpha),
+        "fuse0": FastToSlow(fast_widths[0], alpha, fusion_kernel),
     }
     slow_in = widths[0] + FUSION_RATIO * fast_widths[0]
     fast_in = fast_widths[0]
@@ -217,7 +233,7 @@ def slowfast_trunk(
                     block.conv1 = ShiftConv3d.from_conv(block.conv1, shift_div)
         slow_in, fast_in = widths[i] * EXPANSION, fast_widths[i] * EXPANSION
         if i < 3:
-            trunk[f"fuse{i + 1}"] = FastToSlow(fast_in, alpha)
+            trunk[f"fuse{i + 1}"] = FastToSlow(fast_in, alpha, fusion_kernel)
             slow_in += FUSION_RATIO * fast_in
     for module in trunk.values():
         _init_like_torchvision(module)
@@ -243,17 +259,32 @@ class SlowFast(Backbone):
         alpha: int,
         num_classes: int | None = None,
         dropout: float = 0.5,
+        slow_frames: SlowFrames = "stride",
     ) -> None:
-        """Args as :class:`~extract.backbones.registry.Backbone`, plus the frame-rate ratio ``alpha``."""
+        """Args as :class:`~extract.backbones.registry.Backbone`, plus the frame-rate ratio ``alpha``
+        and how the Slow pathway picks its frames: ``"stride"`` (every alpha-th, from the
+        first: ``ceil(T / alpha)`` frames) or ``"linspace"`` (PySlowFast / pytorchvideo:
+        ``T // alpha`` frames at ``linspace(0, T - 1, T // alpha)`` rounded down, first and
+        last included)."""
+        if slow_frames not in ("stride", "linspace"):
+            raise ValueError(f"slow_frames must be 'stride' or 'linspace', got {slow_frames!r}")
         super().__init__(info, trunk, num_classes=num_classes, dropout=dropout)
         self.alpha = alpha
+        self.slow_frames = slow_frames
         if info.in_channels != 3:  # the base class adapted the Slow stem only
             adapt_first_conv(self.fast_stem, info.in_channels)
 
     def forward_features(self, x: Tensor) -> Tensor:
         """``(B, C, T, H, W)`` -> ``(B, D)``: both pathways, fused, pooled and concatenated."""
         self.check_input(x)
-        slow = x[:, :, :: self.alpha]  # (B, C, T, H, W) -> (B, C, ceil(T/alpha), H, W)
+        if self.slow_frames == "stride":
+            slow = x[:, :, :: self.alpha]  # (B, C, T, H, W) -> (B, C, ceil(T/alpha), H, W)
+        else:
+            t = x.shape[2]
+            if t < self.alpha:
+                raise ValueError(f"{self.info.name} needs at least alpha={self.alpha} frames, got {t}")
+            index = torch.linspace(0, t - 1, t // self.alpha).long().to(x.device)
+            slow = x.index_select(2, index)  # (B, C, T, H, W) -> (B, C, T//alpha, H, W)
         slow, fast = self.slow_stem(slow), self.fast_stem(x)
         slow = self.fuse0(slow, fast)
         for i in range(1, 5):
@@ -280,10 +311,12 @@ def _slowfast(
     alpha: int = 8,
     beta_inv: int = 8,
     shift_div: int = 0,
+    fusion_kernel: int = FUSION_KERNEL,
+    slow_frames: SlowFrames = "stride",
 ) -> SlowFast:
     """A SlowFast of ``layers`` blocks and Slow ``widths``; ``info.name`` records the shift
     (:func:`shifted_name` of ``base``, the unshifted variant, or of ``name``)."""
-    trunk, feature_dim = slowfast_trunk(layers, widths, alpha, beta_inv, shift_div)
+    trunk, feature_dim = slowfast_trunk(layers, widths, alpha, beta_inv, shift_div, fusion_kernel)
     info = BackboneInfo(
         name=shifted_name(base or name, shift_div),
         kind="clip3d",
@@ -293,7 +326,7 @@ def _slowfast(
         mean=PYSLOWFAST_MEAN,
         std=PYSLOWFAST_STD,
     ).with_input_channels(in_channels, modality)
-    return SlowFast(info, trunk, alpha=alpha, num_classes=num_classes, dropout=dropout)
+    return SlowFast(info, trunk, alpha=alpha, num_classes=num_classes, dropout=dropout, slow_frames=slow_frames)
 
 
 _R50 = {"layers": DEPTHS[50], "widths": R50_WIDTHS, "input_size": 224, "base": None}
@@ -304,6 +337,10 @@ VARIANTS: dict[str, dict] = {
                      **_R50},
     "slowfast_r101": {"doc": "SlowFast R101 (blocks 3, 4, 23, 3): 32x224x224 clips, alpha 8, beta 1/8, D=2304.",
                       **_R50, "layers": DEPTHS[101]},
+    "slowfast_8x8_r50": {"doc": "SlowFast R50 8x8 as PySlowFast / pytorchvideo's SLOWFAST_8x8_R50 (Kinetics-400 "
+                                "checkpoints): 32x224x224 clips, Slow on 8 of them (alpha 4, linspace), beta 1/8, "
+                                "7x1x1 lateral convs, D=2304.",
+                         **_R50, "fusion_kernel": 7, "slow_frames": "linspace", "defaults": {"alpha": 4}},
     "slowfast_tiny": {"doc": "Test / CPU-smoke variant: 1 block per stage, Slow widths 8..64, alpha 4, beta 1/4, "
                              "8x32x32.", **_TINY},
     "slowfast_shift_r50": {"doc": "SlowFast R50 4x16 with TSM shifts in every block of both pathways (1/8 each way).",

@@ -220,8 +220,8 @@ def load_weights(
     """Load a local checkpoint into ``model`` and return the file's sha256.
 
     Accepts a plain state_dict or a dict with it under ``"model"``/``"state_dict"``/``"model_state"``; a
-    ``"module."`` key prefix is dropped. An RGB first conv loaded into a model with other
-    input channels is averaged over channels (cross-modality init). The classifier
+    ``"module."`` key prefix is dropped; ``convert`` then renames the keys. An RGB first conv loaded
+    into a model with other input channels is averaged over channels (cross-modality init). The classifier
     (``fc.*``) is optional: checkpoint classifiers are skipped when the model has none or
     when their shapes differ (with a warning), and a model's classifier missing from the
     checkpoint keeps its random init. Every other key must match in name and shape;
@@ -231,7 +231,8 @@ def load_weights(
         model: the module to fill, with torchvision's key layout.
         path: the checkpoint file; read with ``torch.load(..., weights_only=True)``.
         convert: maps the file's state_dict to the model's key layout first (a published
-            checkpoint's converter, see :mod:`extract.backbones.pretrained`).
+            checkpoint's converter, see :mod:`extract.backbones.converters`);
+            its refusal is reported with the file's path.
         sha256: the file's checksum when the caller has computed it already.
         keep_init: key fragments of the model's own modules the file need not hold; they
             keep their init (TIN's interlace nets on an ImageNet ResNet body).
@@ -246,7 +247,10 @@ def load_weights(
     path = Path(path)
     state = _read_state_dict(path)
     if convert is not None:
-        state = convert(state)
+        try:
+            state = convert(state)
+        except WeightsError as err:
+            raise WeightsError(f"weights file {path}: {err}") from err
     own = model.state_dict()
     _fit_first_conv(model, state, own)
 
