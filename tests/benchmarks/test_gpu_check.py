@@ -105,7 +105,7 @@ def test_amp_dtype_reaches_autocast(monkeypatch):
 
     with pytest.raises(SettingsError, match="--amp-dtype must be one of"):
         ExtractSettings(amp_dtype="float8")
-    settings = ExtractSettings(backbone="resnet_tiny", crop=32, amp_dtype="bfloat16")
+    settings = ExtractSettings(backbone="resnet_tiny", weights="random", crop=32, amp_dtype="bfloat16")
     producer = pipeline.build_producers(settings, "cpu")[0]
     assert producer.spec.extra["precision"] == "fp32" and "amp_dtype" not in producer.spec.extra  # no autocast on CPU
     seen = []
