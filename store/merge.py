@@ -96,10 +96,12 @@ def _check_sets(inputs: list[FeatureStore]) -> dict[str, FeatureSetSpec]:
     return specs
 
 
-def _plan_rows(inputs: list[FeatureStore]) -> tuple[pd.DataFrame, int]:
-    """The output's video table (input order, first occurrence of each id) and the duplicate count.
+def _plan_rows(inputs: list[FeatureStore]) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """The output's video table (input order, first occurrence of each id) and the later copies.
 
-    The table holds every video column plus the source input and row of each output row.
+    The table holds every video column plus the source input and row of each output row; the
+    later copies of duplicated ids (``id``, source, row, in input order) are the other places a
+    row's features may come from.
     """
     tables, fingerprints = [], []
     for i, fs in enumerate(inputs):
@@ -125,9 +127,7 @@ def _plan_rows(inputs: list[FeatureStore]) -> tuple[pd.DataFrame, int]:
                 f"video {table['id'].iloc[d]!r} has different {what} in {inputs[table[_SOURCE].iloc[r]].path} and "
                 f"{inputs[table[_SOURCE].iloc[d]].path}; fix one of them before merging ({int(bad.sum())} conflict(s))")
     keep = table.loc[first].reset_index(drop=True)
-    # Features of a duplicated id come from the first input where its row is done: remember every candidate.
-    keep.attrs["candidates"] = table.loc[~first, ["id", _SOURCE, _ROW]].reset_index(drop=True)
-    return keep, int((~first).sum())
+    return keep, table.loc[~first, ["id", _SOURCE, _ROW]].reset_index(drop=True)
 
 
 def _append_videos(out: FeatureStore, inputs: list[FeatureStore], plan: pd.DataFrame,
@@ -149,7 +149,8 @@ def _append_videos(out: FeatureStore, inputs: list[FeatureStore], plan: pd.DataF
         out.append_videos(block[columns].reset_index(drop=True), labels)
 
 
-def _sources(fsets: list[FeatureSet], plan: pd.DataFrame) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def _sources(fsets: list[FeatureSet], plan: pd.DataFrame,
+             later: pd.DataFrame) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Per output row: the input (-1: none) and input row to copy features from, and the error text.
 
     A row takes its features from the first input where it is done; a row done nowhere keeps
@@ -170,7 +171,6 @@ def _sources(fsets: list[FeatureSet], plan: pd.DataFrame) -> tuple[np.ndarray, n
             if out_of[r] >= 0:
                 message[out_of[r]] = text
     out_row = pd.Series(np.arange(n), index=plan["id"].to_numpy())
-    later = plan.attrs["candidates"]  # later copies of duplicated ids, in input order
     for vid, s, r in zip(later["id"], later[_SOURCE], later[_ROW]):
         o = out_row[vid]
         if is_done[o]:
@@ -184,14 +184,14 @@ def _sources(fsets: list[FeatureSet], plan: pd.DataFrame) -> tuple[np.ndarray, n
 
 
 def _copy_set(out: FeatureStore, name: str, spec: FeatureSetSpec, fsets: list[FeatureSet],
-              plan: pd.DataFrame, progress: Progress) -> tuple[int, int]:
+              plan: pd.DataFrame, later: pd.DataFrame, progress: Progress) -> tuple[int, int]:
     """Copy one feature set into ``out``, a storage chunk at a time; rows already done are skipped.
 
     Returns:
         ``(rows with features, rows with an error)`` in the output.
     """
     target = out.create_feature_set(name, spec)
-    src, row, message = _sources(fsets, plan)
+    src, row, message = _sources(fsets, plan, later)
     todo = np.zeros(len(plan), bool)
     todo[target.pending()] = True
     c = spec.chunk_rows
@@ -234,7 +234,7 @@ def merge_stores(out: str | os.PathLike[str], inputs: list[str | os.PathLike[str
     stores = [FeatureStore.open(paths[0])]
     stores += [FeatureStore.open(p, classes=stores[0].classes) for p in paths[1:]]
     specs = _check_sets(stores)
-    plan, duplicates = _plan_rows(stores)
+    plan, later = _plan_rows(stores)
     work = out.with_name(out.name + SUFFIX)
     manifest = {"inputs": [str(p) for p in resolved]}
     if work.exists():
@@ -246,10 +246,10 @@ def merge_stores(out: str | os.PathLike[str], inputs: list[str | os.PathLike[str
         target = FeatureStore.create(work, classes=stores[0].classes)
         target.root.attrs["merge"] = {**manifest, "started": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds")}
     _append_videos(target, stores, plan, progress)
-    report = MergeReport(rows=len(plan), duplicates=duplicates)
+    report = MergeReport(rows=len(plan), duplicates=len(later))
     for name, spec in specs.items():
         fsets = [fs.feature_set(name) for fs in stores]
-        report.done[name], report.errors[name] = _copy_set(target, name, spec, fsets, plan, progress)
+        report.done[name], report.errors[name] = _copy_set(target, name, spec, fsets, plan, later, progress)
     check = verify_store(work)
     if not check.ok:
         raise StoreError(f"the merged store {work} failed verification: {check.problems[0]}")
