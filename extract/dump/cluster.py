@@ -40,6 +40,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
+import torch
 
 from extract.dump._prepare import check_feature_sets, fix_max_clips, open_video_list, prepare_store
 from extract.dump.jobs import make_jobs
@@ -197,7 +198,9 @@ def extract_on_cluster(
     videos = open_video_list(source, store=store, root=root, classes=classes, list_format=list_format,
                              kinetics_pattern=kinetics_pattern)
     num_classes = len(videos.classes) or 1
-    device = settings.resolved_device()
+    # The client builds the models once, on its own device, for the sets' names and specs; a client
+    # without a GPU (a login node) may still run --device cuda tasks on GPU workers.
+    device = "cpu" if settings.device == "cuda" and not torch.cuda.is_available() else settings.resolved_device()
     probe = {"workers": max(1, settings.workers or 1), "timeout_s": settings.timeout_s, "progress": on_probe}
     settings, probed = fix_max_clips(settings, store, videos, **probe)  # time-based K-max, the same for every task
     producers = build_producers(settings, device, num_classes=num_classes)  # names and specs, checked here once

@@ -236,3 +236,19 @@ def test_a_rerun_completes_the_store_after_the_client_was_killed(client, demo, r
     assert FeatureStore.open(store).feature_set(SET).done().all() and verify_store(store).ok
     _assert_equal_to_reference(store, reference)
     release.touch()  # the held task of the killed client returns and frees its worker
+
+
+def record_range(store, settings, names, num_classes, a, b, rows, seen):
+    """A task that only says which rows and device it was given (no extraction)."""
+    Path(seen, f"{a}").write_text(json.dumps({"rows": list(rows), "device": settings.device}))
+    return C.RangeResult(a, b, 0, 0, 0, 0.0, "recorded")
+
+
+def test_a_client_without_a_gpu_can_plan_cuda_tasks(client, demo, tmp_path):
+    """A login node without a GPU builds the specs on its CPU; the tasks keep --device cuda."""
+    store = tmp_path / "c.zarr"
+    settings = dataclasses.replace(SETTINGS, device="cuda")
+    stats = _run(client, demo, store, settings=settings, task=partial(record_range, seen=str(tmp_path)))
+    assert stats.tasks == 2 and FeatureStore.open(store).feature_sets() == [SET]
+    sent = {a: json.loads((tmp_path / f"{a}").read_text()) for a in (0, 4)}
+    assert sent == {0: {"rows": [0, 1, 2, 3], "device": "cuda"}, 4: {"rows": [4, 5, 6, 7], "device": "cuda"}}
