@@ -42,9 +42,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from extract.dump._prepare import check_feature_sets, fix_max_clips, open_video_list, prepare_store
-from extract.dump.jobs import make_jobs
-from extract.dump.pipeline import base_set_names, build_producers, run_extraction, write_logit_predictions
+from extract.dump.pipeline import build_producers, prepare_run, run_extraction, write_logit_predictions
 from extract.dump.producers import LOGITS_SUFFIX
 from extract.dump.settings import ExtractSettings
 from extract.errors import ExtractError
@@ -195,23 +193,19 @@ def extract_on_cluster(
     if settings.amp and settings.resolved_device() != "cuda":
         raise ExtractError("--amp on a cluster needs this client on a GPU node too (the feature sets record the "
                            "precision the models run at); run the command on a GPU node or drop --amp")
-    videos = open_video_list(source, store=store, root=root, classes=classes, list_format=list_format,
-                             kinetics_pattern=kinetics_pattern)
-    num_classes = len(videos.classes) or 1
     # The client builds the models once, on its own device, for the sets' names and specs; a client
     # without a GPU (a login node) may still run --device cuda tasks on GPU workers.
     device = "cpu" if settings.device == "cuda" and not torch.cuda.is_available() else settings.resolved_device()
-    probe = {"workers": max(1, settings.workers or 1), "timeout_s": settings.timeout_s, "progress": on_probe}
-    settings, probed = fix_max_clips(settings, store, videos, **probe)  # time-based K-max, the same for every task
-    producers = build_producers(settings, device, num_classes=num_classes)  # names and specs, checked here once
-    jobs = make_jobs(producers, base_set_names(settings, producers))
-    outputs = [out for job in jobs for out in job.outputs]
-    check_feature_sets(store, outputs)
-    fs, targets = prepare_store(store, videos, probed=probed, **probe)
+    run = prepare_run(source, store, settings, device=device, workers=max(1, settings.workers or 1), root=root,
+                      classes=classes, list_format=list_format, kinetics_pattern=kinetics_pattern, on_probe=on_probe)
+    fs, targets, num_classes = run.fs, run.targets, run.num_classes
+    settings = run.settings  # time-based K-max fixed here, the same for every task
+    outputs = [out for job in run.jobs for out in job.outputs]
     for name, spec in outputs:
         fs.create_feature_set(name, spec)
-    del producers  # the client needs no models from here on
-    names = [job.name for job in jobs]
+    names = [job.name for job in run.jobs]
+    logit_sets = [job.name for job in run.jobs if job.head_logits]
+    del run  # the jobs hold the models: the client needs none from here on
     pending = _pending_rows(fs, [name for name, _ in outputs], settings.retry_errors)
     pending = pending[np.isin(pending, targets.index.to_numpy())]
     if settings.limit is not None:
@@ -260,10 +254,8 @@ def extract_on_cluster(
         done_all &= fset.done()
         failed_any[list(fset.errors())] = True
     stats.done, stats.failed = int(done_all[pending].sum()), int((failed_any & ~done_all)[pending].sum())
-    for job in jobs:
-        if job.head_logits:
-            run = f"{job.name}_logits"
-            stats.predictions[run] = write_logit_predictions(fs, job.name, f"{job.name}{LOGITS_SUFFIX}")
+    for name in logit_sets:
+        stats.predictions[f"{name}_logits"] = write_logit_predictions(fs, name, f"{name}{LOGITS_SUFFIX}")
     stats.seconds = time.perf_counter() - t0
     return stats
 

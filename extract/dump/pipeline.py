@@ -76,6 +76,7 @@ __all__ = [
     "extract",
     "open_video_list",
     "output_set_names",
+    "prepare_run",
     "prepare_store",
     "probe_table",
     "run_extraction",
@@ -228,6 +229,54 @@ def base_set_names(settings: ExtractSettings, producers: Sequence[FeatureProduce
 
 
 # ---------------------------------------------------------------------------- the run
+@dataclass
+class PreparedRun:
+    """A run ready to extract: the store's rows made, the models built, the sets' names checked.
+
+    Attributes:
+        fs: the store, open writable; ``targets``: the list's rows (index) and their ``path``.
+        producers: one per backbone; ``jobs``: their feature sets (``make_jobs``).
+        settings: the run's settings with a time-based K-max fixed (``fix_max_clips``).
+        num_classes: classes of the list (1 for an unlabelled one); ``list_format``: how it was read.
+    """
+
+    fs: FeatureStore
+    targets: pd.DataFrame
+    producers: list[FeatureProducer]
+    jobs: list
+    settings: ExtractSettings
+    num_classes: int
+    list_format: str
+
+
+def prepare_run(
+    source: str | os.PathLike,
+    store: str | os.PathLike,
+    settings: ExtractSettings,
+    *,
+    device: str,
+    workers: int,
+    root: str | os.PathLike | None = None,
+    classes: str | os.PathLike | Sequence[str] | None = None,
+    list_format: str = "auto",
+    kinetics_pattern: str | None = None,
+    on_probe: Callable[[int, int], None] | None = None,
+) -> PreparedRun:
+    """Read the list, fix K-max, build the producers on ``device``, check the feature sets and
+    create or extend the store (headers probed by ``workers`` processes): what :func:`extract`
+    and the cluster client (``extract.dump.cluster``) do before any row is extracted."""
+    videos = open_video_list(source, store=store, root=root, classes=classes, list_format=list_format,
+                             kinetics_pattern=kinetics_pattern)
+    num_classes = len(videos.classes) or len(UNLABELLED_CLASSES)
+    probe = {"workers": workers, "timeout_s": settings.timeout_s, "progress": on_probe}
+    settings, probed = fix_max_clips(settings, store, videos, **probe)  # time-based K-max
+    producers = build_producers(settings, device, num_classes=num_classes)
+    jobs = make_jobs(producers, base_set_names(settings, producers))
+    check_feature_sets(store, [out for job in jobs for out in job.outputs])
+    fs, targets = prepare_store(store, videos, probed=probed, **probe)
+    return PreparedRun(fs, targets, producers, jobs, settings, num_classes, videos.format)
+
+
 def extract(
     source: str | os.PathLike,
     store: str | os.PathLike,
@@ -246,26 +295,18 @@ def extract(
     Dask task per shard: ``client.map(lambda i: extract(csv, store, replace(s, shard=(i, n))), range(n))``.
     """
     device = settings.resolved_device()
-    videos = open_video_list(source, store=store, root=root, classes=classes, list_format=list_format,
-                             kinetics_pattern=kinetics_pattern)
-    num_classes = len(videos.classes) or len(UNLABELLED_CLASSES)
-    workers, _ = settings.parallelism(device)
-    probe = {"workers": workers, "timeout_s": settings.timeout_s, "progress": on_probe}
-    settings, probed = fix_max_clips(settings, store, videos, **probe)  # time-based K-max
-    producers = build_producers(settings, device, num_classes=num_classes)
-    jobs = make_jobs(producers, base_set_names(settings, producers))
-    check_feature_sets(store, [out for job in jobs for out in job.outputs])
-    fs, targets = prepare_store(store, videos, probed=probed, **probe)
+    run = prepare_run(source, store, settings, device=device, workers=settings.parallelism(device)[0], root=root,
+                      classes=classes, list_format=list_format, kinetics_pattern=kinetics_pattern, on_probe=on_probe)
     stats = run_extraction(
-        fs,
-        targets,
-        producers,
-        settings,
-        set_names=[job.name for job in jobs],
+        run.fs,
+        run.targets,
+        run.producers,
+        run.settings,
+        set_names=[job.name for job in run.jobs],
         device=device,
         on_progress=on_progress,
     )
-    stats.list_format = videos.format
+    stats.list_format = run.list_format
     return stats
 
 
