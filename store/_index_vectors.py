@@ -6,7 +6,7 @@ similarity. A feature set is read a storage chunk at a time into one preallocate
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -57,14 +57,18 @@ def pool_video_vectors(
     return vectors, count > 0
 
 
-def read_vectors(
+def iter_vector_chunks(
     fset: FeatureSet,
     level: str,
     metric: str,
     rows: np.ndarray | None = None,
     progress: Progress | None = None,
-) -> tuple[np.ndarray, np.ndarray, np.ndarray | None, np.ndarray]:
-    """Index vectors of a feature set's done rows, read a storage chunk at a time.
+) -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray | None, np.ndarray]]:
+    """Index vectors of a feature set's done rows, one storage chunk at a time, in row order.
+
+    ``done`` and ``valid`` are read once for the whole pass (:meth:`FeatureSet.iter_chunks`),
+    so a caller that needs the vectors in blocks should take them from one pass of this
+    rather than from one :func:`read_vectors` call per block.
 
     Args:
         fset: A ``store.FeatureSet``.
@@ -73,25 +77,17 @@ def read_vectors(
         rows: Only these rows (default: all); rows not done are skipped.
         progress: Wraps the chunk iterator (e.g. ``tqdm``) to show reading progress.
 
-    Returns:
-        ``(vectors (n, D) float32, rows (n,) int64, clips (n,) int32 or None, empty)`` where
-        ``clips`` gives each vector's clip slot (clip level only) and ``empty`` lists the
-        done rows that were skipped because no clip is valid.
+    Yields:
+        ``(vectors (m, D) float32, rows (m,) int64, clips (m,) int32 or None, empty)`` per
+        chunk with a wanted row, where ``clips`` gives each vector's clip slot (clip level
+        only) and ``empty`` lists the chunk's wanted done rows that have no valid clip.
     """
     wanted = fset.done()
     if rows is not None:
         mask = np.zeros_like(wanted)
         mask[np.asarray(rows, dtype=np.int64)] = True
         wanted &= mask
-    wanted_rows = np.flatnonzero(wanted)
-    chunks = np.unique(wanted_rows // fset.chunk_rows).tolist()
-    k, d = fset.spec.clips, fset.spec.dim
-    cap = len(wanted_rows) * (k if level == "clip" else 1)
-    out = np.empty((cap, d), dtype=np.float32)
-    out_rows = np.empty(cap, dtype=np.int64)
-    out_clips = np.empty(cap, dtype=np.int32) if level == "clip" else None
-    empty: list[np.ndarray] = []
-    n = 0
+    chunks = np.unique(np.flatnonzero(wanted) // fset.chunk_rows).tolist()
     it = fset.iter_chunks(chunks)
     if progress is not None:
         it = progress(it, total=len(chunks), desc=f"reading {fset.name}", unit="chunk")
@@ -99,26 +95,46 @@ def read_vectors(
         local = np.flatnonzero(wanted[start : start + len(data)])
         data, valid = data[local], valid[local]
         has = valid.any(axis=1)
-        empty.append(start + local[~has])
+        empty = (start + local[~has]).astype(np.int64)
         if level == "video":
             vectors, _ = pool_video_vectors(data[has], valid[has], metric)
-            row_ids, clip_ids = start + local[has], None
+            yield vectors, (start + local[has]).astype(np.int64), None, empty
         else:
             r, c = np.nonzero(valid)  # row-major: rows ascending, clips ascending within a row
             vectors = data[r, c]  # (n, K, D) -> (m, D)
             if metric == "ip":
                 l2_normalise(vectors)
-            row_ids, clip_ids = start + local[r], c
+            yield vectors, (start + local[r]).astype(np.int64), c.astype(np.int32), empty
+
+
+def read_vectors(
+    fset: FeatureSet,
+    level: str,
+    metric: str,
+    rows: np.ndarray | None = None,
+    progress: Progress | None = None,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray | None, np.ndarray]:
+    """All of :func:`iter_vector_chunks` in one preallocated array.
+
+    Returns:
+        ``(vectors (n, D) float32, rows (n,) int64, clips (n,) int32 or None, empty)``: as
+        :func:`iter_vector_chunks` yields them, concatenated.
+    """
+    wanted = fset.done()
+    n_wanted = int(wanted.sum()) if rows is None else int(wanted[np.unique(np.asarray(rows, np.int64))].sum())
+    cap = n_wanted * (fset.spec.clips if level == "clip" else 1)
+    out = np.empty((cap, fset.spec.dim), dtype=np.float32)
+    out_rows = np.empty(cap, dtype=np.int64)
+    out_clips = np.empty(cap, dtype=np.int32) if level == "clip" else None
+    empty: list[np.ndarray] = []
+    n = 0
+    for vectors, row_ids, clip_ids, none in iter_vector_chunks(fset, level, metric, rows, progress):
         m = len(vectors)
         out[n : n + m], out_rows[n : n + m] = vectors, row_ids
         if out_clips is not None:
             out_clips[n : n + m] = clip_ids
+        empty.append(none)
         n += m
     empty_rows = np.concatenate(empty) if empty else np.empty(0, dtype=np.int64)
     # Leading slices of C-contiguous arrays stay contiguous: no copy.
-    return (
-        out[:n],
-        out_rows[:n],
-        None if out_clips is None else out_clips[:n],
-        empty_rows.astype(np.int64),
-    )
+    return out[:n], out_rows[:n], None if out_clips is None else out_clips[:n], empty_rows

@@ -20,6 +20,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -34,7 +35,7 @@ from store._index_factory import (
     set_search_param,
 )
 from store._index_spec import IndexNotFound, IndexSpec, InvalidIndexSpec, StaleIndex
-from store._index_vectors import Progress, l2_normalise, pool_video_vectors, read_vectors
+from store._index_vectors import Progress, iter_vector_chunks, l2_normalise, pool_video_vectors, read_vectors
 from store._synthetic import clustered_vectors
 from store.feature_set import FeatureSet
 
@@ -48,6 +49,7 @@ __all__ = [
     "build_index",
     "clustered_vectors",
     "ensure_index",
+    "feature_vector_blocks",
     "feature_vectors",
     "gpu_available",
     "index_dir",
@@ -91,6 +93,42 @@ def feature_vectors(
     """
     vectors, vrows, clips, _ = read_vectors(fset, level, metric, rows=rows, progress=progress)
     return vectors, vrows, clips
+
+
+def feature_vector_blocks(
+    fset: FeatureSet,
+    *,
+    block_rows: int,
+    metric: str = "ip",
+    rows: np.ndarray | None = None,
+    progress: Progress | None = None,
+) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+    """Per-video vectors (as :func:`feature_vectors` makes them) in blocks, from one pass over the set.
+
+    Memory is one block, and ``done`` / ``valid`` are read once, not once per block.
+
+    Args:
+        fset: A ``store.FeatureSet``.
+        block_rows: Vectors per block (whole storage chunks: a block may exceed it by one chunk).
+        metric: ``ip`` (L2-normalised) or ``l2`` (raw).
+        rows: Only these rows (default all); rows not done or without a valid clip are skipped.
+        progress: Wraps the chunk iterator, e.g. ``tqdm``.
+
+    Yields:
+        ``(vectors (b, D) float32, rows (b,) int64)`` in row order.
+    """
+    vectors: list[np.ndarray] = []
+    vrows: list[np.ndarray] = []
+    held = 0
+    for v, r, _, _ in iter_vector_chunks(fset, "video", metric, rows=rows, progress=progress):
+        vectors.append(v)
+        vrows.append(r)
+        held += len(r)
+        if held >= block_rows:
+            yield np.concatenate(vectors), np.concatenate(vrows)
+            vectors, vrows, held = [], [], 0
+    if held:
+        yield np.concatenate(vectors), np.concatenate(vrows)
 
 
 def _identity(fset: FeatureSet) -> dict[str, Any]:

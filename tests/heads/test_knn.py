@@ -241,10 +241,24 @@ def test_small_query_blocks_write_the_same_run_as_one_block(synthetic, monkeypat
     import heads.knn as knn
 
     whole = knn.write_knn_run(synthetic, "synthetic", run="knn_one_block", k=5, folds=3)
-    monkeypatch.setattr(knn, "QUERY_BLOCK_ROWS", 37)  # not a chunk multiple: blocks split chunks
+    monkeypatch.setattr(knn, "QUERY_BLOCK_ROWS", 37)  # searches: one 64-row chunk a block; writes split chunks
     blocked = knn.write_knn_run(synthetic, "synthetic", run="knn_blocks", k=5, folds=3)
     one, _ = synthetic.read_predictions("knn_one_block")
     many, _ = synthetic.read_predictions("knn_blocks")
     np.testing.assert_array_equal(many, one)
     np.testing.assert_array_equal(blocked.fold, whole.fold)
     assert blocked.attrs["metrics"] == whole.attrs["metrics"]
+
+
+def test_locality_order_changes_only_the_order_of_the_searches(synthetic, monkeypatch):
+    """IVF queries are searched grouped by their nearest list; the neighbours are those of the plain order."""
+    import heads.knn as knn
+    from store.index import FeatureIndex
+
+    spec = IndexSpec(kind="ivf_flat", nlist=8, recall_target=0.9)
+    monkeypatch.setattr(knn, "SEARCH_BATCH", 50)  # several batches, each a run of lists
+    ordered = knn_neighbours(synthetic, "synthetic", k=5, folds=3, index_spec=spec)
+    monkeypatch.setattr(FeatureIndex, "locality_order", lambda self, vectors: np.arange(len(vectors)))
+    plain = knn_neighbours(synthetic, "synthetic", k=5, folds=3, index_spec=spec)
+    np.testing.assert_array_equal(ordered.rows, plain.rows)
+    np.testing.assert_array_equal(ordered.sims, plain.sims)

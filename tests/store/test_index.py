@@ -8,7 +8,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from store import FeatureSetSpec, FeatureStore
+from store import FeatureSetSpec, FeatureStore, _coarse_kmeans
 from store import index as I
 from store._index_factory import (
     IndexPlan,
@@ -469,3 +469,42 @@ def test_ivf_trains_on_a_bounded_sample():
     x = I.clustered_vectors(30_000, 16, 20, seed=2)
     index = I.FeatureIndex.from_vectors(x, np.arange(30_000), I.IndexSpec(kind="ivf_flat", nlist=40))
     assert index.meta["train_vectors"] == 256 * 40 and index.meta["recall"]["met"]
+
+
+def test_two_level_shares_split_lists_by_group_size():
+    shares = _coarse_kmeans._shares(np.array([500, 0, 300, 200]), 40)
+    np.testing.assert_array_equal(shares, [20, 0, 12, 8])
+    shares = _coarse_kmeans._shares(np.array([7, 1, 1, 1]), 9)  # floors of the cumulative shares
+    assert shares.sum() == 9 and (shares <= [7, 1, 1, 1]).all()
+
+
+@pytest.mark.parametrize("metric", ["ip", "l2"])
+def test_two_level_kmeans_fills_every_list_and_reaches_the_recall_target(monkeypatch, metric):
+    """From TWO_LEVEL_MIN_NLIST lists on, the quantizer comes from two-level k-means: nlist distinct
+    centroids (unit norm for ip, as faiss's spherical IVF k-means), lists that all hold vectors, recall met."""
+    x = I.clustered_vectors(12_000, 32, 30, seed=3)
+    spec = I.IndexSpec(kind="ivf_flat", nlist=100, metric=metric)
+    one_level = I.FeatureIndex.from_vectors(x, np.arange(len(x)), spec)
+    monkeypatch.setattr(_coarse_kmeans, "TWO_LEVEL_MIN_NLIST", 64)
+    index = I.FeatureIndex.from_vectors(x, np.arange(len(x)), spec)
+    ivf = faiss.extract_index_ivf(index._cpu)
+    centroids = ivf.quantizer.reconstruct_n(0, ivf.nlist)  # (100, 32)
+    assert not np.allclose(centroids, faiss.extract_index_ivf(one_level._cpu).quantizer.reconstruct_n(0, 100))
+    assert len(np.unique(centroids, axis=0)) == 100
+    if metric == "ip":
+        np.testing.assert_allclose(np.linalg.norm(centroids, axis=1), 1, atol=1e-5)
+    sizes = np.array([ivf.invlists.list_size(i) for i in range(ivf.nlist)])
+    assert sizes.sum() == len(x) and (sizes > 0).mean() >= 0.95  # a centroid may lose its points to a neighbour group's
+    assert index.meta["recall"]["met"] and index.meta["train_vectors"] == len(x)
+
+
+def test_locality_order_groups_queries_by_their_nearest_list():
+    x = I.clustered_vectors(3000, 16, 10, seed=5)
+    index = I.FeatureIndex.from_vectors(x, np.arange(3000), I.IndexSpec(kind="ivf_flat", nlist=20))
+    q = x[:500]
+    order = index.locality_order(q)
+    np.testing.assert_array_equal(np.sort(order), np.arange(500))
+    _, lists = faiss.extract_index_ivf(index._cpu).quantizer.search(q, 1)  # (500, 1), the same batch
+    assert (np.diff(lists[order, 0]) >= 0).all()
+    flat = I.FeatureIndex.from_vectors(x, np.arange(3000), I.IndexSpec(kind="flat"))
+    np.testing.assert_array_equal(flat.locality_order(q), np.arange(500))
