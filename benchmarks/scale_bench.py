@@ -8,9 +8,7 @@ kept beside it).
 
 Each step runs the real command (``python -m ...``) as a child process; the wall seconds and
 the child's peak resident memory (``/usr/bin/time``'s maximum resident set size) are
-recorded as ``STEP_s`` and ``STEP_peak_rss_gb``, with the child's CPU seconds (user + system, all
-threads) as ``STEP_cpu_s``: on a shared, loaded machine wall seconds stretch with the load, CPU
-seconds much less:
+recorded as ``STEP_s`` and ``STEP_peak_rss_gb``:
 
 - ``build``: the store (cached; the figures of the run that built it);
 - ``verify``: ``store.verify``;
@@ -83,7 +81,7 @@ def run_step(name: str, cmd: list[str], log_dir: Path, max_rss_gb: float) -> dic
     usage_file = log_dir / f"{name}.time"
     with log.open("w") as out:
         t = time.perf_counter()
-        child = subprocess.Popen([TIME, "-f", "%M %U %S", "-o", str(usage_file), *cmd], stdout=out,
+        child = subprocess.Popen([TIME, "-f", "%M", "-o", str(usage_file), *cmd], stdout=out,
                                  stderr=subprocess.STDOUT, env=env)
 
         def watch() -> None:
@@ -104,16 +102,14 @@ def run_step(name: str, cmd: list[str], log_dir: Path, max_rss_gb: float) -> dic
         child.wait()
         seconds = time.perf_counter() - t
     killed_msg = f" (killed past --max-rss-gb {max_rss_gb:g})" if killed.is_set() else ""
-    words = usage_file.read_text().split() if usage_file.is_file() else []
-    usage = words[-3:] if len(words) >= 3 and words[-3].isdigit() else None  # %M (KiB), user and system s
-    peak = int(usage[0]) * 1024 / _GB if usage else float("nan")
-    cpu = float(usage[1]) + float(usage[2]) if usage else float("nan")
+    lines = usage_file.read_text().split() if usage_file.is_file() else []
+    peak = int(lines[-1]) * 1024 / _GB if lines and lines[-1].isdigit() else float("nan")  # %M: KiB
     ok = child.returncode == 0
-    print(f"   {name:16s} {seconds:8.1f} s  cpu {cpu:8.1f} s  peak RSS {peak:6.2f} GB  "
+    print(f"   {name:16s} {seconds:8.1f} s  peak RSS {peak:6.2f} GB  "
           f"{'ok' if ok else f'FAILED (exit {child.returncode}){killed_msg}; see {log}'}", flush=True)
     if not ok:
         print("   | " + "\n   | ".join(log.read_text(errors="replace").strip().splitlines()[-8:]))
-    return {"seconds": seconds, "cpu_seconds": cpu, "peak_gb": peak, "ok": ok}
+    return {"seconds": seconds, "peak_gb": peak, "ok": ok}
 
 
 def _build(store: Path, rows: int) -> None:
@@ -201,8 +197,7 @@ def bench_scale(args: argparse.Namespace) -> dict[str, Any]:
         if wanted and name not in wanted:
             continue
         step = run_step(name, cmd, work / "logs", max_rss)
-        m[f"{name}_s"], m[f"{name}_cpu_s"] = step["seconds"], step["cpu_seconds"]
-        m[f"{name}_peak_rss_gb"] = step["peak_gb"]
+        m[f"{name}_s"], m[f"{name}_peak_rss_gb"] = step["seconds"], step["peak_gb"]
         if not step["ok"]:
             failed.append(name)
     if "search" not in failed and (not wanted or "search" in wanted):
