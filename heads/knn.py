@@ -11,7 +11,9 @@ rows are dealt into ``folds`` folds (:func:`heads.trainer.assign_folds`, the fol
 ``heads.train --folds`` uses for the same seed), and a row of fold ``j`` searches only the
 other folds' vectors, so it never votes for itself or a fold-mate. One in-memory index of
 every train row (one k-means) serves all folds: a fold's queries search it through a faiss ID
-selector that admits the other folds' vectors. Val, test and other rows search all of it. The
+selector that admits the other folds' vectors. Val, test and other rows search all of it. Query
+vectors come from one pass over the feature set, ``QUERY_BLOCK_ROWS`` rows at a time, and an IVF
+index searches them grouped by nearest list (:meth:`store.index.FeatureIndex.locality_order`). The
 scores become a prediction run
 (``score_type="probability"``, fold ids for the train rows) that fusion stacks like any head.
 
