@@ -49,7 +49,7 @@ __all__ = ["KnnError", "KnnNeighbours", "knn_neighbours", "knn_predictions", "la
 
 logger = logging.getLogger(__name__)
 SEARCH_BATCH = 16384  # queries per faiss call: bounds the (q, fetch) hit arrays
-QUERY_BLOCK_ROWS = 131_072  # store rows whose vectors are read, searched and scored at a time
+QUERY_BLOCK_ROWS = 65_536  # store rows whose vectors are read, searched and scored at a time
 _RUN_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]*$")  # the store's rule for prediction run names
 _METRIC_COLUMNS = (("class_map", "class mAP"), ("sample_map", "sample mAP"), ("gap20", "GAP@20"),
                    ("top1", "top-1"), ("top5", "top-5"))
