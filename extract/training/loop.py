@@ -15,6 +15,10 @@ weights of an uninterrupted one.
 
 Data wait: per epoch, the time the loop spent blocked on the loader divided by the total
 step time, without each epoch's first batch (worker start-up; reported on its own).
+
+Decoded clips are kept in a clip cache (``cache_dir``, by default ``out_dir/clip_cache``;
+:mod:`extract.training.clip_cache`): a video is decoded once per ``recipe.decode_every``
+epochs, and the validation clips once.
 """
 
 from __future__ import annotations
@@ -50,6 +54,9 @@ from store.threads import available_cores
 log = logging.getLogger(__name__)
 
 IN_CHANNELS = {"rgb": 3, "flow": 2, "audio": 1}
+#: ``fit(cache_dir=AUTO_CACHE)``: the clip cache lives in ``out_dir/clip_cache``.
+AUTO_CACHE = "auto"
+CACHE_DIR = "clip_cache"
 
 
 class TrainError(ExtractError):
@@ -121,7 +128,7 @@ class _Run:
     """One training run's state; :func:`fit` drives it."""
 
     def __init__(self, recipe: TrainRecipe, data: TrainData, out_dir: Path, *, workers: int, timeout_s: float,
-                 on_step: Callable[[int, int, int, float], None] | None) -> None:
+                 cache_dir: Path | None, on_step: Callable[[int, int, int, float], None] | None) -> None:
         self.device = torch.device(resolve_device(recipe.device))
         try:
             self.model = build_backbone(recipe, len(data.classes))
@@ -146,11 +153,11 @@ class _Run:
         pin = self.device.type == "cuda"
         seed = self.recipe.seed
         self.train_loader = train_loader(TrainClips(data.train, data.train_labels, self.inputs, seed=seed,
-                                                    timeout_s=timeout_s),
+                                                    timeout_s=timeout_s, cache_dir=cache_dir),
                                          batch_size=self.recipe.batch_size, workers=workers, pin=pin)
         self.val_loader = None
         if len(data.val):
-            self.val_loader = eval_loader(EvalClips(data.val, data.val_labels, self.inputs, timeout_s),
+            self.val_loader = eval_loader(EvalClips(data.val, data.val_labels, self.inputs, timeout_s, cache_dir),
                                           videos_per_batch=max(1, self.recipe.batch_size // self.recipe.eval_clips),
                                           workers=workers, seed=seed, pin=pin)
         self.steps_per_epoch = len(self.train_loader)
@@ -321,7 +328,7 @@ class _Run:
 
 
 def fit(recipe: TrainRecipe, data: TrainData, out_dir: str | Path, *, resume: bool = False,
-        workers: int | None = None, timeout_s: float = 60.0,
+        workers: int | None = None, timeout_s: float = 60.0, cache_dir: str | Path | None = AUTO_CACHE,
         on_step: Callable[[int, int, int, float], None] | None = None,
         on_epoch_end: Callable[[int, Backbone, dict[str, Any]], None] | None = None) -> TrainResult:
     """Train a backbone (see the module docstring); seeds the global torch generator.
@@ -334,6 +341,9 @@ def fit(recipe: TrainRecipe, data: TrainData, out_dir: str | Path, *, resume: bo
         workers: decode worker processes (0 = decode in this process); None =
             :func:`default_workers`.
         timeout_s: per-video decode time limit.
+        cache_dir: the clip cache's folder (:mod:`extract.training.clip_cache`); ``"auto"`` =
+            ``out_dir/clip_cache``; None = no cache (each example decodes its own clip: the
+            same batches, more decoding).
         on_step: called after each step with (epoch, step, steps per epoch, loss).
         on_epoch_end: called after each epoch's checkpoint with (epoch, model, history entry).
 
@@ -348,7 +358,9 @@ def fit(recipe: TrainRecipe, data: TrainData, out_dir: str | Path, *, resume: bo
         raise TrainError(f"{out_dir} already holds a training run ({ckpt.LAST}); pass --resume to continue it, "
                          "or choose another --out")
     workers = default_workers(torch.device(resolve_device(recipe.device))) if workers is None else workers
-    run = _Run(recipe, data, out_dir, workers=workers, timeout_s=timeout_s, on_step=on_step)
+    cache = out_dir / CACHE_DIR if cache_dir == AUTO_CACHE else cache_dir
+    run = _Run(recipe, data, out_dir, workers=workers, timeout_s=timeout_s,
+               cache_dir=Path(cache) if cache is not None else None, on_step=on_step)
     if resume and last.exists():
         run.restore(ckpt.load_checkpoint(last))
     elif resume:
@@ -367,4 +379,5 @@ def fit(recipe: TrainRecipe, data: TrainData, out_dir: str | Path, *, resume: bo
     return TrainResult(out_dir=out_dir, recipe=run.recipe, history=run.history, best=run.best, swa=swa)
 
 
-__all__ = ["TrainData", "TrainError", "TrainResult", "build_backbone", "default_workers", "fit", "predict_videos"]
+__all__ = ["AUTO_CACHE", "CACHE_DIR", "TrainData", "TrainError", "TrainResult", "build_backbone", "default_workers",
+           "fit", "predict_videos"]
