@@ -80,16 +80,18 @@ class _Videos:
 
 #: The recipe fields that decoded training material depends on (the clip cache's key).
 DATA_FIELDS = ("backbone", "modality", "crop", "short_side", "scale", "frames", "stride", "train_segments",
-               "eval_clips", "every", "fps", "max_clips", "flow_algorithm", "flow_bound", "seed", "decode_every")
+               "eval_clips", "every", "fps", "max_clips", "flow_algorithm", "flow_bound", "decode_every")
 
 
-def open_cache(root: str | Path | None, inputs: ModalityInputs, paths: Sequence[str], role: str) -> ClipCache | None:
-    """The cache of ``role`` (``train`` or ``val``) for these videos and inputs under ``root`` (None: no cache)."""
+def open_cache(root: str | Path | None, inputs: ModalityInputs, paths: Sequence[str], role: str,
+               seed: int | None = None) -> ClipCache | None:
+    """The cache of ``role`` (``train``: with the examples' ``seed``; ``val``) for these videos and inputs under
+    ``root`` (None: no cache)."""
     if root is None:
         return None
     recipe = inputs.recipe.to_dict()
     key = {"role": role, "inputs": type(inputs).__name__, "recipe": {k: recipe[k] for k in DATA_FIELDS},
-           "videos": files_identity(paths)}
+           "seed": seed, "videos": files_identity(paths)}
     return ClipCache(root, key)
 
 
@@ -120,7 +122,7 @@ class TrainClips(Dataset):
         self.seed = seed
         self.every = inputs.recipe.decode_every if inputs.per_generation else 1
         useful = inputs.per_generation is False or self.every > 1  # one epoch per decode: nothing to keep
-        self.cache = open_cache(cache_dir, inputs, self.videos.paths, "train") if useful else None
+        self.cache = open_cache(cache_dir, inputs, self.videos.paths, "train", seed) if useful else None
 
     def __len__(self) -> int:
         return len(self.videos)
