@@ -22,8 +22,9 @@ hundred kB: the epochs after the first must wait for data less than the model co
   file, a flipped bit) is logged, deleted and rebuilt, never used.
 * **Parallel writers.** One file per entry: DataLoader workers write side by side with no
   shared chunk or lock. One training run per cache directory at a time.
-* **Bounded.** Building generation ``g`` of a video deletes its generation ``g - 1``: the
-  cache holds at most one generation per video (what ``decode_every`` epochs of clips need,
+* **Bounded.** The first epoch of a video's generation ``g`` deletes its generation ``g - 1``
+  (``extract.training.data``): the cache holds at most one generation per video (two while the
+  next one is decoded ahead) (what ``decode_every`` epochs of clips need,
   at most the whole video at the training size) plus the evaluation clips.
 """
 
@@ -146,15 +147,12 @@ class ClipCache:
         tmp.write_bytes(encode_entry(arrays))
         os.replace(tmp, path)
 
-    def get(self, name: str, build: Callable[[], dict[str, np.ndarray]], *, replaces: str | None = None
-            ) -> dict[str, np.ndarray]:
-        """The entry ``name``, built (and stored) when missing; ``replaces`` is deleted once it is stored."""
+    def get(self, name: str, build: Callable[[], dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
+        """The entry ``name``, built (and stored) when missing."""
         arrays = self.load(name)
         if arrays is None:
             arrays = build()
             self.store(name, arrays)
-            if replaces is not None:
-                self.path(replaces).unlink(missing_ok=True)
         return arrays
 
     def entries(self) -> list[Path]:

@@ -80,7 +80,7 @@ class _Videos:
 
 #: The recipe fields that decoded training material depends on (the clip cache's key).
 DATA_FIELDS = ("backbone", "modality", "crop", "short_side", "scale", "frames", "stride", "train_segments",
-               "eval_clips", "every", "fps", "max_clips", "flow_algorithm", "flow_bound", "decode_every")
+               "eval_clips", "every", "fps", "max_clips", "flow_algorithm", "flow_bound", "decode_every", "epochs")
 
 
 def open_cache(root: str | Path | None, inputs: ModalityInputs, paths: Sequence[str], role: str,
@@ -127,23 +127,50 @@ class TrainClips(Dataset):
     def __len__(self) -> int:
         return len(self.videos)
 
-    def _decoded(self, epoch: int, i: int, clip: np.ndarray) -> tuple[dict[str, np.ndarray], int]:
-        """What example ``(epoch, i)`` is cut from, and its position there."""
+    def _decoded(self, epoch: int, i: int, clip: np.ndarray | None, ahead: bool = False
+                 ) -> tuple[dict[str, np.ndarray], int]:
+        """What example ``(epoch, i)`` is cut from, and its position there (``ahead``: built before the
+        previous generation's last epoch, which keeps its entry)."""
         video, inputs = self.videos.meta(i), self.inputs
         if not inputs.per_generation:
             if self.cache is None:
                 return inputs.decode_clips(video, [clip], None), 0
-            return self.cache.get(f"t_{i}", lambda: inputs.decode_clips(video, [], None)), 0
+            return self.cache.get(self.entry_name(epoch, i), lambda: inputs.decode_clips(video, [], None)), 0
         g, epochs = generation(epoch, i, self.every)
         size = inputs.draw_size(keyed_rng(self.seed, "decode", g, i))
         if self.cache is None:
             return inputs.decode_clips(video, [clip], size), 0
 
         def build() -> dict[str, np.ndarray]:
-            clips = [inputs.draw_clip(video, keyed_rng(self.seed, e, i)) for e in epochs]
-            return inputs.decode_clips(video, clips, size)
+            # the run's epochs and the pass after them (SWA's batch-norm update) draw clips; later ones never do
+            drawn = [e for e in epochs if e <= max(epoch, inputs.recipe.epochs)]
+            clips = [inputs.draw_clip(video, keyed_rng(self.seed, e, i)) for e in drawn]
+            return {**inputs.decode_clips(video, clips, size), "covered": np.int64(len(drawn))}
 
-        return self.cache.get(f"t{g}_{i}", build, replaces=f"t{g - 1}_{i}" if g else None), epoch - epochs[0]
+        name, k = f"t{g}_{i}", epoch - epochs[0]
+        decoded = self.cache.get(name, build)
+        if g and k == 0 and not ahead:  # generation g starts: g - 1 is done with
+            self.cache.path(f"t{g - 1}_{i}").unlink(missing_ok=True)
+        if k >= int(decoded["covered"]):  # an epoch past the run's end: this generation again, with it
+            decoded = build()
+            self.cache.store(name, decoded)
+        return decoded, k
+
+    def entry_name(self, epoch: int, i: int) -> str:
+        """The cache entry example ``(epoch, i)`` is cut from."""
+        return f"t{generation(epoch, i, self.every)[0]}_{i}" if self.inputs.per_generation else f"t_{i}"
+
+    def missing(self, epoch: int) -> list[int]:
+        """The videos whose entry for ``epoch`` is not in the cache (yet)."""
+        assert self.cache is not None
+        return [i for i in range(len(self)) if not self.cache.path(self.entry_name(epoch, i)).is_file()]
+
+    def prebuild(self, epoch: int, i: int) -> None:
+        """Decode and store the entry of example ``(epoch, i)`` (a bad video is left to ``__getitem__``)."""
+        try:
+            self._decoded(epoch, i, None, ahead=True)
+        except DecodeError:
+            pass
 
     def __getitem__(self, key: tuple[int, int]) -> tuple[np.ndarray, np.ndarray] | None:
         epoch, i = key

@@ -42,6 +42,7 @@ from extract.training.data import EvalClips, TrainClips, eval_loader, train_load
 from extract.training.evaluate import predict_videos
 from extract.training.freeze import freeze_all_but_last, set_train_mode
 from extract.training.modality import make_inputs
+from extract.training.prebuild import Prebuilder
 from extract.training.recipe import RESUMABLE_CHANGES, TrainRecipe
 from heads.losses import class_weights, get_loss
 from heads.metrics import evaluate as evaluate_scores
@@ -152,9 +153,13 @@ class _Run:
         self.inputs = make_inputs(self.model, self.recipe, timeout_s)
         pin = self.device.type == "cuda"
         seed = self.recipe.seed
-        self.train_loader = train_loader(TrainClips(data.train, data.train_labels, self.inputs, seed=seed,
-                                                    timeout_s=timeout_s, cache_dir=cache_dir),
-                                         batch_size=self.recipe.batch_size, workers=workers, pin=pin)
+        train = TrainClips(data.train, data.train_labels, self.inputs, seed=seed, timeout_s=timeout_s,
+                           cache_dir=cache_dir)
+        # cached examples are read here; the workers decode the next epoch's generations ahead
+        last = self.recipe.epochs if self.recipe.swa_epochs else self.recipe.epochs - 1  # SWA: one pass more
+        self.prebuilder = Prebuilder(train, workers, last) if train.cache and workers else None
+        self.train_loader = train_loader(train, batch_size=self.recipe.batch_size,
+                                         workers=0 if self.prebuilder else workers, pin=pin)
         self.val_loader = None
         if len(data.val):
             self.val_loader = eval_loader(EvalClips(data.val, data.val_labels, self.inputs, timeout_s, cache_dir),
@@ -230,6 +235,9 @@ class _Run:
     def train_epoch(self) -> dict[str, Any]:
         set_train_mode(self.model, self.frozen)
         self.train_loader.sampler.set_epoch(self.epoch)
+        if self.prebuilder is not None:
+            self.prebuilder.submit(self.epoch)  # what is still missing (the first epoch, a resume)
+            self.prebuilder.submit(self.epoch + 1)
         losses, wait, busy, first_wait, skipped, examples = [], 0.0, 0.0, 0.0, 0, 0
         t_epoch = time.perf_counter()
         batches = iter(self.train_loader)
@@ -361,6 +369,16 @@ def fit(recipe: TrainRecipe, data: TrainData, out_dir: str | Path, *, resume: bo
     cache = out_dir / CACHE_DIR if cache_dir == AUTO_CACHE else cache_dir
     run = _Run(recipe, data, out_dir, workers=workers, timeout_s=timeout_s,
                cache_dir=Path(cache) if cache is not None else None, on_step=on_step)
+    try:
+        return _fit(run, resume=resume, on_epoch_end=on_epoch_end)
+    finally:
+        if run.prebuilder is not None:
+            run.prebuilder.close()
+
+
+def _fit(run: _Run, *, resume: bool,
+         on_epoch_end: Callable[[int, Backbone, dict[str, Any]], None] | None) -> TrainResult:
+    out_dir, last = run.out_dir, run.out_dir / ckpt.LAST
     if resume and last.exists():
         run.restore(ckpt.load_checkpoint(last))
     elif resume:

@@ -147,7 +147,7 @@ class TrainRecipe:
     max_clips: int | None = None
     flow_algorithm: str = "farneback"
     flow_bound: float = 20.0
-    decode_every: int = 8
+    decode_every: int = 16
     seed: int = 0
     device: str = "auto"
     amp: bool = True

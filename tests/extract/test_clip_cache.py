@@ -200,13 +200,17 @@ def test_eval_clips_are_cached(data, tmp_path):
 def test_fit_with_and_without_the_cache_ends_with_the_same_weights(data, tmp_path):
     recipe = TrainRecipe(backbone="r2plus1d_tiny", weights="random", crop=32, epochs=3, batch_size=4,
                          warmup_epochs=0.5, eval_clips=2, decode_every=2, device="cpu")
-    results = [fit(recipe, data, tmp_path / name, workers=0, cache_dir=cache)
-               for name, cache in (("plain", None), ("cached", "auto"))]
+    # read in this process, decoded here or ahead in a background process
+    results = [fit(recipe, data, tmp_path / name, workers=workers, cache_dir=cache)
+               for name, cache, workers in (("plain", None, 0), ("cached", "auto", 0), ("ahead", "auto", 1))]
     assert not (tmp_path / "plain" / "clip_cache").exists()
-    assert len(list((tmp_path / "cached" / "clip_cache").glob("*/*.clip"))) == len(data.train) + len(data.val)
-    a, b = (torch.load(r.backbone_path, weights_only=True) for r in results)
-    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
-    assert [e["class_map"] for e in results[0].history] == [e["class_map"] for e in results[1].history]
+    for name in ("cached", "ahead"):
+        assert len(list((tmp_path / name / "clip_cache").glob("*/*.clip"))) == len(data.train) + len(data.val)
+    a, *others = (torch.load(r.backbone_path, weights_only=True) for r in results)
+    for b in others:
+        assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    maps = [[e["class_map"] for e in r.history] for r in results]
+    assert maps[0] == maps[1] == maps[2]
 
 
 def test_cli_flags():
@@ -216,3 +220,17 @@ def test_cli_flags():
     assert (args.decode_every, str(args.clip_cache), args.no_clip_cache) == (4, "c", True)
     with pytest.raises(ValueError):
         TrainRecipe(decode_every=0)
+
+
+def test_a_generation_holds_the_run_epochs_and_an_epoch_past_them_rebuilds_it(data, tmp_path):
+    inputs = _inputs("rgb", epochs=2, decode_every=4)  # epochs 0, 1 and the pass after them (SWA's)
+    plain = TrainClips(data.train, data.train_labels, inputs, seed=6)
+    cached = TrainClips(data.train, data.train_labels, inputs, seed=6, cache_dir=tmp_path)
+    cached[(0, 0)]
+    assert int(cached.cache.load("t0_0")["covered"]) == 3  # video 0's generation 0 is epochs 0-3; 3 is not run
+    for epoch in range(6):
+        for i in range(len(plain)):
+            np.testing.assert_array_equal(plain[(epoch, i)][0], cached[(epoch, i)][0])
+        if epoch == 3:
+            assert int(cached.cache.load("t0_0")["covered"]) == 4
+    assert not cached.cache.path("t0_0").exists()  # generation 1 started at epoch 4
