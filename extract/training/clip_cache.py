@@ -18,8 +18,9 @@ hundred kB: the epochs after the first must wait for data less than the model co
   cache is reused only where its content is right, and rebuilt otherwise.
 * **Crash-safe.** An entry is written to a temporary name and renamed: a killed run leaves
   whole entries and stray ``*.tmp`` files (removed when the cache opens). Each entry holds a
-  CRC-32 of its arrays; an entry that does not read back whole (truncated, zeroed, another
-  file, a flipped bit) is logged, deleted and rebuilt, never used.
+  CRC-32 of its arrays, checked the first time a process reads the file (again if the file
+  changes: inode, size, modification time); an entry that does not read back whole
+  (truncated, zeroed, another file, a flipped bit) is logged, deleted and rebuilt, never used.
 * **Parallel writers.** One file per entry: DataLoader workers write side by side with no
   shared chunk or lock. One training run per cache directory at a time.
 * **Bounded.** The first epoch of a video's generation ``g`` deletes its generation ``g - 1``
@@ -82,8 +83,8 @@ def encode_entry(arrays: Mapping[str, np.ndarray]) -> bytes:
     return MAGIC + struct.pack("<I", len(header)) + header + payload
 
 
-def decode_entry(raw: bytes) -> dict[str, np.ndarray]:
-    """The arrays of an entry file's bytes (read-only views).
+def decode_entry(raw: bytes, check: bool = True) -> dict[str, np.ndarray]:
+    """The arrays of an entry file's bytes (read-only views); ``check``: verify the CRC-32 too.
 
     Raises:
         ValueError: the bytes are not a whole entry (wrong magic, short, bad header or checksum).
@@ -94,7 +95,7 @@ def decode_entry(raw: bytes) -> dict[str, np.ndarray]:
     start = len(MAGIC) + 4 + n
     header = json.loads(raw[len(MAGIC) + 4 : start])
     payload = memoryview(raw)[start:]
-    if len(payload) != header["bytes"] or zlib.crc32(payload) != header["crc32"]:
+    if len(payload) != header["bytes"] or (check and zlib.crc32(payload) != header["crc32"]):
         raise ValueError(f"{len(payload)} of {header['bytes']} bytes, or a checksum mismatch")
     return {name: np.frombuffer(payload, dtype=np.dtype(dtype), count=int(np.prod(shape)), offset=offset
                                 ).reshape(shape)
@@ -119,6 +120,7 @@ class ClipCache:
             tmp = key_file.with_name(f"{KEY_JSON}.{os.getpid()}.tmp")
             tmp.write_text(json.dumps({"version": CACHE_VERSION, **key}, sort_keys=True, indent=1))
             os.replace(tmp, key_file)
+        self._checked: dict[str, tuple[int, int, int]] = {}  # name -> (inode, size, mtime) read whole here
         log.info("clip cache %s", self.dir)
 
     def path(self, name: str) -> Path:
@@ -130,11 +132,15 @@ class ClipCache:
         path = self.path(name)
         try:
             with open(path, "rb") as f:
+                st = os.fstat(f.fileno())
                 raw = f.read()
         except FileNotFoundError:
             return None
+        stamp = (st.st_ino, st.st_size, st.st_mtime_ns)
         try:
-            return decode_entry(raw)
+            arrays = decode_entry(raw, check=self._checked.get(name) != stamp)
+            self._checked[name] = stamp
+            return arrays
         except (ValueError, KeyError, TypeError, struct.error) as err:  # json.JSONDecodeError is a ValueError
             log.warning("clip cache entry %s is damaged (%s); decoding the video again", path, err)
             path.unlink(missing_ok=True)

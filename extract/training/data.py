@@ -137,14 +137,14 @@ class TrainClips(Dataset):
                 return inputs.decode_clips(video, [clip], None), 0
             return self.cache.get(self.entry_name(epoch, i), lambda: inputs.decode_clips(video, [], None)), 0
         g, epochs = generation(epoch, i, self.every)
-        size = inputs.draw_size(keyed_rng(self.seed, "decode", g, i))
         if self.cache is None:
-            return inputs.decode_clips(video, [clip], size), 0
+            return inputs.decode_clips(video, [clip], inputs.draw_size(keyed_rng(self.seed, "decode", g, i))), 0
 
         def build() -> dict[str, np.ndarray]:
             # the run's epochs and the pass after them (SWA's batch-norm update) draw clips; later ones never do
             drawn = [e for e in epochs if e <= max(epoch, inputs.recipe.epochs)]
             clips = [inputs.draw_clip(video, keyed_rng(self.seed, e, i)) for e in drawn]
+            size = inputs.draw_size(keyed_rng(self.seed, "decode", g, i))
             return {**inputs.decode_clips(video, clips, size), "covered": np.int64(len(drawn))}
 
         name, k = f"t{g}_{i}", epoch - epochs[0]
