@@ -8,8 +8,8 @@
 
 An entry is one file: ``MAGIC``, a 4-byte header length, a JSON header (name, dtype, shape
 and byte range of each array, the payload's length and CRC-32), then the arrays' raw bytes.
-One ``read`` and ``numpy.frombuffer`` views load it (a fraction of a millisecond for a few
-hundred kB: the epochs after the first must wait for data less than the model computes).
+It is memory-mapped and its arrays are ``numpy.frombuffer`` views: an example reads only the
+frames it takes (the epochs after the first must wait for data less than the model computes).
 
 * **Keyed by content.** The digest hashes everything the entries depend on: the video list
   (path, size and modification time of every file), the data fields of the recipe (clip
@@ -34,6 +34,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import mmap
 import os
 import struct
 import zlib
@@ -83,21 +84,21 @@ def encode_entry(arrays: Mapping[str, np.ndarray]) -> bytes:
     return MAGIC + struct.pack("<I", len(header)) + header + payload
 
 
-def decode_entry(raw: bytes, check: bool = True) -> dict[str, np.ndarray]:
+def decode_entry(raw: bytes | mmap.mmap, check: bool = True) -> dict[str, np.ndarray]:
     """The arrays of an entry file's bytes (read-only views); ``check``: verify the CRC-32 too.
 
     Raises:
         ValueError: the bytes are not a whole entry (wrong magic, short, bad header or checksum).
     """
-    if raw[: len(MAGIC)] != MAGIC or len(raw) < len(MAGIC) + 4:
+    if len(raw) < len(MAGIC) + 4 or raw[: len(MAGIC)] != MAGIC:
         raise ValueError("not a clip cache entry")
     (n,) = struct.unpack_from("<I", raw, len(MAGIC))
     start = len(MAGIC) + 4 + n
     header = json.loads(raw[len(MAGIC) + 4 : start])
-    payload = memoryview(raw)[start:]
-    if len(payload) != header["bytes"] or (check and zlib.crc32(payload) != header["crc32"]):
-        raise ValueError(f"{len(payload)} of {header['bytes']} bytes, or a checksum mismatch")
-    return {name: np.frombuffer(payload, dtype=np.dtype(dtype), count=int(np.prod(shape)), offset=offset
+    size = len(raw) - start
+    if size != header["bytes"] or (check and zlib.crc32(memoryview(raw)[start:]) != header["crc32"]):
+        raise ValueError(f"{size} of {header['bytes']} bytes, or a checksum mismatch")
+    return {name: np.frombuffer(raw, dtype=np.dtype(dtype), count=int(np.prod(shape)), offset=start + offset
                                 ).reshape(shape)
             for name, dtype, shape, offset, _ in header["arrays"]}
 
@@ -133,7 +134,8 @@ class ClipCache:
         try:
             with open(path, "rb") as f:
                 st = os.fstat(f.fileno())
-                raw = f.read()
+                # mapped, not read: an example touches only its own frames; the arrays keep the map alive
+                raw = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) if st.st_size else b""
         except FileNotFoundError:
             return None
         stamp = (st.st_ino, st.st_size, st.st_mtime_ns)
