@@ -38,6 +38,7 @@ import mmap
 import os
 import struct
 import zlib
+from collections import OrderedDict
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -50,6 +51,9 @@ log = logging.getLogger(__name__)
 CACHE_VERSION = 1
 KEY_JSON = "key.json"
 MAGIC = b"VFCLIP01"
+#: Entries a process keeps mapped after reading them (each map is one of the kernel's per-process
+#: memory areas, 65530 by default): a read of a kept entry is a dictionary lookup.
+MAPPED = 4096
 SUFFIX = ".clip"
 
 
@@ -122,6 +126,7 @@ class ClipCache:
             tmp.write_text(json.dumps({"version": CACHE_VERSION, **key}, sort_keys=True, indent=1))
             os.replace(tmp, key_file)
         self._checked: dict[str, tuple[int, int, int]] = {}  # name -> (inode, size, mtime) read whole here
+        self._mapped: OrderedDict[str, dict[str, np.ndarray]] = OrderedDict()  # the last MAPPED entries read
         log.info("clip cache %s", self.dir)
 
     def path(self, name: str) -> Path:
@@ -130,6 +135,10 @@ class ClipCache:
     def load(self, name: str) -> dict[str, np.ndarray] | None:
         """The entry's arrays (read-only), or None when it is missing or does not read back whole (then
         deleted)."""
+        arrays = self._mapped.get(name)
+        if arrays is not None:  # entries are written once (new content comes under a new name, or via store())
+            self._mapped.move_to_end(name)
+            return arrays
         path = self.path(name)
         try:
             with open(path, "rb") as f:
@@ -142,11 +151,14 @@ class ClipCache:
         try:
             arrays = decode_entry(raw, check=self._checked.get(name) != stamp)
             self._checked[name] = stamp
-            return arrays
         except (ValueError, KeyError, TypeError, struct.error) as err:  # json.JSONDecodeError is a ValueError
             log.warning("clip cache entry %s is damaged (%s); decoding the video again", path, err)
             path.unlink(missing_ok=True)
             return None
+        self._mapped[name] = arrays
+        if len(self._mapped) > MAPPED:
+            self._mapped.popitem(last=False)
+        return arrays
 
     def store(self, name: str, arrays: Mapping[str, np.ndarray]) -> None:
         """Write an entry atomically (temporary file, then rename)."""
@@ -154,6 +166,12 @@ class ClipCache:
         tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
         tmp.write_bytes(encode_entry(arrays))
         os.replace(tmp, path)
+        self._mapped.pop(name, None)
+
+    def drop(self, name: str) -> None:
+        """Delete an entry (gone already: nothing to do)."""
+        self._mapped.pop(name, None)
+        self.path(name).unlink(missing_ok=True)
 
     def get(self, name: str, build: Callable[[], dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
         """The entry ``name``, built (and stored) when missing."""

@@ -150,7 +150,7 @@ class TrainClips(Dataset):
         name, k = f"t{g}_{i}", epoch - epochs[0]
         decoded = self.cache.get(name, build)
         if g and k == 0 and not ahead:  # generation g starts: g - 1 is done with
-            self.cache.path(f"t{g - 1}_{i}").unlink(missing_ok=True)
+            self.cache.drop(f"t{g - 1}_{i}")
         if k >= int(decoded["covered"]):  # an epoch past the run's end: this generation again, with it
             decoded = build()
             self.cache.store(name, decoded)
