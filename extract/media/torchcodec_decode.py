@@ -86,7 +86,7 @@ def _detail(err: BaseException) -> str:
 
 
 def _open_video(path: str, threads: int, size):
-    """``(decoder, (height, width))``: a VideoDecoder at the target size; DecodeError on failure.
+    """``(reader, (height, width))``: a VideoDecoder at the target size; DecodeError on failure.
 
     A short-side ``size`` needs the coded size first: a header-only open (``approximate`` seek
     mode, no scan) reads it, then the decoder opens with the resize it implies.
@@ -108,14 +108,30 @@ def _open_video(path: str, threads: int, size):
             raise CorruptVideo(path, f"torchcodec cannot read it ({_detail(e)})") from e
 
     if size is None:
-        decoder = open_with("exact")
-        return decoder, (decoder.metadata.height, decoder.metadata.width)
+        reader = _Reader(lambda: open_with("exact"))
+        return reader, (reader.decoder.metadata.height, reader.decoder.metadata.width)
     meta = open_with("approximate").metadata
     if not meta.height or not meta.width:
         raise CorruptVideo(path, "the video stream has no frame size")
     height, width = target_size(size, meta.height, meta.width)
-    same = (height, width) == (meta.height, meta.width)  # the scaler only where a resize is asked for
-    return open_with("exact", None if same else [Resize((height, width))]), (height, width)
+    resize = None if (height, width) == (meta.height, meta.width) else [Resize((height, width))]
+    return _Reader(lambda: open_with("exact", resize)), (height, width)
+
+
+class _Reader:
+    """Frames by number from a VideoDecoder, opened again after a decoding error (its state is lost then)."""
+
+    def __init__(self, open_decoder) -> None:
+        self.open_decoder = open_decoder
+        self.decoder = open_decoder()
+
+    def get(self, indices: np.ndarray | list[int]) -> np.ndarray:
+        """(m,) frame numbers -> (m, H, W, 3) uint8; RuntimeError where one cannot be decoded."""
+        try:
+            return self.decoder.get_frames_at(list(map(int, indices))).data.numpy()  # (m, H, W, 3)
+        except RuntimeError:
+            self.decoder = self.open_decoder()
+            raise
 
 
 def _audio(path: str, audio_rate: int | None) -> tuple[bool, np.ndarray | None]:
@@ -136,6 +152,48 @@ def _audio(path: str, audio_rate: int | None) -> tuple[bool, np.ndarray | None]:
     return True, samples.numpy().reshape(-1).astype(np.float32, copy=False)  # (1, S) -> (S,)
 
 
+def _fill(reader: _Reader, path: str, indices: np.ndarray, out: np.ndarray, deadline: float,
+          timeout_s: float) -> int | None:
+    """Decode the frames ``indices`` (sorted) into ``out``; None when all decode, else where the stream ends.
+
+    Where decoding breaks (a cut or damaged file), the stream ends before the broken frame, as on
+    the PyAV path: the frames before it are searched back to the last one that decodes, and the
+    frame count up to it is returned (``out`` is filled up to there).
+    """
+    for start in range(0, indices.size, FRAMES_PER_CALL):
+        if time.monotonic() > deadline:
+            raise DecodeTimeout(path, f"no result after {timeout_s:g} s ({start} needed frames decoded)")
+        part = indices[start:start + FRAMES_PER_CALL]
+        try:
+            out[start:start + part.size] = reader.get(part)  # (m, H, W, 3)
+            continue
+        except RuntimeError as e:
+            error = e
+        done = int(indices[start - 1]) if start else -1  # the last frame decoded
+        for j, index in enumerate(part.tolist()):  # one by one, to the first broken frame
+            try:
+                out[start + j] = reader.get([index])[0]  # (1, H, W, 3) -> (H, W, 3)
+                done = index
+            except RuntimeError as e:
+                error = e
+                break
+        else:  # every frame decoded on its own after all
+            continue
+        last = done
+        for k in range(index - 1, done, -1):  # the frames between the last good and the broken one
+            try:
+                reader.get([k])
+            except RuntimeError:
+                continue
+            last = k
+            break
+        if last < 0:
+            raise CorruptVideo(path, f"no frame could be decoded ({_detail(error)})")
+        logger.warning("%s: decoding stopped after %d frames: %s", path, last + 1, _detail(error))
+        return last + 1
+    return None
+
+
 def decode_with_torchcodec(path: str | os.PathLike[str], needed: np.ndarray, size, *, threads: int,
                            timeout_s: float, deadline: float, audio_rate: int | None) -> DecodedVideo:
     """:func:`extract.media.decode.decode_video` through torchcodec (arguments already checked there).
@@ -149,35 +207,29 @@ def decode_with_torchcodec(path: str | os.PathLike[str], needed: np.ndarray, siz
         audio_rate: mono float32 audio at this rate, or None.
     """
     path = os.fspath(path)
-    decoder, (height, width) = _open_video(path, threads, size)
-    meta = decoder.metadata
+    reader, (height, width) = _open_video(path, threads, size)
+    meta = reader.decoder.metadata
     count = int(meta.num_frames_from_content or 0)  # exact mode: the packets of the scan
     if count == 0 and needed.size:
         raise EmptyVideo(path, "the video stream has no decodable frames")
     frames = np.empty((needed.size, height, width, 3), dtype=np.uint8)  # (M, H, W, 3)
-    real = needed[needed < count]
-    for start in range(0, real.size, FRAMES_PER_CALL):
-        if time.monotonic() > deadline:
-            raise DecodeTimeout(path, f"no result after {timeout_s:g} s ({start} needed frames decoded)")
-        part = real[start:start + FRAMES_PER_CALL]
-        try:
-            frames[start:start + part.size] = decoder.get_frames_at(part.tolist()).data.numpy()  # (m, H, W, 3)
-        except RuntimeError as e:
-            raise CorruptVideo(path, f"frames {int(part[0])}-{int(part[-1])} cannot be decoded ({_detail(e)})") from e
-    truncated = real.size < needed.size
+    count = _fill(reader, path, needed[needed < count], frames, deadline, timeout_s) or count
+    truncated = bool(needed.size) and needed[-1] >= count
     if truncated:  # needed frames past the end repeat the last frame, as on the PyAV path
-        frames[real.size:] = decoder.get_frames_at([count - 1]).data.numpy()[0]  # (1, H, W, 3) -> (H, W, 3)
+        last = np.empty((1, height, width, 3), dtype=np.uint8)  # (1, H, W, 3)
+        while end := _fill(reader, path, np.array([count - 1]), last, deadline, timeout_s):
+            count = end  # the last frame of the scan is broken: the stream ends earlier
+        real = int(np.searchsorted(needed, count))  # needed frames that exist
+        frames[real:] = last[0]
         logger.warning("%s: only %d frames exist, %d needed frames (up to %d) repeat the last one",
-                       path, count, needed.size - real.size, int(needed[-1]))
-    if time.monotonic() > deadline:
-        raise DecodeTimeout(path, f"no result after {timeout_s:g} s ({needed.size} needed frames decoded)")
+                       path, count, needed.size - real, int(needed[-1]))
     header = int(meta.num_frames_from_header or 0)
     if truncated:
         n_frames, n_decoded = count, count
     else:
         n_decoded = int(needed[-1]) + 1 if needed.size else 0
         n_frames = max(header, n_decoded) if header else None
-    fps = meta.average_fps_from_header or meta.average_fps
+    fps = meta.average_fps or meta.average_fps_from_header  # frames over the scanned duration, as PyAV's average
     has_audio, audio = _audio(path, audio_rate)
     return DecodedVideo(
         frames=frames,
