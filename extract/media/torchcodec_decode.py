@@ -183,6 +183,8 @@ def _fill(reader: _Reader, path: str, indices: np.ndarray, out: np.ndarray, dead
             continue
         last = done
         for k in range(index - 1, done, -1):  # the frames between the last good and the broken one
+            if time.monotonic() > deadline:
+                raise DecodeTimeout(path, f"no result after {timeout_s:g} s (searching the end of a broken stream)")
             try:
                 reader.get([k])
             except RuntimeError:
