@@ -252,14 +252,16 @@ def write_knn_run(fs: FeatureStore, features: str, *, run: str | None = None, k:
             for split, r in evaluated.items():
                 lo, hi = np.searchsorted(r, [a, b])
                 kept[split][lo:hi] = block[r[lo:hi] - a]
+        fold, has_vector = nb.fold, nb.has_vector
+        del nb, block  # the (N, k) neighbours and the last score block are written: freed for the metrics
         metrics: dict[str, Any] = {key: None for key in keys.values()}
         for split, r in evaluated.items():
             metrics[keys[split]] = evaluate_scores(kept.pop(split), labels[r])
-        metrics["rows"] = {**counts, **{split: int(nb.has_vector[fs.split_rows(split)].sum()) for split in keys}}
+        metrics["rows"] = {**counts, **{split: int(has_vector[fs.split_rows(split)].sum()) for split in keys}}
         writer.attrs["metrics"] = metrics
     logger.info("wrote prediction run %r: %d rows scored, %d without features", run, counts["scored"],
                 counts["missing"])
-    return KnnRun(run, nb.fold, writer.attrs)
+    return KnnRun(run, fold, writer.attrs)
 
 
 def label_audit(fs: FeatureStore, features: str, *, k: int = 10, temperature: float = 0.1,
