@@ -20,7 +20,7 @@ changed takes seconds.
 
 Examples::
 
-    python -m benchmarks.pipeline                      # --size small: 600 videos, ~11 min on 2 CPU cores
+    python -m benchmarks.pipeline                      # --size small: 600 videos (not yet timed alone)
     python -m benchmarks.pipeline --size tiny --workdir /tmp/p   # the smoke test's recipe, ~30 s
     python -m benchmarks.pipeline --size full --device cuda      # 3000 videos at 112 px: for a GPU
     python -m benchmarks.pipeline --epochs 30 --heads mean_mlp,netvlad,nextvlad
@@ -339,7 +339,7 @@ def _parser() -> argparse.ArgumentParser:
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--size", choices=tuple(SIZES), default="small",
                    help="preset: tiny (24 videos of 1 s at 48 px, 1 epoch: the smoke test, ~30 s), small (default: "
-                        f"{d.videos} videos at {d.size} px, {d.epochs} epochs, ~11 min on 2 CPU cores), full (3000 "
+                        f"{d.videos} videos at {d.size} px, {d.epochs} epochs), full (3000 "
                         "videos at 112 px, 40 epochs: for a GPU)")
     p.add_argument("--tiny", dest="size", action="store_const", const="tiny", help="the same as --size tiny")
     p.add_argument("--workdir", type=Path, default=Path("."),
