@@ -4,13 +4,17 @@
 
     first videos --process_task (main process, one decode thread)--> queued for the models
         decode_s      = the fastest of them (the first decode of a process also loads codecs)
-        for each job, on the first queued clips (real work: their features are kept):
-            1 clip with forward hooks       -> the largest activation -> clip_bytes (warm-up too)
+        for each job, on its first queued clips (real work: their features are kept):
+            1 clip with forward hooks, one thread -> the largest activation -> clip_bytes (warm-up)
+        busy          = the other processes' CPU meanwhile (store.threads.OtherLoad)
+        idle (busy < BUSY_CORE):
             n clips on every core           -> model_s_all   (n: about CALIBRATION_S of work)
-            only if decode_s > DECODE_SHARE x model_s_all or other processes keep BUSY_CORE
-            busy (else model_s_one = cores x model_s_all):
-              the next n clips on one thread    -> model_s_one
-              the next n on every core again    -> model_s_all (now on a batch shape oneDNN knows)
+            only if decode_s > DECODE_SHARE x model_s_all (else model_s_one = cores x model_s_all):
+              the next n clips on one thread  -> model_s_one
+              the next n on every core again  -> model_s_all (now on a batch shape oneDNN knows)
+        a core busy (more threads may stall each other: no long pass on them):
+            1 clip on every core            -> model_s_all
+            1 clip on one thread            -> model_s_one
     -> WorkCosts
 
 Nothing measured is thrown away: the timed clips are the run's own first clips (``run``
@@ -81,33 +85,28 @@ def _timed_clips(run: RunClips, i: int, n: int, inputs: np.ndarray, producer: Ba
     return (time.perf_counter() - t) / ran
 
 
-def _first_pass(i: int, producer: BackboneProducer, inputs: np.ndarray, queued: int,
-                run: RunClips) -> tuple[float, int, int]:
-    """``(seconds per clip, clips per pass, host bytes per clip in a batch)`` of job ``i`` on the
-    threads set now: one clip with hooks (the largest activation; oneDNN's warm-up), then
-    about :data:`CALIBRATION_S` seconds of clips, at most a third of the ``queued`` others
-    (two more passes of that size may follow)."""
+def _hook_pass(i: int, producer: BackboneProducer, inputs: np.ndarray, run: RunClips) -> tuple[float, int]:
+    """``(seconds, host bytes per clip in a batch)``: job ``i``'s next clip with forward hooks
+    (the largest activation; also oneDNN's warm-up)."""
     t = time.perf_counter()
     biggest = largest_activation(producer.model, lambda: run(i, 1))
-    n = math.ceil(CALIBRATION_S / max(time.perf_counter() - t, 1e-6))
-    n = int(max(1, min(len(inputs), n, (queued - 1) // 3)))
-    per_clip = _timed_clips(run, i, n, inputs, producer)
+    seconds = time.perf_counter() - t
     clip_in = inputs[:1].nbytes
     if producer.device.type == "cuda":  # activations live on the GPU; the host holds inputs (+ pinned copy)
-        return per_clip, n, 2 * clip_in
-    return per_clip, n, int(ACTIVATION_FACTOR * biggest) + clip_in
+        return seconds, 2 * clip_in
+    return seconds, int(ACTIVATION_FACTOR * biggest) + clip_in
 
 
 def calibrate(results: Sequence[DecodeResult], producers: Sequence[BackboneProducer], threads: int,
               run: RunClips, busy: Callable[[], float]) -> WorkCosts | None:
     """The run's :class:`WorkCosts` from its first decoded videos (None if all failed).
 
-    The models are timed on ``threads`` threads, and again on one thread when decoding costs
-    more than :data:`DECODE_SHARE` of the models' time or other processes keep
-    :data:`BUSY_CORE` or more busy (``busy()``, measured since the run started): then more
-    threads may well be slower. Otherwise no split with decode processes can beat decoding
-    between batches by more than that share, and perfect scaling is recorded
-    (``model_s_one = threads x model_s_all``, the case least favourable to decode processes).
+    The models are timed on ``threads`` threads and on one thread when other processes keep
+    :data:`BUSY_CORE` or more busy (``busy()``, measured while the first videos decoded and their hook clips ran: then
+    more threads may well be slower) or decoding costs more than :data:`DECODE_SHARE` of the
+    models' time. Otherwise no split with decode processes can beat decoding between batches
+    by more than that share, and perfect scaling is recorded (``model_s_one = threads x
+    model_s_all``, the case least favourable to decode processes).
 
     Args:
         results: the first videos, decoded in this process (``DecodeResult.seconds`` timed)
@@ -131,25 +130,38 @@ def calibrate(results: Sequence[DecodeResult], producers: Sequence[BackboneProdu
     per_job = {i: [len(item.inputs) for r in good for j, item in zip(r.makers, r.inputs) if j == i] for i in first}
     clips = {i: min(k) for i, k in per_job.items()}
     jobs = sorted(first)
+    set_threads(1)  # the hook clips on one thread: never a slow first pass on a busy machine
+    hooked = {i: _hook_pass(i, producers[i], first[i], run) for i in jobs}
     set_threads(threads)
-    timed = {i: _first_pass(i, producers[i], first[i], sum(per_job[i]), run) for i in jobs}
-    s_all = sum(timed[i][0] * clips[i] for i in jobs)
-    s_one = threads * s_all
     measured = threads == 1
-    if threads > 1 and (decode_s > DECODE_SHARE * s_all or busy() >= BUSY_CORE):
-        # one thread, then every thread again: both on a batch shape oneDNN has seen (the first
-        # timed pass of a new shape also builds its kernels)
+    if threads > 1 and busy() >= BUSY_CORE:
+        # a core is busy: more threads may stall each other (a frame model's OpenMP threads ran
+        # 3-10x slower per clip), so no long pass on them: one clip on every thread, one on a
+        # single thread, both on the batch shape the hook clip built
+        s_all = sum(_timed_clips(run, i, 1, first[i], producers[i]) * clips[i] for i in jobs)
         set_threads(1)
-        s_one = sum(_timed_clips(run, i, timed[i][1], first[i], producers[i]) * clips[i] for i in jobs)
+        s_one = sum(_timed_clips(run, i, 1, first[i], producers[i]) * clips[i] for i in jobs)
         set_threads(threads)
-        s_all = sum(_timed_clips(run, i, timed[i][1], first[i], producers[i]) * clips[i] for i in jobs)
         measured = True
+    else:
+        n = {i: int(max(1, min(len(first[i]), math.ceil(CALIBRATION_S / max(hooked[i][0], 1e-6)),
+                               (sum(per_job[i]) - 1) // 3))) for i in jobs}
+        s_all = sum(_timed_clips(run, i, n[i], first[i], producers[i]) * clips[i] for i in jobs)
+        s_one = threads * s_all
+        if threads > 1 and decode_s > DECODE_SHARE * s_all:
+            # one thread, then every thread again: both on a batch shape oneDNN has seen (the first
+            # timed pass of a new shape also builds its kernels)
+            set_threads(1)
+            s_one = sum(_timed_clips(run, i, n[i], first[i], producers[i]) * clips[i] for i in jobs)
+            set_threads(threads)
+            s_all = sum(_timed_clips(run, i, n[i], first[i], producers[i]) * clips[i] for i in jobs)
+            measured = True
     costs = WorkCosts(
         decode_s=decode_s,
         model_s_all=s_all,
         model_s_one=s_one,
         cores=threads,
-        clip_bytes=max(t[2] for t in timed.values()),
+        clip_bytes=max(h[1] for h in hooked.values()),
         input_bytes=max(x[:1].nbytes for x in first.values()),
         clips_per_video=min(clips.values()),
         model_bytes=sum(t.numel() * t.element_size() for p in producers
