@@ -137,11 +137,13 @@ def calibrate(results: Sequence[DecodeResult], producers: Sequence[BackboneProdu
     if threads > 1 and busy() >= BUSY_CORE:
         # a core is busy: more threads may stall each other (a frame model's OpenMP threads ran
         # 3-10x slower per clip), so no long pass on them: one clip on every thread, one on a
-        # single thread, both on the batch shape the hook clip built
+        # single thread, then every thread again (the first clip on a new thread count also starts
+        # its thread pool): all on the batch shape the hook clip built, the faster all-thread time kept
         s_all = sum(_timed_clips(run, i, 1, first[i], producers[i]) * clips[i] for i in jobs)
         set_threads(1)
         s_one = sum(_timed_clips(run, i, 1, first[i], producers[i]) * clips[i] for i in jobs)
         set_threads(threads)
+        s_all = min(s_all, sum(_timed_clips(run, i, 1, first[i], producers[i]) * clips[i] for i in jobs))
         measured = True
     else:
         n = {i: int(max(1, min(len(first[i]), math.ceil(CALIBRATION_S / max(hooked[i][0], 1e-6)),
