@@ -92,7 +92,7 @@ class TrainConfig:
         folds: 0 for one model; k >= 2 for k-fold out-of-fold predictions of the train rows.
         device: ``auto`` (CUDA when present), ``cpu``, ``cuda`` or ``cuda:N``. Not in the hash.
         class_weights: Loss class weights from train label counts: ``none``, ``sqrt``, ``linear``.
-        reader: ``auto`` (RAM when the features take < 25% of the free RAM), ``memory``, ``stream``.
+        reader: ``auto`` (RAM when the features take < 1/8 of the available RAM), ``memory``, ``stream``.
     """
 
     features: tuple[str, ...]
