@@ -152,6 +152,16 @@ SECTIONS: dict[str, Section] = {
         *(Row(f"{label}, 1 thread", f"flow_{key}_pairs_per_s", "flow_tvl1_pairs_per_s", "TV-L1", "pairs/s")
           for key, label in (("farneback", "Farneback"), ("tvl1_fast", "TV-L1 fast"), ("raft_small", "RAFT-small"))),
     )),
+    "decode": Section("Decoders: torchcodec vs PyAV (the default) on extract.run's frame requests, one thread", (
+        *(Row(f"{label}, short side 128", f"decode_torchcodec_{key}_frames_per_s", f"decode_pyav_{key}_frames_per_s",
+              "PyAV", "frames/s") for key, label in (("tsn8", "TSN 8 frames, 3 s videos"),
+                                                     ("uniform8x16", "8 clips x 16 frames, 3 s videos"),
+                                                     ("long_tsn8", "TSN 8 frames, 30 s videos"))),
+        Row("audio track, mono 16 kHz", "decode_torchcodec_audio_tracks_per_s", "decode_pyav_audio_tracks_per_s",
+            "PyAV", "tracks/s"),
+        Row("resized frames, mean |torchcodec - PyAV|", "decode_resized_mean_abs_diff", unit="grey levels"),
+        Row("coded-size frames, max |torchcodec - PyAV|", "decode_native_max_abs_diff", unit="grey levels"),
+    )),
     "heads": Section("Heads: training on cached features vs a backbone pass over the same videos", (
         *(Row(f"{h} epoch, features in RAM", f"{h}_rows_per_s", "backbone_videos_per_s", _BACKBONE, "videos/s",
               target=_ge(1000)) for h in _HEADS),

@@ -40,6 +40,7 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
+import benchmarks.decode_bench  # noqa: F401  (registers "decode")
 import benchmarks.distributed_bench  # noqa: F401  (registers "distributed")
 import benchmarks.extract_bench  # noqa: F401  (registers "extract")
 import benchmarks.flow_bench  # noqa: F401  (registers "flow")

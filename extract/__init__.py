@@ -2,7 +2,7 @@
 
 Sub-packages, one floor each (extract/README.md draws them)::
 
-    extract.media       decode (PyAV), sampling, transforms, optical flow, audio, the mp4 writer
+    extract.media       decode (PyAV; torchcodec optional), sampling, transforms, optical flow, audio, the mp4 writer
     extract.backbones   the backbone registry: frame, clip, audio models; weights
     extract.training    fine-tuning a backbone on videos (behind python -m extract.train)
     extract.dump        the feature dump behind python -m extract.run: settings, makers,
@@ -16,7 +16,7 @@ Public API::
 
     make_demo, load_demo, DemoConfig            the generated demo dataset (extract.demo)
     read_video_list, VideoList                  MiT / Multi-MiT, Kinetics, mmaction2 lists, folders (extract.inputs)
-    probe_video, decode_video                   single-pass PyAV decoding (extract.media.decode)
+    probe_video, decode_video                   single-pass PyAV decoding, or torchcodec (extract.media.decode)
     ClipSampling, ViewSpec, clip_frame_indices  sampling and spatial views (extract.media.sampling)
     get_backbone, list_backbones                the backbone registry (extract.backbones)
     extract(), ExtractSettings                  the feature dump behind python -m extract.run (extract.dump)

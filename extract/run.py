@@ -49,6 +49,7 @@ from extract._config import read_toml_config
 from extract.dump.settings import AMP_DTYPES, DEVICES, MODALITIES, BackboneChoice, ExtractSettings, parse_shard
 from extract.errors import DemoError, ExtractError
 from extract.inputs import add_list_arguments
+from extract.media.decode import DECODERS
 from extract.media.flow import FLOW_CHOICES, TVL1_PARAMS, TVL1_PRESETS
 from store.cli import non_negative_int, positive_float, positive_int, run_command
 from store.cluster import CLUSTERS, check_choice
@@ -249,6 +250,14 @@ def _parser() -> argparse.ArgumentParser:
         default="",
         metavar="S1,S2",
         help="extra short sides for multi-scale views (default: none)",
+    )
+    g.add_argument(
+        "--decoder",
+        choices=DECODERS,
+        default=_D.decoder,
+        help=f"the video decoder (default: {_D.decoder}); torchcodec where it is installed (pip install "
+        "'videofeat[decoders]', with FFmpeg's shared libraries): the same frames at the coded size, resized "
+        "ones differ slightly, so a set keeps the decoder it was made with (extract/README.md, Decoders)",
     )
     g = p.add_argument_group("flow (--backbone flow:NAME)")
     g.add_argument(
@@ -480,6 +489,7 @@ def _settings(args: argparse.Namespace, demo: bool) -> ExtractSettings:
             (f"tvl1_{n}", getattr(args, f"tvl1_{n}")) for n in TVL1_PARAMS if getattr(args, f"tvl1_{n}") is not None
         ),
         head_logits=args.head_logits,
+        decoder=args.decoder,
     )
 
 

@@ -9,7 +9,7 @@
 Any feature set ``extract.run`` wrote can be searched: RGB, optical flow or audio. The file is
 embedded exactly as ``extract.run`` embedded the feature set: the producer is rebuilt from the
 set's recorded spec (modality, backbone, random-init seed or weights checksum, clip sampling,
-views, flow algorithm and bound, audio windows, chunking; a named weight, e.g.
+views, flow algorithm and bound, audio windows, decoder, chunking; a named weight, e.g.
 ``r2plus1d_18@kinetics400``, is loaded again by its name from the cache) through
 :func:`extract.dump.pipeline.build_producers`, the file is
 decoded by the same worker function and embedded in the same model, and the features are
@@ -40,6 +40,7 @@ from extract.dump.producers import FeatureProducer
 from extract.dump.settings import DEVICES, MODALITIES, ExtractSettings
 from extract.dump.worker import DecodeTask, process_task
 from extract.errors import ExtractError
+from extract.media.decode import DECODERS
 from extract.media.sampling import EVERY, ClipSampling, ViewSpec
 from store.cli import non_negative_int, positive_float, positive_int, run_command
 from store.feature_set import FeatureSet
@@ -90,7 +91,11 @@ def _settings_from_spec(fset: FeatureSet, weights: str | os.PathLike | None, dev
         if digest != spec.weights_sha256:
             raise ExtractError(f"--weights {weights} has sha256 {digest[:16]}... but feature set {fset.name!r} was"
                                f" extracted with {spec.weights_sha256[:16]}...; pass the checkpoint it was made with")
+    decoder = (spec.extra.get("decode") or {}).get("library", "pyav")  # decoded as the set was
+    if decoder not in DECODERS:
+        raise ExtractError(f"feature set {fset.name!r} was decoded with {decoder!r}, which this version cannot use")
     return ExtractSettings(
+        decoder=decoder,
         backbone=spec.backbone, modality=spec.modality, weights=None if weights is None else str(weights),
         seed=int(spec.extra.get("random_init_seed", 0)), frames=clips.frames_per_clip, stride=clips.stride,
         fps=clips.fps, **_placement(clips), amp=spec.extra.get("precision") == "amp", device=device,

@@ -93,6 +93,9 @@ class InputMaker(abc.ABC):
     audio_rate: int | None = None
     #: Whether it needs video frames (False: its ``decode_short_side`` is not a wish).
     needs_frames: bool = True
+    #: The decoder its frames and audio come from (``extract.media.decode.DECODERS``); every
+    #: maker of one video must name the same one (one decode serves them all).
+    decoder: str = "pyav"
 
     @property
     @abc.abstractmethod
@@ -141,10 +144,12 @@ class _ViewedClips(InputMaker):
     Attributes:
         sampling: where the N clips of T frames go.
         view: resize and crops giving the V views of every clip.
+        decoder: ``pyav`` or ``torchcodec`` (keyword only).
     """
 
     sampling: ClipSampling
     view: ViewSpec
+    decoder: str = dataclasses.field(default="pyav", kw_only=True)
 
     @property
     def clips(self) -> int:
@@ -231,12 +236,14 @@ class AudioWindows(InputMaker):
         input: ``log_mel`` ``(K, F, M)``, ``vggish_patches`` ``(K, P, patch_frames, M)``
             or ``waveform`` ``(K, W)``, all float32.
         patch_frames: frames per VGGish patch (non-overlapping; leftover frames dropped).
+        decoder: ``pyav`` or ``torchcodec`` (keyword only).
     """
 
     sampling: ClipSampling
     audio: AudioSettings
     input: str = "log_mel"
     patch_frames: int = 96
+    decoder: str = dataclasses.field(default="pyav", kw_only=True)
     needs_frames = False
 
     def __post_init__(self) -> None:

@@ -65,6 +65,7 @@ from extract.errors import ExtractError
 from extract.media.flow import flow_backend
 from extract.media.raft import RAFT_MODELS, raft_weights_file
 from extract.media.sampling import ClipSampling
+from extract.media.torchcodec_decode import require_torchcodec
 from store import FeatureSetSpec, FeatureStore
 
 __all__ = [
@@ -108,10 +109,13 @@ def build_producers(
 
     Raises:
         ExtractError: unknown backbone, a backbone that does not fit its modality, clips or
-            views that do not fit it, weights that do not fit, or (``head_logits``) weights
-            without a classifier for ``num_classes`` classes.
+            views that do not fit it, weights that do not fit, (``head_logits``) weights
+            without a classifier for ``num_classes`` classes, or ``decoder="torchcodec"``
+            where torchcodec cannot be imported.
     """
     choices = settings.choices()
+    if settings.decoder == "torchcodec":
+        require_torchcodec()  # one line saying how to install it, before the store is touched
     try:
         backbones = [_backbone(c, settings, num_classes) for c in choices]
         line = timeline(settings, [b.info for b in backbones], [c.modality for c in choices])
@@ -193,7 +197,7 @@ def _producer(
     }
     if choice.modality == "audio":
         audio, kind = audio_input_for(info)
-        maker = AudioWindows(line, audio, kind, patch_frames=info.clip_len)
+        maker = AudioWindows(line, audio, kind, patch_frames=info.clip_len, decoder=settings.decoder)
         return AudioProducer(backbone, maker, **common)
     sampling, view = settings.clip_sampling(info), settings.view_spec(info)
     if choice.modality == "flow":
@@ -202,9 +206,9 @@ def _producer(
         if raft:
             raft_weights_file(flow.algorithm)  # a missing checkpoint is a user error before the store is touched
         maker = FlowClips(sampling, view, flow, backend=flow_backend(device if raft else "auto", flow.algorithm),
-                          choice=why)
+                          choice=why, decoder=settings.decoder)
         return FlowProducer(backbone, maker, **common)
-    return RGBProducer(backbone, RGBClips(sampling, view), **common)
+    return RGBProducer(backbone, RGBClips(sampling, view, decoder=settings.decoder), **common)
 
 
 def default_set_name(producer: FeatureProducer) -> str:

@@ -54,12 +54,24 @@ from store import FeatureSetSpec
 
 log = logging.getLogger(__name__)
 
-DECODER = {
-    "library": "pyav",
-    "pass": "forward-only",
-    "frame_numbering": "decoder output order",
-    "interpolation": "bilinear",
+#: How each decoder reaches and scales frames, recorded in a picture set's ``extra["decode"]``
+#: (the decoder is provenance: resized frames differ slightly between the two, see extract/README.md).
+DECODER_RECORDS = {
+    "pyav": {
+        "library": "pyav",
+        "pass": "forward-only",
+        "frame_numbering": "decoder output order",
+        "interpolation": "bilinear",
+    },
+    "torchcodec": {
+        "library": "torchcodec",
+        "pass": "exact seek mode: packet scan, then seeks to key frames",
+        "frame_numbering": "presentation order",
+        "interpolation": "bilinear, after RGB conversion",
+    },
 }
+#: How each decoder gives the audio track (an audio set's ``extra["decode"]["audio"]``).
+_AUDIO_PATHS = {"pyav": "av.AudioResampler", "torchcodec": "torchcodec AudioDecoder"}
 #: Name suffix of the feature set holding a producer's per-clip classifier logits.
 LOGITS_SUFFIX = "__logits"
 
@@ -174,7 +186,7 @@ class BackboneProducer(FeatureProducer):
     def record(self) -> dict[str, Any]:
         """What the modality records in the spec's ``extra`` (besides backbone, precision)."""
         return {
-            "decode": {**DECODER, "short_side": self.maker.decode_short_side},
+            "decode": {**DECODER_RECORDS[self.maker.decoder], "short_side": self.maker.decode_short_side},
             "k_axis": "clip-major: k = clip * V + view",
         }
 
@@ -296,8 +308,8 @@ class AudioProducer(BackboneProducer):
         m, a = self.maker, self.maker.audio
         out = {
             "decode": {
-                "library": "pyav",
-                "audio": f"whole track, mono float32 at {a.sample_rate} Hz (av.AudioResampler)",
+                "library": m.decoder,
+                "audio": f"whole track, mono float32 at {a.sample_rate} Hz ({_AUDIO_PATHS[m.decoder]})",
                 "window": "centred on the clip, zero-padded past the track",
             },
             "k_axis": "k = clip (one window per clip, no views)",

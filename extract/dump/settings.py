@@ -9,7 +9,7 @@ Two kinds of fields live here:
   ``every``, ``fps``, ``max_clips``), the views
   (``short_side``, ``crop``, ``crops``, ``scales``), the flow (``flow_algorithm``,
   ``flow_bound``, ``flow_preset``, ``flow_params``), the precision (``amp``, ``amp_dtype``), ``head_logits``
-  and ``chunk_rows``.
+  ``chunk_rows`` and the ``decoder`` (``pyav`` or ``torchcodec``: their resized frames differ slightly).
 * **How the run goes** (free to change between a run and its resume): ``set_name``,
   ``device``, ``batch_size``, ``workers``, ``threads``, ``max_memory_gb``, ``timeout_s``, ``flush_s``,
   ``retry_errors``, ``limit``, ``shard``.
@@ -51,6 +51,7 @@ from typing import Any
 
 from extract.backbones import BackboneInfo
 from extract.errors import ExtractError
+from extract.media.decode import DECODERS
 from extract.media.flow import FLOW_CHOICES, FlowSettings, paper_flow
 from extract.media.sampling import EVERY, SAMPLING_MODES, ClipSampling, ViewSpec
 from store.cli import setting_name
@@ -249,6 +250,8 @@ class ExtractSettings:
         head_logits: also keep each backbone's classifier scores (needs ``weights`` with a
             classifier ``fc`` for the store's classes): a ``<set>__logits`` feature set
             during the run, a ``<set>_logits`` prediction run at its end.
+        decoder: ``pyav`` (default) or ``torchcodec`` (where installed; checked when the
+            producers are built): the library every video is decoded with.
     """
 
     backbone: str = "resnet18"
@@ -286,6 +289,7 @@ class ExtractSettings:
     every: float | None = None
     fps: float | None = None
     max_clips: int | None = None
+    decoder: str = "pyav"
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "scales", tuple(self.scales))
@@ -331,6 +335,8 @@ class ExtractSettings:
         if self.sampling is not None and self.sampling not in SAMPLING_MODES:
             raise SettingsError(f"--sampling must be one of {SAMPLING_MODES}, got {self.sampling!r}")
         self._check_time_sampling()
+        if self.decoder not in DECODERS:
+            raise SettingsError(f"--decoder must be one of {DECODERS}, got {self.decoder!r}")
         if self.amp_dtype not in AMP_DTYPES:
             raise SettingsError(f"--amp-dtype must be one of {AMP_DTYPES}, got {self.amp_dtype!r}")
         if self.device not in DEVICES:

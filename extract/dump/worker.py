@@ -119,7 +119,7 @@ def process_task(task: DecodeTask, makers: Sequence[InputMaker], timeout_s: floa
     The frames are the union of every maker's frames, decoded at the largest short side a
     maker that needs frames asks for (the others resize from it); the audio comes from the
     same open when a maker has an ``audio_rate``. One ``decode_video`` call per video,
-    whatever the number of makers.
+    whatever the number of makers, with the makers' decoder (``InputMaker.decoder``).
     """
     start = time.perf_counter()
     res = DecodeResult(task.row, task.makers)
@@ -142,6 +142,9 @@ def process_task(task: DecodeTask, makers: Sequence[InputMaker], timeout_s: floa
             rates = {m.audio_rate for m in chosen} - {None}
             if len(rates) > 1:
                 raise ValueError(f"makers ask for different audio rates {sorted(rates)}")
+            decoders = {m.decoder for m in chosen}
+            if len(decoders) > 1:
+                raise ValueError(f"makers ask for different decoders {sorted(decoders)}")
             first, count = _window(task, n_frames, fps)
             video = decode_video(
                 task.path,
@@ -149,6 +152,7 @@ def process_task(task: DecodeTask, makers: Sequence[InputMaker], timeout_s: floa
                 size,
                 timeout_s=timeout_s,
                 audio_rate=rates.pop() if rates else None,
+                decoder=decoders.pop(),
             )
             res.decode_calls += 1
             if task.window is not None:  # the makers see the window as a trimmed file

@@ -4,7 +4,9 @@ RAFT's flow network is the one model here).
 Public API::
 
     probe_video, decode_video, VideoInfo, DecodedVideo   extract.media.decode (PyAV: frames + audio, one open)
-    DecodeError and subclasses, DecodeTimeout            extract.media.decode (one bad file, one row error)
+    DecodeError and subclasses, DecodeTimeout, DECODERS  extract.media.decode (one bad file, one row error)
+    require_torchcodec                                   extract.media.torchcodec_decode (decode_video(...,
+                                                           decoder="torchcodec"), where torchcodec is installed)
     ClipSampling, ViewSpec, sample_clips, SampledClips,  extract.media.sampling (which frames, which crops;
       clip_frame_indices, clip_times, time_windows,        fixed counts or a clip every N seconds)
       union_frame_indices, short_side_size, EVERY
@@ -26,7 +28,7 @@ import importlib
 from typing import Any
 
 _MODULES = {
-    "extract.media.decode": ("CorruptVideo", "DecodeError", "DecodeTimeout", "DecodedVideo", "EmptyVideo",
+    "extract.media.decode": ("DECODERS", "CorruptVideo", "DecodeError", "DecodeTimeout", "DecodedVideo", "EmptyVideo",
                              "NoVideoStream", "VideoInfo", "VideoNotFound", "decode_video", "probe_video"),
     "extract.media.sampling": ("CROP_MODES", "EVERY", "SAMPLING_MODES", "ClipSampling", "SampledClips", "ViewSpec",
                                "clip_frame_indices", "clip_times", "sample_clips", "short_side_size", "time_windows",
@@ -40,6 +42,7 @@ _MODULES = {
                            "raft_weights_file"),
     "extract.media.audio": ("AudioSettings", "audio_windows", "log_mel", "vggish_patches"),
     "extract.media.video_writer": ("AAC_SAMPLE_RATES", "write_video"),
+    "extract.media.torchcodec_decode": ("require_torchcodec",),
 }
 _EXPORTS = {name: module for module, names in _MODULES.items() for name in names}
 __all__ = sorted(_EXPORTS)

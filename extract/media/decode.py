@@ -1,4 +1,8 @@
-"""Single-pass, forward-only video (and audio) decoding with PyAV.
+"""Single-pass, forward-only video (and audio) decoding with PyAV (the default decoder).
+
+``decode_video(..., decoder="torchcodec")`` gives the same result through torchcodec where it is
+installed (:mod:`extract.media.torchcodec_decode`, which says what differs); everything below is
+the PyAV path.
 
 The run's pattern, one decode per video for every clip, view and backbone::
 
@@ -54,6 +58,8 @@ from extract.media.sampling import short_side_size
 logger = logging.getLogger(__name__)
 
 Size = int | tuple[int, int] | None
+#: The decoders ``decode_video`` can use: PyAV (the default) and, where installed, torchcodec.
+DECODERS = ("pyav", "torchcodec")
 
 
 class DecodeError(ExtractError):
@@ -191,14 +197,19 @@ _INTERPOLATIONS = {
 }
 
 
-def _open(path: str | os.PathLike[str], timeout_s: float) -> av.container.InputContainer:
-    """Open a container, turning every failure into a DecodeError."""
+def _check_file(path: str | os.PathLike[str]) -> None:
+    """A missing path, a folder or an empty file as a DecodeError (before any library opens it)."""
     if not os.path.exists(path):
         raise VideoNotFound(path, "no such file")
     if os.path.isdir(path):
         raise VideoNotFound(path, "is a directory, not a file")
     if os.path.getsize(path) == 0:
         raise EmptyVideo(path, "file is 0 bytes")
+
+
+def _open(path: str | os.PathLike[str], timeout_s: float) -> av.container.InputContainer:
+    """Open a container, turning every failure into a DecodeError."""
+    _check_file(path)
     try:
         return av.open(os.fspath(path), mode="r", timeout=timeout_s)
     except av.error.ExitError as e:
@@ -286,8 +297,8 @@ def probe_video(
         )
 
 
-def _target_size(size: Size, height: int, width: int) -> tuple[int, int]:
-    """(height, width) for the scaler from ``size``."""
+def target_size(size: Size, height: int, width: int) -> tuple[int, int]:
+    """(height, width) for the scaler from ``size`` and the coded ``height`` x ``width``."""
     if size is None:
         return height, width
     if isinstance(size, (int, np.integer)) and not isinstance(size, bool):
@@ -401,6 +412,7 @@ def decode_video(
     timeout_s: float = 60.0,
     audio_rate: int | None = None,
     interpolation: str = "bilinear",
+    decoder: str = "pyav",
 ) -> DecodedVideo:
     """Decode the needed frames (and optionally the audio) of a video in one forward pass.
 
@@ -414,6 +426,9 @@ def decode_video(
         timeout_s: deadline for the whole call, in seconds.
         audio_rate: if set, also decode the audio track to mono float32 at this rate.
         interpolation: scaler filter: ``"bilinear"``, ``"bicubic"``, ``"area"``, ``"lanczos"``.
+        decoder: ``"pyav"`` (this module) or ``"torchcodec"`` (the optional decoder,
+            :mod:`extract.media.torchcodec_decode`: the same result, bilinear only; resized
+            frames differ slightly, see there).
 
     Raises:
         DecodeError: a subclass; ``str(err)`` is one line for the store's errors array.
@@ -430,15 +445,25 @@ def decode_video(
         raise ValueError(f"audio_rate must be a positive integer or None, got {audio_rate!r}")
     if interpolation not in _INTERPOLATIONS:
         raise ValueError(f"interpolation must be one of {sorted(_INTERPOLATIONS)}")
+    if decoder not in DECODERS:
+        raise ValueError(f"decoder must be one of {DECODERS}, got {decoder!r}")
 
     deadline = time.monotonic() + timeout_s
+    if decoder == "torchcodec":
+        from extract.media.torchcodec_decode import decode_with_torchcodec
+
+        if interpolation != "bilinear":
+            raise ValueError(f"the torchcodec decoder resizes bilinearly only, not with {interpolation!r}")
+        _check_file(path)
+        return decode_with_torchcodec(path, needed, size, threads=threads, timeout_s=timeout_s, deadline=deadline,
+                                      audio_rate=audio_rate)
     with _open(path, timeout_s) as container:
         vstream = _video_stream(container, path)
         vstream.codec_context.thread_type = "AUTO" if threads > 1 else "SLICE"
         vstream.codec_context.thread_count = threads
         astream = container.streams.audio[0] if container.streams.audio else None
         want_audio = audio_rate is not None and astream is not None
-        height, width = _target_size(
+        height, width = target_size(
             size, vstream.codec_context.height, vstream.codec_context.width
         )
         run = _ForwardPass(

@@ -88,7 +88,7 @@ def test_missing_keys_devices_and_unknown_benchmarks(written):
     assert "- **not measured**: R(2+1)D-18, 2 x 16 frames vs per-video script (target >= 2x)" in md
     assert "- **MISSED**: ResNet-18 TSN, 112 px vs per-video script: 1.60x (target >= 2x)" in md
     assert "## mystery: mystery benchmark" in md and "| `speed` | 3 |" in md and "| `note` | x |" in md
-    assert "Not run yet: flow, heads, sweep, scale, fusion, train" in md
+    assert "Not run yet: flow, decode, heads, sweep, scale, fusion, train" in md
     assert "Machine of that run" not in md  # same machine as the report's
     assert _lines(md, "- CPU: test") and _lines(md, "- GPU: none")
 
