@@ -401,7 +401,7 @@ def _versus(demo, n: int, work: Path) -> dict[str, float]:
                   f"ours {rate:.2f} clips/s, peak {ours_gb:.2f} GB [{plan['workers']} decode process(es), "
                   f"{plan['threads']} thread(s), batch {plan['batch_size']}]; plain script {plain_rate:.2f} "
                   f"clips/s ({plain['threads']} torch threads), peak {plain_gb:.2f} GB; "
-                  f"ours / plain {rate / plain_rate:.2f}x", flush=True)
+                  f"ours / plain {rate / plain_rate:.2f}x\n     ours' plan: {plan['reason']}", flush=True)
     return metrics
 
 

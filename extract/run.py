@@ -328,8 +328,8 @@ def _parser() -> argparse.ArgumentParser:
     )
     add_threads_argument(
         g,
-        help="torch, OpenMP and BLAS threads of the model (default: fitted with --workers; with --workers "
-        "alone: the free cores minus the workers on CPU, 1 with CUDA)",
+        help="torch, OpenMP and BLAS threads of the model (default: fitted with --workers to the model's "
+        "speed measured on 1 thread and on every core under the machine's load; 1 with CUDA)",
     )
     g.add_argument(
         "--max-memory",

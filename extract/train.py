@@ -51,7 +51,7 @@ log = logging.getLogger("extract.train")
 DEMO_CROP = 112  # the demo's frames are 112 px
 RUN_JSON = "run.json"  # the data arguments of a run, the defaults of its --resume
 _R = TrainRecipe()
-_RUN_KEYS = ("videos", "val_videos", "root", "classes", "demo_dir")  # paths
+_RUN_KEYS = ("videos", "val_videos", "root", "classes", "demo_dir", "clip_cache")  # paths
 _RUN_TEXT_KEYS = ("list_format", "kinetics_pattern")
 
 
@@ -152,6 +152,11 @@ def _recipe_flags(p: argparse.ArgumentParser) -> None:
                         "in the CPU data workers)")
     g.add_argument("--flow-bound", dest="flow_bound", type=positive_float, default=S,
                    help=f"clip flow to +-N px/frame (default: {_R.flow_bound})")
+    g.add_argument("--decode-every", dest="decode_every", type=positive_int, default=S, metavar="N",
+                   help="decode each training video once per N epochs: one decode gives the clips of all N "
+                        "(kept in --clip-cache), at one random short side per video and N epochs; positions, "
+                        f"crops and flips stay random per epoch; 1 = decode every example (default: "
+                        f"{_R.decode_every})")
     g.add_argument("--seed", type=non_negative_int, default=S,
                    help=f"init, shuffles, clips, augmentation (default: {_R.seed})")
     g.add_argument("--device", choices=("auto", "cpu", "cuda"), default=S, help="(default: auto: CUDA if present)")
@@ -181,10 +186,18 @@ def _parser() -> argparse.ArgumentParser:
                    help="where the demo set lives when --videos is not given (default: demo)")
     _recipe_flags(p)
     g = p.add_argument_group("run")
-    g.add_argument("--workers", type=non_negative_int, help="decode worker processes; 0 decodes in the main process "
-                                               "(default: min(4, cores) on CPU, cores - 1 with CUDA)")
+    g.add_argument("--workers", type=non_negative_int,
+                   help="decode worker processes (with the clip cache: they decode the next epoch's videos ahead "
+                        "while this process reads the cached ones); 0 decodes in the main process (default: "
+                        "min(4, cores) on CPU, cores - 1 with CUDA)")
     add_threads_argument(g, help="torch, OpenMP and BLAS threads (default: free cores - workers on CPU, at least 1; "
                          "the free cores with CUDA)")
+    g.add_argument("--clip-cache", dest="clip_cache", type=Path, metavar="DIR",
+                   help="where decoded training clips (one file per video and --decode-every epochs) and the "
+                        "validation clips are kept, keyed by the videos and the data flags; reused on --resume "
+                        "(default: OUT/clip_cache; one run per DIR at a time)")
+    g.add_argument("--no-clip-cache", dest="no_clip_cache", action="store_true",
+                   help="keep nothing: each example decodes its own clip (the same batches, more decoding)")
     g.add_argument("--timeout", dest="timeout_s", type=positive_float, default=60.0,
                    help="seconds one video may take to decode (default: 60)")
     g.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
@@ -286,7 +299,8 @@ def _summary(result) -> str:
         lines.append(f"  SWA of {result.swa['snapshots']} epochs: val class mAP {result.swa['class_map']:.4f}")
     waits = [e["data_wait_fraction"] for e in result.history if math.isfinite(e.get("data_wait_fraction", math.nan))]
     if waits:
-        lines.append(f"  data wait: {100 * waits[-1]:.1f}% of step time in the last epoch")
+        later = f", {100 * sum(waits[1:]) / len(waits[1:]):.1f}% after the first epoch" if len(waits) > 1 else ""
+        lines.append(f"  data wait: {100 * waits[0]:.1f}% of step time in the first epoch{later}")
     r, weights = result.recipe, result.swa_path or result.backbone_path
     clips = f" --crop {r.crop} --frames {r.frames} --stride {r.stride}" if r.modality != "audio" else ""
     lines.append(f"  features: python -m extract.run --backbone {r.backbone}{clips} --weights {weights} "
@@ -304,7 +318,7 @@ def run(args: argparse.Namespace, config: dict[str, Any]) -> int:
     from extract.demo import load_demo, make_demo
     from extract.training import fit
     from extract.training.checkpoint import RECIPE_JSON, save_json
-    from extract.training.loop import default_workers
+    from extract.training.loop import AUTO_CACHE, default_workers
     from store.device import resolve_device
 
     named = {**config, **{k: v for k, v in vars(args).items() if k in _RECIPE_FIELDS}}
@@ -355,8 +369,9 @@ def run(args: argparse.Namespace, config: dict[str, Any]) -> int:
 
     with logging_redirect_tqdm():
         try:
+            cache = None if args.no_clip_cache else (args.clip_cache or AUTO_CACHE)
             result = fit(recipe, data, out, resume=args.resume, workers=workers, timeout_s=args.timeout_s,
-                         on_step=on_step, on_epoch_end=None if args.quiet else on_epoch_end)
+                         cache_dir=cache, on_step=on_step, on_epoch_end=None if args.quiet else on_epoch_end)
         finally:
             bar.close()
     print(_summary(result))

@@ -15,7 +15,8 @@ the affinity count::
 
 A command that sizes its threads once for a long run can measure instead of trusting the
 load average, which trails by about a minute: ``free_cores(sample_s=0.5)`` counts the CPU the
-other processes use over half a second (``extract.run`` does).
+other processes use over half a second, and a command that works meanwhile can count the
+others' CPU over that work with :class:`OtherLoad` (``extract.run`` does, over its calibration).
 
 XGBoost takes its thread count per call (``nthread``); pass it the value :func:`set_threads`
 returns.
@@ -26,6 +27,7 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import time
 
 from store.cli import positive_int
 
@@ -53,6 +55,52 @@ def busy_cores(sample_s: float) -> float:
     except AttributeError:  # not on Linux
         mine = range(len(per_cpu))
     return sum(per_cpu[i] for i in mine if i < len(per_cpu)) / 100
+
+
+class OtherLoad:
+    """How many of this process's cores *other* processes keep busy, from construction on.
+
+    What a command that works meanwhile measures instead of :func:`busy_cores` (which sleeps
+    through its sample): the machine's busy CPU time on this process's cores minus this
+    process's own (and its waited-for children's), over the wall time since construction.
+    ``extract.run`` measures the load over its calibration this way, at no extra time.
+    """
+
+    def __init__(self) -> None:
+        import psutil
+
+        self._proc = psutil.Process()
+        self._start = (time.monotonic(), self._machine_busy(), self._own())
+
+    @staticmethod
+    def _machine_busy() -> float:
+        import psutil
+
+        per_cpu = psutil.cpu_times(percpu=True)
+        try:
+            mine = sorted(os.sched_getaffinity(0))
+        except AttributeError:  # not on Linux
+            mine = range(len(per_cpu))
+        idle = ("idle", "iowait", "guest", "guest_nice")  # guest time is inside user time already
+        return sum(sum(per_cpu[i]) - sum(getattr(per_cpu[i], f, 0.0) for f in idle)
+                   for i in mine if i < len(per_cpu))
+
+    def _own(self) -> float:
+        t = self._proc.cpu_times()
+        return t.user + t.system + t.children_user + t.children_system
+
+    def busy_cores(self) -> float:
+        """Cores other processes used on average since construction (>= 0)."""
+        wall = time.monotonic() - self._start[0]
+        if wall <= 0:
+            return 0.0
+        other = (self._machine_busy() - self._start[1]) - (self._own() - self._start[2])
+        return max(0.0, other / wall)
+
+    def free_cores(self) -> int:
+        """:func:`available_cores` minus the rounded :meth:`busy_cores`, at least 1."""
+        cores = available_cores()
+        return max(1, min(cores, cores - round(self.busy_cores())))
 
 
 def free_cores(sample_s: float | None = None) -> int:

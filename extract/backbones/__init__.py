@@ -9,7 +9,7 @@ Registered (``list_backbones()``; ``list_weights()`` for the named weights):
 
 - frame models (TSN, ``kind="frame2d"``): ``resnet18``, ``resnet50``, ``resnet101``
 - TSM / TIN (``kind="clip3d"``, 2D convs with temporal shift): ``tsm_resnet18``, ``tsm_resnet50``,
-  ``tin_resnet50``; ``tsm_small`` for frames of a few dozen pixels (48-px crops, global max pooling:
+  ``tin_resnet50``; ``tsm_small`` for frames of a few dozen pixels (56-px crops, global max pooling:
   the demo's RGB net)
 - 3D clip models: ``r2plus1d_18``, ``r3d_18``, ``mc3_18``, ``s3d``, ``mvit_v1_b``, ``mvit_v2_s``,
   ``swin3d_t``, ``swin3d_s``, ``swin3d_b``, ``slowfast_r50``..., ``i3d_nl_r50``...

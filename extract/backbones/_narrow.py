@@ -38,14 +38,17 @@ class NarrowResNet(tv_resnet.ResNet):
         widths: Sequence[int],
         *,
         small_stem: bool = False,
+        stem_stride: int = 2,
         strides: Sequence[int] = (1, 2, 2, 2),
         global_pool: str = "avg",
     ) -> None:
         """Args as torchvision's ``ResNet``, with ``widths`` per stage, plus:
 
         Args:
-            small_stem: a 3x3 stride-2 first conv and no stem max-pool (a 2x reduction
-                instead of torchvision's 4x), for frames of a few dozen pixels.
+            small_stem: a 3x3 first conv of stride ``stem_stride`` and no stem max-pool (a 2x
+                or no reduction instead of torchvision's 4x), for frames of a few dozen pixels.
+            stem_stride: the small stem's stride (1: the first conv sees every pixel, so a
+                texture of 1-px stripes is filtered before anything subsamples it).
             strides: the stride of each of the four stages.
             global_pool: ``"avg"`` (torchvision) or ``"max"`` (the strongest response of
                 each channel anywhere in the frame: a small object is not averaged away).
@@ -59,7 +62,7 @@ class NarrowResNet(tv_resnet.ResNet):
         self.groups = 1
         self.base_width = 64
         if small_stem:
-            self.conv1 = nn.Conv2d(3, widths[0], kernel_size=3, stride=2, padding=1, bias=False)
+            self.conv1 = nn.Conv2d(3, widths[0], kernel_size=3, stride=stem_stride, padding=1, bias=False)
             self.maxpool = nn.Identity()
         else:
             self.conv1 = nn.Conv2d(3, widths[0], kernel_size=7, stride=2, padding=3, bias=False)

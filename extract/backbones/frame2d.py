@@ -44,10 +44,10 @@ _TRUNK_NAMES = (
 #: Widths of the tiny test variant (BasicBlock, one block per stage).
 TINY_WIDTHS = (8, 16, 32, 64)
 TINY_INPUT_SIZE = 32
-#: The small-frame variant: widths, stage strides, crop (BasicBlock, one block per stage).
+#: The small-frame variant: widths, stage strides, crop (BasicBlock, one block per stage, stride-1 stem).
 SMALL_WIDTHS = (16, 32, 32, 32)
-SMALL_STRIDES = (1, 2, 1, 1)
-SMALL_INPUT_SIZE = 48
+SMALL_STRIDES = (2, 2, 1, 1)
+SMALL_INPUT_SIZE = 56
 
 _TORCHVISION_RESNETS: dict[str, Callable[..., tv_resnet.ResNet]] = {
     "resnet18": tv_resnet.resnet18,
@@ -63,8 +63,9 @@ def resnet_trunk(arch: str) -> tuple[dict[str, nn.Module], int]:
         arch: ``"resnet18"``, ``"resnet50"``, ``"resnet101"``, ``"tiny"`` (BasicBlock,
             one block per stage, widths :data:`TINY_WIDTHS`) or ``"small"`` (for frames of a
             few dozen pixels with small objects: BasicBlock, one block per stage, widths
-            :data:`SMALL_WIDTHS`, a 3x3 stride-2 stem without max-pool, stage strides
-            :data:`SMALL_STRIDES`, so a 48-px crop ends on a 12x12 map, and global max
+            :data:`SMALL_WIDTHS`, a 3x3 stride-1 stem without max-pool (it filters every pixel:
+            1-px stripes are seen before anything subsamples them), stage strides
+            :data:`SMALL_STRIDES`, so a 56-px crop ends on a 14x14 map, and global max
             pooling, so an object a few pixels wide is not averaged away).
 
     Returns:
@@ -73,7 +74,8 @@ def resnet_trunk(arch: str) -> tuple[dict[str, nn.Module], int]:
     if arch == "tiny":
         net: tv_resnet.ResNet = NarrowResNet(tv_resnet.BasicBlock, [1, 1, 1, 1], TINY_WIDTHS)
     elif arch == "small":
-        net = NarrowResNet(tv_resnet.BasicBlock, [1, 1, 1, 1], SMALL_WIDTHS, small_stem=True, strides=SMALL_STRIDES,
+        net = NarrowResNet(tv_resnet.BasicBlock, [1, 1, 1, 1], SMALL_WIDTHS, small_stem=True, stem_stride=1,
+                           strides=SMALL_STRIDES,
                            global_pool="max")
     elif arch in _TORCHVISION_RESNETS:
         net = _TORCHVISION_RESNETS[arch](weights=None)  # never downloads

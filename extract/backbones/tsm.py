@@ -154,7 +154,7 @@ VARIANTS: dict[str, dict] = {
     "tsm_tiny": {"doc": "Test / CPU-smoke variant: TSM over the tiny ResNet (widths 8..64), D=64, 4x32x32 clips.",
                  "arch": "tiny", "input_size": TINY_INPUT_SIZE, "defaults": {"clip_len": 4}},
     "tsm_small": {"doc": "CPU variant for small frames (the demo): TSM over the small ResNet (widths 16..32, "
-                         "3x3 stride-2 stem, 12x12 last map at 48 px, global max pooling), D=32, 4x48x48 clips.",
+                         "3x3 stride-1 stem, 14x14 last map at 56 px, global max pooling), D=32, 4x56x56 clips.",
                   "arch": "small", "input_size": SMALL_INPUT_SIZE, "defaults": {"clip_len": 4}},
 }
 register_variants(register_backbone, _tsm_resnet, VARIANTS)

@@ -18,7 +18,7 @@ Public API::
       process_task
     ResourcePlan, WorkCosts, MemoryBudget,          extract.dump.resources (workers, threads, batch, queue:
       choose_plan, model_seconds                      fitted to measured costs, free cores, --max-memory)
-    calibrate, measure_model, largest_activation    extract.dump.calibration (the costs, on the first videos)
+    calibrate, largest_activation                   extract.dump.calibration (the costs, on the run's first clips)
 
 Private helpers: ``_prepare`` (store rows, pending work), ``_assembly`` (batches, chunked
 writes, the run loop), ``_logits`` (head logits). Exports are lazy (PEP 562).
@@ -39,7 +39,7 @@ _MODULES = {
                             "RGBClips", "audio_input_for"),
     "extract.dump.worker": ("DecodePool", "DecodeResult", "DecodeTask", "process_task"),
     "extract.dump.resources": ("MemoryBudget", "ResourcePlan", "WorkCosts", "choose_plan", "model_seconds"),
-    "extract.dump.calibration": ("calibrate", "largest_activation", "measure_model"),
+    "extract.dump.calibration": ("BUSY_CORE", "CALIBRATION_S", "DECODE_SHARE", "calibrate", "largest_activation"),
 }
 _EXPORTS = {name: module for module, names in _MODULES.items() for name in names}
 __all__ = sorted(_EXPORTS)

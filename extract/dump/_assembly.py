@@ -36,7 +36,7 @@ from extract.dump.resources import MemoryBudget, ResourcePlan, WorkCosts, choose
 from extract.dump.worker import DecodePool, DecodeResult, DecodeTask, process_task, stop_fork_server
 from extract.inputs import TRIM_COLUMNS
 from store import FeatureSetSpec, FeatureStore, FeatureWriter
-from store.threads import free_cores, set_threads
+from store.threads import OtherLoad, available_cores, set_threads
 
 if TYPE_CHECKING:
     from extract.dump.jobs import PlannedJob, RunPlan
@@ -46,8 +46,6 @@ log = logging.getLogger(__name__)
 
 #: Videos decoded in the main process and measured before the plan is made.
 CALIBRATION_VIDEOS = 2
-#: Seconds the other processes' CPU use is sampled for (the free cores of the plan).
-FREE_CORES_SAMPLE_S = 0.5
 
 
 @dataclass
@@ -96,14 +94,15 @@ class ClipBatcher:
         """A full batch is waiting."""
         return self.pending_clips >= self.batch_size
 
-    def next_batch(self) -> tuple[np.ndarray, list[Piece]] | None:
-        """Up to ``batch_size`` clips, oldest videos first; None when nothing waits."""
+    def next_batch(self, limit: int | None = None) -> tuple[np.ndarray, list[Piece]] | None:
+        """Up to ``limit`` (default ``batch_size``) clips, oldest videos first; None when nothing waits."""
         if not self._queue:
             return None
+        limit = self.batch_size if limit is None else limit
         parts, pieces, size = [], [], 0
-        while self._queue and size < self.batch_size:
+        while self._queue and size < limit:
             row, inputs, k0 = self._queue.popleft()
-            k1 = min(len(inputs), k0 + self.batch_size - size)
+            k1 = min(len(inputs), k0 + limit - size)
             parts.append(inputs[k0:k1])
             pieces.append(Piece(row, k0, k1, size))
             size += k1 - k0
@@ -249,8 +248,21 @@ class RunLoop:
         """The sets of job ``i`` that still lack ``row``."""
         return np.flatnonzero(self.lacking[i][np.searchsorted(self.rows, row)]).tolist()
 
+    def set_batch_size(self, batch_size: int) -> None:
+        """Clips per model batch from now on (the plan's, once the first clips are measured)."""
+        for b in self.batchers:
+            b.batch_size = batch_size
+
     def take(self, res: DecodeResult) -> None:
         """Account for one decode result; run every batch it completes."""
+        self.add(res)
+        for i, b in enumerate(self.batchers):
+            while b.ready():
+                self._run_batch(i)
+        self.sync_writes()
+
+    def add(self, res: DecodeResult) -> None:
+        """Account for one decode result and queue its clips (no batch runs)."""
         s = self.stats
         s.decode_calls += res.decode_calls
         s.probe_calls += res.probe_calls
@@ -271,10 +283,11 @@ class RunLoop:
                     self.batchers[i].add(res.row, item)
                 else:
                     self._finish(i, res.row, np.zeros((len(item.valid), sum(self.dims[i]))), item)
-        for i, b in enumerate(self.batchers):
-            while b.ready():
-                self._run_batch(i)
-        self.sync_writes()
+
+    def run_clips(self, i: int, n: int) -> int:
+        """Run the next ``n`` queued clips of job ``i`` (or fewer, if fewer wait) as one batch,
+        their features kept as any batch's; returns the clips run (the calibration's passes)."""
+        return self._run_batch(i, n)
 
     def drain(self) -> None:
         """Run the last, partial batches."""
@@ -282,14 +295,18 @@ class RunLoop:
             while b.pending_clips:
                 self._run_batch(i)
 
-    def _run_batch(self, i: int) -> None:
-        inputs, pieces = self.batchers[i].next_batch()
+    def _run_batch(self, i: int, limit: int | None = None) -> int:
+        batch = self.batchers[i].next_batch(limit)
+        if batch is None:
+            return 0
+        inputs, pieces = batch
         t = time.perf_counter()
         outs = self.jobs[i].job.producer.embed_outputs(inputs)  # (B, ...) -> [(B, D_j), ...]
         self.stats.model_seconds += time.perf_counter() - t
         feats = np.concatenate(outs, axis=1) if len(outs) > 1 else outs[0]  # -> (B, sum D_j)
         for row, data, valid, times in self.batchers[i].put(pieces, feats):
             self._finish(i, row, data, ModelInput(data, valid, times))
+        return len(inputs)
 
     def _finish(self, i: int, row: int, data: np.ndarray, item: ModelInput) -> None:
         """Split a finished row ``(K, sum D_j)`` into its sets and buffer the needed ones."""
@@ -337,7 +354,9 @@ def extract_rows(
 
     ``paths`` maps a store row to its video file. Every video is decoded once, for the jobs
     with at least one set that lacks it. The first :data:`CALIBRATION_VIDEOS` videos are
-    decoded here and measured (:mod:`extract.dump.calibration`); the resource plan fitted to
+    decoded here and their first clips run through the models timed (:mod:`extract.dump.calibration`;
+    the features are kept), while the other processes' CPU use is counted (the free cores:
+    :class:`store.threads.OtherLoad`); the resource plan fitted to
     them (:func:`extract.dump.resources.choose_plan`) sets the decode processes, the threads,
     the batch size and the queue bound of the rest, is logged, kept in ``stats.plan`` and
     recorded in every filled set's attrs (``extraction``).
@@ -376,23 +395,30 @@ def extract_rows(
                 ]
                 for job in plan.jobs
             ]
-            cores = free_cores(sample_s=FREE_CORES_SAMPLE_S)
-            set_threads(settings.threads or cores)  # torch, OpenMP and BLAS together
-            first = [process_task(t, makers, settings.timeout_s) for t in itertools.islice(tasks, CALIBRATION_VIDEOS)]
-            costs = calibrate(first, [job.job.producer for job in plan.jobs], settings.threads or cores)
-            budget = MemoryBudget(int(settings.max_memory_gb * 2**30), psutil.Process().memory_info().rss)
-            chosen = choose_plan(costs, cores, budget, max_batch=settings.batch_size, device=stats.device,
-                                 workers=settings.workers, threads=settings.threads)
-            _record_plan(plan, chosen, costs, settings, stats)
-            if chosen.workers == 0 and stop_fork_server():  # the header probes' server: ~0.4 GB unused
-                log.info("stopped the decode processes' fork server (decoding in this process)")
-            set_threads(chosen.threads)
-            pool = stack.enter_context(
-                DecodePool(makers, chosen.workers, timeout_s=settings.timeout_s, max_ahead=chosen.max_ahead)
-            )
-            loop = RunLoop(plan.jobs, writers, todo, chosen.batch_size, stats, on_progress)
+            load = OtherLoad()  # the other processes' CPU, over the calibration
+            measure = settings.threads or available_cores()
+            set_threads(measure)  # torch, OpenMP and BLAS together
+            loop = RunLoop(plan.jobs, writers, todo, settings.batch_size, stats, on_progress)
             try:
-                for res in itertools.chain(first, pool.imap_unordered(tasks)):
+                first = [process_task(t, makers, settings.timeout_s)
+                         for t in itertools.islice(tasks, CALIBRATION_VIDEOS)]
+                for res in first:
+                    loop.add(res)
+                costs = calibrate(first, [job.job.producer for job in plan.jobs], measure, loop.run_clips,
+                                  load.busy_cores)
+                cores = load.free_cores()
+                budget = MemoryBudget(int(settings.max_memory_gb * 2**30), psutil.Process().memory_info().rss)
+                chosen = choose_plan(costs, cores, budget, max_batch=settings.batch_size, device=stats.device,
+                                     workers=settings.workers, threads=settings.threads)
+                _record_plan(plan, chosen, costs, settings, stats)
+                if chosen.workers == 0 and stop_fork_server():  # the header probes' server: ~0.4 GB unused
+                    log.info("stopped the decode processes' fork server (decoding in this process)")
+                set_threads(chosen.threads)
+                loop.set_batch_size(chosen.batch_size)
+                pool = stack.enter_context(
+                    DecodePool(makers, chosen.workers, timeout_s=settings.timeout_s, max_ahead=chosen.max_ahead)
+                )
+                for res in pool.imap_unordered(tasks):
                     loop.take(res)
                 loop.drain()
             finally:  # also on Ctrl-C: what is finished gets written

@@ -2,19 +2,25 @@
 
 ::
 
-    first videos --process_task (main process, one decode thread)--> DecodeResult
+    first videos --process_task (main process, one decode thread)--> queued for the models
         decode_s      = the fastest of them (the first decode of a process also loads codecs)
-        for each job, on the clips of its first video:
-            one clip with forward hooks     -> the largest activation -> clip_bytes (warm-up too)
-            n clips on every free core      -> model_s_all   (n: about CALIBRATION_S of work)
-            the same n clips on one thread  -> model_s_one   (only if decode_s > DECODE_SHARE
-                                                              x model_s_all; else cores x model_s_all)
+        for each job, on its first queued clips (real work: their features are kept):
+            1 clip with forward hooks, one thread -> the largest activation -> clip_bytes (warm-up)
+        busy          = the other processes' CPU meanwhile (store.threads.OtherLoad)
+        idle (busy < BUSY_CORE):
+            n clips on every core           -> model_s_all   (n: about CALIBRATION_S of work)
+            only if decode_s > DECODE_SHARE x model_s_all (else model_s_one = cores x model_s_all):
+              the next n clips on one thread  -> model_s_one
+              the next n on every core again  -> model_s_all (now on a batch shape oneDNN knows)
+        a core busy (more threads may stall each other: no long pass on them):
+            1 clip on every core            -> model_s_all
+            1 clip on one thread            -> model_s_one
     -> WorkCosts
 
-Nothing measured is thrown away: the calibration videos' results go on to the models like
-any other (their features come from the normal batches); only the few timed forward passes
-are extra work (one clip plus about ``CALIBRATION_S`` seconds per backbone, twice that when
-the one-thread pass runs).
+Nothing measured is thrown away: the timed clips are the run's own first clips (``run``
+pushes them through the model and keeps their features, like any batch), so calibrating
+costs no extra model work unless the first videos have fewer clips than the passes need
+(then the one-thread pass times the first clips again).
 """
 
 from __future__ import annotations
@@ -22,7 +28,7 @@ from __future__ import annotations
 import logging
 import math
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import numpy as np
 import torch
@@ -32,18 +38,24 @@ from extract.dump.resources import ACTIVATION_FACTOR, WorkCosts
 from extract.dump.worker import DecodeResult
 from store.threads import set_threads
 
-__all__ = ["CALIBRATION_S", "DECODE_SHARE", "calibrate", "largest_activation", "measure_model"]
+__all__ = ["BUSY_CORE", "CALIBRATION_S", "DECODE_SHARE", "calibrate", "largest_activation"]
 
 log = logging.getLogger(__name__)
 
 #: Seconds of model work timed per thread count and backbone.
 CALIBRATION_S = 0.3
-#: Decoding below this share of the models' time: the one-thread pass is skipped.
+#: Decoding below this share of the models' time: the one-thread pass is skipped ...
 DECODE_SHARE = 0.05
+#: ... unless other processes keep at least this many cores busy (then more threads may be slower).
+BUSY_CORE = 0.5
+
+#: ``run(job, n)``: push the next ``n`` queued clips of job ``job`` through its model, keeping
+#: their features; returns the clips it ran (fewer when fewer are queued).
+RunClips = Callable[[int, int], int]
 
 
-def largest_activation(producer: BackboneProducer, inputs: np.ndarray) -> int:
-    """Bytes of the largest tensor a leaf module of the producer's model outputs on ``inputs``."""
+def largest_activation(model: torch.nn.Module, forward: Callable[[], object]) -> int:
+    """Bytes of the largest tensor a leaf module of ``model`` outputs while ``forward()`` runs."""
     sizes = [0]
 
     def hook(_module: torch.nn.Module, _args: object, out: object) -> None:
@@ -51,59 +63,58 @@ def largest_activation(producer: BackboneProducer, inputs: np.ndarray) -> int:
             if isinstance(o, torch.Tensor):
                 sizes.append(o.numel() * o.element_size())
 
-    leaves = [m for m in producer.model.modules() if not any(True for _ in m.children())]
+    leaves = [m for m in model.modules() if not any(True for _ in m.children())]
     handles = [m.register_forward_hook(hook) for m in leaves]
     try:
-        producer.embed_outputs(inputs)
+        forward()
     finally:
         for h in handles:
             h.remove()
     return max(sizes)
 
 
-def _timed(producer: BackboneProducer, inputs: np.ndarray) -> float:
+def _timed_clips(run: RunClips, i: int, n: int, inputs: np.ndarray, producer: BackboneProducer) -> float:
+    """Seconds per clip of the next ``n`` queued clips of job ``i``; once its queue is used up,
+    of the first ``n`` of ``inputs`` again (work thrown away: only when the first videos are short)."""
     t = time.perf_counter()
-    producer.embed_outputs(inputs)
-    return time.perf_counter() - t
+    ran = run(i, n)
+    if not ran:
+        ran = min(n, len(inputs))
+        t = time.perf_counter()
+        producer.embed_outputs(inputs[:ran])
+    return (time.perf_counter() - t) / ran
 
 
-def measure_model(producer: BackboneProducer, inputs: np.ndarray, threads: int) -> tuple[float, int, int]:
-    """``(seconds per clip on `threads` threads, clips timed, host bytes per clip in a batch)``.
-
-    One clip runs first with forward hooks (the largest activation; also the warm-up of
-    oneDNN's kernels), then about :data:`CALIBRATION_S` seconds of clips are timed.
-
-    Args:
-        producer: the model (and its input conversion).
-        inputs: ``(K, ...)`` clips of one video as its maker made them.
-        threads: torch threads to measure with.
-    """
-    set_threads(threads)
+def _hook_pass(i: int, producer: BackboneProducer, inputs: np.ndarray, run: RunClips) -> tuple[float, int]:
+    """``(seconds, host bytes per clip in a batch)``: job ``i``'s next clip with forward hooks
+    (the largest activation; also oneDNN's warm-up)."""
     t = time.perf_counter()
-    biggest = largest_activation(producer, inputs[:1])
-    first = time.perf_counter() - t
-    n = int(min(len(inputs), max(1, math.ceil(CALIBRATION_S / max(first, 1e-6)))))
-    seconds = _timed(producer, inputs[:n]) / n
+    biggest = largest_activation(producer.model, lambda: run(i, 1))
+    seconds = time.perf_counter() - t
     clip_in = inputs[:1].nbytes
     if producer.device.type == "cuda":  # activations live on the GPU; the host holds inputs (+ pinned copy)
-        return seconds, n, 2 * clip_in
-    return seconds, n, int(ACTIVATION_FACTOR * biggest) + clip_in
+        return seconds, 2 * clip_in
+    return seconds, int(ACTIVATION_FACTOR * biggest) + clip_in
 
 
-def calibrate(results: Sequence[DecodeResult], producers: Sequence[BackboneProducer],
-              cores: int) -> WorkCosts | None:
+def calibrate(results: Sequence[DecodeResult], producers: Sequence[BackboneProducer], threads: int,
+              run: RunClips, busy: Callable[[], float]) -> WorkCosts | None:
     """The run's :class:`WorkCosts` from its first decoded videos (None if all failed).
 
-    The models are timed on ``cores`` threads, and again on one thread only when decoding
-    costs more than :data:`DECODE_SHARE` of the models' time: below that, no split with
-    decode processes can beat decoding between batches by more than that share, and perfect
-    scaling is recorded (``model_s_one = cores x model_s_all``, the case least favourable to
-    decode processes), which saves a slow one-thread pass of a costly model.
+    The models are timed on ``threads`` threads and on one thread when other processes keep
+    :data:`BUSY_CORE` or more busy (``busy()``, measured while the first videos decoded and their hook clips ran: then
+    more threads may well be slower) or decoding costs more than :data:`DECODE_SHARE` of the
+    models' time. Otherwise no split with decode processes can beat decoding between batches
+    by more than that share, and perfect scaling is recorded (``model_s_one = threads x
+    model_s_all``, the case least favourable to decode processes).
 
     Args:
-        results: the first videos, decoded in this process (``DecodeResult.seconds`` timed).
+        results: the first videos, decoded in this process (``DecodeResult.seconds`` timed)
+            and already queued for the models (``run`` takes its clips from that queue).
         producers: job ``i``'s producer is ``producers[i]`` (``DecodeResult.makers`` index them).
-        cores: the free cores the models may use.
+        threads: the threads to measure with: every core the process may use.
+        run: pushes a job's next queued clips through its model (features kept).
+        busy: cores other processes kept busy so far (:meth:`store.threads.OtherLoad.busy_cores`).
     """
     good = [r for r in results if not r.error]
     if not good:
@@ -111,26 +122,55 @@ def calibrate(results: Sequence[DecodeResult], producers: Sequence[BackboneProdu
     first: dict[int, np.ndarray] = {}
     for res in good:
         for i, item in zip(res.makers, res.inputs):
-            first.setdefault(i, item.inputs)
+            if len(item.inputs):
+                first.setdefault(i, item.inputs)
+    if not first:  # nothing valid to time (e.g. audio sets of videos without a track)
+        return None
     decode_s = min(r.seconds for r in good)
-    timed = {i: measure_model(producers[i], x, cores) for i, x in sorted(first.items())}
-    s_all = sum(timed[i][0] * len(x) for i, x in first.items())
-    s_one = cores * s_all
-    if cores > 1 and decode_s > DECODE_SHARE * s_all:
+    per_job = {i: [len(item.inputs) for r in good for j, item in zip(r.makers, r.inputs) if j == i] for i in first}
+    clips = {i: min(k) for i, k in per_job.items()}
+    jobs = sorted(first)
+    set_threads(1)  # the hook clips on one thread: never a slow first pass on a busy machine
+    hooked = {i: _hook_pass(i, producers[i], first[i], run) for i in jobs}
+    set_threads(threads)
+    measured = threads == 1
+    if threads > 1 and busy() >= BUSY_CORE:
+        # a core is busy: more threads may stall each other (a frame model's OpenMP threads ran
+        # 3-10x slower per clip), so no long pass on them: one clip on every thread, one on a
+        # single thread, then every thread again (the first clip on a new thread count also starts
+        # its thread pool): all on the batch shape the hook clip built, the faster all-thread time kept
+        s_all = sum(_timed_clips(run, i, 1, first[i], producers[i]) * clips[i] for i in jobs)
         set_threads(1)
-        s_one = sum(_timed(producers[i], x[: timed[i][1]]) / timed[i][1] * len(x) for i, x in first.items())
-        set_threads(cores)
+        s_one = sum(_timed_clips(run, i, 1, first[i], producers[i]) * clips[i] for i in jobs)
+        set_threads(threads)
+        s_all = min(s_all, sum(_timed_clips(run, i, 1, first[i], producers[i]) * clips[i] for i in jobs))
+        measured = True
+    else:
+        n = {i: int(max(1, min(len(first[i]), math.ceil(CALIBRATION_S / max(hooked[i][0], 1e-6)),
+                               (sum(per_job[i]) - 1) // 3))) for i in jobs}
+        s_all = sum(_timed_clips(run, i, n[i], first[i], producers[i]) * clips[i] for i in jobs)
+        s_one = threads * s_all
+        if threads > 1 and decode_s > DECODE_SHARE * s_all:
+            # one thread, then every thread again: both on a batch shape oneDNN has seen (the first
+            # timed pass of a new shape also builds its kernels)
+            set_threads(1)
+            s_one = sum(_timed_clips(run, i, n[i], first[i], producers[i]) * clips[i] for i in jobs)
+            set_threads(threads)
+            s_all = sum(_timed_clips(run, i, n[i], first[i], producers[i]) * clips[i] for i in jobs)
+            measured = True
     costs = WorkCosts(
         decode_s=decode_s,
         model_s_all=s_all,
         model_s_one=s_one,
-        cores=cores,
-        clip_bytes=max(t[2] for t in timed.values()),
+        cores=threads,
+        clip_bytes=max(h[1] for h in hooked.values()),
         input_bytes=max(x[:1].nbytes for x in first.values()),
-        clips_per_video=min(len(x) for x in first.values()),
+        clips_per_video=min(clips.values()),
         model_bytes=sum(t.numel() * t.element_size() for p in producers
                         for t in (*p.model.parameters(), *p.model.buffers())),
+        one_thread_measured=measured,
     )
-    log.info("measured per video: decode %.3f s, models %.3f s on %d thread(s), %.3f s on 1; %.1f MB per clip",
-             costs.decode_s, s_all, cores, s_one, costs.clip_bytes / 2**20)
+    log.info("measured per video: decode %.3f s, models %.3f s on %d thread(s), %.3f s on 1%s; %.1f MB per clip",
+             costs.decode_s, s_all, threads, s_one, "" if costs.one_thread_measured else " (assumed)",
+             costs.clip_bytes / 2**20)
     return costs

@@ -6,6 +6,7 @@ fitted to the measured work, the free cores and a memory budget.
     WorkCosts (measured on the first videos, extract.dump.calibration)
       decode_s          seconds to decode one video and make its inputs, one thread
       model_s_all       seconds of every model on one video's clips, with all `cores` threads
+                        (this process's cores, busy or not: measured under the load there is)
       model_s_one       the same with one thread
       clip_bytes        memory one clip costs in a model batch (activations + its input)
       input_bytes       memory of one clip's decoded input (what a queued result holds)
@@ -13,13 +14,18 @@ fitted to the measured work, the free cores and a memory budget.
       -> choose_plan -> ResourcePlan(workers, threads, batch_size, max_ahead)
 
 A decode process and the model run side by side, so with ``w`` processes and ``t`` threads
-a video takes ``max(decode_s / w, model_s(t))``; decoding in the main process (``w = 0``)
-runs between batches and gives the model every core: ``decode_s + model_s(cores)``. The
-model's time on ``t`` threads follows Amdahl's law fitted to the two measured points
-(:func:`model_seconds`). Every split with ``w + t <= cores`` is scored and the fastest kept
-(ties: fewer processes). On the 2-core machines this gives the 3D model both cores and
-in-process decoding (decode ~20 ms, model seconds per video), and a cheap model with a slow
-decode a decode process.
+a video takes ``max(decode_s / w, model_s(t))``, slowed by ``free / (w + t)`` when that
+oversubscribes the free cores; decoding in the main process (``w = 0``) runs between
+batches and lets the model have every thread: ``decode_s + model_s(t)``. The model's time
+on ``t`` threads is measured at 1 and at every core of the process *under the load there
+is*, in between it follows Amdahl's law (:func:`model_seconds`). So ``t`` ranges over every
+core, not only the free ones: with a core busy, a 3D model's two threads still beat one
+(measured on the 2-core machines: 1.5 against 0.7 clips/s), while a frame model's OpenMP
+threads stall each other and one thread wins; the measurement tells which. Every split is
+scored and the fastest kept (ties, within 1%: fewer processes, then fewer threads); the
+plan's ``reason`` says what it was chosen over. On the 2-core machines this gives the 3D
+model both cores and in-process decoding (decode ~20 ms, model seconds per video), and a
+cheap model with a slow decode a decode process.
 
 The budget bounds the run's resident memory: the process as it is (interpreter, torch,
 weights), plus a second copy of the weights (oneDNN reorders them per batch shape), plus
@@ -78,6 +84,9 @@ class WorkCosts:
         model_bytes: the models' parameters and buffers: reserved once more, for the copy
             of the weights oneDNN reorders for a batch shape it has not seen (measured: the
             first batch of a new size adds about the weights' size to R(2+1)D-18's peak).
+        one_thread_measured: ``model_s_one`` was timed (else it is ``cores x model_s_all``,
+            perfect scaling, recorded when decoding is too cheap for the split to matter and
+            the machine was not busy).
     """
 
     decode_s: float
@@ -88,6 +97,7 @@ class WorkCosts:
     input_bytes: int
     clips_per_video: int
     model_bytes: int = 0
+    one_thread_measured: bool = True
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -120,6 +130,7 @@ class ResourcePlan:
         batch_size: clips per model batch.
         max_ahead: decoded videos allowed to wait for the models (the queue bound).
         cores: the free cores the plan was made for.
+        reason: why this plan: the costs it rests on and the next best split.
         source: ``measured`` (fitted to :class:`WorkCosts`), ``given`` (``--workers`` and
             ``--threads`` both set) or ``default`` (nothing could be measured).
         videos_per_s: the throughput the cost model expects (0 when not measured).
@@ -133,6 +144,7 @@ class ResourcePlan:
     max_ahead: int
     cores: int
     source: str
+    reason: str = ""
     videos_per_s: float = 0.0
     peak_bytes: int = 0
     fits: bool = True
@@ -146,27 +158,37 @@ class ResourcePlan:
         speed = f", ~{self.videos_per_s:.2f} videos/s expected" if self.videos_per_s else ""
         return (f"plan ({self.source}): {decode}, {self.threads} model thread(s), batch {self.batch_size}, "
                 f"<= {self.max_ahead} videos queued, {self.cores} free core(s); "
-                f"peak ~{self.peak_bytes / _GB:.2f} GB{'' if self.fits else ' (over --max-memory)'}{speed}")
+                f"peak ~{self.peak_bytes / _GB:.2f} GB{'' if self.fits else ' (over --max-memory)'}{speed}"
+                + (f"; {self.reason}" if self.reason else ""))
 
 
 def model_seconds(costs: WorkCosts, threads: int) -> float:
-    """The models' seconds per video on ``threads`` threads: Amdahl's law through the two
-    measured points (1 thread and ``costs.cores`` threads); more threads than measured give
-    no further gain."""
+    """The models' seconds per video on ``threads`` threads: the measured points at 1 and
+    ``costs.cores`` threads as they are (more threads may be slower on a busy machine), Amdahl's
+    law through them in between; more threads than measured give no further gain."""
     one, n = costs.model_s_one, costs.cores
-    if n <= 1 or threads <= 1 or one <= 0:
-        return one if threads <= 1 else costs.model_s_all
+    if threads <= 1 or one <= 0:
+        return one
+    if threads >= n:
+        return costs.model_s_all
     parallel = min(1.0, max(0.0, (1 - costs.model_s_all / one) / (1 - 1 / n)))  # Amdahl's p
     t = min(threads, n)
     return one * ((1 - parallel) + parallel / t)
 
 
 def _videos_per_s(costs: WorkCosts, workers: int, threads: int, cores: int) -> float:
+    """Expected videos/s; the model's times were measured under the machine's load, so only
+    the decode processes we add count against the free ``cores``."""
     model = model_seconds(costs, threads)
     if workers == 0:
         return 1 / max(costs.decode_s + model, 1e-9)
     rate = min(workers / max(costs.decode_s, 1e-9), 1 / max(model, 1e-9))
     return rate * min(1.0, cores / (workers + threads))  # oversubscribed cores stall OpenMP
+
+
+def _split(workers: int, threads: int) -> str:
+    decode = "in-process decode" if workers == 0 else f"{workers} decode process(es)"
+    return f"{decode} + {threads} thread(s)"
 
 
 def _memory(costs: WorkCosts, budget: MemoryBudget, workers: int, max_batch: int) -> tuple[int, int, int]:
@@ -197,7 +219,9 @@ def choose_plan(costs: WorkCosts | None, cores: int, budget: MemoryBudget, *, ma
         costs: measured on the first videos; None when none could be measured (every first
             video failed): then the old fixed rule (:func:`extract.dump.settings.default_parallelism`)
             with ``max_batch``.
-        cores: free cores (:func:`store.threads.free_cores`), >= 1.
+        cores: free cores (:class:`store.threads.OtherLoad` over the calibration), >= 1: they
+            bound the decode processes; the model may take up to ``costs.cores`` threads, as
+            measured.
         budget: the memory budget.
         max_batch: ``--batch-size``, the largest batch allowed.
         device: ``cpu`` or ``cuda``; with CUDA the models take one thread and every other core
@@ -216,23 +240,32 @@ def choose_plan(costs: WorkCosts | None, cores: int, budget: MemoryBudget, *, ma
     candidates = []
     for w in ([workers] if workers is not None else range(cores if device == "cpu" else max(2, cores))):
         if threads is not None:
-            t = threads
+            options = [threads]
         elif device == "cuda":
-            t = 1
-        else:
-            t = max(1, cores - w)
-        if workers is None and threads is not None and w and w + t > cores:
-            continue  # never oversubscribe on our own choice
-        candidates.append((w, t))
+            options = [1]
+        else:  # every thread count the process's cores allow: the measurement says what a busy core costs
+            options = list(range(1, max(1, costs.cores - w) + 1))
+        for t in options:
+            if workers is None and threads is not None and w and w + t > cores:
+                continue  # never oversubscribe on our own choice
+            candidates.append((w, t))
     scored = []
     for w, t in candidates:
         batch, ahead, peak = _memory(costs, budget, w, max_batch)
         fits = peak <= budget.max_bytes
-        # fitting first, then throughput (to 1%: noise), then fewer processes, then the bigger batch
+        # fitting first, then throughput (to 1%: noise), then fewer processes and threads, then the bigger batch
         rate = _videos_per_s(costs, w, t, cores)
-        scored.append(((fits, round(math.log(max(rate, 1e-12)) / math.log(1.01)), -w, batch),
-                       ResourcePlan(w, t, batch, ahead, cores, "measured", rate, peak, fits)))
-    best = max(scored, key=lambda s: s[0])[1]
+        scored.append(((fits, round(math.log(max(rate, 1e-12)) / math.log(1.01)), -w, -t, batch),
+                       ResourcePlan(w, t, batch, ahead, cores, "measured", "", rate, peak, fits)))
+    scored.sort(key=lambda s: s[0], reverse=True)
+    best = scored[0][1]
+    reason = (f"model {costs.model_s_all:.3g} s/video on {costs.cores} thread(s), {costs.model_s_one:.3g} s on 1"
+              f"{'' if costs.one_thread_measured else ' (not measured: decode is cheap; perfect scaling assumed)'}"
+              f", decode {costs.decode_s:.3g} s")
+    if len(scored) > 1:
+        nxt = scored[1][1]
+        reason += f"; next best {_split(nxt.workers, nxt.threads)} ~{nxt.videos_per_s:.3g} videos/s"
+    best = dataclasses.replace(best, reason=reason)
     if workers is not None and threads is not None:
         best = dataclasses.replace(best, source="given")
     return best

@@ -17,6 +17,17 @@
   them in ``skipped``. An epoch never stops for one file.
 * A video's frame count and rate come from the table (``n_frames``/``fps`` columns, as a
   store's ``videos()`` has them) or from its header, probed once per worker and cached.
+* **One decode per ``decode_every`` epochs.** Video ``i``'s epochs fall into generations of
+  ``R = recipe.decode_every`` epochs, staggered by ``i % R`` (generation
+  ``g = (e + i % R) // R``), so that every epoch decodes about ``1 / R`` of the videos
+  instead of all of them. Example ``(e, i)`` draws its clip position, crop and flip from
+  ``keyed_rng(seed, e, i)`` as always; the short side it is decoded at from
+  ``keyed_rng(seed, "decode", g, i)``, once per generation. With a cache
+  (:class:`~extract.training.clip_cache.ClipCache`) the first example of a generation decodes
+  the clips of all its epochs in one :meth:`~extract.training.modality.ModalityInputs.decode_clips`
+  call and stores them; the other epochs cut their clip from the stored arrays. Without one
+  each example decodes its own clip: the batches are the same, decode for decode.
+  Evaluation clips are the same every epoch and are cached once.
 """
 
 from __future__ import annotations
@@ -25,6 +36,7 @@ import functools
 import logging
 import random
 from collections.abc import Iterator, Sequence
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -33,6 +45,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
 from extract.media.decode import DecodeError, probe_video
+from extract.training.clip_cache import ClipCache, files_identity
 from extract.training.modality import ModalityInputs, VideoMeta
 from heads.seeding import keyed_rng
 
@@ -65,31 +78,107 @@ class _Videos:
         return self._meta[i]
 
 
+#: The recipe fields that decoded training material depends on (the clip cache's key).
+DATA_FIELDS = ("backbone", "modality", "crop", "short_side", "scale", "frames", "stride", "train_segments",
+               "eval_clips", "every", "fps", "max_clips", "flow_algorithm", "flow_bound", "decode_every", "epochs")
+
+
+def open_cache(root: str | Path | None, inputs: ModalityInputs, paths: Sequence[str], role: str,
+               seed: int | None = None) -> ClipCache | None:
+    """The cache of ``role`` (``train``: with the examples' ``seed``; ``val``) for these videos and inputs under
+    ``root`` (None: no cache)."""
+    if root is None:
+        return None
+    recipe = inputs.recipe.to_dict()
+    key = {"role": role, "inputs": type(inputs).__name__, "recipe": {k: recipe[k] for k in DATA_FIELDS},
+           "seed": seed, "videos": files_identity(paths)}
+    return ClipCache(root, key)
+
+
+def generation(epoch: int, i: int, every: int) -> tuple[int, range]:
+    """Video ``i``'s generation at ``epoch`` and the epochs it serves (``every`` epochs, staggered by ``i``)."""
+    offset = i % every
+    g = (epoch + offset) // every
+    return g, range(max(0, g * every - offset), (g + 1) * every - offset)
+
+
 class TrainClips(Dataset):
     """Training examples: one random, augmented example per video and epoch.
 
     Args:
         videos: table with a ``path`` column (optionally ``n_frames`` and ``fps``).
         labels: ``(N, C)`` multi-hot labels, row-aligned with ``videos``.
-        inputs: the modality's example maker.
+        inputs: the modality's example maker (its recipe's ``decode_every`` sets the generations).
         seed: base seed of the clip positions and augmentations.
         timeout_s: per-video time limit for probing.
+        cache_dir: where decoded clips are kept between epochs
+            (:mod:`extract.training.clip_cache`; None: each example decodes its own clip).
     """
 
     def __init__(self, videos: pd.DataFrame, labels: np.ndarray, inputs: ModalityInputs, *, seed: int,
-                 timeout_s: float = 60.0) -> None:
+                 timeout_s: float = 60.0, cache_dir: str | Path | None = None) -> None:
         self.videos = _Videos(videos, labels, timeout_s)
         self.inputs = inputs
         self.seed = seed
+        self.every = inputs.recipe.decode_every if inputs.per_generation else 1
+        useful = inputs.per_generation is False or self.every > 1  # one epoch per decode: nothing to keep
+        self.cache = open_cache(cache_dir, inputs, self.videos.paths, "train", seed) if useful else None
 
     def __len__(self) -> int:
         return len(self.videos)
+
+    def _decoded(self, epoch: int, i: int, clip: np.ndarray | None, ahead: bool = False
+                 ) -> tuple[dict[str, np.ndarray], int]:
+        """What example ``(epoch, i)`` is cut from, and its position there (``ahead``: built before the
+        previous generation's last epoch, which keeps its entry)."""
+        video, inputs = self.videos.meta(i), self.inputs
+        if not inputs.per_generation:
+            if self.cache is None:
+                return inputs.decode_clips(video, [clip], None), 0
+            return self.cache.get(self.entry_name(epoch, i), lambda: inputs.decode_clips(video, [], None)), 0
+        g, epochs = generation(epoch, i, self.every)
+        if self.cache is None:
+            return inputs.decode_clips(video, [clip], inputs.draw_size(keyed_rng(self.seed, "decode", g, i))), 0
+
+        def build() -> dict[str, np.ndarray]:
+            # the run's epochs and the pass after them (SWA's batch-norm update) draw clips; later ones never do
+            drawn = [e for e in epochs if e <= max(epoch, inputs.recipe.epochs)]
+            clips = [inputs.draw_clip(video, keyed_rng(self.seed, e, i)) for e in drawn]
+            size = inputs.draw_size(keyed_rng(self.seed, "decode", g, i))
+            return {**inputs.decode_clips(video, clips, size), "covered": np.int64(len(drawn))}
+
+        name, k = f"t{g}_{i}", epoch - epochs[0]
+        decoded = self.cache.get(name, build)
+        if g and k == 0 and not ahead:  # generation g starts: g - 1 is done with
+            self.cache.drop(f"t{g - 1}_{i}")
+        if k >= int(decoded["covered"]):  # an epoch past the run's end: this generation again, with it
+            decoded = build()
+            self.cache.store(name, decoded)
+        return decoded, k
+
+    def entry_name(self, epoch: int, i: int) -> str:
+        """The cache entry example ``(epoch, i)`` is cut from."""
+        return f"t{generation(epoch, i, self.every)[0]}_{i}" if self.inputs.per_generation else f"t_{i}"
+
+    def missing(self, epoch: int) -> list[int]:
+        """The videos whose entry for ``epoch`` is not in the cache (yet)."""
+        assert self.cache is not None
+        return [i for i in range(len(self)) if not self.cache.path(self.entry_name(epoch, i)).is_file()]
+
+    def prebuild(self, epoch: int, i: int) -> None:
+        """Decode and store the entry of example ``(epoch, i)`` (a bad video is left to ``__getitem__``)."""
+        try:
+            self._decoded(epoch, i, None, ahead=True)
+        except DecodeError:
+            pass
 
     def __getitem__(self, key: tuple[int, int]) -> tuple[np.ndarray, np.ndarray] | None:
         epoch, i = key
         rng = keyed_rng(self.seed, epoch, i)
         try:
-            x = self.inputs.train_example(self.videos.meta(i), rng)
+            clip = self.inputs.draw_clip(self.videos.meta(i), rng)
+            decoded, k = self._decoded(epoch, i, clip)
+            x = self.inputs.example(decoded, k, clip, rng)
         except DecodeError as err:
             log.warning("skipped a training video: %s", err)
             return None
@@ -97,12 +186,13 @@ class TrainClips(Dataset):
 
 
 class EvalClips(Dataset):
-    """Evaluation clips: the deterministic clips of every video, ``(i, (K, ...))``."""
+    """Evaluation clips: the deterministic clips of every video, ``(i, (K, ...))``; cached in ``cache_dir``."""
 
     def __init__(self, videos: pd.DataFrame, labels: np.ndarray, inputs: ModalityInputs,
-                 timeout_s: float = 60.0) -> None:
+                 timeout_s: float = 60.0, cache_dir: str | Path | None = None) -> None:
         self.videos = _Videos(videos, labels, timeout_s)
         self.inputs = inputs
+        self.cache = open_cache(cache_dir, inputs, self.videos.paths, "val")
 
     @property
     def labels(self) -> np.ndarray:
@@ -113,7 +203,10 @@ class EvalClips(Dataset):
 
     def __getitem__(self, i: int) -> tuple[int, np.ndarray] | None:
         try:
-            return i, self.inputs.eval_clips(self.videos.meta(i))
+            video = self.videos.meta(i)
+            if self.cache is None:
+                return i, self.inputs.eval_clips(video)
+            return i, self.cache.get(f"v_{i}", lambda: {"clips": self.inputs.eval_clips(video)})["clips"]
         except DecodeError as err:
             log.warning("skipped a validation video: %s", err)
             return None

@@ -15,6 +15,12 @@ weights of an uninterrupted one.
 
 Data wait: per epoch, the time the loop spent blocked on the loader divided by the total
 step time, without each epoch's first batch (worker start-up; reported on its own).
+
+Decoded clips are kept in a clip cache (``cache_dir``, by default ``out_dir/clip_cache``;
+:mod:`extract.training.clip_cache`): a video is decoded once per ``recipe.decode_every``
+epochs, and the validation clips once. With the cache, the training examples are read in this
+process and the ``workers`` decode the next epoch's generations ahead
+(:mod:`extract.training.prebuild`).
 """
 
 from __future__ import annotations
@@ -38,6 +44,7 @@ from extract.training.data import EvalClips, TrainClips, eval_loader, train_load
 from extract.training.evaluate import predict_videos
 from extract.training.freeze import freeze_all_but_last, set_train_mode
 from extract.training.modality import make_inputs
+from extract.training.prebuild import Prebuilder
 from extract.training.recipe import RESUMABLE_CHANGES, TrainRecipe
 from heads.losses import class_weights, get_loss
 from heads.metrics import evaluate as evaluate_scores
@@ -50,6 +57,9 @@ from store.threads import available_cores
 log = logging.getLogger(__name__)
 
 IN_CHANNELS = {"rgb": 3, "flow": 2, "audio": 1}
+#: ``fit(cache_dir=AUTO_CACHE)``: the clip cache lives in ``out_dir/clip_cache``.
+AUTO_CACHE = "auto"
+CACHE_DIR = "clip_cache"
 
 
 class TrainError(ExtractError):
@@ -121,7 +131,7 @@ class _Run:
     """One training run's state; :func:`fit` drives it."""
 
     def __init__(self, recipe: TrainRecipe, data: TrainData, out_dir: Path, *, workers: int, timeout_s: float,
-                 on_step: Callable[[int, int, int, float], None] | None) -> None:
+                 cache_dir: Path | None, on_step: Callable[[int, int, int, float], None] | None) -> None:
         self.device = torch.device(resolve_device(recipe.device))
         try:
             self.model = build_backbone(recipe, len(data.classes))
@@ -145,12 +155,16 @@ class _Run:
         self.inputs = make_inputs(self.model, self.recipe, timeout_s)
         pin = self.device.type == "cuda"
         seed = self.recipe.seed
-        self.train_loader = train_loader(TrainClips(data.train, data.train_labels, self.inputs, seed=seed,
-                                                    timeout_s=timeout_s),
-                                         batch_size=self.recipe.batch_size, workers=workers, pin=pin)
+        train = TrainClips(data.train, data.train_labels, self.inputs, seed=seed, timeout_s=timeout_s,
+                           cache_dir=cache_dir)
+        # cached examples are read here; the workers decode the next epoch's generations ahead
+        last = self.recipe.epochs if self.recipe.swa_epochs else self.recipe.epochs - 1  # SWA: one pass more
+        self.prebuilder = Prebuilder(train, workers, last) if train.cache and workers else None
+        self.train_loader = train_loader(train, batch_size=self.recipe.batch_size,
+                                         workers=0 if self.prebuilder else workers, pin=pin)
         self.val_loader = None
         if len(data.val):
-            self.val_loader = eval_loader(EvalClips(data.val, data.val_labels, self.inputs, timeout_s),
+            self.val_loader = eval_loader(EvalClips(data.val, data.val_labels, self.inputs, timeout_s, cache_dir),
                                           videos_per_batch=max(1, self.recipe.batch_size // self.recipe.eval_clips),
                                           workers=workers, seed=seed, pin=pin)
         self.steps_per_epoch = len(self.train_loader)
@@ -223,6 +237,9 @@ class _Run:
     def train_epoch(self) -> dict[str, Any]:
         set_train_mode(self.model, self.frozen)
         self.train_loader.sampler.set_epoch(self.epoch)
+        if self.prebuilder is not None:
+            self.prebuilder.submit(self.epoch)  # what is still missing (the first epoch, a resume)
+            self.prebuilder.submit(self.epoch + 1)
         losses, wait, busy, first_wait, skipped, examples = [], 0.0, 0.0, 0.0, 0, 0
         t_epoch = time.perf_counter()
         batches = iter(self.train_loader)
@@ -321,7 +338,7 @@ class _Run:
 
 
 def fit(recipe: TrainRecipe, data: TrainData, out_dir: str | Path, *, resume: bool = False,
-        workers: int | None = None, timeout_s: float = 60.0,
+        workers: int | None = None, timeout_s: float = 60.0, cache_dir: str | Path | None = AUTO_CACHE,
         on_step: Callable[[int, int, int, float], None] | None = None,
         on_epoch_end: Callable[[int, Backbone, dict[str, Any]], None] | None = None) -> TrainResult:
     """Train a backbone (see the module docstring); seeds the global torch generator.
@@ -334,6 +351,9 @@ def fit(recipe: TrainRecipe, data: TrainData, out_dir: str | Path, *, resume: bo
         workers: decode worker processes (0 = decode in this process); None =
             :func:`default_workers`.
         timeout_s: per-video decode time limit.
+        cache_dir: the clip cache's folder (:mod:`extract.training.clip_cache`); ``"auto"`` =
+            ``out_dir/clip_cache``; None = no cache (each example decodes its own clip: the
+            same batches, more decoding).
         on_step: called after each step with (epoch, step, steps per epoch, loss).
         on_epoch_end: called after each epoch's checkpoint with (epoch, model, history entry).
 
@@ -348,7 +368,19 @@ def fit(recipe: TrainRecipe, data: TrainData, out_dir: str | Path, *, resume: bo
         raise TrainError(f"{out_dir} already holds a training run ({ckpt.LAST}); pass --resume to continue it, "
                          "or choose another --out")
     workers = default_workers(torch.device(resolve_device(recipe.device))) if workers is None else workers
-    run = _Run(recipe, data, out_dir, workers=workers, timeout_s=timeout_s, on_step=on_step)
+    cache = out_dir / CACHE_DIR if cache_dir == AUTO_CACHE else cache_dir
+    run = _Run(recipe, data, out_dir, workers=workers, timeout_s=timeout_s,
+               cache_dir=Path(cache) if cache is not None else None, on_step=on_step)
+    try:
+        return _fit(run, resume=resume, on_epoch_end=on_epoch_end)
+    finally:
+        if run.prebuilder is not None:
+            run.prebuilder.close()
+
+
+def _fit(run: _Run, *, resume: bool,
+         on_epoch_end: Callable[[int, Backbone, dict[str, Any]], None] | None) -> TrainResult:
+    out_dir, last = run.out_dir, run.out_dir / ckpt.LAST
     if resume and last.exists():
         run.restore(ckpt.load_checkpoint(last))
     elif resume:
@@ -367,4 +399,5 @@ def fit(recipe: TrainRecipe, data: TrainData, out_dir: str | Path, *, resume: bo
     return TrainResult(out_dir=out_dir, recipe=run.recipe, history=run.history, best=run.best, swa=swa)
 
 
-__all__ = ["TrainData", "TrainError", "TrainResult", "build_backbone", "default_workers", "fit", "predict_videos"]
+__all__ = ["AUTO_CACHE", "CACHE_DIR", "TrainData", "TrainError", "TrainResult", "build_backbone", "default_workers",
+           "fit", "predict_videos"]

@@ -4,9 +4,13 @@ Each modality is one small class in two halves, like ``extract.dump.producers``:
 
 * the **worker half** (numpy; runs in DataLoader worker processes) decodes only the needed
   frames with :func:`~extract.media.decode.decode_video` and the clip sampling of
-  :mod:`extract.media.sampling`: :meth:`ModalityInputs.train_example` draws a random clip
-  position and augments; :meth:`ModalityInputs.eval_clips` takes deterministic clips,
-  exactly the ones ``extract.run`` embeds (RGB reuses :class:`extract.dump.makers.RGBClips`);
+  :mod:`extract.media.sampling`. A training example is made in three steps, so that one decode
+  can serve the clips of several epochs (:mod:`extract.training.clip_cache`):
+  :meth:`~ModalityInputs.draw_clip` draws a random clip position,
+  :meth:`~ModalityInputs.decode_clips` decodes what a list of such clips needs at one drawn
+  short side (frames; flow stacks; the audio track) and :meth:`~ModalityInputs.example` cuts
+  one clip out of that and augments it. :meth:`ModalityInputs.eval_clips` takes deterministic
+  clips, exactly the ones ``extract.run`` embeds (RGB reuses :class:`extract.dump.makers.RGBClips`);
 * the **device half**, :meth:`ModalityInputs.to_model`, turns a collated batch into the
   backbone's normalised input on the GPU (uint8 travels, floats are made on the device).
 
@@ -15,6 +19,8 @@ modality   worker output (one example)          model input
 =========  ===================================  ===========================================
 rgb        (T, crop, crop, 3) uint8             ``to_tensor_clip``: (B, 3, T, crop, crop)
 flow       (2, T, crop, crop) float32 [-1, 1]   ``normalize((x + 1) / 2)``: (B, 2, T, crop, crop)
+           (float16 values, as ``extract.run``
+           stores flow features' inputs)
 audio      (W,) float32 waveform window         audio2d: ``log_mel`` (B, 1, F, M); audio1d: (B, 1, W)
 =========  ===================================  ===========================================
 
@@ -68,14 +74,35 @@ class ModalityInputs(abc.ABC):
 
     #: Mix training examples before :meth:`to_model` (waveforms) rather than after it.
     mix_before_model_input: bool = False
+    #: :meth:`decode_clips` depends on the clips and the short side (False: the whole video, once).
+    per_generation: bool = True
 
     def __init__(self, info: BackboneInfo, recipe: TrainRecipe, timeout_s: float = 60.0) -> None:
         self.info = info
+        self.recipe = recipe
         self.timeout_s = timeout_s
 
     @abc.abstractmethod
+    def draw_clip(self, video: VideoMeta, rng: np.random.Generator) -> np.ndarray:
+        """A random clip position: ``(S, T)`` frame numbers (audio: the clip's ``(1, 2)`` times)."""
+
+    def draw_size(self, rng: np.random.Generator) -> int | None:
+        """The random short side to decode at (None: the modality has no pictures)."""
+        return None
+
+    @abc.abstractmethod
+    def decode_clips(self, video: VideoMeta, clips: list[np.ndarray], size: int | None) -> dict[str, np.ndarray]:
+        """One decode for several drawn clips: the arrays :meth:`example` cuts them from (raises DecodeError)."""
+
+    @abc.abstractmethod
+    def example(self, decoded: dict[str, np.ndarray], k: int, clip: np.ndarray,
+                rng: np.random.Generator) -> np.ndarray:
+        """Clip ``k`` (drawn as ``clip``) of :meth:`decode_clips`' output, augmented with ``rng``."""
+
     def train_example(self, video: VideoMeta, rng: np.random.Generator) -> np.ndarray:
-        """One randomly placed, augmented example (raises DecodeError for a bad video)."""
+        """One randomly placed, augmented example; position, short side and augmentation all from ``rng``."""
+        clip = self.draw_clip(video, rng)
+        return self.example(self.decode_clips(video, [clip], self.draw_size(rng)), 0, clip, rng)
 
     @abc.abstractmethod
     def eval_clips(self, video: VideoMeta) -> np.ndarray:
@@ -102,10 +129,20 @@ class RGBInputs(ModalityInputs):
         self.augment = ClipAugment(recipe.short_side, recipe.scale, recipe.crop, recipe.flip)
         self.eval_maker = RGBClips(settings.clip_sampling(info), settings.view_spec(info))
 
-    def train_example(self, video: VideoMeta, rng: np.random.Generator) -> np.ndarray:
-        idx, _ = clip_frame_indices(video.n_frames, self.sampling, rng, fps=video.fps)  # (S, T)
-        decoded = decode_video(video.path, idx, self.augment.draw_short_side(rng), timeout_s=self.timeout_s)
-        frames = decoded.take(idx.reshape(-1))  # (S*T,) -> (S*T, H, W, 3)
+    def draw_clip(self, video: VideoMeta, rng: np.random.Generator) -> np.ndarray:
+        return clip_frame_indices(video.n_frames, self.sampling, rng, fps=video.fps)[0]  # (S, T)
+
+    def draw_size(self, rng: np.random.Generator) -> int | None:
+        return self.augment.draw_short_side(rng)
+
+    def decode_clips(self, video: VideoMeta, clips: list[np.ndarray], size: int | None) -> dict[str, np.ndarray]:
+        numbers = union_frame_indices(*clips)  # (F,) every frame of every clip
+        decoded = decode_video(video.path, numbers, size, timeout_s=self.timeout_s)
+        return {"frames": decoded.take(numbers), "numbers": numbers}  # (F, H, W, 3), (F,)
+
+    def example(self, decoded: dict[str, np.ndarray], k: int, clip: np.ndarray,
+                rng: np.random.Generator) -> np.ndarray:
+        frames = decoded["frames"][np.searchsorted(decoded["numbers"], clip.reshape(-1))]  # -> (S*T, H, W, 3)
         return self.augment.crop_flip_rgb(frames, rng)  # -> (S*T, crop, crop, 3)
 
     def eval_clips(self, video: VideoMeta) -> np.ndarray:
@@ -144,12 +181,23 @@ class FlowInputs(ModalityInputs):
         decoded = decode_video(video.path, union_frame_indices(idx, pairs), size, timeout_s=self.timeout_s)
         return clip_flow_stack(decoded, idx, self.flow, n_frames=video.n_frames, device="cpu")  # (N, 2, T, h, w)
 
-    def train_example(self, video: VideoMeta, rng: np.random.Generator) -> np.ndarray:
-        idx, _ = clip_frame_indices(video.n_frames, self.sampling, rng, fps=video.fps)  # (S, T)
-        stack = self._stack(video, idx, self.augment.draw_short_side(rng))  # (S, 2, T, h, w)
+    def draw_clip(self, video: VideoMeta, rng: np.random.Generator) -> np.ndarray:
+        return clip_frame_indices(video.n_frames, self.sampling, rng, fps=video.fps)[0]  # (S, T)
+
+    def draw_size(self, rng: np.random.Generator) -> int | None:
+        return self.augment.draw_short_side(rng)
+
+    def decode_clips(self, video: VideoMeta, clips: list[np.ndarray], size: int | None) -> dict[str, np.ndarray]:
+        # each distinct frame pair is computed once for all the clips; float16 as extract.run's flow
+        stacks = self._stack(video, np.concatenate(clips), size)  # (k*S, 2, T, h, w)
+        return {"stacks": stacks.astype(np.float16).reshape(len(clips), -1, *stacks.shape[1:])}  # (k, S, 2, T, h, w)
+
+    def example(self, decoded: dict[str, np.ndarray], k: int, clip: np.ndarray,
+                rng: np.random.Generator) -> np.ndarray:
+        stack = decoded["stacks"][k]  # (S, 2, T, h, w)
         s, c, t, h, w = stack.shape
         joined = stack.transpose(1, 0, 2, 3, 4).reshape(c, s * t, h, w)  # (S, 2, T, h, w) -> (2, S*T, h, w)
-        return self.augment.crop_flip_flow(joined, rng)  # -> (2, S*T, crop, crop)
+        return self.augment.crop_flip_flow(joined, rng).astype(np.float32)  # -> (2, S*T, crop, crop)
 
     def eval_clips(self, video: VideoMeta) -> np.ndarray:
         idx, valid = clip_frame_indices(video.n_frames, self.eval_sampling, fps=video.fps)  # (N, T)
@@ -185,6 +233,7 @@ class AudioInputs(ModalityInputs):
     """Audio windows centred on a clip (random in training, uniform clips in evaluation)."""
 
     mix_before_model_input = True  # between-class learning mixes waveforms
+    per_generation = False  # the decoded track serves every window of every epoch
 
     def __init__(self, info: BackboneInfo, recipe: TrainRecipe, timeout_s: float = 60.0,
                  settings: AudioSettings | None = None) -> None:
@@ -206,8 +255,23 @@ class AudioInputs(ModalityInputs):
             raise NoAudioTrack(video.path, "no audio track" if decoded.audio is None else "the audio track is empty")
         return wave[valid]  # (n, W)
 
-    def train_example(self, video: VideoMeta, rng: np.random.Generator) -> np.ndarray:
-        return self._windows(video, self.sampling, rng)[0]  # (W,)
+    def draw_clip(self, video: VideoMeta, rng: np.random.Generator) -> np.ndarray:
+        clips = sample_clips(video.n_frames, self.sampling, video.fps if video.fps > 0 else None, rng)
+        return clips.times[: clips.valid_clips]  # (1, 2) start and end seconds
+
+    def decode_clips(self, video: VideoMeta, clips: list[np.ndarray], size: int | None) -> dict[str, np.ndarray]:
+        decoded = decode_video(video.path, [], audio_rate=self.audio.sample_rate, timeout_s=self.timeout_s)
+        audio = np.zeros(0, np.float32) if decoded.audio is None else decoded.audio
+        return {"audio": audio, "has_audio": np.bool_(decoded.audio is not None), "path": np.str_(video.path)}
+
+    def example(self, decoded: dict[str, np.ndarray], k: int, clip: np.ndarray,
+                rng: np.random.Generator) -> np.ndarray:
+        if not decoded["has_audio"]:
+            raise NoAudioTrack(str(decoded["path"]), "no audio track")
+        wave, valid = audio_windows(decoded["audio"], self.audio.sample_rate, clip, self.audio.window_s)  # (1, W)
+        if not valid.any():
+            raise NoAudioTrack(str(decoded["path"]), "the audio track is empty")
+        return wave[0]  # (W,)
 
     def eval_clips(self, video: VideoMeta) -> np.ndarray:
         return self._windows(video, self.eval_sampling)  # (K, W)

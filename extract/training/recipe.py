@@ -102,6 +102,11 @@ class TrainRecipe:
             (flow modality). Training computes flow in its CPU data workers, so ``paper`` is TV-L1
             with the ``fast`` preset here (:func:`extract.media.flow.paper_flow` on ``cpu``).
         flow_bound: flows are clipped to this many pixels per frame (flow modality).
+        decode_every: each training video is decoded once per this many epochs: one decode
+            gives the clips of all of them (kept in the clip cache between epochs), at one
+            random short side (``scale``) drawn per video and per such generation; clip
+            positions, crops and flips stay random per epoch. 1 = decode every example
+            (a new short side every epoch). Audio decodes each track once whatever the value.
         seed: seeds the init, the shuffles, the clip positions and the augmentations.
         device: ``auto`` (CUDA when torch sees a GPU), ``cpu`` or ``cuda``.
         amp: float16 autocast + gradient scaling on CUDA (never on the CPU).
@@ -142,6 +147,7 @@ class TrainRecipe:
     max_clips: int | None = None
     flow_algorithm: str = "farneback"
     flow_bound: float = 20.0
+    decode_every: int = 16
     seed: int = 0
     device: str = "auto"
     amp: bool = True
@@ -170,7 +176,8 @@ class TrainRecipe:
 
     def _check_numbers(self) -> None:
         for name, low, optional in (("epochs", 1, False), ("batch_size", 1, False), ("cycle_epochs", 1, False),
-                                    ("stride", 1, False), ("eval_clips", 1, False), ("swa_epochs", 0, False),
+                                    ("stride", 1, False), ("eval_clips", 1, False), ("decode_every", 1, False),
+                                    ("swa_epochs", 0, False),
                                     ("train_stages", 0, False), ("seed", 0, False), ("crop", 1, True),
                                     ("short_side", 1, True), ("frames", 1, True), ("train_segments", 1, True)):
             value = getattr(self, name)

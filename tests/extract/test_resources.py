@@ -52,6 +52,31 @@ def test_one_free_core_never_adds_a_process():
     assert (plan.workers, plan.threads) == (0, 1)
 
 
+# Measured with one of the two cores kept busy by another process (the 2-core machines): R(2+1)D-18's
+# two threads still beat one (big convolutions), ResNet-18 TSN's two OpenMP threads stall each other
+R21D_BUSY = dataclasses.replace(R21D, model_s_all=5.3, model_s_one=11.0)
+TSN_BUSY = WorkCosts(decode_s=0.01, model_s_all=0.33, model_s_one=0.10, cores=2, clip_bytes=8 * MB,
+                     input_bytes=37_632, clips_per_video=8)
+
+
+def test_a_busy_core_does_not_take_a_thread_the_measurement_says_is_faster():
+    plan = choose_plan(R21D_BUSY, 1, BIG, max_batch=64)  # one free core
+    assert (plan.workers, plan.threads) == (0, 2)
+    assert plan.videos_per_s == pytest.approx(1 / (0.02 + 5.3))
+    assert "next best in-process decode + 1 thread(s)" in plan.reason
+    tsn = choose_plan(TSN_BUSY, 1, BIG, max_batch=64)
+    assert (tsn.workers, tsn.threads) == (0, 1)
+    assert tsn.videos_per_s == pytest.approx(1 / (0.01 + 0.10))
+
+
+def test_equal_rates_take_fewer_threads_and_the_reason_says_what_was_assumed():
+    flat = dataclasses.replace(R21D, model_s_all=5.6, model_s_one=5.6)  # two threads no faster
+    assert choose_plan(flat, 2, BIG, max_batch=64).threads == 1
+    assumed = dataclasses.replace(R21D, model_s_one=2 * 4.7, one_thread_measured=False)
+    plan = choose_plan(assumed, 2, BIG, max_batch=64)
+    assert "perfect scaling assumed" in plan.reason and "perfect scaling assumed" in plan.describe()
+
+
 def test_model_seconds_follow_amdahl_through_the_two_measurements():
     c = dataclasses.replace(R21D, model_s_one=10.0, model_s_all=4.0, cores=4)
     # p = (1 - 4/10) / (1 - 1/4) = 0.8
@@ -59,6 +84,8 @@ def test_model_seconds_follow_amdahl_through_the_two_measurements():
     assert model_seconds(c, 2) == pytest.approx(10.0 * (0.2 + 0.4))
     assert model_seconds(c, 4) == pytest.approx(4.0)
     assert model_seconds(c, 16) == pytest.approx(4.0)  # no gain past what was measured
+    slower = dataclasses.replace(R21D, model_s_one=1.0, model_s_all=3.0)  # a busy core: more threads stall
+    assert model_seconds(slower, 2) == pytest.approx(3.0) and model_seconds(slower, 1) == pytest.approx(1.0)
 
 
 def test_batch_and_queue_follow_the_budget():
@@ -145,6 +172,34 @@ def test_the_plan_is_measured_and_recorded_in_the_attrs(demo, tmp_path):
     assert costs["model_bytes"] == sum(t.numel() * 4 for t in [*model.parameters(), *model.buffers()]
                                        if t.dtype == torch.float32) + sum(
         t.numel() * 8 for t in model.buffers() if t.dtype == torch.int64)
+
+
+def test_calibration_times_the_run_s_own_clips_and_no_others(demo, tmp_path, monkeypatch):
+    """Every clip goes through the model once, the calibration's timed passes included; with
+    another process keeping a core busy the one-thread pass runs too (and still no clip twice)."""
+    from store import threads
+
+    monkeypatch.setattr(threads, "available_cores", lambda: 2)  # whatever this machine has
+    monkeypatch.setattr("extract.dump._assembly.available_cores", lambda: 2)
+    for busy, one_thread in ((0.0, False), (1.0, True)):
+        monkeypatch.setattr(threads.OtherLoad, "busy_cores", lambda self, b=busy: b)
+        settings = ExtractSettings(**TINY)
+        fs, targets = pipeline.prepare_store(tmp_path / f"busy{busy}.zarr", pipeline.open_video_list(demo.videos_csv),
+                                             workers=0)
+        producers = pipeline.build_producers(settings, "cpu")
+        seen = []
+        embed = producers[0].embed_outputs
+        monkeypatch.setattr(producers[0], "embed_outputs", lambda x: seen.append(len(x)) or embed(x))
+        monkeypatch.setattr("extract.dump.calibration.DECODE_SHARE", 1e9)  # only the load asks for one thread
+        stats = pipeline.run_extraction(fs, targets, producers, settings)
+        assert sum(seen) == stats.clips == 6 * 4
+        assert seen[0] == 1  # the hook pass
+        if busy:  # no long pass on threads that may stall: one clip on all threads, on one, on all again
+            assert seen[:4] == [1, 1, 1, 1]
+        costs = stats.plan["costs"]
+        assert costs["one_thread_measured"] is one_thread
+        assert stats.plan["plan"]["cores"] == (1 if busy else 2)
+        assert "model " in stats.plan["plan"]["reason"]
 
 
 def test_cli_workers_and_threads_override_and_are_recorded(demo, tmp_path, capsys):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import collections
 import os
 
 import faiss
@@ -60,6 +61,34 @@ def test_sampled_free_cores_count_the_busy_cpus_of_the_affinity(monkeypatch):
         assert free_cores(sample_s=0.1) == expect  # 2 - round(busy), at least 1
     monkeypatch.setattr(os, "getloadavg", lambda: (2.0, 2.0, 2.0))  # the load average is not asked
     assert free_cores(sample_s=0.1) == 2
+
+
+def test_other_load_counts_the_machine_s_busy_cpu_minus_this_process_s(monkeypatch):
+    import psutil
+
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0, 2})  # two of four CPUs are ours
+    cpu = collections.namedtuple("scputimes", "user system idle iowait guest")
+    ticks = iter([
+        # start: per CPU (user, system, idle, iowait, guest); guest time is inside user time
+        [cpu(10, 5, 100, 1, 4), cpu(50, 0, 0, 0, 0), cpu(20, 0, 50, 0, 0), cpu(50, 0, 0, 0, 0)],
+        # 2 s later: CPUs 0 and 2 ran 1.5 + 1.5 s more (CPUs 1 and 3 are not ours)
+        [cpu(11, 5.5, 100.5, 1, 4.5), cpu(90, 0, 0, 0, 0), cpu(21.5, 0, 50.5, 0, 0), cpu(90, 0, 0, 0, 0)],
+    ])
+    monkeypatch.setattr(psutil, "cpu_times", lambda percpu: next(ticks))
+    own = iter([(1.0, 0.0, 0.0, 0.0), (1.8, 0.2, 0.0, 0.0)])  # this process: 1 s of the 3
+    proc = collections.namedtuple("pcputimes", "user system children_user children_system")
+    monkeypatch.setattr(psutil.Process, "cpu_times", lambda self: proc(*next(own)))
+    clock = iter([100.0, 102.0])
+    monkeypatch.setattr(threads.time, "monotonic", lambda: next(clock))
+    load = threads.OtherLoad()
+    assert load.busy_cores() == pytest.approx((3.0 - 1.0) / 2.0)  # one core's worth of other work
+    monkeypatch.setattr(threads, "available_cores", lambda: 2)
+    monkeypatch.setattr(load, "busy_cores", lambda: 1.0)
+    assert load.free_cores() == 1
+    monkeypatch.setattr(load, "busy_cores", lambda: 0.4)
+    assert load.free_cores() == 2
+    monkeypatch.setattr(load, "busy_cores", lambda: 5.0)
+    assert load.free_cores() == 1  # never below one
 
 
 def test_bad_counts_are_refused():
