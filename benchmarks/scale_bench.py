@@ -8,7 +8,8 @@ kept beside it).
 
 Each step runs the real command (``python -m ...``) as a child process; the wall seconds and
 the child's peak resident memory (``/usr/bin/time``'s maximum resident set size) are
-recorded as ``STEP_s`` and ``STEP_peak_rss_gb``:
+recorded as ``STEP_s`` and ``STEP_peak_rss_gb``, with the child's user + system CPU seconds as
+``STEP_cpu_s`` (on a loaded machine the wall time is mostly waiting for a core):
 
 - ``build``: the store (cached; the figures of the run that built it);
 - ``verify``: ``store.verify``;
@@ -66,11 +67,12 @@ def _python(module: str, *args: str) -> list[str]:
 
 
 def run_step(name: str, cmd: list[str], log_dir: Path, max_rss_gb: float) -> dict[str, Any]:
-    """Run ``cmd`` as a child; its wall seconds, peak RSS (GB) and exit status.
+    """Run ``cmd`` as a child; its wall seconds, CPU seconds, peak RSS (GB) and exit status.
 
-    The child runs under ``/usr/bin/time -f %M``: its peak RSS is that of the command itself
-    (``ru_maxrss`` seen from this process would start at this process's own RSS, inherited
-    through fork). Its stdout and stderr go to ``log_dir/NAME.log``. A watchdog polls the
+    The child runs under ``/usr/bin/time -f "%U %S %M"``: its peak RSS is that of the command
+    itself (``ru_maxrss`` seen from this process would start at this process's own RSS, inherited
+    through fork), and its user + system CPU seconds tell its work apart from the wait for a
+    core on a loaded machine. Its stdout and stderr go to ``log_dir/NAME.log``. A watchdog polls the
     child's RSS (with its own children) and kills it past ``max_rss_gb``.
     """
     log_dir.mkdir(parents=True, exist_ok=True)
@@ -81,7 +83,7 @@ def run_step(name: str, cmd: list[str], log_dir: Path, max_rss_gb: float) -> dic
     usage_file = log_dir / f"{name}.time"
     with log.open("w") as out:
         t = time.perf_counter()
-        child = subprocess.Popen([TIME, "-f", "%M", "-o", str(usage_file), *cmd], stdout=out,
+        child = subprocess.Popen([TIME, "-f", "%U %S %M", "-o", str(usage_file), *cmd], stdout=out,
                                  stderr=subprocess.STDOUT, env=env)
 
         def watch() -> None:
@@ -102,14 +104,16 @@ def run_step(name: str, cmd: list[str], log_dir: Path, max_rss_gb: float) -> dic
         child.wait()
         seconds = time.perf_counter() - t
     killed_msg = f" (killed past --max-rss-gb {max_rss_gb:g})" if killed.is_set() else ""
-    lines = usage_file.read_text().split() if usage_file.is_file() else []
-    peak = int(lines[-1]) * 1024 / _GB if lines and lines[-1].isdigit() else float("nan")  # %M: KiB
+    words = usage_file.read_text().split() if usage_file.is_file() else []  # a killed child: a note first
+    usage = words[-3:] if len(words) >= 3 and words[-1].isdigit() else []
+    peak = int(usage[2]) * 1024 / _GB if usage else float("nan")  # %M: KiB
+    cpu = float(usage[0]) + float(usage[1]) if usage else float("nan")
     ok = child.returncode == 0
-    print(f"   {name:16s} {seconds:8.1f} s  peak RSS {peak:6.2f} GB  "
+    print(f"   {name:16s} {seconds:8.1f} s  cpu {cpu:8.1f} s  peak RSS {peak:6.2f} GB  "
           f"{'ok' if ok else f'FAILED (exit {child.returncode}){killed_msg}; see {log}'}", flush=True)
     if not ok:
         print("   | " + "\n   | ".join(log.read_text(errors="replace").strip().splitlines()[-8:]))
-    return {"seconds": seconds, "peak_gb": peak, "ok": ok}
+    return {"seconds": seconds, "cpu_s": cpu, "peak_gb": peak, "ok": ok}
 
 
 def _build(store: Path, rows: int) -> None:
@@ -198,6 +202,7 @@ def bench_scale(args: argparse.Namespace) -> dict[str, Any]:
             continue
         step = run_step(name, cmd, work / "logs", max_rss)
         m[f"{name}_s"], m[f"{name}_peak_rss_gb"] = step["seconds"], step["peak_gb"]
+        m[f"{name}_cpu_s"] = step["cpu_s"]
         if not step["ok"]:
             failed.append(name)
     if "search" not in failed and (not wanted or "search" in wanted):

@@ -116,25 +116,41 @@ def to_logit(p: np.ndarray) -> np.ndarray:
     return np.log(q / (1 - q)).astype(np.float32)
 
 
-def to_probability(scores: np.ndarray, score_type: str | None, run: str) -> np.ndarray:
-    """Scores of a run as probabilities, following its ``score_type``."""
+def score_type_of(score_type: str | None, lo: float | None, hi: float | None, run: str) -> str:
+    """The score type a run's scores are read as, given their finite range ``[lo, hi]`` (None: no
+    finite score): the recorded one, checked, or one inferred from the range (with a warning)."""
+    inside = lo is None or (lo >= 0 and hi <= 1)
     if score_type is None:
-        finite = scores[np.isfinite(scores)]
-        inside = finite.size == 0 or (finite.min() >= 0 and finite.max() <= 1)
         score_type = "probability" if inside else "logit"
         log.warning("run %r records no score_type; its scores are %s [0, 1], so they are read as %s",
                     run, "inside" if inside else "outside", score_type)
     if score_type in PROBABILITY_TYPES:
-        finite = scores[np.isfinite(scores)]
-        if finite.size and (finite.min() < 0 or finite.max() > 1):
+        if not inside:
             raise InputMismatch(f"run {run!r} says score_type={score_type!r} but has scores outside [0, 1]; "
                                 "fix its attrs (score_type 'logit' for raw outputs)")
-        return scores.astype(np.float32)
+        return score_type
+    if score_type in LOGIT_TYPES:
+        return score_type
+    raise InputMismatch(f"run {run!r} has score_type={score_type!r}; known: "
+                        f"{', '.join(PROBABILITY_TYPES + LOGIT_TYPES)}")
+
+
+def _finite_range(scores: np.ndarray) -> tuple[float | None, float | None]:
+    finite = scores[np.isfinite(scores)]
+    return (float(finite.min()), float(finite.max())) if finite.size else (None, None)
+
+
+def _as_probability(scores: np.ndarray, score_type: str) -> np.ndarray:
+    """Scores of a checked :func:`score_type_of` as float32 probabilities."""
     if score_type in LOGIT_TYPES:
         with np.errstate(over="ignore"):
             return (1.0 / (1.0 + np.exp(-scores.astype(np.float64)))).astype(np.float32)
-    raise InputMismatch(f"run {run!r} has score_type={score_type!r}; known: "
-                        f"{', '.join(PROBABILITY_TYPES + LOGIT_TYPES)}")
+    return scores.astype(np.float32)
+
+
+def to_probability(scores: np.ndarray, score_type: str | None, run: str) -> np.ndarray:
+    """Scores of a run as probabilities, following its ``score_type``."""
+    return _as_probability(scores, score_type_of(score_type, *_finite_range(scores), run))
 
 
 def _as_list(value: Any) -> list[str]:
@@ -143,13 +159,17 @@ def _as_list(value: Any) -> list[str]:
     return [value] if isinstance(value, str) else [str(v) for v in value]
 
 
-def run_availability(fs: FeatureStore, run: str, scores: np.ndarray, attrs: dict[str, Any],
+def run_availability(fs: FeatureStore, run: str, scored: np.ndarray, attrs: dict[str, Any],
                      has_audio: np.ndarray | None) -> np.ndarray:
-    """``(N,)`` bool: rows where ``run`` has a usable prediction (rules in the module docstring)."""
-    avail = ~np.isnan(scores).any(axis=1)
+    """``(N,)`` bool: rows where ``run`` has a usable prediction (rules in the module docstring).
+
+    Args:
+        scored: ``(N,)`` bool, rows where the run's scores hold no NaN.
+    """
+    avail = scored.copy()
     modalities = _as_list(attrs.get("modality"))
     sets = _as_list(attrs.get("features"))
-    covered = np.zeros(len(scores), dtype=bool)
+    covered = np.zeros(len(scored), dtype=bool)
     found = False
     for name in sets:
         try:
@@ -170,8 +190,52 @@ def run_availability(fs: FeatureStore, run: str, scores: np.ndarray, attrs: dict
     return avail
 
 
-def load_inputs(fs: FeatureStore, runs: Sequence[str]) -> tuple[StackInputs, list[RunRecord], list[dict[str, Any]]]:
-    """Read the runs of a store as one stack over all its rows.
+class StoredInputs:
+    """Input runs of a store as one stack over all its rows, read from the store on demand.
+
+    Only the ``(N, M)`` availability is held; :meth:`take` reads the runs' scores of the rows
+    asked for (whole chunks touched, nothing else) as a :class:`StackInputs`, so fitting on a
+    sample and predicting in row blocks never hold an ``(N, M, C)`` array.
+
+    Attributes:
+        available: ``(N, M)`` bool, where each run's prediction is usable.
+        names: The M run names.
+    """
+
+    def __init__(self, fs: FeatureStore, names: Sequence[str], score_types: Sequence[str],
+                 available: np.ndarray) -> None:
+        self._arrays = [fs.prediction_scores(run) for run in names]
+        self._types = list(score_types)
+        self.names = tuple(names)
+        self.available = available
+        self._c = len(fs.classes)
+
+    @property
+    def n_models(self) -> int:
+        return len(self.names)
+
+    @property
+    def n_classes(self) -> int:
+        return self._c
+
+    def __len__(self) -> int:
+        return len(self.available)
+
+    def take(self, rows: np.ndarray | slice) -> StackInputs:
+        """The runs on ``rows`` (a slice, or sorted row indices), read from the store."""
+        probs = np.empty((len(self.available[rows]), self.n_models, self._c), np.float32)  # (n, M, C)
+        for i, (arr, kind) in enumerate(zip(self._arrays, self._types)):
+            block = arr[rows] if isinstance(rows, slice) else \
+                arr.get_orthogonal_selection((np.asarray(rows, dtype=np.int64), slice(None)))
+            probs[:, i, :] = _as_probability(np.asarray(block), kind)
+        return StackInputs(probs, self.available[rows], self.names)
+
+
+def load_inputs(fs: FeatureStore, runs: Sequence[str]) -> tuple[StoredInputs, list[RunRecord], list[dict[str, Any]]]:
+    """The runs of a store as one stack over all its rows (read on demand), checked.
+
+    Each run is read once, a block of rows at a time, for its NaN rows and its range (which
+    check or infer its score type); nothing of size ``(N, C)`` is held.
 
     Returns:
         ``(inputs over all N rows, one RunRecord per run for the leakage rule, the runs' attrs)``.
@@ -180,24 +244,31 @@ def load_inputs(fs: FeatureStore, runs: Sequence[str]) -> tuple[StackInputs, lis
         PredictionRunNotFound: a run is not in the store.
         InputMismatch: no runs, a run named twice, a run's shape or score type does not fit.
     """
-    videos = fs.videos()
-    has_audio = videos["has_audio"].to_numpy(dtype=bool) if "has_audio" in videos.columns else None
+    has_audio = (fs.videos(["has_audio"])["has_audio"].to_numpy(dtype=bool) if "has_audio" in fs.columns
+                 else None)
     n, c = fs.n_videos, len(fs.classes)
-    records, all_attrs, all_scores = [], [], []
+    records, all_attrs = [], []
     for run in runs:
-        scores, attrs = fs.read_predictions(run)
-        fold = fs.read_prediction_folds(run)
+        attrs = fs.prediction_attrs(run)
         train_splits = tuple(_as_list(attrs.get("train_splits"))) or DEFAULT_TRAIN_SPLITS
-        records.append(RunRecord(run, tuple(scores.shape), fold, train_splits))
+        records.append(RunRecord(run, tuple(fs.prediction_scores(run).shape), fs.read_prediction_folds(run),
+                                 train_splits))
         all_attrs.append(attrs)
-        all_scores.append(scores)
     check_runs(records, n, c)
-    probs = np.empty((n, len(runs), c), np.float32)  # filled run by run: no second (N, M, C) copy
     avail = np.empty((n, len(runs)), bool)
+    types = []
     for i, (run, attrs) in enumerate(zip(runs, all_attrs)):
-        scores, all_scores[i] = all_scores[i], None  # let each run's (N, C) go once it is stacked
-        avail[:, i] = a = run_availability(fs, run, scores, attrs, has_audio)
+        arr = fs.prediction_scores(run)
+        scored = np.empty(n, bool)
+        lo, hi = None, None
+        for rows in row_blocks(n, c):
+            block = np.asarray(arr[rows])  # (b, C)
+            scored[rows] = ~np.isnan(block).any(axis=1)
+            b_lo, b_hi = _finite_range(block)
+            if b_lo is not None:
+                lo, hi = (b_lo, b_hi) if lo is None else (min(lo, b_lo), max(hi, b_hi))
+        types.append(score_type_of(attrs.get("score_type"), lo, hi, run))
+        avail[:, i] = a = run_availability(fs, run, scored, attrs, has_audio)
         records[i] = dataclasses.replace(records[i], available=a)
-        probs[:, i, :] = to_probability(scores, attrs.get("score_type"), run)
         log.info("run %r: available on %d of %d rows", run, int(a.sum()), n)
-    return StackInputs(probs, avail, tuple(runs)), records, all_attrs
+    return StoredInputs(fs, runs, types, avail), records, all_attrs

@@ -2,15 +2,16 @@
 
 ::
 
-    store --load_inputs--> StackInputs (N, M, C) + availability
+    store --load_inputs--> StoredInputs: (N, M) availability; rows' scores read on demand
           --plan_fit-----> fit rows / eval rows   (or LeakageError)
           for each method: fit on the fit rows (at most fit_rows of them, a seeded sample)
                            -> predict in row blocks: the written method every row, the others the eval rows
                            -> metrics on the eval rows, reliance on at most reliance_rows of them
           --prediction_writer(out): blocks of fused scores, attrs={method, inputs, splits, metrics, record}
 
-Memory: the inputs (N, M, C) float32, the eval rows' scores and one block of derived features;
-no (N, C, F) array is built for all rows.
+Memory: the (N, M) availability, the fit rows' and the eval rows' (n, M, C) inputs (read from
+the store once each), the eval rows' scores and one block of inputs and derived features; no
+(N, M, C) or (N, C, F) array is built for all rows.
 """
 
 from __future__ import annotations
@@ -27,7 +28,7 @@ import numpy as np
 import pandas as pd
 
 from fusion.errors import FusionError
-from fusion.inputs import StackInputs, load_inputs, row_blocks
+from fusion.inputs import StoredInputs, load_inputs, row_blocks
 from fusion.leakage import FitPlan, plan_fit
 from fusion.registry import fusion_class, get_fusion
 from heads.metrics import class_map, evaluate
@@ -167,14 +168,14 @@ def fuse_runs(store: FeatureStore | str | Path, runs: Sequence[str], *, method: 
     needs_fit = any(c.needs_fit for c in classes)
     plan = plan_fit(records, split, len(fs.classes), fit_split=fit_split if needs_fit else None,
                     eval_split=eval_split)
-    labels = fs.labels()
-    y_eval = labels[plan.eval_rows]
+    y_eval = fs.labels(plan.eval_rows)
     x_eval = x.take(plan.eval_rows)
     input_metrics, input_ap = {}, {}
     for i, run in enumerate(x.names):
         input_metrics[run], input_ap[run] = _evaluate(x_eval.single(i), y_eval, f"run {run!r}")
     settings = dict(settings or {})
     fit_idx = sample_rows(plan.fit_rows, fit_rows)
+    x_fit, y_fit = (x.take(fit_idx), fs.labels(fit_idx)) if needs_fit else (None, None)  # read once for all methods
     rel_idx = sample_rows(np.arange(len(plan.eval_rows)), reliance_rows)
     outcomes: dict[str, MethodOutcome] = {}
     writing = fs.prediction_writer(write_as) if write_as is not None else contextlib.nullcontext()
@@ -186,7 +187,7 @@ def fuse_runs(store: FeatureStore | str | Path, runs: Sequence[str], *, method: 
             fuser = get_fusion(name, settings.get(name), **kwargs)
             t0 = time.perf_counter()
             if cls.needs_fit:
-                fuser.fit(x.take(fit_idx), labels[fit_idx])
+                fuser.fit(x_fit, y_fit)
             fit_s = time.perf_counter() - t0
             if i == 0 and writer is not None:
                 scores = _predict_all_rows(fuser, x, plan.eval_rows, writer, block_rows)
@@ -228,9 +229,9 @@ def sample_rows(rows: np.ndarray, limit: int | None, seed: int = 0) -> np.ndarra
     return np.sort(np.random.default_rng(seed).choice(rows, limit, replace=False))
 
 
-def _predict_all_rows(fuser: Any, x: StackInputs, eval_rows: np.ndarray, writer: PredictionWriter,
+def _predict_all_rows(fuser: Any, x: StoredInputs, eval_rows: np.ndarray, writer: PredictionWriter,
                       block_rows: int) -> np.ndarray:
-    """Predict every row a block at a time into ``writer``.
+    """Predict every row a block at a time (read from the store, fused, written) into ``writer``.
 
     Returns:
         The ``(n_eval, C)`` scores of ``eval_rows`` (sorted).

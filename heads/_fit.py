@@ -93,6 +93,10 @@ def fit(model: nn.Module, source: Source, train_rows: np.ndarray, val_rows: np.n
         on_epoch_end: Callable[[dict[str, Any]], None] | None = None, progress: bool = False) -> FitResult:
     """Train ``model`` on ``train_rows``, early-stopping on the class mAP of ``val_rows``.
 
+    The val rows are scored after each epoch only when that can choose something: more than one
+    epoch, and early stopping on (``patience``) or the best epoch kept (no SWA/EMA). With one
+    epoch they are not scored here at all (the caller scores them once with the final weights).
+
     Args:
         model: A fresh head (or the one whose weights ``state`` restores).
         source: Where batches come from.
@@ -126,7 +130,10 @@ def fit(model: nn.Module, source: Source, train_rows: np.ndarray, val_rows: np.n
     sched = LambdaLR(opt, schedule.factor)
     averager = make_averager(model, config.swa, ema_decay=config.ema_decay) if config.swa != "none" else None
     swa_start = config.resolved_swa_start()
-    val_labels = source.labels(val_rows) if len(val_rows) else np.zeros((0, 0), np.uint8)
+    # The val rows are scored after an epoch only where that chooses something (the best epoch,
+    # an early stop); the final weights' val scores come from the caller's pass over every row.
+    chooses = config.epochs > 1 and (config.patience > 0 or config.swa == "none")
+    val_labels = source.labels(val_rows) if chooses and len(val_rows) else np.zeros((0, 0), np.uint8)
     can_validate = bool(val_labels.any())
     order_seed = derive_seed(config.seed, fold, "order")
 

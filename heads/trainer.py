@@ -9,7 +9,7 @@
          fit(): AdamW/Adam, warm-up + cosine, clipping, mixup, early stop on val class mAP,
                 SWA/EMA + mask-aware BN update, a resumable snapshot every epoch
                  |
-    predictions for every row -> store.write_predictions(run, (N, C) sigmoid, fold=(N,))
+    predictions for every row, in row blocks -> store.prediction_writer(run): (N, C) sigmoid, fold (N,)
     run dir: checkpoint.pt, config.json, metrics.json
 
 :func:`train_head` is pure of global state (torch's RNG is forked, the deterministic-algorithms
@@ -52,6 +52,7 @@ __all__ = ["FeatureCache", "TrainConfig", "TrainError", "TrainResult", "assign_f
 
 log = logging.getLogger(__name__)
 
+PREDICT_BLOCK_ROWS = 65_536  # store rows predicted and written at a time (whole chunks of the prediction run)
 _RUN_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]*$")  # the store's rule for prediction run names
 _CHOICES = {"optimizer": ("adam", "adamw"), "swa": AVERAGING, "class_weights": ("none", "sqrt", "linear"),
             "reader": ("auto", "memory", "stream")}
@@ -91,7 +92,7 @@ class TrainConfig:
         folds: 0 for one model; k >= 2 for k-fold out-of-fold predictions of the train rows.
         device: ``auto`` (CUDA when present), ``cpu``, ``cuda`` or ``cuda:N``. Not in the hash.
         class_weights: Loss class weights from train label counts: ``none``, ``sqrt``, ``linear``.
-        reader: ``auto`` (RAM when the features take < 25% of the free RAM), ``memory``, ``stream``.
+        reader: ``auto`` (RAM when the features take < 1/8 of the available RAM), ``memory``, ``stream``.
     """
 
     features: tuple[str, ...]
@@ -209,7 +210,9 @@ class TrainResult:
         run_name: The prediction run's name in the store (and the default run directory).
         config: The configuration.
         metrics: The content of metrics.json (val/test/train_oof metrics, per-fold history, timing).
-        scores: ``(N, C)`` float32 sigmoid scores of every row, as written to the store.
+        scores: ``(N, C)`` float32 sigmoid scores of every row when the run was not written to the
+            store (``write_predictions=False``); None when it was (read them with
+            ``FeatureStore.read_predictions``: the scores are written in row blocks, never all held).
         fold: ``(N,)`` int16: the fold a train row was held out in (out-of-fold), else -1.
         model_states: One state dict per model (k with folds).
         out_dir: The run directory, or None when none was written.
@@ -218,7 +221,7 @@ class TrainResult:
     run_name: str
     config: TrainConfig
     metrics: dict[str, Any]
-    scores: np.ndarray
+    scores: np.ndarray | None
     fold: np.ndarray
     model_states: list[dict[str, torch.Tensor]]
     out_dir: Path | None
@@ -349,67 +352,110 @@ def train_head(store: FeatureStore | str | Path, config: TrainConfig, *, run_nam
             if out is not None:
                 _save_atomic({**common, "finished": finished, "current": None}, out / "state.pt")
         fits = [FitResult.from_dict(f) for f in finished]
-        scores, fold = _predict_all(fs, source, config, fits, train_rows, val_rows, fold_of, device)
+        n, c = fs.n_videos, len(fs.classes)
+        # Predictions go to the store PREDICT_BLOCK_ROWS rows at a time (the run appears once
+        # complete); only without a store run are all (N, C) scores held, as TrainResult.scores.
+        writing = fs.prediction_writer(run_name) if write_predictions else contextlib.nullcontext()
+        with writing as writer:
+            held = None if writer is not None else np.zeros((n, c), np.float32)
 
-    metrics = _metrics(fs, source, config, fits, scores, fold, train_rows, run_name, device)
-    result = TrainResult(run_name, config, metrics, scores, fold, [f.state for f in fits], out)
-    if write_predictions:
-        attrs = {"head": config.head, "head_kwargs": config.head_kwargs, "loss": config.loss,
-                 "loss_kwargs": config.loss_kwargs, "features": list(config.features), "config": config.to_dict(),
-                 "config_hash": config.config_hash(), "folds": config.folds, "score_type": "sigmoid",
-                 "missing_rows": metrics["rows"]["missing"], "run_dir": str(out) if out else None,
-                 "metrics": {k: metrics[k] for k in ("val", "test", "train_oof")}}
-        fs.write_predictions(run_name, scores, attrs=_clean(attrs), fold=fold)
+            def put(start: int, block: np.ndarray, fold: np.ndarray) -> None:
+                if writer is not None:
+                    writer.write(start, block, fold)
+                else:
+                    held[start:start + len(block)] = block
+
+            kept, fold = _predict_all(fs, source, config, fits, train_rows, val_rows, fold_of, device, put)
+            metrics = _metrics(fs, source, config, fits, kept, train_rows, run_name, device)
+            if writer is not None:
+                writer.attrs.update(_clean({
+                    "head": config.head, "head_kwargs": config.head_kwargs, "loss": config.loss,
+                    "loss_kwargs": config.loss_kwargs, "features": list(config.features), "config": config.to_dict(),
+                    "config_hash": config.config_hash(), "folds": config.folds, "score_type": "sigmoid",
+                    "missing_rows": metrics["rows"]["missing"], "run_dir": str(out) if out else None,
+                    "metrics": {k: metrics[k] for k in ("val", "test", "train_oof")}}))
+
+    result = TrainResult(run_name, config, metrics, held, fold, [f.state for f in fits], out)
     if out is not None:
         _write_run_dir(out, fs, source, result)
     return result
 
 
 def _predict_all(fs: FeatureStore, source: Source, config: TrainConfig, fits: list[FitResult], train_rows: np.ndarray,
-                 val_rows: np.ndarray, fold_of: np.ndarray, device: torch.device) -> tuple[np.ndarray, np.ndarray]:
-    """(N, C) scores (0 for rows not done) and the (N,) fold of out-of-fold train rows (else -1).
+                 val_rows: np.ndarray, fold_of: np.ndarray, device: torch.device,
+                 put: Callable[[int, np.ndarray, np.ndarray], None]) -> tuple[dict[str, tuple[np.ndarray, np.ndarray]],
+                                                                              np.ndarray]:
+    """Score every row, :data:`PREDICT_BLOCK_ROWS` store rows at a time, each block handed to ``put``.
 
-    Every row is scored once per model that predicts it; each fit's ``val`` metrics come from
-    those same predictions (the val rows are not scored again)."""
+    ``put(start, scores (b, C), fold (b,))`` gets consecutive blocks: 0 for rows not done, the
+    fold of out-of-fold train rows (else -1). Every row is scored once per model that predicts
+    it; each fit's ``val`` metrics come from those same predictions (the val rows are not
+    scored again). Besides one block, only the evaluated rows' scores are kept, for the metrics.
+
+    Returns:
+        ``({split: (rows, scores (n_split, C))}`` for val, test and, with folds, train (out of
+        fold); the ``(N,)`` int16 fold of every row).
+    """
     models = []
     for f in fits:
         m = build_head(config, source.dim, len(fs.classes)).to(device)
         m.load_state_dict(f.state)
         models.append(m)
-    scores = np.zeros((fs.n_videos, len(fs.classes)), np.float32)
-    fold = np.full(fs.n_videos, -1, np.int16)
+    n, c = fs.n_videos, len(fs.classes)
+    fold = np.full(n, -1, np.int16)
+    splits = {"val": val_rows, "test": np.intersect1d(fs.split_rows("test"), source.rows)}
+    if config.folds:
+        splits["train"] = train_rows
+    kept = {s: (r, np.empty((len(r), c), np.float32)) for s, r in splits.items()}  # (n_s, C)
+    # with folds, each model's own scores of the val rows, for its val metrics
+    own_val = [np.empty((len(val_rows), c), np.float32) for _ in models] if config.folds else []
+    for a in range(0, n, PREDICT_BLOCK_ROWS):
+        b = min(a + PREDICT_BLOCK_ROWS, n)
+        rows = source.rows[np.searchsorted(source.rows, a):np.searchsorted(source.rows, b)]  # done rows in [a, b)
+        block = np.zeros((b - a, c), np.float32)
+        if not config.folds:
+            if len(rows):
+                block[rows - a] = predict(models[0], source, rows, device=device)
+        else:
+            pos = np.minimum(np.searchsorted(train_rows, rows), len(train_rows) - 1)
+            in_train = train_rows[pos] == rows
+            for j, m in enumerate(models):
+                held_out = rows[in_train & (fold_of[pos] == j)]
+                if len(held_out):
+                    block[held_out - a] = predict(m, source, held_out, device=device)
+                    fold[held_out] = j
+            rest = rows[~in_train]  # val rows are among them (train and val never overlap)
+            if len(rest):
+                lo, hi = np.searchsorted(val_rows, [a, b])
+                at_val = np.searchsorted(rest, val_rows[lo:hi])
+                total = np.zeros((len(rest), c), np.float32)
+                for j, m in enumerate(models):
+                    part = predict(m, source, rest, device=device)
+                    own_val[j][lo:hi] = part[at_val]
+                    total += part
+                block[rest - a] = total / len(models)
+        put(a, block, fold[a:b])
+        for r, scores in kept.values():
+            lo, hi = np.searchsorted(r, [a, b])
+            scores[lo:hi] = block[r[lo:hi] - a]
     val_labels = source.labels(val_rows) if len(val_rows) else None
-    if not config.folds:
-        scores[source.rows] = predict(models[0], source, source.rows, device=device)
-        fits[0].val = evaluate_scores(scores[val_rows], val_labels) if val_labels is not None else None
-        return scores, fold
-    for j, m in enumerate(models):
-        held_out = train_rows[fold_of == j]
-        scores[held_out] = predict(m, source, held_out, device=device)
-        fold[held_out] = j
-    rest = np.setdiff1d(source.rows, train_rows)  # val rows are among them (train and val never overlap)
-    in_val = np.isin(rest, val_rows)
-    if len(rest):
-        total = np.zeros((len(rest), scores.shape[1]), np.float32)
-        for f, m in zip(fits, models):
-            part = predict(m, source, rest, device=device)
-            f.val = evaluate_scores(part[in_val], val_labels) if val_labels is not None else None
-            total += part
-        scores[rest] = total / len(models)
-    return scores, fold
+    for j, f in enumerate(fits):
+        val_scores = own_val[j] if config.folds else kept["val"][1]
+        f.val = evaluate_scores(val_scores, val_labels) if val_labels is not None else None
+    return kept, fold
 
 
-def _metrics(fs: FeatureStore, source: Source, config: TrainConfig, fits: list[FitResult], scores: np.ndarray,
-             fold: np.ndarray, train_rows: np.ndarray, run_name: str, device: torch.device) -> dict[str, Any]:
-    splits = {s: np.intersect1d(fs.split_rows(s), source.rows) for s in ("val", "test")}
-    out: dict[str, Any] = {s: evaluate_scores(scores[r], source.labels(r)) for s, r in splits.items()}
-    out["train_oof"] = evaluate_scores(scores[train_rows], source.labels(train_rows)) if config.folds else None
+def _metrics(fs: FeatureStore, source: Source, config: TrainConfig, fits: list[FitResult],
+             kept: dict[str, tuple[np.ndarray, np.ndarray]], train_rows: np.ndarray, run_name: str,
+             device: torch.device) -> dict[str, Any]:
+    out: dict[str, Any] = {s: evaluate_scores(kept[s][1], source.labels(kept[s][0])) for s in ("val", "test")}
+    out["train_oof"] = evaluate_scores(kept["train"][1], source.labels(train_rows)) if config.folds else None
     rows, wall = sum(f.timing["rows"] for f in fits), sum(f.timing["train_s"] for f in fits)
     wait = sum(f.timing["wait_s"] for f in fits)
     epochs = sum(len(f.history) for f in fits)
     out.update(
         run_name=run_name, config_hash=config.config_hash(), reader=source.mode, device=str(device),
-        rows={"train": len(train_rows), "val": len(splits["val"]), "test": len(splits["test"]),
+        rows={"train": len(train_rows), "val": len(kept["val"][0]), "test": len(kept["test"][0]),
               "predicted": len(source.rows), "missing": fs.n_videos - len(source.rows)},
         timing={"rows_per_s": rows / wall if wall else 0.0, "data_wait_fraction": wait / wall if wall else 0.0,
                 "epoch_s": wall / max(epochs, 1), "train_s": wall, "epochs": epochs},

@@ -455,6 +455,11 @@ class FeatureStore:
         g = self._run_group(run)
         return np.asarray(g["scores"][:]), dict(g.attrs["attrs"])
 
+    def prediction_scores(self, run: str) -> zarr.Array:
+        """A run's ``(n, C)`` float32 scores array, to read row blocks of it (``arr[a:b]``)
+        without loading the whole run."""
+        return self._run_group(run)["scores"]
+
     def prediction_attrs(self, run: str) -> dict[str, Any]:
         """A run's attrs, without reading its scores (metadata only)."""
         return dict(self._run_group(run).attrs["attrs"])

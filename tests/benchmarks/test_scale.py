@@ -21,6 +21,8 @@ def test_scale_benchmark_reports_every_step(tmp_path):
     for step in ("build", *STEPS):
         assert m[f"{step}_s"] > 0, step
         assert 0.01 < m[f"{step}_peak_rss_gb"] < 16, (step, m[f"{step}_peak_rss_gb"])
+        if step != "build":
+            assert 0 < m[f"{step}_cpu_s"] < 10 * m[f"{step}_s"] + 60, step  # user + system CPU of the child
     assert m["train_nextvlad_peak_rss_gb"] > m["verify_peak_rss_gb"]  # torch in one, not the other: per-child figures
     assert m["search_recall_at_10"] >= 0.95  # 1,400 train vectors: an exact index
     assert m["search_qps"] > 0 and m["exact_qps"] > 0

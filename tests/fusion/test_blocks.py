@@ -5,7 +5,9 @@ import pytest
 
 import fusion.inputs
 import fusion.xgb
+from fusion.inputs import load_inputs
 from fusion.pipeline import fuse_runs, sample_rows
+from fusion.registry import get_fusion
 from fusion.synthetic import make_synthetic_fusion_store
 from heads.metrics import evaluate
 
@@ -17,6 +19,35 @@ FAST_XGB = {"xgboost": {"n_rounds": 30, "n_jobs": 2}}
 def fs(tmp_path_factory):
     return make_synthetic_fusion_store(tmp_path_factory.mktemp("blocks") / "s.zarr", n_videos=2500, n_classes=12,
                                        seed=5)
+
+
+@pytest.fixture(scope="module")
+def fs20k(tmp_path_factory):
+    return make_synthetic_fusion_store(tmp_path_factory.mktemp("blocks20k") / "s.zarr", n_videos=20_000,
+                                       n_classes=12, seed=6)
+
+
+@pytest.mark.parametrize("method", ["logistic", "xgboost"])
+def test_blocks_of_1000_rows_equal_the_in_memory_computation_on_20k_rows(fs20k, method, monkeypatch):
+    fs = fs20k
+    # the unblocked computation: every run's (N, M, C) in RAM, fitted and predicted in one call each
+    x_all = load_inputs(fs, RUNS)[0].take(slice(None))
+    monkeypatch.setattr(fusion.inputs, "BLOCK_ELEMENTS", 1000 * 12 * 6)  # 1000-row blocks everywhere
+    monkeypatch.setattr(fusion.xgb, "PREDICT_BLOCK_ELEMENTS", 1000 * 12 * 3)
+    blocked = fuse_runs(fs, RUNS, method=method, settings=FAST_XGB, write_as=f"b_{method}", overwrite=True,
+                        block_rows=1000, fit_rows=0)
+    plan = blocked.plan
+    labels = fs.labels()
+    fuser = get_fusion(method, FAST_XGB.get(method)).fit(x_all.take(plan.fit_rows), labels[plan.fit_rows])
+    with monkeypatch.context() as m:
+        m.setattr(fusion.xgb, "PREDICT_BLOCK_ELEMENTS", 1 << 40)  # one block: all rows at once
+        want = fuser.predict(x_all)  # (N, C)
+    got = fs.read_predictions(f"b_{method}")[0]
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
+    expected = evaluate(want[plan.eval_rows], labels[plan.eval_rows])
+    for k, v in expected.items():
+        assert blocked.main.metrics[k] == pytest.approx(v, abs=1e-4)
+    assert expected["class_map"] > max(blocked.input_metrics[r]["class_map"] for r in RUNS)  # fusion helps
 
 
 @pytest.mark.parametrize("method", ["logistic", "xgboost"])

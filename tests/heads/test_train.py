@@ -80,7 +80,7 @@ def test_head_learns_a_separable_task_and_writes_every_row(store, tmp_path, head
     res = train_head(store, cfg, out_dir=tmp_path / "run", progress=False)
     assert res.metrics["val"]["class_map"] > 0.9 and res.metrics["test"]["class_map"] > 0.9
     scores, attrs = store.read_predictions(res.run_name)
-    np.testing.assert_array_equal(scores, res.scores)
+    assert res.scores is None  # written to the store in row blocks, not held
     assert scores.shape == (store.n_videos, 5) and ((scores > 0) & (scores < 1)).all()
     assert attrs["score_type"] == "sigmoid" and attrs["config_hash"] == cfg.config_hash()
     assert attrs["features"] == ["synthetic"] and attrs["missing_rows"] == 0 and attrs["folds"] == 0
@@ -136,6 +136,7 @@ def test_resume_gives_the_uninterrupted_result(store, tmp_path):
 def test_folds_give_out_of_fold_train_scores_and_averaged_val_scores(store):
     cfg = TrainConfig(**FAST, head="mean_mlp", head_kwargs={"hidden_dim": 16}, folds=3)
     res = train_head(store, cfg, run_name="oof", progress=False)
+    scores = store.read_predictions("oof")[0]
     train = store.split_rows("train")
     fold = store.read_prediction_folds("oof")
     assert set(fold[train]) == {0, 1, 2} and (np.delete(fold, train) == -1).all()
@@ -150,9 +151,9 @@ def test_folds_give_out_of_fold_train_scores_and_averaged_val_scores(store):
         probs = [torch.sigmoid(m(torch.from_numpy(data), torch.from_numpy(valid))).numpy() for m in models]
     for j in range(3):
         rows = train[fold[train] == j]
-        np.testing.assert_allclose(res.scores[rows], probs[j][rows], atol=1e-5)
+        np.testing.assert_allclose(scores[rows], probs[j][rows], atol=1e-5)
     rest = np.setdiff1d(np.arange(store.n_videos), train)
-    np.testing.assert_allclose(res.scores[rest], np.mean(probs, axis=0)[rest], atol=1e-5)
+    np.testing.assert_allclose(scores[rest], np.mean(probs, axis=0)[rest], atol=1e-5)
     assert res.metrics["train_oof"]["class_map"] > 0.85
     val = np.intersect1d(store.split_rows("val"), np.flatnonzero(store.feature_set("synthetic").done()))
     for j, f in enumerate(res.metrics["folds"]):  # each fold model's val metrics: its own scores of the val rows
@@ -176,8 +177,12 @@ def test_val_rows_are_scored_once_after_training(store, monkeypatch):
     monkeypatch.setattr(heads.trainer, "predict", counting("after", heads.trainer.predict))
     cfg = TrainConfig(**{**FAST, "patience": 0}, head="mean_mlp", head_kwargs={"hidden_dim": 16})
     res = train_head(store, cfg, write_predictions=False, progress=False)
-    assert calls == {"epochs": cfg.epochs, "after": 1}  # once per epoch for early stopping, once at the end
+    assert calls == {"epochs": cfg.epochs, "after": 1}  # once per epoch to keep the best, once at the end
     assert res.metrics["folds"][0]["val"] == res.metrics["val"]
+    calls.update(epochs=0, after=0)
+    one = train_head(store, TrainConfig(**{**cfg.to_dict(), "epochs": 1}), write_predictions=False, progress=False)
+    assert calls == {"epochs": 0, "after": 1}  # one epoch: nothing to choose, so the val rows are scored once
+    assert one.metrics["folds"][0]["val"] == one.metrics["val"] and one.metrics["val"]["class_map"] > 0
 
 
 def test_assign_folds_is_a_balanced_seeded_partition():
@@ -203,9 +208,10 @@ def test_stream_reader_and_shared_cache(store):
 def test_concatenated_sets_and_rows_not_done_score_zero(store):
     cfg = TrainConfig(**{**FAST, "features": ("synthetic", "extra"), "epochs": 2}, head="mean_mlp")
     res = train_head(store, cfg, run_name="concat", progress=False)
+    scores = store.read_predictions("concat")[0]
     done = store.feature_set("extra").done()
     assert res.metrics["rows"]["missing"] == int((~done).sum()) > 0
-    assert (res.scores[~done] == 0).all() and (res.scores[done] > 0).all()
+    assert (scores[~done] == 0).all() and (scores[done] > 0).all()
     assert store.read_predictions("concat")[1]["missing_rows"] == int((~done).sum())
     assert res.model_states[0]["mlp.layers.1.weight"].shape == (512, 19)  # D = 16 + 3
 
