@@ -112,6 +112,14 @@ SECTIONS: dict[str, Section] = {
             "serial bound", "clips/s", target=_ge(0.9, "cpu")),
         Row("pipeline vs the slower stage", "pipeline_clips_per_s", "min_stage_clips_per_s", "min(decode, model)",
             "clips/s", target=_ge(0.8, "gpu")),
+        *(Row(f"{label}, 8 clips of 112 px, {load} machine: our extract.run vs the plain script",
+              f"{key}_{load}_ours_clips_per_s", f"{key}_{load}_plain_clips_per_s", "plain per-video script",
+              "clips/s", target=_ge(goal)) for key, label, goal in (("resnet18_tsn", "ResNet-18 TSN", 1.2),
+                                                                     ("r2plus1d_18", "R(2+1)D-18", 1.0))
+          for load in ("idle", "busy")),
+        *(Row(f"R(2+1)D-18, {load} machine: peak RSS, ours vs the plain script", f"r2plus1d_18_{load}_ours_peak_rss_gb",
+              f"r2plus1d_18_{load}_plain_peak_rss_gb", "plain per-video script", "GB", target=Target("<=", 2, on="ours"))
+          for load in ("idle", "busy")),
         Row("decode stage alone", "decode_clips_per_s", unit="clips/s"),
         Row("model stage alone", "model_clips_per_s", unit="clips/s"),
         Row("decodes per video", "decodes_per_video", target=Target("==", 1, on="ours")),
