@@ -4,19 +4,20 @@ Oversubscription is the costly mistake on a shared machine: with one core busy, 
 training with 2 threads ran 16x slower than with 1, because OpenMP threads spin waiting for
 each other. So every command that runs torch, faiss or xgboost takes ``--threads N`` and sets
 all the pools together, and its default is the *free* cores: the cores this process may run
-on (its affinity mask) minus the machine's 1-minute load average, at least 1, never more than
+on (its affinity mask) minus the cores other work keeps busy, at least 1, never more than
 the affinity count::
 
     from store.threads import add_threads_argument, set_threads
 
     add_threads_argument(parser)                 # --threads N (default: the free cores)
     args = parser.parse_args()
-    n = set_threads(args.threads)                # None -> free_cores(); returns the count set
+    n = set_threads(args.threads)                # None -> free_cores(sample_s=SAMPLE_S); returns the count set
 
-A command that sizes its threads once for a long run can measure instead of trusting the
-load average, which trails by about a minute: ``free_cores(sample_s=0.5)`` counts the CPU the
-other processes use over half a second, and a command that works meanwhile can count the
-others' CPU over that work with :class:`OtherLoad` (``extract.run`` does, over its calibration).
+The default measures: the machine's CPU use over :data:`SAMPLE_S` seconds, not the 1-minute
+load average, which trails by about a minute (a job that ended a moment ago still counts:
+run right after another command, ``heads.knn`` at 1M rows got one thread of an idle 2-core
+machine). A command that works meanwhile can count the others' CPU over that work with
+:class:`OtherLoad` instead (``extract.run`` does, over its calibration).
 
 XGBoost takes its thread count per call (``nthread``); pass it the value :func:`set_threads`
 returns.
@@ -34,6 +35,7 @@ from store.cli import positive_int
 log = logging.getLogger(__name__)
 
 _ENV_VARS = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")
+SAMPLE_S = 0.25  # seconds of CPU use that set_threads(None) measures the free cores over
 
 
 def available_cores() -> int:
@@ -126,7 +128,7 @@ def set_threads(n: int | None = None) -> int:
     """Set torch's, faiss's, every loaded OpenMP/BLAS pool's and child processes' thread counts to ``n``.
 
     Args:
-        n: Threads, >= 1; None = :func:`free_cores`.
+        n: Threads, >= 1; None = :func:`free_cores` measured over :data:`SAMPLE_S` seconds.
 
     Returns:
         The count set (hand it to XGBoost as ``nthread``).
@@ -136,7 +138,7 @@ def set_threads(n: int | None = None) -> int:
     from threadpoolctl import threadpool_limits
 
     if n is None:
-        n = free_cores()
+        n = free_cores(sample_s=SAMPLE_S)
     if isinstance(n, bool) or not isinstance(n, int) or n < 1:
         raise ValueError(f"threads must be a whole number >= 1, got {n!r}")
     torch.set_num_threads(n)

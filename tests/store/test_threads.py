@@ -46,8 +46,18 @@ def test_default_is_the_free_cores_within_the_affinity(monkeypatch, restore_thre
     for load, expect in [(0.0, cores), (0.4, cores), (cores - 0.6, 1), (10.0 * cores, 1)]:
         monkeypatch.setattr(os, "getloadavg", lambda load=load: (load, load, load))
         assert free_cores() == expect
-    monkeypatch.setattr(os, "getloadavg", lambda: (0.0, 0.0, 0.0))
-    assert set_threads(None) == cores == torch.get_num_threads()
+
+
+def test_the_default_measures_the_cpu_instead_of_the_trailing_load_average(monkeypatch, restore_threads):
+    """A job that just ended still holds the load average up: the default samples the CPU instead."""
+    import psutil
+
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0, 1})
+    monkeypatch.setattr(os, "getloadavg", lambda: (2.0, 2.0, 2.0))  # the trailing average says "all busy"
+    monkeypatch.setattr(psutil, "cpu_percent", lambda interval, percpu: [2.0, 1.0])  # idle now
+    assert set_threads(None) == 2 == torch.get_num_threads()
+    monkeypatch.setattr(psutil, "cpu_percent", lambda interval, percpu: [100.0, 3.0])  # one core busy now
+    assert set_threads(None) == 1 == torch.get_num_threads()
 
 
 def test_sampled_free_cores_count_the_busy_cpus_of_the_affinity(monkeypatch):
