@@ -14,7 +14,7 @@ recorded as ``STEP_s`` and ``STEP_peak_rss_gb``, with the child's user + system 
 - ``build``: the store (cached; the figures of the run that built it);
 - ``verify``: ``store.verify``;
 - ``train_mean_mlp``, ``train_nextvlad``: ``heads.train``, 1 epoch, predictions written;
-- ``index_build``: ``store.search --rebuild`` (auto index: IVF-Flat above 20k vectors);
+- ``index_build``: ``store.search --rebuild`` (auto index: IVF-fp16 above 20k vectors);
 - ``search``: the saved index vs exact faiss Flat over the same vectors on 1,000 stored rows
   (each left out of its own list): ``search_recall_at_10``, ``search_qps``, ``exact_qps``,
   ``search_speedup_vs_exact``;

@@ -45,7 +45,7 @@ from extract.media.sampling import EVERY, ClipSampling, ViewSpec
 from store.cli import non_negative_int, positive_float, positive_int, run_command
 from store.feature_set import FeatureSet
 from store.feature_store import FeatureStore
-from store.index import FeatureIndex, IndexSpec, ensure_index, pool_video_vectors
+from store.index import KINDS, FeatureIndex, IndexSpec, ensure_index, pool_video_vectors
 from store.search import Neighbours, format_neighbours, neighbours
 from store.threads import add_threads_argument, set_threads
 
@@ -227,7 +227,7 @@ def _parser() -> argparse.ArgumentParser:
                    help="softmax temperature of the votes (default 0.1)")
     p.add_argument("--top-labels", type=non_negative_int, default=5, help="propagated label scores to show (default 5)")
     p.add_argument("--device", choices=DEVICES, default="auto", help="where the backbone runs (default auto)")
-    p.add_argument("--index", choices=("auto", "flat", "ivf_flat", "ivf_sq8", "ivf_pq", "hnsw"),
+    p.add_argument("--index", choices=KINDS,
                    help="index kind (default: the saved one, else auto)")
     p.add_argument("--rebuild", action="store_true", help="build the index afresh (after the features changed)")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bars")

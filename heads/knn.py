@@ -41,7 +41,7 @@ from heads.trainer import assign_folds, evaluate_scores
 from store.cli import non_negative_int, positive_float, positive_int, run_command
 from store.errors import VideoFeatError
 from store.feature_store import FeatureStore
-from store.index import FeatureIndex, IndexSpec, Progress, feature_vector_blocks, feature_vectors
+from store.index import KINDS, FeatureIndex, IndexSpec, Progress, feature_vector_blocks, feature_vectors
 from store.search import propagate_labels
 from store.threads import add_threads_argument, set_threads
 
@@ -332,7 +332,7 @@ def _parser() -> argparse.ArgumentParser:
                    help="folds of the out-of-fold train scores, >= 2; 0: leave-one-out (default 5)")
     p.add_argument("--seed", type=non_negative_int, default=0, help="seed of the fold assignment (default 0)")
     p.add_argument("--run", help="prediction run name (default knn_<features>_k<K>)")
-    p.add_argument("--index", choices=("auto", "flat", "ivf_flat", "ivf_sq8", "ivf_pq", "hnsw"), default="auto",
+    p.add_argument("--index", choices=KINDS, default="auto",
                    help="index kind of the in-memory indexes (default auto: exact below 20k train vectors)")
     p.add_argument("--level", choices=("video", "clip"), default="video",
                    help="index one mean vector per video or every clip (default video)")

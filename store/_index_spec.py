@@ -11,7 +11,7 @@ from typing import Any
 
 from store.errors import IndexNotFound, InvalidIndexSpec, StaleIndex  # noqa: F401  (re-exported)
 
-KINDS = ("auto", "flat", "ivf_flat", "ivf_sq8", "ivf_pq", "hnsw")
+KINDS = ("auto", "flat", "ivf_flat", "ivf_fp16", "ivf_sq8", "ivf_pq", "hnsw")
 LEVELS = ("video", "clip")
 METRIC_NAMES = ("ip", "l2")
 
@@ -21,14 +21,14 @@ class IndexSpec:
     """What index to build over a feature set.
 
     Attributes:
-        kind: ``auto``, ``flat`` (exact), ``ivf_flat``, ``ivf_sq8`` (IVF with 8-bit scalar
-            codes), ``ivf_pq`` or ``hnsw``.
+        kind: ``auto``, ``flat`` (exact), ``ivf_flat``, ``ivf_fp16`` (IVF with float16
+            codes), ``ivf_sq8`` (IVF with 8-bit scalar codes), ``ivf_pq`` or ``hnsw``.
         level: ``video`` (mean of valid clips) or ``clip`` (one vector per valid clip).
         metric: ``ip``: inner product of L2-normalised vectors, i.e. cosine similarity;
             ``l2``: raw vectors, similarity = minus the squared L2 distance.
         recall_target: recall@``recall_k`` the search parameter is tuned to reach.
         recall_k: The k of that recall.
-        memory_budget_mb: Most MiB the index may take; decides IVF-Flat / SQ8 / PQ in auto.
+        memory_budget_mb: Most MiB the index may take; decides IVF-fp16 / SQ8 / PQ in auto.
         flat_max_vectors: ``auto`` uses exact search below this many vectors.
         nlist: IVF inverted lists; None: ``4 sqrt(n)``.
         m: IVF-PQ sub-quantizers (code bytes at 8 bits); None: largest that fits the budget.

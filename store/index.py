@@ -8,7 +8,7 @@
                                        the feature set's provenance fingerprint, counts, times
 
 :func:`build_index` reads the done rows (per video: mean of valid clips, L2-normalised), picks
-and tunes an index (``kind="auto"``: rule in ``store/README_index.md``) and saves it
+and tunes an index (``kind="auto"``: rule in ``store/README.md``) and saves it
 atomically. :func:`open_index` refuses an index whose feature set changed
 (:class:`StaleIndex`); :func:`update_index` adds rows extracted since the build;
 :func:`ensure_index` does whichever is needed. Queries: ``FeatureIndex.search`` and the
@@ -34,7 +34,7 @@ from store._index_factory import (
     search_param_candidates,
     set_search_param,
 )
-from store._index_spec import IndexNotFound, IndexSpec, InvalidIndexSpec, StaleIndex
+from store._index_spec import KINDS, IndexNotFound, IndexSpec, InvalidIndexSpec, StaleIndex
 from store._index_vectors import Progress, iter_vector_chunks, l2_normalise, pool_video_vectors, read_vectors
 from store._synthetic import clustered_vectors
 from store.feature_set import FeatureSet
@@ -45,6 +45,7 @@ __all__ = [
     "IndexPlan",
     "IndexSpec",
     "InvalidIndexSpec",
+    "KINDS",
     "StaleIndex",
     "build_index",
     "clustered_vectors",

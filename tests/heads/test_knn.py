@@ -137,7 +137,8 @@ def test_flat_scores_equal_brute_force(synthetic, folds):
 
 
 @pytest.mark.parametrize("spec", [IndexSpec(kind="ivf_flat", nlist=4, recall_target=0.5),
-                                  IndexSpec(kind="flat", level="clip")], ids=["ivf", "clip"])
+                                  IndexSpec(kind="ivf_fp16", nlist=4, recall_target=0.5),
+                                  IndexSpec(kind="flat", level="clip")], ids=["ivf", "ivf_fp16", "clip"])
 def test_train_rows_never_retrieve_themselves_or_fold_mates(synthetic, spec):
     nb = knn_neighbours(synthetic, "synthetic", k=8, folds=4, index_spec=spec)
     train = np.zeros(synthetic.n_videos, bool)

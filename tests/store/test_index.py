@@ -146,7 +146,7 @@ def test_feature_vectors_are_normalised_means_of_valid_clips(store, monkeypatch)
 
 
 # ---------------------------------------------------------------------- approximate indexes
-@pytest.mark.parametrize("kind", ["ivf_flat", "ivf_sq8", "hnsw"])
+@pytest.mark.parametrize("kind", ["ivf_flat", "ivf_fp16", "ivf_sq8", "hnsw"])
 def test_approximate_index_reaches_recall_target(kind):
     x = I.clustered_vectors(20_000, 64, 100, seed=0)
     index = I.FeatureIndex.from_vectors(
@@ -189,9 +189,14 @@ def test_auto_rule():
     spec = I.IndexSpec()
     assert plan_index(spec, 19_999, 512).kind == "flat"
     ivf = plan_index(spec, 200_000, 512)
-    assert (ivf.kind, ivf.nlist) == ("ivf_flat", 1789) and ivf.nlist == default_nlist(200_000)
-    sq8 = plan_index(spec, 2_000_000, 512)  # 3.9 GiB of raw vectors > 2 GiB budget; 8-bit codes fit
-    assert sq8.kind == "ivf_sq8" and estimate_mb(sq8, 2_000_000) <= spec.memory_budget_mb
+    assert (ivf.kind, ivf.nlist) == ("ivf_fp16", 1789) and ivf.nlist == default_nlist(200_000)
+    assert ivf.factory_string() == "IVF1789,SQfp16"
+    at_1m = plan_index(spec, 1_000_000, 256)  # issue 21's size: 2 * 256 + 8 bytes a vector, 496 MiB + centroids
+    assert at_1m.factory_string() == "IVF4000,SQfp16" and estimate_mb(at_1m, 1_000_000) == pytest.approx(
+        (1_000_000 * 520 + 4000 * 256 * 4) / 2**20
+    )
+    sq8 = plan_index(spec, 3_000_000, 512)  # 2.9 GiB of float16 codes > 2 GiB budget; 8-bit codes fit
+    assert sq8.kind == "ivf_sq8" and estimate_mb(sq8, 3_000_000) <= spec.memory_budget_mb
     pq = plan_index(I.IndexSpec(memory_budget_mb=500), 2_000_000, 512)
     assert pq.kind == "ivf_pq" and pq.m == 32 and pq.factory_string() == "IVF5657,PQ32x8np"
     small = plan_index(I.IndexSpec(memory_budget_mb=70), 2_000_000, 512)
@@ -397,7 +402,8 @@ class _FakeResources:
 
 @pytest.mark.parametrize(
     ("kind", "gpu", "moved"),
-    [("flat", True, True), ("ivf_flat", True, True), ("hnsw", True, False), ("flat", False, False)],
+    [("flat", True, True), ("ivf_flat", True, True), ("ivf_fp16", True, True), ("hnsw", True, False),
+     ("flat", False, False)],
 )
 def test_gpu_placement(monkeypatch, kind, gpu, moved):
     calls = []
