@@ -44,7 +44,7 @@ from collections.abc import Iterator
 import numpy as np
 
 from extract.errors import ExtractError
-from extract.media.decode import (
+from extract.media.decoded import (
     CorruptVideo,
     DecodedVideo,
     DecodeTimeout,
