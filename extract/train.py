@@ -44,7 +44,7 @@ from extract.media.flow import FLOW_CHOICES
 from extract.training.recipe import CLASS_WEIGHTS, MODALITIES, OPTIMIZERS, SCHEDULES, TrainRecipe
 from store.cli import non_negative_int, positive_float, positive_int, run_command
 from store.errors import SettingsError
-from store.threads import add_threads_argument, free_cores, set_threads
+from store.threads import SAMPLE_S, add_threads_argument, free_cores, set_threads
 
 log = logging.getLogger("extract.train")
 
@@ -342,7 +342,7 @@ def run(args: argparse.Namespace, config: dict[str, Any]) -> int:
     data = _data(args, manifest)
     device = torch.device(resolve_device(recipe.device))
     workers = default_workers(device) if args.workers is None else args.workers
-    set_threads(args.threads or (max(1, free_cores() - workers) if device.type == "cpu" else None))
+    set_threads(args.threads or (max(1, free_cores(sample_s=SAMPLE_S) - workers) if device.type == "cpu" else None))
     # an unknown backbone is refused by get_backbone, with the list of names
     known = recipe.backbone in list_backbones()
     weights = resolve_weights(recipe.backbone, recipe.weights or DEFAULT) if known else None

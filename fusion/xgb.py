@@ -53,7 +53,7 @@ from fusion.logistic import LogisticFusion, LogisticSettings, out_of_fold_margin
 from fusion.registry import Fuser, register_fusion
 from store.cli import setting_name
 from store.device import resolve_device
-from store.threads import free_cores
+from store.threads import SAMPLE_S, free_cores
 
 log = logging.getLogger(__name__)
 DEVICES = ("auto", "cpu", "cuda")
@@ -87,7 +87,7 @@ class XGBSettings(SettingsMixin):
         base_folds: Folds of that cross-fitting.
         logistic_c: Inverse L2 strength of the base logistic stacker.
         device: ``auto`` (CUDA when XGBoost sees a GPU), ``cpu`` or ``cuda``.
-        n_jobs: Threads; 0 = the free cores (:func:`store.threads.free_cores`).
+        n_jobs: Threads; 0 = the free cores (:func:`store.threads.free_cores`, measured over ``SAMPLE_S``).
         class_threads: Train the classes in ``n_jobs`` threads with one XGBoost thread each
             (faster for small per-class models); False: one class at a time with ``n_jobs``
             XGBoost threads. Ignored on CUDA (one class at a time).
@@ -247,7 +247,7 @@ class XGBoostFusion(Fuser):
         return self
 
     def _n_jobs(self) -> int:
-        return self.settings.n_jobs or free_cores()
+        return self.settings.n_jobs or free_cores(sample_s=SAMPLE_S)
 
     def _train_classes_locally(self, logits: np.ndarray, avail: np.ndarray, labels: np.ndarray, margin: np.ndarray,
                                parts: tuple[np.ndarray, np.ndarray]) -> list[tuple[xgb.Booster | None, int]]:

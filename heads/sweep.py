@@ -55,7 +55,7 @@ from store.cli import non_negative_int, positive_int, run_command
 from store.cluster import CLUSTERS, connect, dashboard_link, gpu_resources, local_cluster
 from store.errors import StoreError, VideoFeatError
 from store.feature_store import FeatureStore
-from store.threads import add_threads_argument, available_cores, free_cores, set_threads
+from store.threads import SAMPLE_S, add_threads_argument, available_cores, free_cores, set_threads
 
 __all__ = ["METRICS", "available_cores", "completed_runs", "dashboard_link", "estimate_cost", "local_cluster",
            "plan_sweep", "results_table", "run_sweep", "train_task", "worker_cache"]
@@ -374,7 +374,7 @@ def _sweep(args: argparse.Namespace, configs: list[TrainConfig]) -> pd.DataFrame
         elif args.scheduler or args.cluster in ("slurm", "cuda"):
             threads = 1
         else:
-            threads = max(1, free_cores() // max(1, len(client.scheduler_info()["workers"])))
+            threads = max(1, free_cores(sample_s=SAMPLE_S) // max(1, len(client.scheduler_info()["workers"])))
         link = dashboard_link(client)
         print(f"dashboard: {link}" if link else "dashboard unavailable (pip install bokeh)", flush=True)
         return run_sweep(args.store, configs, client=client, torch_threads=threads, **kwargs)
