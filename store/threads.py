@@ -160,4 +160,5 @@ def add_threads_argument(parser: argparse.ArgumentParser | argparse._ArgumentGro
     names = sorted(["--threads", *aliases], key=len)  # argparse names the flags in this order in its errors
     parser.add_argument(*names, dest="threads", type=positive_int, default=None, metavar="N",
                         help=help or ("threads of torch, faiss, OpenMP and BLAS together "
-                                      f"(default: the free cores, {free_cores()} now)"))
+                                      f"(default: the free cores, measured over {SAMPLE_S:g} s when the command "
+                                      "starts)"))
