@@ -21,6 +21,7 @@ from benchmarks import pipeline
 from benchmarks.pipeline.steps import MODALITIES
 from extract.demo import DemoConfig, make_demo
 from store import FeatureStore
+from store.errors import SettingsError
 from store.testing import make_synthetic_store
 from store.verify import verify_store
 
@@ -133,3 +134,17 @@ def test_user_errors_are_one_line_and_exit_2(tmp_path, capsys):
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "demo.zarr holds a store with other classes" in err[0]
     assert not (other / "runs" / "pipeline" / "backbones").exists()
+
+
+def test_audio_trains_with_its_own_epochs_and_batch_size():
+    config = pipeline.PipelineConfig()
+    audio = config.recipe("audio")
+    assert (audio.epochs, audio.batch_size) == (config.audio_epochs, config.audio_batch_size) == (30, 16)
+    for m in ("rgb", "flow"):  # the pictures' recipes keep the shared counts
+        assert (config.recipe(m).epochs, config.recipe(m).batch_size) == (config.epochs, config.batch_size) == (20, 8)
+    assert (TINY.recipe("audio").epochs, TINY.recipe("audio").batch_size) == (TINY.epochs, TINY.batch_size)
+    # --epochs sets every backbone's, audio's included
+    typed = pipeline.job.config_from_args(pipeline.job._parser().parse_args(["--epochs", "7"]))
+    assert {typed.recipe(m).epochs for m in MODALITIES} == {7}
+    with pytest.raises(SettingsError, match="audio_epochs"):
+        pipeline.PipelineConfig(audio_epochs=0)
