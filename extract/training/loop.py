@@ -28,7 +28,7 @@ from __future__ import annotations
 import logging
 import math
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -49,6 +49,7 @@ from extract.training.recipe import RESUMABLE_CHANGES, TrainRecipe
 from heads.losses import class_weights, get_loss
 from heads.metrics import evaluate as evaluate_scores
 from heads.mixup import draw_mix, mix_batch
+from heads.prefetch import prefetched
 from heads.seeding import keyed_rng
 from heads.swa import make_averager, update_bn
 from store.device import resolve_device
@@ -60,6 +61,8 @@ IN_CHANNELS = {"rgb": 3, "flow": 2, "audio": 1}
 #: ``fit(cache_dir=AUTO_CACHE)``: the clip cache lives in ``out_dir/clip_cache``.
 AUTO_CACHE = "auto"
 CACHE_DIR = "clip_cache"
+#: Training batches made ahead by the background thread when the examples are read in this process.
+PREFETCH_BATCHES = 2
 
 
 class TrainError(ExtractError):
@@ -240,9 +243,23 @@ class _Run:
         if self.prebuilder is not None:
             self.prebuilder.submit(self.epoch)  # what is still missing (the first epoch, a resume)
             self.prebuilder.submit(self.epoch + 1)
-        losses, wait, busy, first_wait, skipped, examples = [], 0.0, 0.0, 0.0, 0, 0
         t_epoch = time.perf_counter()
+        batches = self._batches()
+        try:
+            return self._train_steps(batches, t_epoch)
+        finally:
+            close = getattr(batches, "close", None)
+            if close is not None:  # stops the prefetch thread (an exception mid-epoch) and the loader
+                close()
+
+    def _batches(self) -> Iterator[dict[str, Any]]:
+        """This epoch's batches; read in this process (the clip cache, ``workers=0``), the next ones are
+        made in a background thread while the model computes (:func:`heads.prefetch.prefetched`)."""
         batches = iter(self.train_loader)
+        return prefetched(batches, PREFETCH_BATCHES) if self.train_loader.num_workers == 0 else batches
+
+    def _train_steps(self, batches: Iterator[dict[str, Any]], t_epoch: float) -> dict[str, Any]:
+        losses, wait, busy, first_wait, skipped, examples = [], 0.0, 0.0, 0.0, 0, 0
         for b in range(self.steps_per_epoch):
             t0 = time.perf_counter()
             batch = next(batches)
