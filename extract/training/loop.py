@@ -39,6 +39,7 @@ import torch
 
 from extract.backbones import DEFAULT, Backbone, get_backbone
 from extract.errors import ExtractError
+from extract.media.torchcodec_decode import require_torchcodec
 from extract.training import checkpoint as ckpt
 from extract.training.data import EvalClips, TrainClips, eval_loader, train_loader
 from extract.training.evaluate import predict_videos
@@ -377,7 +378,10 @@ def fit(recipe: TrainRecipe, data: TrainData, out_dir: str | Path, *, resume: bo
     Raises:
         TrainError: the run cannot start (existing run without ``resume``, other recipe...)
             or diverged.
+        ExtractError: ``recipe.decoder`` is ``torchcodec`` and torchcodec cannot be imported.
     """
+    if recipe.decoder == "torchcodec":
+        require_torchcodec()  # one error saying how to install it, before out_dir is made
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     last = out_dir / ckpt.LAST
