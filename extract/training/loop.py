@@ -19,7 +19,8 @@ step time, without each epoch's first batch (worker start-up; reported on its ow
 Decoded clips are kept in a clip cache (``cache_dir``, by default ``out_dir/clip_cache``;
 :mod:`extract.training.clip_cache`): a video is decoded once per ``recipe.decode_every``
 epochs, and the validation clips once. With the cache, the training examples are read in this
-process and the ``workers`` decode the next epoch's generations ahead
+process, by a background thread that makes the next batches while the model computes
+(:func:`heads.prefetch.prefetched`), and the ``workers`` decode the next epoch's generations ahead
 (:mod:`extract.training.prebuild`).
 """
 
