@@ -193,7 +193,8 @@ def _parser() -> argparse.ArgumentParser:
     g = p.add_argument_group("run")
     g.add_argument("--workers", type=non_negative_int,
                    help="decode worker processes (with the clip cache: they decode the next epoch's videos ahead "
-                        "while this process reads the cached ones); 0 decodes in the main process (default: "
+                        "while a thread of this process reads the cached ones); 0 decodes in a thread of the main "
+                        "process (default: "
                         "min(4, cores) on CPU, cores - 1 with CUDA)")
     add_threads_argument(g, help="torch, OpenMP and BLAS threads (default: free cores - workers on CPU, at least 1; "
                          "the free cores with CUDA)")
