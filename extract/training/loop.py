@@ -246,19 +246,15 @@ class _Run:
             self.prebuilder.submit(self.epoch)  # what is still missing (the first epoch, a resume)
             self.prebuilder.submit(self.epoch + 1)
         t_epoch = time.perf_counter()
-        batches = self._batches()
+        batches = iter(self.train_loader)
+        if self.train_loader.num_workers == 0:  # read in this process: a thread makes the next ones meanwhile
+            batches = prefetched(batches, PREFETCH_BATCHES)
         try:
             return self._train_steps(batches, t_epoch)
         finally:
             close = getattr(batches, "close", None)
             if close is not None:  # stops the prefetch thread (an exception mid-epoch) and the loader
                 close()
-
-    def _batches(self) -> Iterator[dict[str, Any]]:
-        """This epoch's batches; read in this process (the clip cache, ``workers=0``), the next ones are
-        made in a background thread while the model computes (:func:`heads.prefetch.prefetched`)."""
-        batches = iter(self.train_loader)
-        return prefetched(batches, PREFETCH_BATCHES) if self.train_loader.num_workers == 0 else batches
 
     def _train_steps(self, batches: Iterator[dict[str, Any]], t_epoch: float) -> dict[str, Any]:
         losses, wait, busy, first_wait, skipped, examples = [], 0.0, 0.0, 0.0, 0, 0
