@@ -20,9 +20,9 @@ every epoch (``uncached_*``, the path before the clip cache; 3 epochs). About 5 
 
 Measured on the 2-core dev machine shared with other jobs (load average 13-17), 50 epochs,
 ``decode_every`` 16, with the cached examples made by a background thread while the model
-computes: data wait after the first epoch 7.8% and 6.9% of step time in two runs (max epoch
-11.8%, 11.9%), against 12.6% and 13.2% for the same code reading them in the loop, run back to
-back (target < 10%: met under that load); decoding every epoch 70.6%, 70.4%; trained 0.262 vs random
+computes: data wait after the first epoch 7.8%, 6.9% and 7.2% of step time in three runs (max
+epoch 11.8-12.2%), against 12.6%, 13.2% and 12.9% for the same code reading them in the loop, run
+back to back (target < 10%: met under that load); decoding every epoch 69-71%; trained 0.262 vs random
 init 0.150 val class mAP (1.75x), the same with and without the thread (the batches are keyed).
 See extract/README.md, *Quality check*.
 """
