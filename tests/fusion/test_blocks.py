@@ -83,3 +83,27 @@ def test_fit_rows_sample_is_bounded_seeded_and_recorded(fs):
     full = fuse_runs(fs, RUNS, method="logistic", compare=[], fit_rows=0)
     assert len(full.fit_rows) == len(full.plan.fit_rows) > 300
     assert full.main.metrics["class_map"] > res.main.metrics["class_map"] - 0.05
+
+
+def test_threads_change_no_bit_of_logistic_and_xgboost(problem, monkeypatch):
+    import xgboost as xgb
+
+    import fusion.logistic
+
+    syn, x, train, test = problem
+    monkeypatch.setattr(fusion.inputs, "BLOCK_ELEMENTS", 100 * 16 * 6)  # 100-row blocks: many per thread
+    xt = x.take(test)
+    got = {}
+    for n in (1, 2):
+        monkeypatch.setattr(fusion.logistic, "current_threads", lambda n=n: n)
+        monkeypatch.setattr(fusion.logistic, "_CACHE_BYTES", (256 << 20) if n == 1 else 0)  # and without the cache
+        lin = get_fusion("logistic").fit(x.take(train), syn.labels[train])
+        trees = get_fusion("xgboost", {"n_rounds": 20, "n_jobs": n}).fit(x.take(train), syn.labels[train])
+        got[n] = lin.coef_, lin.margin(xt), lin.contributions(xt), trees.margin(xt)
+    for a, b in zip(got[1], got[2]):
+        np.testing.assert_array_equal(a, b)
+    # the prediction without a DMatrix equals XGBoost's predict() on one, class by class
+    base, logits = trees._base_margin(xt), xt.masked_logits()
+    for c in (0, 7, 13):
+        dm = xgb.DMatrix(trees._class_matrix(logits, xt.available, c), base_margin=base[:, c])
+        np.testing.assert_array_equal(got[2][3][:, c], trees.boosters_[c].predict(dm, output_margin=True))
