@@ -68,7 +68,8 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--slurm", type=Path, default=None, metavar="FILE.toml", help="the cluster of --cluster slurm")
     ap.add_argument("--config", type=Path, default=None, help="TOML file with [xgboost]/[weighted]/[logistic] settings")
     ap.add_argument("--device", choices=("auto", "cpu", "cuda"), default=None, help="xgboost device (default auto)")
-    add_threads_argument(ap, "--n-jobs", help="threads of xgboost, OpenMP and BLAS (default: the free cores; "
+    add_threads_argument(ap, "--n-jobs", help="threads of xgboost, the logistic stacker's row blocks, OpenMP and BLAS "
+                         "(default: the free cores, measured when the command starts; "
                          "--n-jobs is the old spelling)")
     ap.add_argument("--seed", type=non_negative_int, default=None, help="xgboost seed (default 0)")
     ap.add_argument("--max-depth", type=positive_int, default=None, help="xgboost tree depth (default 3)")
