@@ -46,16 +46,21 @@ class LogisticSettings(SettingsMixin):
         c: Inverse L2 strength (scikit-learn's ``C``) on standardised features.
         max_iter: Newton iterations (a handful suffice; each is one pass over the fit rows).
         availability: Add one availability column per run.
+        n_jobs: Threads over the row blocks; 0 = the command's (:func:`store.threads.current_threads`:
+            ``fusion.run --threads``, by default the free cores), 1 in a process that set none.
+            The results do not depend on it (blocks are summed in row order).
     """
 
     c: float = 1.0
     max_iter: int = 100
     availability: bool = True
+    n_jobs: int = 0
 
     def __post_init__(self) -> None:
-        if self.c <= 0 or self.max_iter < 1:
-            raise FusionError(f"logistic fusion needs c > 0 (--logistic-c / [logistic] c) and max_iter >= 1 "
-                              f"([logistic] max_iter), got {self.c}, {self.max_iter}")
+        if self.c <= 0 or self.max_iter < 1 or self.n_jobs < 0:
+            raise FusionError(f"logistic fusion needs c > 0 (--logistic-c / [logistic] c), max_iter >= 1 "
+                              f"([logistic] max_iter) and n_jobs >= 0 ([logistic] n_jobs), got {self.c}, "
+                              f"{self.max_iter}, {self.n_jobs}")
 
 
 def linear_features(x: StackInputs, availability: bool) -> np.ndarray:
@@ -87,6 +92,9 @@ class LogisticFusion(Fuser):
         self.sd_: np.ndarray | None = None  # (C, F)
         self.names_: tuple[str, ...] = ()
 
+    def _threads(self) -> int:
+        return self.settings.n_jobs or current_threads() or 1
+
     def _rows(self, x: StackInputs) -> list[slice]:
         """Consecutive row blocks of ``x`` whose ``(b, C, F)`` features are about a quarter of
         :data:`fusion.inputs.BLOCK_ELEMENTS` values: ~8 MB float64 arrays, which glibc serves from
@@ -101,8 +109,8 @@ class LogisticFusion(Fuser):
 
     def _map_blocks(self, x: StackInputs, fn: Callable[[np.ndarray], _R]) -> Iterator[_R]:
         """``fn(features of a row block)`` for every row block of ``x`` in row order, over
-        :func:`store.threads.current_threads` threads (NumPy releases the GIL on these arrays)."""
-        return thread_map(lambda rows: fn(self._features(x, rows)), self._rows(x), current_threads())
+        ``n_jobs`` threads (NumPy releases the GIL on these arrays)."""
+        return thread_map(lambda rows: fn(self._features(x, rows)), self._rows(x), self._threads())
 
     def fit(self, x: StackInputs, labels: np.ndarray) -> LogisticFusion:
         """Fit every class at once by Newton's method on sums over row blocks (memory O(block)).
@@ -161,7 +169,7 @@ class LogisticFusion(Fuser):
                         cache: list | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Objective ``(C,)``, gradient ``(C, F + 1)`` and Hessian ``(C, F + 1, F + 1)`` at ``w``.
 
-        The row blocks are computed over :func:`store.threads.current_threads` threads and summed
+        The row blocks are computed over ``n_jobs`` threads and summed
         in row order (the same sums whatever the thread count). ``cache``: a list that keeps the
         design blocks between calls (filled on the first call); None: recomputed on every call.
         """
@@ -184,7 +192,7 @@ class LogisticFusion(Fuser):
 
         items = cache if filled else [(rows, None) for rows in self._rows(x)]
         loss, grad, hess = np.zeros(n_classes), np.zeros((n_classes, width)), np.zeros((n_classes, width, width))
-        for (rows, _), (zt, b_loss, b_grad, b_hess) in zip(items, thread_map(terms, items, current_threads())):
+        for (rows, _), (zt, b_loss, b_grad, b_hess) in zip(items, thread_map(terms, items, self._threads())):
             loss += b_loss
             grad += b_grad
             hess += b_hess
@@ -224,7 +232,7 @@ class LogisticFusion(Fuser):
             for j, m in enumerate(owner):
                 out[rows, m, :] += z[:, :, j]  # each block owns its rows of out
 
-        list(thread_map(block, self._rows(x), current_threads()))
+        list(thread_map(block, self._rows(x), self._threads()))
         return out
 
     def record(self) -> dict[str, Any]:

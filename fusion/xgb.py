@@ -53,7 +53,7 @@ from fusion.logistic import LogisticFusion, LogisticSettings, out_of_fold_margin
 from fusion.registry import Fuser, register_fusion
 from store.cli import setting_name
 from store.device import resolve_device
-from store.threads import current_threads
+from store.threads import SAMPLE_S, current_threads, free_cores
 
 log = logging.getLogger(__name__)
 DEVICES = ("auto", "cpu", "cuda")
@@ -87,9 +87,9 @@ class XGBSettings(SettingsMixin):
         base_folds: Folds of that cross-fitting.
         logistic_c: Inverse L2 strength of the base logistic stacker.
         device: ``auto`` (CUDA when XGBoost sees a GPU), ``cpu`` or ``cuda``.
-        n_jobs: Threads; 0 = the count the command set (:func:`store.threads.current_threads`:
-            ``fusion.run --threads``, by default the free cores when it starts; 1 in a process that set none).
-            The base logistic stacker, like ``logistic``, uses :func:`store.threads.current_threads`.
+        n_jobs: Threads, of the trees and of the base logistic stacker; 0 = the command's
+            (:func:`store.threads.current_threads`: ``fusion.run --threads``, by default the free cores),
+            else the free cores (:func:`store.threads.free_cores` over ``SAMPLE_S``), resolved once at fit.
         class_threads: Train the classes in ``n_jobs`` threads with one XGBoost thread each
             (faster for small per-class models); False: one class at a time with ``n_jobs``
             XGBoost threads. Ignored on CUDA (one class at a time).
@@ -225,11 +225,11 @@ class XGBoostFusion(Fuser):
         if n_valid < 1 or n - n_valid < 2:
             raise FusionError(f"{n} fit rows are too few to hold out {s.valid_fraction:.0%} for early stopping")
         self.names_ = x.names
-        self.n_jobs_ = s.n_jobs or current_threads()  # resolved once: fit and every prediction block use it
+        self.n_jobs_ = s.n_jobs or current_threads() or free_cores(sample_s=SAMPLE_S)  # once: fit and every block
         self.device_ = resolve_device(s.device, gpu_visible=cuda_visible, library="XGBoost")
         self.other_ = screen_other_scores(x.filled_logits(), labels, s.other_scores, seed=s.seed)
         if s.linear_base:
-            base_settings = LogisticSettings(c=s.logistic_c, availability=s.availability)
+            base_settings = LogisticSettings(c=s.logistic_c, availability=s.availability, n_jobs=self.n_jobs_)
             margin, self.base_ = out_of_fold_margin(base_settings, x, labels, folds=s.base_folds, seed=s.seed)
         else:
             prior = np.clip(labels.mean(axis=0), EPS, 1 - EPS)

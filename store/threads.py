@@ -158,10 +158,10 @@ def set_threads(n: int | None = None) -> int:
     return n
 
 
-def current_threads() -> int:
-    """The count :func:`set_threads` last set in this process (1 before any call: a library
-    caller that never chose a thread count gets no pool of its own)."""
-    return _set_count or 1
+def current_threads() -> int | None:
+    """The count :func:`set_threads` last set in this process (a command's ``--threads``), None
+    before any call (a library caller that never chose one)."""
+    return _set_count
 
 
 def thread_map(fn: Callable[[_T], _R], items: Iterable[_T], threads: int) -> Iterator[_R]:

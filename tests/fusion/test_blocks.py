@@ -100,9 +100,8 @@ def test_threads_change_no_bit_of_logistic_and_xgboost(problem, monkeypatch):
     xt = x.take(test)
     got = {}
     for n in (1, 2):
-        monkeypatch.setattr(fusion.logistic, "current_threads", lambda n=n: n)
         monkeypatch.setattr(fusion.logistic, "_CACHE_BYTES", (256 << 20) if n == 1 else 0)  # and without the cache
-        lin = get_fusion("logistic").fit(x.take(train), syn.labels[train])
+        lin = get_fusion("logistic", {"n_jobs": n}).fit(x.take(train), syn.labels[train])
         trees = get_fusion("xgboost", {"n_rounds": 20, "n_jobs": n}).fit(x.take(train), syn.labels[train])
         got[n] = lin.coef_, lin.margin(xt), lin.contributions(xt), trees.margin(xt)
     for a, b in zip(got[1], got[2]):
@@ -123,14 +122,13 @@ from fusion.logistic import LogisticFusion, LogisticSettings
 from store.malloc import raise_malloc_thresholds
 if sys.argv[1] == "raise":
     assert raise_malloc_thresholds()
-fusion.logistic.current_threads = lambda: 2
 fusion.logistic._CACHE_BYTES = 0  # every Newton pass builds its design blocks again, as at 1M rows
 rng = np.random.default_rng(0)
 n, m, c = 20000, 3, 313
 labels = (rng.random((n, c)) < 0.05).astype(np.uint8)
 x = StackInputs(rng.random((n, m, c), dtype=np.float32), np.ones((n, m), bool), ("a", "b", "c"))
 before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
-LogisticFusion(LogisticSettings(max_iter=2)).fit(x, labels)
+LogisticFusion(LogisticSettings(max_iter=2, n_jobs=2)).fit(x, labels)
 print(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
 """
 

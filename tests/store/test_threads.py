@@ -42,9 +42,9 @@ def test_set_threads_sets_every_library(n, restore_threads):
     assert current_threads() == n
 
 
-def test_current_threads_is_one_until_a_command_sets_them(monkeypatch):
+def test_current_threads_is_none_until_a_command_sets_them(monkeypatch):
     monkeypatch.setattr(threads, "_set_count", None)
-    assert current_threads() == 1
+    assert current_threads() is None
 
 
 @pytest.mark.parametrize("n", [1, 3])
