@@ -10,6 +10,7 @@ import pytest
 import torch
 
 from extract.backbones import get_backbone
+from extract.backbones.batchnorm_fold import fold_batchnorm
 from extract.demo import DemoConfig, make_demo
 from extract.dump import pipeline
 from extract.dump.makers import RGBClips
@@ -168,7 +169,8 @@ def test_the_plan_is_measured_and_recorded_in_the_attrs(demo, tmp_path):
     assert plan["workers"] + plan["threads"] <= max(2, plan["cores"])
     assert costs["decode_s"] > 0 and costs["model_s_all"] > 0 and costs["clips_per_video"] == 4
     assert costs["input_bytes"] == 1 * 32 * 32 * 3  # one TSN frame of 32 x 32 RGB, uint8
-    model = get_backbone("resnet_tiny")
+    model = get_backbone("resnet_tiny").eval()
+    assert fold_batchnorm(model) > 0  # what the producer holds: BatchNorms after convs folded into them
     assert costs["model_bytes"] == sum(t.numel() * 4 for t in [*model.parameters(), *model.buffers()]
                                        if t.dtype == torch.float32) + sum(
         t.numel() * 8 for t in model.buffers() if t.dtype == torch.int64)
