@@ -177,8 +177,9 @@ def test_the_plan_is_measured_and_recorded_in_the_attrs(demo, tmp_path):
 
 
 def test_calibration_times_the_run_s_own_clips_and_no_others(demo, tmp_path, monkeypatch):
-    """Every clip goes through the model once, the calibration's timed passes included; with
-    another process keeping a core busy the one-thread pass runs too (and still no clip twice)."""
+    """Every clip goes through the model once, the calibration's timed passes included: the hook
+    clip on every thread, then (a cheap decode, an idle machine) the plan's batches; with another
+    process keeping a core busy one clip on one thread and one on every thread (no clip twice)."""
     from store import threads
 
     monkeypatch.setattr(threads, "available_cores", lambda: 2)  # whatever this machine has
@@ -189,15 +190,19 @@ def test_calibration_times_the_run_s_own_clips_and_no_others(demo, tmp_path, mon
         fs, targets = pipeline.prepare_store(tmp_path / f"busy{busy}.zarr", pipeline.open_video_list(demo.videos_csv),
                                              workers=0)
         producers = pipeline.build_producers(settings, "cpu")
-        seen = []
+        seen, threads_seen = [], []
         embed = producers[0].embed_outputs
-        monkeypatch.setattr(producers[0], "embed_outputs", lambda x: seen.append(len(x)) or embed(x))
+        monkeypatch.setattr(producers[0], "embed_outputs",
+                            lambda x: seen.append(len(x)) or threads_seen.append(torch.get_num_threads()) or embed(x))
         monkeypatch.setattr("extract.dump.calibration.DECODE_SHARE", 1e9)  # only the load asks for one thread
         stats = pipeline.run_extraction(fs, targets, producers, settings)
         assert sum(seen) == stats.clips == 6 * 4
-        assert seen[0] == 1  # the hook pass
-        if busy:  # no long pass on threads that may stall: one clip on all threads, on one, on all again
-            assert seen[:4] == [1, 1, 1, 1]
+        assert seen[0] == 1 and threads_seen[0] == 2  # the hook pass, on every thread
+        if busy:  # no long pass on threads that may stall: one clip on one thread, then on all again
+            assert seen[:3] == [1, 1, 1] and threads_seen[:3] == [2, 1, 2]
+            assert seen[3] > 1  # then the plan's batches
+        else:  # the hook clip, then the plan's batches (no more one-clip passes)
+            assert seen[1] == min(stats.batch_size, 6 * 4 - 1) > 1
         costs = stats.plan["costs"]
         assert costs["one_thread_measured"] is one_thread
         assert stats.plan["plan"]["cores"] == (1 if busy else 2)
