@@ -4,7 +4,8 @@ In eval mode a BatchNorm is an affine map per channel, ``y = (x - mean) / sqrt(v
 so a convolution followed by it is one convolution with scaled weights and a bias
 (``torch.nn.utils.fusion.fuse_conv_bn_eval``). Folding drops a full read and write of every
 activation the BatchNorm sees, and the tensor it allocates: R(2+1)D-18 (37 BatchNorms) spends
-about 15% less CPU per clip on the 2-core machines (``benchmarks/README.md``). The features are
+7-15% less CPU per clip on the 2-core machines and peaks ~20 MB lower per clip in a batch
+(``extract/README.md``, issue 17). The features are
 those of the unfolded model up to float32 rounding.
 
 Folded are the pairs a forward pass runs one after the other by construction: consecutive
