@@ -17,6 +17,7 @@
         a core busy (more threads may stall each other: no long pass on them):
             1 clip on one thread            -> model_s_one
             1 clip on every core            -> model_s_all (the faster of it and the hook clip)
+        --threads given (only their time is used): nothing more (model_s_one = cores x model_s_all)
     -> WorkCosts
 
 Every pass of a single clip costs more per clip than the run's batches do (R(2+1)D-18: about
@@ -105,7 +106,7 @@ def _hook_pass(i: int, producer: BackboneProducer, inputs: np.ndarray, run: RunC
 
 
 def calibrate(results: Sequence[DecodeResult], producers: Sequence[BackboneProducer], threads: int,
-              run: RunClips, busy: Callable[[], float]) -> WorkCosts | None:
+              run: RunClips, busy: Callable[[], float], *, one_thread: bool = True) -> WorkCosts | None:
     """The run's :class:`WorkCosts` from its first decoded videos (None if all failed).
 
     The models are timed on ``threads`` threads and on one thread when other processes keep
@@ -122,6 +123,8 @@ def calibrate(results: Sequence[DecodeResult], producers: Sequence[BackboneProdu
         threads: the threads to measure with: every core the process may use.
         run: pushes a job's next queued clips through its model (features kept).
         busy: cores other processes kept busy so far (:meth:`store.threads.OtherLoad.busy_cores`).
+        one_thread: whether a one-thread time can matter; False when ``--threads`` fixes the
+            threads (the plan then only uses ``threads``' time): no one-thread pass runs.
     """
     good = [r for r in results if not r.error]
     if not good:
@@ -142,7 +145,8 @@ def calibrate(results: Sequence[DecodeResult], producers: Sequence[BackboneProdu
     s_all = sum(hooked[i][0] * clips[i] for i in jobs)
     s_one = threads * s_all
     measured = threads == 1
-    if threads > 1 and busy() >= BUSY_CORE:
+    one_thread = one_thread and threads > 1  # --threads given: the hook clip ran on them; nothing more to time
+    if one_thread and busy() >= BUSY_CORE:
         # a core is busy: more threads may stall each other (a frame model's OpenMP threads ran
         # 3-10x slower per clip), so no long pass on them: one clip on a single thread, then every
         # thread again (the first clip on a new thread count also starts its thread pool): all on
@@ -152,7 +156,7 @@ def calibrate(results: Sequence[DecodeResult], producers: Sequence[BackboneProdu
         set_threads(threads)
         s_all = min(s_all, sum(_timed_clips(run, i, 1, first[i], producers[i]) * clips[i] for i in jobs))
         measured = True
-    elif threads > 1 and decode_s > DECODE_SHARE * s_all:
+    elif one_thread and decode_s > DECODE_SHARE * s_all:
         n = {i: int(max(1, min(len(first[i]), math.ceil(CALIBRATION_S / max(hooked[i][0], 1e-6)),
                                (sum(per_job[i]) - 1) // 3))) for i in jobs}
         s_all = sum(_timed_clips(run, i, n[i], first[i], producers[i]) * clips[i] for i in jobs)

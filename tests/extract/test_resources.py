@@ -209,6 +209,26 @@ def test_calibration_times_the_run_s_own_clips_and_no_others(demo, tmp_path, mon
         assert "model " in stats.plan["plan"]["reason"]
 
 
+def test_given_threads_time_no_one_thread_pass(demo, tmp_path, monkeypatch):
+    """With --threads the plan uses only that count's time: even with a core busy no clip runs on
+    one thread (the hook clip on the given threads, then the plan's batches)."""
+    from store import threads
+
+    monkeypatch.setattr(threads.OtherLoad, "busy_cores", lambda self: 1.0)
+    settings = ExtractSettings(**TINY, threads=2)
+    fs, targets = pipeline.prepare_store(tmp_path / "t.zarr", pipeline.open_video_list(demo.videos_csv), workers=0)
+    producers = pipeline.build_producers(settings, "cpu")
+    seen = []
+    embed = producers[0].embed_outputs
+    monkeypatch.setattr(producers[0], "embed_outputs", lambda x: seen.append((len(x), torch.get_num_threads()))
+                        or embed(x))
+    stats = pipeline.run_extraction(fs, targets, producers, settings)
+    assert sum(n for n, _ in seen) == stats.clips == 6 * 4
+    assert {t for _, t in seen} == {2} and seen[0][0] == 1 and seen[1][0] > 1
+    assert stats.plan["costs"]["one_thread_measured"] is False and stats.threads == 2
+    assert "--threads given" in stats.plan["plan"]["reason"]
+
+
 def test_cli_workers_and_threads_override_and_are_recorded(demo, tmp_path, capsys):
     store = tmp_path / "c.zarr"
     argv = ["--videos", str(demo.videos_csv), "--store", str(store), "--backbone", "resnet_tiny@random", "--crop", "32",
