@@ -21,6 +21,7 @@ from benchmarks import pipeline
 from benchmarks.pipeline.steps import MODALITIES
 from extract.demo import DemoConfig, make_demo
 from store import FeatureStore
+from store.errors import SettingsError
 from store.testing import make_synthetic_store
 from store.verify import verify_store
 
@@ -133,3 +134,18 @@ def test_user_errors_are_one_line_and_exit_2(tmp_path, capsys):
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "demo.zarr holds a store with other classes" in err[0]
     assert not (other / "runs" / "pipeline" / "backbones").exists()
+
+
+def test_rgb_and_audio_train_with_their_own_epochs_and_audio_with_its_own_batch_size():
+    config = pipeline.PipelineConfig()
+    audio, rgb, flow = (config.recipe(m) for m in ("audio", "rgb", "flow"))
+    assert (audio.epochs, audio.batch_size) == (config.audio_epochs, config.audio_batch_size) == (30, 16)
+    assert (rgb.epochs, rgb.batch_size) == (config.rgb_epochs, config.batch_size) == (30, 8)
+    assert (flow.epochs, flow.batch_size) == (config.epochs, config.batch_size) == (20, 8)  # the shared counts
+    assert {(TINY.recipe(m).epochs, TINY.recipe(m).batch_size) for m in MODALITIES} == {(TINY.epochs, TINY.batch_size)}
+    # --epochs sets every backbone's, audio's included
+    typed = pipeline.job.config_from_args(pipeline.job._parser().parse_args(["--epochs", "7"]))
+    assert {typed.recipe(m).epochs for m in MODALITIES} == {7}
+    for name in ("rgb_epochs", "audio_epochs"):
+        with pytest.raises(SettingsError, match=name):
+            pipeline.PipelineConfig(**{name: 0})

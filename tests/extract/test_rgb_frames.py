@@ -114,3 +114,14 @@ def test_training_examples_are_the_rendered_frames_at_the_drawn_scale_and_crop(d
         err = np.abs(got.astype(np.float64) - want)
         assert err.mean() < CODEC_ERROR, (index, err.mean(axis=(0, 1, 2)))
         assert np.abs(got[..., ::-1].astype(np.float64) - want).mean() > 2 * err.mean()  # RGB, not BGR
+
+
+def test_training_examples_show_the_frames_at_the_extraction_scale(rgb_inputs):
+    """Training decodes RGB at the extraction's short side, the demo's own size: only the crop moves (issue 19).
+
+    A random zoom (decoding at up to 1.25x that side) upsampled the 64-px frames, blurring the 2-px stripes and
+    checks, showed every object larger than extraction does, and its crop could cut a labelled object out.
+    """
+    inputs, _ = rgb_inputs
+    sides = {inputs.draw_size(np.random.default_rng(seed)) for seed in range(50)}
+    assert sides == {inputs.eval_maker.view.decode_short_side} == {DEMO.size}
