@@ -46,7 +46,7 @@ from typing import Any
 from benchmarks._markdown import pct, table
 from benchmarks.pipeline import steps
 from benchmarks.pipeline.stages import Stage, run_stages
-from benchmarks.pipeline.steps import MODALITIES, Context, Workdir
+from benchmarks.pipeline.steps import FLOW_SETTINGS, MODALITIES, Context, Workdir
 from extract.demo import DemoConfig
 from extract.training import TrainRecipe
 from heads.trainer import TrainConfig
@@ -184,6 +184,8 @@ class PipelineConfig:
     def recipe(self, modality: str) -> TrainRecipe:
         """The backbone training recipe of a modality (clips and crops as the extraction's)."""
         picture = {} if modality == "audio" else {"crop": self.crop, "frames": self.frames}
+        if modality == "flow":
+            picture |= FLOW_SETTINGS
         # No flips: a mirrored clip of "moves_right" or "rotates_cw" would carry the opposite label.
         # No mixup for pictures: a blend of two clips shows every object at part contrast in a mixed colour
         # (a red circle over a blue background turns purple) and averages two flow fields (issue 19).
@@ -232,7 +234,7 @@ def build_stages(ctx: Context) -> list[Stage]:
         *(train(m) for m in MODALITIES),
         Stage("extract", ("demo", *(f"train_{m}" for m in MODALITIES)),
               {"sets": [c.set_name(m) for m in MODALITIES], "clips": c.clips, "frames": c.frames,
-               "stride": c.stride, "crop": c.crop, "seed": c.seed},
+               "stride": c.stride, "crop": c.crop, "seed": c.seed, **FLOW_SETTINGS},
               bound(steps.extract_step), bound(steps.store_is_intact)),
         Stage("sweep", ("demo", "extract"), [h.config_hash() for h in c.head_configs()],
               bound(steps.sweep_step), bound(steps.runs_are_intact)),
