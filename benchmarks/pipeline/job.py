@@ -46,7 +46,7 @@ from typing import Any
 from benchmarks._markdown import pct, table
 from benchmarks.pipeline import steps
 from benchmarks.pipeline.stages import Stage, run_stages
-from benchmarks.pipeline.steps import FLOW_SETTINGS, MODALITIES, Context, Workdir
+from benchmarks.pipeline.steps import MODALITIES, Context, Workdir
 from extract.demo import DemoConfig
 from extract.training import TrainRecipe
 from heads.trainer import TrainConfig
@@ -185,7 +185,7 @@ class PipelineConfig:
         """The backbone training recipe of a modality (clips and crops as the extraction's)."""
         picture = {} if modality == "audio" else {"crop": self.crop, "frames": self.frames}
         if modality == "flow":
-            picture |= FLOW_SETTINGS
+            picture |= self.flow_settings()
         # No flips: a mirrored clip of "moves_right" or "rotates_cw" would carry the opposite label.
         # No mixup for pictures: a blend of two clips shows every object at part contrast in a mixed colour
         # (a red circle over a blue background turns purple) and averages two flow fields (issue 19).
@@ -195,6 +195,18 @@ class PipelineConfig:
                            weight_decay=0.01, warmup_epochs=1.0, mixup_alpha=mixup, dropout=0.2, flip=False,
                            epochs=self.epochs, batch_size=self.batch_size, stride=self.stride,
                            eval_clips=min(self.clips, 2), seed=self.seed, device=self.device, **picture)
+
+    def flow_settings(self) -> dict[str, Any]:
+        """The flow of the flow net, in training and extraction (``flow_bound``, ``flow_params``).
+
+        Farneback with a 7-px window between frames a twelfth of the clip apart (6 frames of the 3-s
+        demo), divided by the gap and clipped to 2 px per frame. The carrier crosses 0.35-0.7 frame
+        widths per clip, so a pair sees it move 2-4 px at 64 px, where Farneback is still exact; between
+        consecutive frames a zoom moves its edge ~0.1 px, below the flow's noise, and OpenCV's 15-px
+        window blurs the ~10-px carrier's rotation (issue 19, benchmarks/README.md).
+        """
+        gap = max(1, round(self.demo_config().n_frames / 12))
+        return {"flow_bound": 2.0, "flow_params": (("fb_winsize", 7), ("gap", gap))}
 
     def head_configs(self) -> list[TrainConfig]:
         """The sweep: every head on every modality's feature set, with out-of-fold folds."""
@@ -234,7 +246,7 @@ def build_stages(ctx: Context) -> list[Stage]:
         *(train(m) for m in MODALITIES),
         Stage("extract", ("demo", *(f"train_{m}" for m in MODALITIES)),
               {"sets": [c.set_name(m) for m in MODALITIES], "clips": c.clips, "frames": c.frames,
-               "stride": c.stride, "crop": c.crop, "seed": c.seed, **FLOW_SETTINGS},
+               "stride": c.stride, "crop": c.crop, "seed": c.seed, **c.flow_settings()},
               bound(steps.extract_step), bound(steps.store_is_intact)),
         Stage("sweep", ("demo", "extract"), [h.config_hash() for h in c.head_configs()],
               bound(steps.sweep_step), bound(steps.runs_are_intact)),

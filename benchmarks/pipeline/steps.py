@@ -30,10 +30,6 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 MODALITIES = ("rgb", "flow", "audio")
-#: The flow of the flow net (training and extraction): Farneback between frames ``gap`` apart with a 7-px window,
-#: clipped to 2 px per frame. Consecutive 64-px demo frames move a zooming carrier's edge ~0.1 px, below the flow's
-#: noise, and OpenCV's 15-px window blurs the ~10-px carrier's rotation away (issue 19, benchmarks/README.md).
-FLOW_SETTINGS: dict[str, Any] = {"flow_bound": 2.0, "flow_params": (("fb_winsize", 7), ("gap", 6))}
 SPLITS = ("val", "test")
 
 
@@ -324,7 +320,7 @@ def extract_step(ctx: Context, fresh: bool) -> dict[str, Any]:
     choices = {m: BackboneChoice(cfg.backbone(m), m, weights=weights[m], set_name=cfg.set_name(m)) for m in MODALITIES}
     sets = extract_sets(demo, ctx.work.store, tuple(choices.values()),
                         {"seed": cfg.seed, "clips": cfg.clips, "frames": cfg.frames, "stride": cfg.stride,
-                         "crop": cfg.crop, **FLOW_SETTINGS},
+                         "crop": cfg.crop, **cfg.flow_settings()},
                         par=cfg, progress=ctx.progress, fresh=fresh, desc="extract rgb+flow+audio")
     fs = _open_store(ctx)
     return {"rows": fs.n_videos, "sets": {m: sets[c.set_name] for m, c in choices.items()}}
