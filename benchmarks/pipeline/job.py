@@ -119,7 +119,7 @@ class PipelineConfig:
     difficulty: float = 0.2
     seed: int = 0
     rgb_backbone: str = "tsm_small"
-    flow_backbone: str = "r2plus1d_tiny"
+    flow_backbone: str = "tsm_small"
     audio_backbone: str = "resnet_audio_tiny"
     crop: int = 56
     frames: int = 4
