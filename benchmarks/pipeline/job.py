@@ -91,7 +91,8 @@ class PipelineConfig:
         difficulty: demo clutter and noise, 0 to 1.
         seed: seeds the demo, the backbones, the heads, the folds.
         rgb_backbone: RGB clip backbone (temporal, so the motion classes are learnable).
-        flow_backbone: optical-flow backbone (built with 2 input channels).
+        flow_backbone: optical-flow backbone (built with 2 input channels; global max pooling, as an average
+            over the frame cancels a rotation's curl and a zoom's divergence: issue 19).
         audio_backbone: log-mel audio backbone.
         crop: square crop the video backbones see (decoded at ``crop * 8/7``: 56 decodes the 64-px demo at
             its own size, so 1-px stripes and checks are not resampled away).
