@@ -18,12 +18,13 @@ cache), beside the same figures of a short run without the cache that decodes ev
 every epoch (``uncached_*``, the path before the clip cache; 3 epochs). About 5 minutes on
 2 cores (50 epochs of 448 videos, then 2 x 640 extractions).
 
-Measured on the 2-core dev machine shared with other jobs (load average 14-16), 50 epochs,
-``decode_every`` 16: data wait after the first epoch 13.4% of step time with the clip cache
-(first epoch 66.7%) against 60.8% decoding every epoch (target < 10%: not met under that load;
-see extract/README.md); epochs after the first 2.41 s against 4.17 s; trained 0.262 vs random
-init 0.150 val class mAP (1.75x), appearance 0.490 vs 0.187, motion 0.164 vs 0.124, sound 0.185
-vs 0.158; training 151 s.
+Measured on the 2-core dev machine shared with other jobs (load average 13-17), 50 epochs,
+``decode_every`` 16, with the cached examples made by a background thread while the model
+computes: data wait after the first epoch 7.8%, 6.9% and 7.2% of step time in three runs (max
+epoch 11.8-12.2%), against 12.6%, 13.2% and 12.9% for the same code reading them in the loop, run
+back to back (target < 10%: met under that load); decoding every epoch 69-71%; trained 0.262 vs random
+init 0.150 val class mAP (1.75x), the same with and without the thread (the batches are keyed).
+See extract/README.md, *Quality check*.
 """
 
 from __future__ import annotations

@@ -40,6 +40,7 @@ from extract.backbones import RANDOM
 from extract.dump.settings import BackboneChoice
 from extract.errors import DemoError, ExtractError
 from extract.inputs import TRIM_COLUMNS, VideoList, add_list_arguments
+from extract.media.decode import DECODERS
 from extract.media.flow import FLOW_CHOICES
 from extract.training.recipe import CLASS_WEIGHTS, MODALITIES, OPTIMIZERS, SCHEDULES, TrainRecipe
 from store.cli import non_negative_int, positive_float, positive_int, run_command
@@ -162,6 +163,10 @@ def _recipe_flags(p: argparse.ArgumentParser) -> None:
                         "(kept in --clip-cache), at one random short side per video and N epochs; positions, "
                         f"crops and flips stay random per epoch; 1 = decode every example (default: "
                         f"{_R.decode_every})")
+    g.add_argument("--decoder", choices=DECODERS, default=S,
+                   help=f"the video decoder (default: {_R.decoder}); torchcodec where it is installed (pip install "
+                   "'videofeat[decoders]', with FFmpeg's shared libraries): the same frames at the coded size, resized "
+                   "ones differ slightly (extract/README.md, Decoders)")
     g.add_argument("--seed", type=non_negative_int, default=S,
                    help=f"init, shuffles, clips, augmentation (default: {_R.seed})")
     g.add_argument("--device", choices=("auto", "cpu", "cuda"), default=S, help="(default: auto: CUDA if present)")
@@ -193,7 +198,8 @@ def _parser() -> argparse.ArgumentParser:
     g = p.add_argument_group("run")
     g.add_argument("--workers", type=non_negative_int,
                    help="decode worker processes (with the clip cache: they decode the next epoch's videos ahead "
-                        "while this process reads the cached ones); 0 decodes in the main process (default: "
+                        "while a thread of this process reads the cached ones); 0 decodes in a thread of the main "
+                        "process (default: "
                         "min(4, cores) on CPU, cores - 1 with CUDA)")
     add_threads_argument(g, help="torch, OpenMP and BLAS threads (default: free cores - workers on CPU, at least 1; "
                          "the free cores with CUDA)")
@@ -327,6 +333,7 @@ def run(args: argparse.Namespace, config: dict[str, Any]) -> int:
 
     from extract.backbones import DEFAULT, PretrainedWeights, list_backbones, read_torch_file, resolve_weights
     from extract.demo import load_demo, make_demo
+    from extract.media.torchcodec_decode import require_torchcodec
     from extract.training import fit
     from extract.training.checkpoint import RECIPE_JSON, save_json
     from extract.training.loop import AUTO_CACHE, default_workers
@@ -361,6 +368,8 @@ def run(args: argparse.Namespace, config: dict[str, Any]) -> int:
         weights.fetch(progress=not args.quiet)  # download (or fail) before --out is made
     elif isinstance(weights, Path):
         read_torch_file(weights)  # a file that is no checkpoint fails before --out is made
+    if recipe.decoder == "torchcodec":
+        require_torchcodec()  # one line saying how to install it, before --out is made
     out.mkdir(parents=True, exist_ok=True)
     save_json({**{k: str(Path(getattr(args, k)).resolve()) if getattr(args, k) is not None else None
                   for k in _RUN_KEYS}, **{k: getattr(args, k) for k in _RUN_TEXT_KEYS}}, out / RUN_JSON)

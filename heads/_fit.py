@@ -21,10 +21,11 @@ import torch
 from torch import nn
 from torch.optim.lr_scheduler import LambdaLR
 
-from heads._train_data import Batch, Source, n_batches, prefetched
+from heads._train_data import Batch, Source, n_batches
 from heads.losses import class_weights, get_loss
 from heads.metrics import evaluate
 from heads.mixup import draw_mix, mix_batch
+from heads.prefetch import prefetched
 from heads.schedule import LRSchedule
 from heads.seeding import derive_seed, keyed_rng
 from heads.swa import make_averager, update_bn

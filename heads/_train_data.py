@@ -11,7 +11,7 @@ Two sources give the same batches (``features`` (B, K, D) float32, ``mask`` (B, 
   chunks in a shuffled order (for stores larger than RAM).
 
 The order of the batches is a pure function of ``(seed, epoch)`` for both, so a resumed run
-sees the same batches as an uninterrupted one. A background thread (:func:`prefetched`)
+sees the same batches as an uninterrupted one. A background thread (:func:`heads.prefetch.prefetched`)
 assembles the next batches while the model computes.
 """
 
@@ -19,8 +19,6 @@ from __future__ import annotations
 
 import hashlib
 import logging
-import queue
-import threading
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -224,49 +222,3 @@ def make_source(store: FeatureStore, config: TrainConfig, data: FeatureCache | N
     if reader == "memory":
         return MemorySource(FeatureCache.load(store, config.features))
     return StreamSource(store, config.features)
-
-
-def prefetched(batches: Iterator[Batch], depth: int = 2) -> Iterator[Batch]:
-    """Yield ``batches`` while a background thread produces the next ``depth`` of them.
-
-    The order is unchanged; an exception in the producer is raised in the consumer; leaving
-    the loop early stops the producer and closes ``batches``.
-    """
-    q: queue.Queue = queue.Queue(maxsize=depth)
-    stop = threading.Event()
-
-    def put(item: tuple[str, object]) -> bool:
-        while not stop.is_set():
-            try:
-                q.put(item, timeout=0.05)
-                return True
-            except queue.Full:
-                continue
-        return False
-
-    def produce() -> None:
-        try:
-            for batch in batches:
-                if not put(("batch", batch)):
-                    return
-            put(("end", None))
-        except Exception as exc:  # noqa: BLE001 -- handed to the consumer, which raises it
-            put(("error", exc))
-        finally:
-            close = getattr(batches, "close", None)
-            if close is not None:
-                close()
-
-    worker = threading.Thread(target=produce, name="heads-prefetch", daemon=True)
-    worker.start()
-    try:
-        while True:
-            kind, item = q.get()
-            if kind == "end":
-                return
-            if kind == "error":
-                raise item  # type: ignore[misc]
-            yield item  # type: ignore[misc]
-    finally:
-        stop.set()
-        worker.join()

@@ -19,7 +19,8 @@ step time, without each epoch's first batch (worker start-up; reported on its ow
 Decoded clips are kept in a clip cache (``cache_dir``, by default ``out_dir/clip_cache``;
 :mod:`extract.training.clip_cache`): a video is decoded once per ``recipe.decode_every``
 epochs, and the validation clips once. With the cache, the training examples are read in this
-process and the ``workers`` decode the next epoch's generations ahead
+process, by a background thread that makes the next batches while the model computes
+(:func:`heads.prefetch.prefetched`), and the ``workers`` decode the next epoch's generations ahead
 (:mod:`extract.training.prebuild`).
 """
 
@@ -28,7 +29,7 @@ from __future__ import annotations
 import logging
 import math
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -39,6 +40,7 @@ import torch
 
 from extract.backbones import DEFAULT, Backbone, get_backbone
 from extract.errors import ExtractError
+from extract.media.torchcodec_decode import require_torchcodec
 from extract.training import checkpoint as ckpt
 from extract.training.data import EvalClips, TrainClips, eval_loader, train_loader
 from extract.training.evaluate import predict_videos
@@ -49,6 +51,7 @@ from extract.training.recipe import RESUMABLE_CHANGES, TrainRecipe
 from heads.losses import class_weights, get_loss
 from heads.metrics import evaluate as evaluate_scores
 from heads.mixup import draw_mix, mix_batch
+from heads.prefetch import prefetched
 from heads.seeding import keyed_rng
 from heads.swa import make_averager, update_bn
 from store.device import resolve_device
@@ -60,6 +63,8 @@ IN_CHANNELS = {"rgb": 3, "flow": 2, "audio": 1}
 #: ``fit(cache_dir=AUTO_CACHE)``: the clip cache lives in ``out_dir/clip_cache``.
 AUTO_CACHE = "auto"
 CACHE_DIR = "clip_cache"
+#: Training batches made ahead by the background thread when the examples are read in this process.
+PREFETCH_BATCHES = 2
 
 
 class TrainError(ExtractError):
@@ -240,9 +245,19 @@ class _Run:
         if self.prebuilder is not None:
             self.prebuilder.submit(self.epoch)  # what is still missing (the first epoch, a resume)
             self.prebuilder.submit(self.epoch + 1)
-        losses, wait, busy, first_wait, skipped, examples = [], 0.0, 0.0, 0.0, 0, 0
         t_epoch = time.perf_counter()
         batches = iter(self.train_loader)
+        if self.train_loader.num_workers == 0:  # read in this process: a thread makes the next ones meanwhile
+            batches = prefetched(batches, PREFETCH_BATCHES)
+        try:
+            return self._train_steps(batches, t_epoch)
+        finally:
+            close = getattr(batches, "close", None)
+            if close is not None:  # stops the prefetch thread (an exception mid-epoch) and the loader
+                close()
+
+    def _train_steps(self, batches: Iterator[dict[str, Any]], t_epoch: float) -> dict[str, Any]:
+        losses, wait, busy, first_wait, skipped, examples = [], 0.0, 0.0, 0.0, 0, 0
         for b in range(self.steps_per_epoch):
             t0 = time.perf_counter()
             batch = next(batches)
@@ -360,7 +375,10 @@ def fit(recipe: TrainRecipe, data: TrainData, out_dir: str | Path, *, resume: bo
     Raises:
         TrainError: the run cannot start (existing run without ``resume``, other recipe...)
             or diverged.
+        ExtractError: ``recipe.decoder`` is ``torchcodec`` and torchcodec cannot be imported.
     """
+    if recipe.decoder == "torchcodec":
+        require_torchcodec()  # one error saying how to install it, before out_dir is made
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     last = out_dir / ckpt.LAST

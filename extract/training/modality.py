@@ -127,7 +127,7 @@ class RGBInputs(ModalityInputs):
         settings = recipe.extract_settings()
         self.sampling = _picture_sampling(recipe)
         self.augment = ClipAugment(recipe.short_side, recipe.scale, recipe.crop, recipe.flip)
-        self.eval_maker = RGBClips(settings.clip_sampling(info), settings.view_spec(info))
+        self.eval_maker = RGBClips(settings.clip_sampling(info), settings.view_spec(info), decoder=recipe.decoder)
 
     def draw_clip(self, video: VideoMeta, rng: np.random.Generator) -> np.ndarray:
         return clip_frame_indices(video.n_frames, self.sampling, rng, fps=video.fps)[0]  # (S, T)
@@ -137,7 +137,7 @@ class RGBInputs(ModalityInputs):
 
     def decode_clips(self, video: VideoMeta, clips: list[np.ndarray], size: int | None) -> dict[str, np.ndarray]:
         numbers = union_frame_indices(*clips)  # (F,) every frame of every clip
-        decoded = decode_video(video.path, numbers, size, timeout_s=self.timeout_s)
+        decoded = decode_video(video.path, numbers, size, timeout_s=self.timeout_s, decoder=self.recipe.decoder)
         return {"frames": decoded.take(numbers), "numbers": numbers}  # (F, H, W, 3), (F,)
 
     def example(self, decoded: dict[str, np.ndarray], k: int, clip: np.ndarray,
@@ -148,7 +148,7 @@ class RGBInputs(ModalityInputs):
     def eval_clips(self, video: VideoMeta) -> np.ndarray:
         maker = self.eval_maker
         decoded = decode_video(video.path, maker.frame_indices(video.n_frames, video.fps), maker.decode_short_side,
-                               timeout_s=self.timeout_s)
+                               timeout_s=self.timeout_s, decoder=maker.decoder)
         made = maker.make(decoded, video.n_frames, video.fps)
         return made.inputs[made.valid[: len(made.inputs)]]  # (K, T, crop, crop, 3), the valid clips
 
@@ -175,7 +175,8 @@ class FlowInputs(ModalityInputs):
 
     def _stack(self, video: VideoMeta, idx: np.ndarray, size: int) -> np.ndarray:
         pairs = flow_frame_indices(idx, self.flow.stack, n_frames=video.n_frames, gap=self.flow.gap)  # (N, T, 2)
-        decoded = decode_video(video.path, union_frame_indices(idx, pairs), size, timeout_s=self.timeout_s)
+        decoded = decode_video(video.path, union_frame_indices(idx, pairs), size, timeout_s=self.timeout_s,
+                               decoder=self.recipe.decoder)
         return clip_flow_stack(decoded, idx, self.flow, n_frames=video.n_frames, device="cpu")  # (N, 2, T, h, w)
 
     def draw_clip(self, video: VideoMeta, rng: np.random.Generator) -> np.ndarray:
@@ -244,7 +245,8 @@ class AudioInputs(ModalityInputs):
 
     def _windows(self, video: VideoMeta, sampling: ClipSampling, rng: np.random.Generator | None = None) -> np.ndarray:
         """The audio windows of the real clips of ``sampling`` that hold audio, (n, W)."""
-        decoded = decode_video(video.path, [], audio_rate=self.audio.sample_rate, timeout_s=self.timeout_s)
+        decoded = decode_video(video.path, [], audio_rate=self.audio.sample_rate, timeout_s=self.timeout_s,
+                               decoder=self.recipe.decoder)
         clips = sample_clips(video.n_frames, sampling, video.fps if video.fps > 0 else decoded.fps, rng)
         times = clips.times[: clips.valid_clips]  # (n, 2)
         wave, valid = audio_windows(decoded.audio, self.audio.sample_rate, times, self.audio.window_s)
@@ -257,7 +259,8 @@ class AudioInputs(ModalityInputs):
         return clips.times[: clips.valid_clips]  # (1, 2) start and end seconds
 
     def decode_clips(self, video: VideoMeta, clips: list[np.ndarray], size: int | None) -> dict[str, np.ndarray]:
-        decoded = decode_video(video.path, [], audio_rate=self.audio.sample_rate, timeout_s=self.timeout_s)
+        decoded = decode_video(video.path, [], audio_rate=self.audio.sample_rate, timeout_s=self.timeout_s,
+                               decoder=self.recipe.decoder)
         audio = np.zeros(0, np.float32) if decoded.audio is None else decoded.audio
         return {"audio": audio, "has_audio": np.bool_(decoded.audio is not None), "path": np.str_(video.path)}
 

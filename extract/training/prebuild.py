@@ -1,15 +1,15 @@
 """Filling the clip cache ahead of the model: the next epoch's decodes run while this epoch trains.
 
-With a clip cache, an example is a file read and a crop (~0.1 ms): cheaper in the training
-process itself than a trip through a DataLoader worker (inter-process hand-over and scheduling
-cost more than the read on a busy 2-core machine). What does cost is decoding the videos whose
-generation starts (about 1 / ``decode_every`` of them per epoch): :class:`Prebuilder` hands
-those to a pool of ``workers`` processes one epoch ahead::
+With a clip cache, an example is a file read and a crop (~0.06 ms): cheaper in the training
+process itself (a background thread, ``extract.training.loop``) than a trip through a DataLoader
+worker (inter-process hand-over and scheduling cost more than the read on a busy 2-core machine).
+What does cost is decoding the videos whose generation starts (about 1 / ``decode_every`` of them
+per epoch): :class:`Prebuilder` hands those to a pool of ``workers`` processes one epoch ahead::
 
     epoch e starts:  submit(e)      entries still missing for e (the first epoch, a resume), reversed
                      submit(e + 1)  the generations that start at e + 1
-    the loop reads epoch e's examples in this process; an entry not built yet is built here (that
-    time counts as data wait)
+    the loop's prefetch thread reads epoch e's examples in this process; an entry not built yet is
+    built there (the loop waits for it only when the thread falls behind)
 
 The pool only writes cache entries (atomically, :mod:`extract.training.clip_cache`); the batches
 are the ones ``TrainClips`` gives with or without it. Closing the pool kills a build mid-write

@@ -109,6 +109,9 @@ class TrainRecipe:
             random short side (``scale``) drawn per video and per such generation; clip
             positions, crops and flips stay random per epoch. 1 = decode every example
             (a new short side every epoch). Audio decodes each track once whatever the value.
+        decoder: the video decoder, ``pyav`` or ``torchcodec`` (where installed;
+            :func:`extract.media.decode.decode_video`): the same frames at the coded size, resized
+            ones differ slightly, so it is part of the clip cache's key, as of a feature set's record.
         seed: seeds the init, the shuffles, the clip positions and the augmentations.
         device: ``auto`` (CUDA when torch sees a GPU), ``cpu`` or ``cuda``.
         amp: float16 autocast + gradient scaling on CUDA (never on the CPU).
@@ -151,6 +154,7 @@ class TrainRecipe:
     flow_bound: float = 20.0
     flow_params: tuple[tuple[str, float], ...] = ()
     decode_every: int = 16
+    decoder: str = "pyav"
     seed: int = 0
     device: str = "auto"
     amp: bool = True
@@ -212,7 +216,7 @@ class TrainRecipe:
         """The ``extract.run`` settings whose clips and views this recipe evaluates on."""
         return ExtractSettings(backbone=self.backbone, clips=self.eval_clips, frames=self.frames,
                                stride=self.stride, crop=self.crop, short_side=self.short_side,
-                               every=self.every, fps=self.fps, max_clips=self.max_clips,
+                               every=self.every, fps=self.fps, max_clips=self.max_clips, decoder=self.decoder,
                                flow_algorithm=self.flow_algorithm, flow_bound=self.flow_bound,
                                flow_params=self.flow_params)
 

@@ -6,6 +6,7 @@ detected and rebuilt; ``fit`` with and without the cache ends with the same weig
 import copy
 import logging
 import os
+import threading
 
 import numpy as np
 import pytest
@@ -200,9 +201,10 @@ def test_eval_clips_are_cached(data, tmp_path):
 def test_fit_with_and_without_the_cache_ends_with_the_same_weights(data, tmp_path):
     recipe = TrainRecipe(backbone="r2plus1d_tiny", weights="random", crop=32, epochs=3, batch_size=4,
                          warmup_epochs=0.5, eval_clips=2, decode_every=2, device="cpu")
-    # read in this process, decoded here or ahead in a background process
-    results = [fit(recipe, data, tmp_path / name, workers=workers, cache_dir=cache)
-               for name, cache, workers in (("plain", None, 0), ("cached", "auto", 0), ("ahead", "auto", 1))]
+    # decoded in a DataLoader worker; read in this process by the prefetch thread, decoded there, or
+    # decoded ahead in a background process
+    runs = (("worker", None, 1), ("plain", None, 0), ("cached", "auto", 0), ("ahead", "auto", 1))
+    results = [fit(recipe, data, tmp_path / name, workers=workers, cache_dir=cache) for name, cache, workers in runs]
     assert not (tmp_path / "plain" / "clip_cache").exists()
     for name in ("cached", "ahead"):
         assert len(list((tmp_path / name / "clip_cache").glob("*/*.clip"))) == len(data.train) + len(data.val)
@@ -210,7 +212,31 @@ def test_fit_with_and_without_the_cache_ends_with_the_same_weights(data, tmp_pat
     for b in others:
         assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
     maps = [[e["class_map"] for e in r.history] for r in results]
-    assert maps[0] == maps[1] == maps[2]
+    assert maps[0] == maps[1] == maps[2] == maps[3]
+
+
+def test_examples_read_in_this_process_are_made_by_the_prefetch_thread(data, tmp_path, monkeypatch):
+    """With the cache the examples are made in one background thread while the model computes; an
+    error mid-epoch stops that thread (and the decode pool) before ``fit`` raises."""
+    threads = set()
+    real = TrainClips.__getitem__
+
+    def spy(self, key):
+        threads.add(threading.current_thread().name)
+        return real(self, key)
+
+    monkeypatch.setattr(TrainClips, "__getitem__", spy)
+    recipe = TrainRecipe(backbone="r2plus1d_tiny", weights="random", crop=32, epochs=2, batch_size=2,
+                         warmup_epochs=0.5, eval_clips=2, decode_every=2, device="cpu")
+
+    def stop(epoch, step, steps, loss):
+        if (epoch, step) == (1, 1):
+            raise RuntimeError("stopped by the test")
+
+    with pytest.raises(RuntimeError, match="stopped by the test"):
+        fit(recipe, data, tmp_path / "run", workers=1, on_step=stop)
+    assert threads == {"prefetch"}
+    assert not [t for t in threading.enumerate() if t.name == "prefetch"]
 
 
 def test_cli_flags():

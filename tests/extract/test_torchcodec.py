@@ -192,3 +192,53 @@ def test_run_records_the_decoder_and_keeps_it(torchcodec, demo, tmp_path, capsys
     from extract.search import producer_for
 
     assert producer_for(sets["torchcodec"].feature_set("rgb_resnet_tiny"), device="cpu").maker.decoder == "torchcodec"
+
+
+# ------------------------------------------------------------------ extract.train --decoder
+def test_train_cli_without_torchcodec_is_one_line_exit_2(demo, tmp_path, monkeypatch, capsys):
+    from extract.train import main as train_main
+
+    monkeypatch.setitem(sys.modules, "torchcodec", None)
+    out = tmp_path / "run"
+    args = ["--videos", str(demo.videos_csv), "--backbone", "r2plus1d_tiny@random", "--crop", "32", "--epochs", "1",
+            "--out", str(out), "--workers", "0", "-q", "--decoder", "torchcodec"]
+    assert train_main(args) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error: --decoder torchcodec: torchcodec cannot be imported"), err
+    assert not out.exists()  # refused before --out is made
+
+
+@pytest.mark.parametrize("modality", ["rgb", "audio"])
+def test_train_examples_at_the_coded_size_match_pyav(torchcodec, demo, tmp_path, monkeypatch, modality):
+    """--short-side 112 and --scale 1,1: training decodes at the coded size, where both decoders give the same
+    frames, so the same (cached) examples and evaluation clips; the decoder is part of the cache's key."""
+    import extract.media.torchcodec_decode as tc
+    from extract.backbones import get_backbone
+    from extract.training import TrainRecipe
+    from extract.training.data import EvalClips, TrainClips
+    from extract.training.modality import make_inputs
+
+    calls = []
+    real = tc.decode_with_torchcodec
+    monkeypatch.setattr(tc, "decode_with_torchcodec", lambda *a, **kw: calls.append(a[0]) or real(*a, **kw))
+    backbone = {"rgb": "r2plus1d_tiny", "audio": "resnet_audio_tiny"}[modality]
+    model = get_backbone(backbone, num_classes=len(demo.classes), in_channels=3 if modality == "rgb" else 1)
+    tr = demo.video_list("train")
+    made = {}
+    for decoder in ("pyav", "torchcodec"):
+        recipe = TrainRecipe(backbone=backbone, modality=modality, weights="random", crop=32, short_side=112,
+                             scale=(1.0, 1.0), eval_clips=2, decode_every=2, decoder=decoder)
+        inputs = make_inputs(model, recipe.resolve(model.info))
+        train = TrainClips(tr.videos, tr.label_matrix(), inputs, seed=3, cache_dir=tmp_path)
+        val = EvalClips(tr.videos, tr.label_matrix(), inputs, cache_dir=tmp_path)
+        made[decoder] = ([train[(e, i)][0] for e in range(3) for i in range(len(train))],
+                         [val[i][1] for i in range(len(val))], train.cache.dir)
+    assert calls  # the torchcodec run decoded with torchcodec
+    (ours, ours_val, ours_dir), (ref, ref_val, ref_dir) = made["torchcodec"], made["pyav"]
+    assert ours_dir != ref_dir
+    for a, b in zip(ours + ours_val, ref + ref_val):
+        assert a.shape == b.shape and a.dtype == b.dtype
+        if modality == "rgb":
+            np.testing.assert_array_equal(a, b)
+        else:
+            np.testing.assert_allclose(a, b, atol=1e-5)  # the resampled track, as in extract.run
