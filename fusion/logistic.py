@@ -19,9 +19,9 @@ A class without positives (or negatives) among the fit rows gets its constant pr
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 from scipy.special import expit
@@ -30,9 +30,11 @@ from fusion._settings import SettingsMixin
 from fusion.errors import FusionError
 from fusion.inputs import EPS, StackInputs, row_blocks
 from fusion.registry import Fuser, register_fusion
+from store.threads import current_threads, thread_map
 
 log = logging.getLogger(__name__)
 _NEWTON_TOL = 1e-6  # a class has converged when its Newton step moves no coefficient more than this
+_R = TypeVar("_R")
 _CACHE_BYTES = 256 << 20  # keep the standardised design blocks in RAM between Newton passes up to this size
 
 
@@ -44,16 +46,21 @@ class LogisticSettings(SettingsMixin):
         c: Inverse L2 strength (scikit-learn's ``C``) on standardised features.
         max_iter: Newton iterations (a handful suffice; each is one pass over the fit rows).
         availability: Add one availability column per run.
+        n_jobs: Threads over the row blocks; 0 = the command's (:func:`store.threads.current_threads`:
+            ``fusion.run --threads``, by default the free cores), 1 in a process that set none.
+            The results do not depend on it (blocks are summed in row order).
     """
 
     c: float = 1.0
     max_iter: int = 100
     availability: bool = True
+    n_jobs: int = 0
 
     def __post_init__(self) -> None:
-        if self.c <= 0 or self.max_iter < 1:
-            raise FusionError(f"logistic fusion needs c > 0 (--logistic-c / [logistic] c) and max_iter >= 1 "
-                              f"([logistic] max_iter), got {self.c}, {self.max_iter}")
+        if self.c <= 0 or self.max_iter < 1 or self.n_jobs < 0:
+            raise FusionError(f"logistic fusion needs c > 0 (--logistic-c / [logistic] c), max_iter >= 1 "
+                              f"([logistic] max_iter) and n_jobs >= 0 ([logistic] n_jobs), got {self.c}, "
+                              f"{self.max_iter}, {self.n_jobs}")
 
 
 def linear_features(x: StackInputs, availability: bool) -> np.ndarray:
@@ -85,11 +92,25 @@ class LogisticFusion(Fuser):
         self.sd_: np.ndarray | None = None  # (C, F)
         self.names_: tuple[str, ...] = ()
 
-    def _feature_blocks(self, x: StackInputs) -> Iterator[tuple[slice, np.ndarray]]:
-        """``(rows, (b, C, F) float64 features)`` of consecutive row blocks of ``x``."""
+    def _threads(self) -> int:
+        return self.settings.n_jobs or current_threads() or 1
+
+    def _rows(self, x: StackInputs) -> list[slice]:
+        """Consecutive row blocks of ``x`` whose ``(b, C, F)`` features are about a quarter of
+        :data:`fusion.inputs.BLOCK_ELEMENTS` values: ~8 MB float64 arrays, which glibc serves from
+        its heap again and again, where 32 MB ones were fresh ``mmap`` pages each time (the threaded
+        fit then spent as much system CPU time faulting pages in as user time computing)."""
         width = x.n_classes * x.n_models * (2 if self.settings.availability else 1)
-        for rows in row_blocks(len(x), width):
-            yield rows, linear_features(x.take(rows), self.settings.availability).astype(np.float64)
+        return list(row_blocks(len(x), 4 * width))
+
+    def _features(self, x: StackInputs, rows: slice) -> np.ndarray:
+        """``(b, C, F)`` float64 features of ``rows`` of ``x``."""
+        return linear_features(x.take(rows), self.settings.availability).astype(np.float64)
+
+    def _map_blocks(self, x: StackInputs, fn: Callable[[np.ndarray], _R]) -> Iterator[_R]:
+        """``fn(features of a row block)`` for every row block of ``x`` in row order, over
+        ``n_jobs`` threads (NumPy releases the GIL on these arrays)."""
+        return thread_map(lambda rows: fn(self._features(x, rows)), self._rows(x), self._threads())
 
     def fit(self, x: StackInputs, labels: np.ndarray) -> LogisticFusion:
         """Fit every class at once by Newton's method on sums over row blocks (memory O(block)).
@@ -103,9 +124,9 @@ class LogisticFusion(Fuser):
         """:meth:`fit`, starting Newton from ``start``'s coefficients (a fit on similar rows) if given."""
         labels = np.asarray(labels)
         n = len(x)
-        total = sum(f.sum(axis=0) for _, f in self._feature_blocks(x))  # (C, F)
+        total = sum(self._map_blocks(x, lambda f: f.sum(axis=0)))  # (C, F)
         self.mu_ = total / n
-        sq = sum(((f - self.mu_) ** 2).sum(axis=0) for _, f in self._feature_blocks(x))
+        sq = sum(self._map_blocks(x, lambda f: ((f - self.mu_) ** 2).sum(axis=0)))
         sd = np.sqrt(sq / n)
         self.sd_ = np.where(sd > 0, sd, 1.0)
         n_classes, n_feats = self.mu_.shape
@@ -139,31 +160,44 @@ class LogisticFusion(Fuser):
         self.names_ = x.names
         return self
 
-    def _design_blocks(self, x: StackInputs, cache: list | None) -> Iterator[tuple[slice, np.ndarray]]:
-        """``(rows, (C, b, F + 1))`` standardised features plus a ones column, from ``cache`` once
-        it is filled (None: recomputed on every call)."""
-        if cache:
-            yield from cache
-            return
-        for rows, f in self._feature_blocks(x):
-            z = (f - self.mu_) / self.sd_
-            zt = np.ascontiguousarray(np.concatenate([z, np.ones(z.shape[:2] + (1,))], axis=2).transpose(1, 0, 2))
-            if cache is not None:
-                cache.append((rows, zt))  # (b, C, F) -> (C, b, F + 1)
-            yield rows, zt
+    def _design(self, x: StackInputs, rows: slice) -> np.ndarray:
+        """``(C, b, F + 1)`` standardised features of ``rows`` plus a ones column."""
+        z = (self._features(x, rows) - self.mu_) / self.sd_
+        return np.ascontiguousarray(np.concatenate([z, np.ones(z.shape[:2] + (1,))], axis=2).transpose(1, 0, 2))
 
     def _loss_grad_hess(self, x: StackInputs, labels: np.ndarray, w: np.ndarray,
                         cache: list | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """Objective ``(C,)``, gradient ``(C, F + 1)`` and Hessian ``(C, F + 1, F + 1)`` at ``w``."""
+        """Objective ``(C,)``, gradient ``(C, F + 1)`` and Hessian ``(C, F + 1, F + 1)`` at ``w``.
+
+        The row blocks are computed over ``n_jobs`` threads and summed
+        in row order (the same sums whatever the thread count). ``cache``: a list that keeps the
+        design blocks between calls (filled on the first call); None: recomputed on every call.
+        """
         n_classes, width = w.shape
-        loss, grad, hess = np.zeros(n_classes), np.zeros((n_classes, width)), np.zeros((n_classes, width, width))
-        for rows, zt in self._design_blocks(x, cache):
+        filled = bool(cache)
+        keep = cache is not None and not filled
+
+        def terms(item: tuple[slice, np.ndarray | None]) -> tuple[np.ndarray | None, np.ndarray, np.ndarray,
+                                                                    np.ndarray]:
+            rows, zt = item
+            if zt is None:
+                zt = self._design(x, rows)
             y = labels[rows].T.astype(np.float64)  # (b, C) -> (C, b)
             eta = (zt @ w[:, :, None])[..., 0]  # (C, b, F + 1) @ (C, F + 1, 1) -> (C, b)
             p = expit(eta)
-            loss += (np.logaddexp(0.0, eta) - y * eta).sum(axis=1)
-            grad += ((p - y)[:, None, :] @ zt)[:, 0]  # (C, 1, b) @ (C, b, F + 1) -> (C, F + 1)
-            hess += (zt * (p * (1.0 - p))[..., None]).transpose(0, 2, 1) @ zt  # (C, F + 1, b) @ (C, b, F + 1)
+            loss = (np.logaddexp(0.0, eta) - y * eta).sum(axis=1)
+            grad = ((p - y)[:, None, :] @ zt)[:, 0]  # (C, 1, b) @ (C, b, F + 1) -> (C, F + 1)
+            hess = (zt * (p * (1.0 - p))[..., None]).transpose(0, 2, 1) @ zt  # (C, F + 1, b) @ (C, b, F + 1)
+            return (zt if keep else None), loss, grad, hess
+
+        items = cache if filled else [(rows, None) for rows in self._rows(x)]
+        loss, grad, hess = np.zeros(n_classes), np.zeros((n_classes, width)), np.zeros((n_classes, width, width))
+        for (rows, _), (zt, b_loss, b_grad, b_hess) in zip(items, thread_map(terms, items, self._threads())):
+            loss += b_loss
+            grad += b_grad
+            hess += b_hess
+            if keep:
+                cache.append((rows, zt))
         c, coef = self.settings.c, w[:, :-1]
         diag = np.arange(width - 1)
         loss, grad, hess = c * loss + 0.5 * (coef**2).sum(axis=1), c * grad, c * hess
@@ -180,11 +214,10 @@ class LogisticFusion(Fuser):
     def margin(self, x: StackInputs) -> np.ndarray:
         """``(n, C)`` log-odds, computed a row block at a time."""
         self._check(x)
-        out = np.empty((len(x), x.n_classes), np.float32)
-        for rows, f in self._feature_blocks(x):
-            z = (f - self.mu_) / self.sd_
-            out[rows] = np.einsum("ncf,cf->nc", z, self.coef_) + self.intercept_  # (b, C, F) -> (b, C)
-        return out
+        blocks = self._map_blocks(  # (b, C, F) -> (b, C)
+            x, lambda f: (np.einsum("ncf,cf->nc", (f - self.mu_) / self.sd_, self.coef_) + self.intercept_
+                          ).astype(np.float32))
+        return np.concatenate([np.empty((0, x.n_classes), np.float32), *blocks])
 
     def predict(self, x: StackInputs) -> np.ndarray:
         return expit(self.margin(x)).astype(np.float32)
@@ -193,10 +226,13 @@ class LogisticFusion(Fuser):
         self._check(x)
         out = np.zeros((len(x), x.n_models, x.n_classes), np.float32)
         owner = feature_owner(x.n_models, self.settings.availability)
-        for rows, f in self._feature_blocks(x):
-            z = (f - self.mu_) / self.sd_ * self.coef_  # (b, C, F)
+
+        def block(rows: slice) -> None:
+            z = (self._features(x, rows) - self.mu_) / self.sd_ * self.coef_  # (b, C, F)
             for j, m in enumerate(owner):
-                out[rows, m, :] += z[:, :, j]
+                out[rows, m, :] += z[:, :, j]  # each block owns its rows of out
+
+        list(thread_map(block, self._rows(x), self._threads()))
         return out
 
     def record(self) -> dict[str, Any]:

@@ -34,6 +34,7 @@ from fusion.registry import list_fusions
 from fusion.report import HEADERS, write_report
 from store.cli import non_negative_int, positive_float, positive_int, run_command
 from store.cluster import CLUSTERS, connect
+from store.malloc import raise_malloc_thresholds
 from store.threads import add_threads_argument, set_threads
 
 # flag -> (method, settings field)
@@ -68,7 +69,8 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--slurm", type=Path, default=None, metavar="FILE.toml", help="the cluster of --cluster slurm")
     ap.add_argument("--config", type=Path, default=None, help="TOML file with [xgboost]/[weighted]/[logistic] settings")
     ap.add_argument("--device", choices=("auto", "cpu", "cuda"), default=None, help="xgboost device (default auto)")
-    add_threads_argument(ap, "--n-jobs", help="threads of xgboost, OpenMP and BLAS (default: the free cores; "
+    add_threads_argument(ap, "--n-jobs", help="threads of xgboost, the logistic stacker's row blocks, OpenMP and BLAS "
+                         "(default: the free cores, measured when the command starts; "
                          "--n-jobs is the old spelling)")
     ap.add_argument("--seed", type=non_negative_int, default=None, help="xgboost seed (default 0)")
     ap.add_argument("--max-depth", type=positive_int, default=None, help="xgboost tree depth (default 3)")
@@ -124,6 +126,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         settings = method_settings(args)
         set_threads(args.threads)
+        raise_malloc_thresholds()  # the stackers' row blocks reuse freed heap instead of faulting pages in
         dask = connect(args.scheduler, args.cluster, slurm=args.slurm) if args.scheduler or args.cluster else None
         client = stack.enter_context(dask) if dask is not None else None
         result = fuse_runs(args.store, args.runs, method=args.method, compare=compare, fit_split=args.fit_split,

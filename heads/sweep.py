@@ -25,7 +25,6 @@ recomputed ("cached"), so an interrupted sweep continues with the same command. 
 from __future__ import annotations
 
 import argparse
-import ctypes
 import logging
 import math
 import os
@@ -55,6 +54,7 @@ from store.cli import non_negative_int, positive_int, run_command
 from store.cluster import CLUSTERS, connect, dashboard_link, gpu_resources, local_cluster
 from store.errors import StoreError, VideoFeatError
 from store.feature_store import FeatureStore
+from store.malloc import raise_malloc_thresholds
 from store.threads import SAMPLE_S, add_threads_argument, available_cores, free_cores, set_threads
 
 __all__ = ["METRICS", "available_cores", "completed_runs", "dashboard_link", "estimate_cost", "local_cluster",
@@ -74,7 +74,6 @@ def _one_line(exc: BaseException) -> str:
 
 # ---------------------------------------------------------------------------------- worker side
 _MALLOC_TUNED = False
-_M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3  # glibc mallopt parameters (malloc.h)
 
 
 def _tune_malloc() -> None:
@@ -94,13 +93,8 @@ def _tune_malloc() -> None:
     except (ImportError, ValueError):
         return
     _MALLOC_TUNED = True
-    try:
-        libc = ctypes.CDLL("libc.so.6")
-    except OSError:  # not glibc: the variables mean nothing there
-        return
-    libc.mallopt(_M_MMAP_THRESHOLD, 32 << 20)
-    libc.mallopt(_M_TRIM_THRESHOLD, 64 << 20)
-    log.info("raised malloc's mmap / trim thresholds in worker process %d", os.getpid())
+    if raise_malloc_thresholds():  # False where the C library is not glibc: the variables mean nothing there
+        log.info("raised malloc's mmap / trim thresholds in worker process %d", os.getpid())
 
 
 def _held_bytes() -> int:

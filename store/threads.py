@@ -29,6 +29,9 @@ import argparse
 import logging
 import os
 import time
+from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from typing import TypeVar
 
 from store.cli import positive_int
 
@@ -36,6 +39,9 @@ log = logging.getLogger(__name__)
 
 _ENV_VARS = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")
 SAMPLE_S = 0.25  # seconds of CPU use that set_threads(None) measures the free cores over
+_T = TypeVar("_T")
+_R = TypeVar("_R")
+_set_count: int | None = None  # what set_threads last set in this process
 
 
 def available_cores() -> int:
@@ -146,8 +152,35 @@ def set_threads(n: int | None = None) -> int:
     threadpool_limits(limits=n)  # every OpenMP and BLAS library loaded so far (libgomp, OpenBLAS, MKL)
     for var in _ENV_VARS:  # Dask workers and other child processes start with the same limit
         os.environ[var] = str(n)
+    global _set_count
+    _set_count = n
     log.info("threads: %d (torch, faiss, OpenMP, BLAS)", n)
     return n
+
+
+def current_threads() -> int | None:
+    """The count :func:`set_threads` last set in this process (a command's ``--threads``), None
+    before any call (a library caller that never chose one)."""
+    return _set_count
+
+
+def thread_map(fn: Callable[[_T], _R], items: Iterable[_T], threads: int) -> Iterator[_R]:
+    """``map(fn, items)`` over ``threads`` threads, results in the order of ``items``.
+
+    For work that spends its time in numpy or C calls which release the GIL (NumPy on large
+    arrays, XGBoost): each item is computed exactly as alone, so a result summed in item order
+    is bit-identical whatever ``threads`` is. ``threads`` <= 1 runs in the calling thread. With
+    more, BLAS runs one thread per call meanwhile: the items are the parallelism, and BLAS
+    threads beside them would oversubscribe the cores (spinning OpenBLAS threads doubled the
+    system CPU time of the threaded logistic fit).
+    """
+    if threads <= 1:
+        yield from map(fn, items)
+        return
+    from threadpoolctl import threadpool_limits
+
+    with threadpool_limits(limits=1, user_api="blas"), ThreadPoolExecutor(max_workers=threads) as pool:
+        yield from pool.map(fn, items)
 
 
 def add_threads_argument(parser: argparse.ArgumentParser | argparse._ArgumentGroup, *aliases: str,

@@ -405,7 +405,7 @@ def extract_rows(
                 for res in first:
                     loop.add(res)
                 costs = calibrate(first, [job.job.producer for job in plan.jobs], measure, loop.run_clips,
-                                  load.busy_cores)
+                                  load.busy_cores, one_thread=settings.threads is None)
                 cores = load.free_cores()
                 budget = MemoryBudget(int(settings.max_memory_gb * 2**30), psutil.Process().memory_info().rss)
                 chosen = choose_plan(costs, cores, budget, max_batch=settings.batch_size, device=stats.device,

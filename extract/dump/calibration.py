@@ -5,17 +5,25 @@
     first videos --process_task (main process, one decode thread)--> queued for the models
         decode_s      = the fastest of them (the first decode of a process also loads codecs)
         for each job, on its first queued clips (real work: their features are kept):
-            1 clip with forward hooks, one thread -> the largest activation -> clip_bytes (warm-up)
+            1 clip with forward hooks, every core -> the largest activation -> clip_bytes,
+                                                     and a first model_s_all (with oneDNN's warm-up)
         busy          = the other processes' CPU meanwhile (store.threads.OtherLoad)
         idle (busy < BUSY_CORE):
-            n clips on every core           -> model_s_all   (n: about CALIBRATION_S of work)
-            only if decode_s > DECODE_SHARE x model_s_all (else model_s_one = cores x model_s_all):
+            decode_s <= DECODE_SHARE x model_s_all: nothing more (model_s_one = cores x model_s_all)
+            else:
+              n clips on every core           -> model_s_all   (n: about CALIBRATION_S of work)
               the next n clips on one thread  -> model_s_one
               the next n on every core again  -> model_s_all (now on a batch shape oneDNN knows)
         a core busy (more threads may stall each other: no long pass on them):
-            1 clip on every core            -> model_s_all
             1 clip on one thread            -> model_s_one
+            1 clip on every core            -> model_s_all (the faster of it and the hook clip)
+        --threads given (only their time is used): nothing more (model_s_one = cores x model_s_all)
     -> WorkCosts
+
+Every pass of a single clip costs more per clip than the run's batches do (R(2+1)D-18: about
+twice the CPU per clip at batch 1 as at batch 8), and a clip on one thread about twice the
+wall time of one on two: so a 3D model on an idle machine runs one clip alone (the hook clip),
+on a busy one three, and every other clip in the plan's batches.
 
 Nothing measured is thrown away: the timed clips are the run's own first clips (``run``
 pushes them through the model and keeps their features, like any batch), so calibrating
@@ -98,7 +106,7 @@ def _hook_pass(i: int, producer: BackboneProducer, inputs: np.ndarray, run: RunC
 
 
 def calibrate(results: Sequence[DecodeResult], producers: Sequence[BackboneProducer], threads: int,
-              run: RunClips, busy: Callable[[], float]) -> WorkCosts | None:
+              run: RunClips, busy: Callable[[], float], *, one_thread: bool = True) -> WorkCosts | None:
     """The run's :class:`WorkCosts` from its first decoded videos (None if all failed).
 
     The models are timed on ``threads`` threads and on one thread when other processes keep
@@ -115,6 +123,8 @@ def calibrate(results: Sequence[DecodeResult], producers: Sequence[BackboneProdu
         threads: the threads to measure with: every core the process may use.
         run: pushes a job's next queued clips through its model (features kept).
         busy: cores other processes kept busy so far (:meth:`store.threads.OtherLoad.busy_cores`).
+        one_thread: whether a one-thread time can matter; False when ``--threads`` fixes the
+            threads (the plan then only uses ``threads``' time): no one-thread pass runs.
     """
     good = [r for r in results if not r.error]
     if not good:
@@ -130,27 +140,28 @@ def calibrate(results: Sequence[DecodeResult], producers: Sequence[BackboneProdu
     per_job = {i: [len(item.inputs) for r in good for j, item in zip(r.makers, r.inputs) if j == i] for i in first}
     clips = {i: min(k) for i, k in per_job.items()}
     jobs = sorted(first)
-    set_threads(1)  # the hook clips on one thread: never a slow first pass on a busy machine
+    set_threads(threads)  # the hook clips on every thread: the first all-thread time too (one clip is short)
     hooked = {i: _hook_pass(i, producers[i], first[i], run) for i in jobs}
-    set_threads(threads)
+    s_all = sum(hooked[i][0] * clips[i] for i in jobs)
+    s_one = threads * s_all
     measured = threads == 1
-    if threads > 1 and busy() >= BUSY_CORE:
+    one_thread = one_thread and threads > 1  # --threads given: the hook clip ran on them; nothing more to time
+    if one_thread and busy() >= BUSY_CORE:
         # a core is busy: more threads may stall each other (a frame model's OpenMP threads ran
-        # 3-10x slower per clip), so no long pass on them: one clip on every thread, one on a
-        # single thread, then every thread again (the first clip on a new thread count also starts
-        # its thread pool): all on the batch shape the hook clip built, the faster all-thread time kept
-        s_all = sum(_timed_clips(run, i, 1, first[i], producers[i]) * clips[i] for i in jobs)
+        # 3-10x slower per clip), so no long pass on them: one clip on a single thread, then every
+        # thread again (the first clip on a new thread count also starts its thread pool): all on
+        # the batch shape the hook clip built, the faster all-thread time kept
         set_threads(1)
         s_one = sum(_timed_clips(run, i, 1, first[i], producers[i]) * clips[i] for i in jobs)
         set_threads(threads)
         s_all = min(s_all, sum(_timed_clips(run, i, 1, first[i], producers[i]) * clips[i] for i in jobs))
         measured = True
-    else:
+    elif one_thread and decode_s > DECODE_SHARE * s_all:
         n = {i: int(max(1, min(len(first[i]), math.ceil(CALIBRATION_S / max(hooked[i][0], 1e-6)),
                                (sum(per_job[i]) - 1) // 3))) for i in jobs}
         s_all = sum(_timed_clips(run, i, n[i], first[i], producers[i]) * clips[i] for i in jobs)
         s_one = threads * s_all
-        if threads > 1 and decode_s > DECODE_SHARE * s_all:
+        if decode_s > DECODE_SHARE * s_all:
             # one thread, then every thread again: both on a batch shape oneDNN has seen (the first
             # timed pass of a new shape also builds its kernels)
             set_threads(1)

@@ -37,6 +37,7 @@ import numpy as np
 import torch
 
 from extract.backbones import Backbone, file_sha256
+from extract.backbones.batchnorm_fold import fold_batchnorm
 from extract.dump.makers import (  # noqa: F401  (re-exported: the decode-side halves)
     AUDIO_INPUTS,
     NO_AUDIO,
@@ -105,7 +106,10 @@ class BackboneProducer(FeatureProducer):
     maker inputs becomes the model's input.
 
     Args:
-        backbone: the model (put in eval mode and on ``device`` here).
+        backbone: the model, owned by the producer from now on: put in eval mode and on
+            ``device`` here, its BatchNorms after convolutions folded into them
+            (:func:`~extract.backbones.batchnorm_fold.fold_batchnorm`), a frame model in
+            channels-last memory format.
         maker: the inputs it is fed.
         device: ``"cpu"`` or ``"cuda"``.
         amp: autocast (CUDA only).
@@ -141,6 +145,9 @@ class BackboneProducer(FeatureProducer):
         self.maker = maker
         self.check(backbone)
         self.model = backbone.eval().to(device)
+        folded = fold_batchnorm(self.model)  # inference only: a BN after a conv is that conv's scale and bias
+        if folded:
+            log.info("%s: %d BatchNorm layer(s) folded into their convolutions", info.name, folded)
         if info.kind == "frame2d":  # 2D convs run faster on NHWC (oneDNN, cuDNN)
             self.model = self.model.to(memory_format=torch.channels_last)
         self.device = torch.device(device)

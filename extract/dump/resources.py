@@ -67,6 +67,7 @@ FORK_SERVER_BYTES = 512 * 2**20
 #: The rest is the other live tensors (residual, normalised input, oneDNN buffers).
 ACTIVATION_FACTOR = 5.5
 _GB = 2**30
+_ASSUMED = " (not measured: decode is cheap or --threads given; perfect scaling assumed)"
 
 
 @dataclass(frozen=True)
@@ -86,7 +87,7 @@ class WorkCosts:
             first batch of a new size adds about the weights' size to R(2+1)D-18's peak).
         one_thread_measured: ``model_s_one`` was timed (else it is ``cores x model_s_all``,
             perfect scaling, recorded when decoding is too cheap for the split to matter and
-            the machine was not busy).
+            the machine was not busy, or when ``--threads`` fixes the threads).
     """
 
     decode_s: float
@@ -260,7 +261,7 @@ def choose_plan(costs: WorkCosts | None, cores: int, budget: MemoryBudget, *, ma
     scored.sort(key=lambda s: s[0], reverse=True)
     best = scored[0][1]
     reason = (f"model {costs.model_s_all:.3g} s/video on {costs.cores} thread(s), {costs.model_s_one:.3g} s on 1"
-              f"{'' if costs.one_thread_measured else ' (not measured: decode is cheap; perfect scaling assumed)'}"
+              f"{'' if costs.one_thread_measured else _ASSUMED}"
               f", decode {costs.decode_s:.3g} s")
     if len(scored) > 1:
         nxt = scored[1][1]

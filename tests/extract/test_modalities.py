@@ -12,7 +12,8 @@ import numpy as np
 import pytest
 import torch
 
-from extract.backbones import file_sha256, get_backbone
+from extract.backbones import RANDOM, file_sha256, get_backbone
+from extract.backbones.batchnorm_fold import fold_batchnorm
 from extract.demo import DemoConfig, make_demo
 from extract.dump import pipeline, worker
 from extract.dump.makers import NO_AUDIO, SILENT_AUDIO, AudioWindows, audio_input_for
@@ -384,7 +385,8 @@ def test_backbone_syntax():
 )
 def test_every_modality_loads_weights(spec, in_channels, tmp_path):
     """Flow (a flow checkpoint, or an RGB one averaged over channels) and audio backbones
-    take --weights: the producer runs the checkpoint's tensors and records its sha256."""
+    take --weights: the producer runs the checkpoint's tensors (its BatchNorms after convolutions
+    folded into them) and records its sha256."""
     name = spec.split(":")[1]
     torch.manual_seed(5)
     saved = get_backbone(name, in_channels=in_channels).state_dict()
@@ -393,8 +395,15 @@ def test_every_modality_loads_weights(spec, in_channels, tmp_path):
     (producer,) = pipeline.build_producers(settings, "cpu")
     assert producer.spec.weights_sha256 == file_sha256(tmp_path / "w.pt")
     assert "random_init_seed" not in producer.spec.extra
-    own = producer.model.state_dict()
+    want = {}
     for key, value in saved.items():
         if key == "conv1.weight" and in_channels == 3:  # RGB kernel averaged for 2 channels
             value = value.mean(dim=1, keepdim=True).expand(-1, 2, -1, -1)
+        want[key] = value
+    expected = get_backbone(name, weights=RANDOM, **({"in_channels": 2} if spec.startswith("flow") else {}))
+    expected.load_state_dict(want)
+    fold_batchnorm(expected.eval())
+    own = producer.model.state_dict()
+    assert own.keys() == expected.state_dict().keys()
+    for key, value in expected.state_dict().items():
         assert torch.equal(own[key].contiguous(), value.contiguous()), key

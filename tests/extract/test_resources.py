@@ -10,6 +10,7 @@ import pytest
 import torch
 
 from extract.backbones import get_backbone
+from extract.backbones.batchnorm_fold import fold_batchnorm
 from extract.demo import DemoConfig, make_demo
 from extract.dump import pipeline
 from extract.dump.makers import RGBClips
@@ -168,15 +169,17 @@ def test_the_plan_is_measured_and_recorded_in_the_attrs(demo, tmp_path):
     assert plan["workers"] + plan["threads"] <= max(2, plan["cores"])
     assert costs["decode_s"] > 0 and costs["model_s_all"] > 0 and costs["clips_per_video"] == 4
     assert costs["input_bytes"] == 1 * 32 * 32 * 3  # one TSN frame of 32 x 32 RGB, uint8
-    model = get_backbone("resnet_tiny")
+    model = get_backbone("resnet_tiny").eval()
+    assert fold_batchnorm(model) > 0  # what the producer holds: BatchNorms after convs folded into them
     assert costs["model_bytes"] == sum(t.numel() * 4 for t in [*model.parameters(), *model.buffers()]
                                        if t.dtype == torch.float32) + sum(
         t.numel() * 8 for t in model.buffers() if t.dtype == torch.int64)
 
 
 def test_calibration_times_the_run_s_own_clips_and_no_others(demo, tmp_path, monkeypatch):
-    """Every clip goes through the model once, the calibration's timed passes included; with
-    another process keeping a core busy the one-thread pass runs too (and still no clip twice)."""
+    """Every clip goes through the model once, the calibration's timed passes included: the hook
+    clip on every thread, then (a cheap decode, an idle machine) the plan's batches; with another
+    process keeping a core busy one clip on one thread and one on every thread (no clip twice)."""
     from store import threads
 
     monkeypatch.setattr(threads, "available_cores", lambda: 2)  # whatever this machine has
@@ -187,19 +190,43 @@ def test_calibration_times_the_run_s_own_clips_and_no_others(demo, tmp_path, mon
         fs, targets = pipeline.prepare_store(tmp_path / f"busy{busy}.zarr", pipeline.open_video_list(demo.videos_csv),
                                              workers=0)
         producers = pipeline.build_producers(settings, "cpu")
-        seen = []
+        seen, threads_seen = [], []
         embed = producers[0].embed_outputs
-        monkeypatch.setattr(producers[0], "embed_outputs", lambda x: seen.append(len(x)) or embed(x))
+        monkeypatch.setattr(producers[0], "embed_outputs",
+                            lambda x: seen.append(len(x)) or threads_seen.append(torch.get_num_threads()) or embed(x))
         monkeypatch.setattr("extract.dump.calibration.DECODE_SHARE", 1e9)  # only the load asks for one thread
         stats = pipeline.run_extraction(fs, targets, producers, settings)
         assert sum(seen) == stats.clips == 6 * 4
-        assert seen[0] == 1  # the hook pass
-        if busy:  # no long pass on threads that may stall: one clip on all threads, on one, on all again
-            assert seen[:4] == [1, 1, 1, 1]
+        assert seen[0] == 1 and threads_seen[0] == 2  # the hook pass, on every thread
+        if busy:  # no long pass on threads that may stall: one clip on one thread, then on all again
+            assert seen[:3] == [1, 1, 1] and threads_seen[:3] == [2, 1, 2]
+            assert seen[3] > 1  # then the plan's batches
+        else:  # the hook clip, then the plan's batches (no more one-clip passes)
+            assert seen[1] == min(stats.batch_size, 6 * 4 - 1) > 1
         costs = stats.plan["costs"]
         assert costs["one_thread_measured"] is one_thread
         assert stats.plan["plan"]["cores"] == (1 if busy else 2)
         assert "model " in stats.plan["plan"]["reason"]
+
+
+def test_given_threads_time_no_one_thread_pass(demo, tmp_path, monkeypatch):
+    """With --threads the plan uses only that count's time: even with a core busy no clip runs on
+    one thread (the hook clip on the given threads, then the plan's batches)."""
+    from store import threads
+
+    monkeypatch.setattr(threads.OtherLoad, "busy_cores", lambda self: 1.0)
+    settings = ExtractSettings(**TINY, threads=2)
+    fs, targets = pipeline.prepare_store(tmp_path / "t.zarr", pipeline.open_video_list(demo.videos_csv), workers=0)
+    producers = pipeline.build_producers(settings, "cpu")
+    seen = []
+    embed = producers[0].embed_outputs
+    monkeypatch.setattr(producers[0], "embed_outputs", lambda x: seen.append((len(x), torch.get_num_threads()))
+                        or embed(x))
+    stats = pipeline.run_extraction(fs, targets, producers, settings)
+    assert sum(n for n, _ in seen) == stats.clips == 6 * 4
+    assert {t for _, t in seen} == {2} and seen[0][0] == 1 and seen[1][0] > 1
+    assert stats.plan["costs"]["one_thread_measured"] is False and stats.threads == 2
+    assert "--threads given" in stats.plan["plan"]["reason"]
 
 
 def test_cli_workers_and_threads_override_and_are_recorded(demo, tmp_path, capsys):

@@ -1,5 +1,10 @@
 """Fusion in row blocks equals fusion all at once; the fit-row sample is bounded and recorded."""
 
+import os
+import subprocess
+import sys
+from pathlib import Path
+
 import numpy as np
 import pytest
 
@@ -83,3 +88,56 @@ def test_fit_rows_sample_is_bounded_seeded_and_recorded(fs):
     full = fuse_runs(fs, RUNS, method="logistic", compare=[], fit_rows=0)
     assert len(full.fit_rows) == len(full.plan.fit_rows) > 300
     assert full.main.metrics["class_map"] > res.main.metrics["class_map"] - 0.05
+
+
+def test_threads_change_no_bit_of_logistic_and_xgboost(problem, monkeypatch):
+    import xgboost as xgb
+
+    import fusion.logistic
+
+    syn, x, train, test = problem
+    monkeypatch.setattr(fusion.inputs, "BLOCK_ELEMENTS", 100 * 16 * 6)  # 100-row blocks: many per thread
+    xt = x.take(test)
+    got = {}
+    for n in (1, 2):
+        monkeypatch.setattr(fusion.logistic, "_CACHE_BYTES", (256 << 20) if n == 1 else 0)  # and without the cache
+        lin = get_fusion("logistic", {"n_jobs": n}).fit(x.take(train), syn.labels[train])
+        trees = get_fusion("xgboost", {"n_rounds": 20, "n_jobs": n}).fit(x.take(train), syn.labels[train])
+        got[n] = lin.coef_, lin.margin(xt), lin.contributions(xt), trees.margin(xt)
+    for a, b in zip(got[1], got[2]):
+        np.testing.assert_array_equal(a, b)
+    # the prediction without a DMatrix equals XGBoost's predict() on one, class by class
+    base, logits = trees._base_margin(xt), xt.masked_logits()
+    for c in (0, 7, 13):
+        dm = xgb.DMatrix(trees._class_matrix(logits, xt.available, c), base_margin=base[:, c])
+        np.testing.assert_array_equal(got[2][3][:, c], trees.boosters_[c].predict(dm, output_margin=True))
+
+
+_FAULTS = """
+import resource, sys
+import numpy as np
+import fusion.logistic
+from fusion.inputs import StackInputs
+from fusion.logistic import LogisticFusion, LogisticSettings
+from store.malloc import raise_malloc_thresholds
+if sys.argv[1] == "raise":
+    assert raise_malloc_thresholds()
+fusion.logistic._CACHE_BYTES = 0  # every Newton pass builds its design blocks again, as at 1M rows
+rng = np.random.default_rng(0)
+n, m, c = 20000, 3, 313
+labels = (rng.random((n, c)) < 0.05).astype(np.uint8)
+x = StackInputs(rng.random((n, m, c), dtype=np.float32), np.ones((n, m), bool), ("a", "b", "c"))
+before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+LogisticFusion(LogisticSettings(max_iter=2, n_jobs=2)).fit(x, labels)
+print(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
+"""
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="glibc's malloc and ru_minflt")
+def test_malloc_thresholds_stop_the_threaded_logistic_fit_faulting_pages_in():
+    # what fusion.run does before fitting: without it, glibc returns the threads' freed blocks to
+    # the OS after every row block and faults fresh pages in for the next (190k faults vs 10k here)
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[2])}
+    faults = {k: int(subprocess.run([sys.executable, "-c", _FAULTS, k], env=env, capture_output=True, text=True,
+                                    check=True).stdout.split()[-1]) for k in ("default", "raise")}
+    assert faults["raise"] * 4 < faults["default"], faults

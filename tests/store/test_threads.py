@@ -13,15 +13,16 @@ import torch
 from threadpoolctl import threadpool_info
 
 from store import threads
-from store.threads import add_threads_argument, available_cores, free_cores, set_threads
+from store.threads import add_threads_argument, available_cores, current_threads, free_cores, set_threads, thread_map
 
 
 @pytest.fixture
 def restore_threads():
-    before = torch.get_num_threads()
+    before, count = torch.get_num_threads(), threads._set_count
     env = {k: os.environ.get(k) for k in threads._ENV_VARS}
     yield
     set_threads(before)
+    threads._set_count = count
     for k, v in env.items():
         if v is None:
             os.environ.pop(k, None)
@@ -38,6 +39,28 @@ def test_set_threads_sets_every_library(n, restore_threads):
     assert pools, "threadpoolctl sees no OpenMP/BLAS library"
     assert all(p["num_threads"] == n for p in pools), pools
     assert all(os.environ[k] == str(n) for k in threads._ENV_VARS)
+    assert current_threads() == n
+
+
+def test_current_threads_is_none_until_a_command_sets_them(monkeypatch):
+    monkeypatch.setattr(threads, "_set_count", None)
+    assert current_threads() is None
+
+
+@pytest.mark.parametrize("n", [1, 3])
+def test_thread_map_keeps_the_order_of_the_items(n):
+    import threading
+    import time
+
+    seen = set()
+
+    def slow_first(i: int) -> int:
+        seen.add(threading.get_ident())
+        time.sleep(0.05 if i == 0 else 0)  # the first item finishes last
+        return i * i
+
+    assert list(thread_map(slow_first, range(7), n)) == [i * i for i in range(7)]
+    assert (seen == {threading.get_ident()}) == (n == 1)  # one thread: the caller's own
 
 
 def test_default_is_the_free_cores_within_the_affinity(monkeypatch, restore_threads):
