@@ -50,7 +50,7 @@ from extract.dump.settings import AMP_DTYPES, DEVICES, MODALITIES, BackboneChoic
 from extract.errors import DemoError, ExtractError
 from extract.inputs import add_list_arguments
 from extract.media.decode import DECODERS
-from extract.media.flow import FLOW_CHOICES, TVL1_PARAMS, TVL1_PRESETS
+from extract.media.flow import FLOW_CHOICES, TVL1_PARAMS, TVL1_PRESETS, FlowSettings
 from store.cli import non_negative_int, positive_float, positive_int, run_command
 from store.cluster import CLUSTERS, check_choice
 from store.errors import SettingsError
@@ -279,6 +279,20 @@ def _parser() -> argparse.ArgumentParser:
         f"{_D.flow_bound:g})",
     )
     g.add_argument(
+        "--flow-gap",
+        type=positive_int,
+        metavar="N",
+        help="flow from each clip frame to the frame N on, divided by N (still pixels per frame; default: 1, the "
+        "next frame): a larger N shows slow motion that one frame step hides under the flow's noise",
+    )
+    g.add_argument(
+        "--fb-winsize",
+        type=positive_int,
+        metavar="PX",
+        help=f"Farneback's averaging window (default: {FlowSettings().fb_winsize}, OpenCV's sample; smaller "
+        "keeps the motion of small objects apart from their background)",
+    )
+    g.add_argument(
         "--flow-preset",
         choices=tuple(TVL1_PRESETS),
         default=_D.flow_preset,
@@ -486,7 +500,10 @@ def _settings(args: argparse.Namespace, demo: bool) -> ExtractSettings:
         flow_bound=args.flow_bound,
         flow_preset=args.flow_preset,
         flow_params=tuple(
-            (f"tvl1_{n}", getattr(args, f"tvl1_{n}")) for n in TVL1_PARAMS if getattr(args, f"tvl1_{n}") is not None
+            (name, getattr(args, dest))
+            for name, dest in (("gap", "flow_gap"), ("fb_winsize", "fb_winsize"),
+                               *((f"tvl1_{n}", f"tvl1_{n}") for n in TVL1_PARAMS))
+            if getattr(args, dest) is not None
         ),
         head_logits=args.head_logits,
         decoder=args.decoder,

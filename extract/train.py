@@ -153,6 +153,11 @@ def _recipe_flags(p: argparse.ArgumentParser) -> None:
                         "in the CPU data workers)")
     g.add_argument("--flow-bound", dest="flow_bound", type=positive_float, default=S,
                    help=f"clip flow to +-N px/frame (default: {_R.flow_bound})")
+    g.add_argument("--flow-gap", dest="flow_gap", type=positive_int, default=S, metavar="N",
+                   help="flow from each clip frame to the frame N on, divided by N, as extract.run --flow-gap "
+                        "(default: 1, the next frame)")
+    g.add_argument("--fb-winsize", dest="fb_winsize", type=positive_int, default=S, metavar="PX",
+                   help="Farneback's averaging window, as extract.run --fb-winsize (default: 15)")
     g.add_argument("--decode-every", dest="decode_every", type=positive_int, default=S, metavar="N",
                    help="decode each training video once per N epochs: one decode gives the clips of all N "
                         "(kept in --clip-cache), at one random short side per video and N epochs; positions, "
@@ -212,6 +217,8 @@ def _parser() -> argparse.ArgumentParser:
 
 
 _RECIPE_FIELDS = set(TrainRecipe.__dataclass_fields__)
+#: (FlowSettings field, flag dest): flags that go into the recipe's ``flow_params``.
+_FLOW_PARAM_FLAGS = (("gap", "flow_gap"), ("fb_winsize", "fb_winsize"))
 
 
 def parser_default(key: str) -> Any:
@@ -232,6 +239,10 @@ def _recipe(args: argparse.Namespace, config: dict[str, Any], saved: dict[str, A
     values = dict(saved or {})
     values.update(config)
     given = {k: v for k, v in vars(args).items() if k in _RECIPE_FIELDS}
+    flow_flags = {name: getattr(args, dest) for name, dest in _FLOW_PARAM_FLAGS if hasattr(args, dest)}
+    if flow_flags:
+        given["flow_params"] = tuple({**dict(given.get("flow_params", values.get("flow_params", ()))),
+                                      **flow_flags}.items())
     if "loss_kwargs" in given:
         given["loss_kwargs"] = dict(given["loss_kwargs"])
     values.update(given)

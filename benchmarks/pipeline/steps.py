@@ -320,7 +320,8 @@ def extract_step(ctx: Context, fresh: bool) -> dict[str, Any]:
     choices = {m: BackboneChoice(cfg.backbone(m), m, weights=weights[m], set_name=cfg.set_name(m)) for m in MODALITIES}
     sets = extract_sets(demo, ctx.work.store, tuple(choices.values()),
                         {"seed": cfg.seed, "clips": cfg.clips, "frames": cfg.frames, "stride": cfg.stride,
-                         "crop": cfg.crop}, par=cfg, progress=ctx.progress, fresh=fresh, desc="extract rgb+flow+audio")
+                         "crop": cfg.crop, **cfg.flow_settings()},
+                        par=cfg, progress=ctx.progress, fresh=fresh, desc="extract rgb+flow+audio")
     fs = _open_store(ctx)
     return {"rows": fs.n_videos, "sets": {m: sets[c.set_name] for m, c in choices.items()}}
 

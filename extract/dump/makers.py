@@ -206,7 +206,7 @@ class FlowClips(_ViewedClips):
 
     def frame_indices(self, n_frames: int, fps: float) -> np.ndarray:
         idx = _real_indices(self.sampling, n_frames, fps)  # (n, T)
-        pairs = flow_frame_indices(idx, self.flow.stack, n_frames=n_frames)  # (n, T*L, 2)
+        pairs = flow_frame_indices(idx, self.flow.stack, n_frames=n_frames, gap=self.flow.gap)  # (n, T*L, 2)
         return union_frame_indices(idx, pairs)
 
     def make(self, video: DecodedVideo, n_frames: int, fps: float) -> ModelInput:

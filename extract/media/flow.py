@@ -3,22 +3,26 @@
 The flow of a clip comes from the frames the decoder already produced, in the same single
 forward pass as the RGB frames::
 
-    pairs = flow_frame_indices(idx, settings.stack, n_frames=info.n_frames)   # (N, T*L, 2)
+    pairs = flow_frame_indices(idx, settings.stack, n_frames=info.n_frames, gap=settings.gap)  # (N, T*L, 2)
     video = decode_video(path, union_frame_indices(idx, pairs), size=view.decode_short_side)
     stack = clip_flow_stack(video, idx, settings, n_frames=info.n_frames)     # (N, 2, T*L, H, W)
     views = flow_views(stack[i], view)                                        # (V, 2, T*L, c, c)
 
 Conventions:
 
-* **Which frames.** Flow ``t`` of a clip is the motion from frame ``indices[t]`` to the very
-  next video frame ``indices[t] + 1``, whatever the clip's stride, so values are always
-  pixels per video frame and one ``bound`` fits every sampling (I3D and TSN compute flow
-  between consecutive frames and sample it like RGB). A clip of T frames thus has T flows
-  and needs its frames plus each one's successor (T + 1 frames at stride 1).
+* **Which frames.** Flow ``t`` of a clip is the motion from frame ``indices[t]`` to frame
+  ``indices[t] + gap``, whatever the clip's stride (``gap`` 1, the default: the very next
+  video frame, as I3D and TSN compute flow between consecutive frames and sample it like
+  RGB). Values are divided by ``gap``, so they are always pixels per video frame and one
+  ``bound`` fits every sampling. A clip of T frames thus has T flows and needs its frames
+  plus each one's ``gap``-th successor (T + 1 frames when ``gap`` is the stride). A larger
+  gap shows slow motion that one frame step hides under the flow's noise: on the 64-px demo
+  a zoom moves the carrier's edge ~0.1 px per frame (benchmarks/README.md, issue 19).
   With ``stack = L`` (TSN: L = 5 flow fields per segment, 10 channels) each sampled frame
-  gives the L consecutive flows starting at it: ``T' = T * L`` flows, t-major. A run that
-  would pass the last frame is shifted back to end on it (TSN samples its starts in
-  ``[0, n - L)`` for the same reason); a video of one frame gives zero flow.
+  gives the L consecutive flows starting at it (each ``gap`` frames on from the last):
+  ``T' = T * L`` flows, t-major. A run that would pass the last frame is shifted back to end
+  on it (TSN samples its starts in ``[0, n - L)`` for the same reason); a video of one frame
+  gives zero flow.
 * **Values.** ``compute_flow`` returns pixels per frame, channel 0 = x (to the right),
   channel 1 = y (down): ``frame_t(y, x) ~ frame_t+1(y + flow_y, x + flow_x)``.
   :func:`flow_to_input` clips to ``+-bound`` and divides by ``bound``: values in [-1, 1].
@@ -87,7 +91,7 @@ class FlowUnavailableError(ExtractError):
 _FIELD_RULES = (
     (
         (
-            "stack fb_levels fb_winsize fb_iterations fb_poly_n tvl1_nscales tvl1_warps "
+            "stack gap fb_levels fb_winsize fb_iterations fb_poly_n tvl1_nscales tvl1_warps "
             "tvl1_inner_iterations tvl1_outer_iterations"
         ),
         lambda v: isinstance(v, (int, np.integer)) and v >= 1,
@@ -110,6 +114,8 @@ class FlowSettings:
         size: short side (pixels) of the gray frames the flow is computed on; None keeps
             the decoded size (then flow and RGB crops line up pixel for pixel).
         stack: L, consecutive flow fields per sampled frame (1 for 3D nets; 5 for TSN).
+        gap: frames from the first to the second frame of each flow pair (1: consecutive
+            frames); the flow is divided by it (pixels per frame).
         preset: ``"default"`` or ``"fast"``: where the ``tvl1_*`` fields left None come from
             (:data:`TVL1_PRESETS`); ``"fast"`` is for ``tvl1`` only.
         fb_pyr_scale: Farneback pyramid scale (< 1).
@@ -137,6 +143,7 @@ class FlowSettings:
     bound: float = 20.0
     size: int | None = None
     stack: int = 1
+    gap: int = 1
     preset: str = "default"
     fb_pyr_scale: float = 0.5
     fb_levels: int = 3
@@ -376,19 +383,20 @@ def flow_to_input(flow: np.ndarray, bound: float) -> np.ndarray:
     return np.ascontiguousarray(np.moveaxis(x, -1, -4))  # (..., T, H, W, 2) -> (..., 2, T, H, W)
 
 
-def flow_frame_indices(indices: np.ndarray, stack: int = 1, *, n_frames: int) -> np.ndarray:
+def flow_frame_indices(indices: np.ndarray, stack: int = 1, *, n_frames: int, gap: int = 1) -> np.ndarray:
     """The (from, to) frame numbers of every flow of every clip.
 
     Pass the result, with the RGB indices, to ``union_frame_indices`` so one decode gives
-    both. Flow ``t * stack + l`` of clip ``i`` goes from frame ``s + l`` to ``s + l + 1``,
-    ``s = min(indices[i, t], n_frames - 1 - stack)`` (the run shifted back so it ends on
-    the last frame at the latest; clamped to the video for videos shorter than
-    ``stack + 1`` frames).
+    both. Flow ``t * stack + l`` of clip ``i`` goes from frame ``s + l * gap`` to
+    ``s + (l + 1) * gap``, ``s = min(indices[i, t], n_frames - 1 - stack * gap)`` (the run
+    shifted back so it ends on the last frame at the latest; clamped to the video for videos
+    shorter than ``stack * gap + 1`` frames).
 
     Args:
         indices: (N, T) frame numbers from ``clip_frame_indices``.
         stack: L, consecutive flows per sampled frame.
         n_frames: frames in the video, the value given to ``clip_frame_indices``.
+        gap: frames between the two frames of a pair (``FlowSettings.gap``).
 
     Returns:
         (N, T * L, 2) int64 ``[from, to]`` frame numbers.
@@ -400,10 +408,12 @@ def flow_frame_indices(indices: np.ndarray, stack: int = 1, *, n_frames: int) ->
         raise ValueError(f"stack must be an integer >= 1, got {stack!r}")
     if not _is_int(n_frames) or n_frames < 1:
         raise ValueError(f"n_frames must be an integer >= 1, got {n_frames!r}")
+    if not _is_int(gap) or gap < 1:
+        raise ValueError(f"gap must be an integer >= 1, got {gap!r}")
     n, t = idx.shape
-    start = np.clip(idx, 0, max(n_frames - 1 - stack, 0))  # (N, T)
-    first = start[:, :, None] + np.arange(stack)  # (N, T, 1) + (L,) -> (N, T, L)
-    pairs = np.stack([first, first + 1], axis=-1)  # (N, T, L) -> (N, T, L, 2)
+    start = np.clip(idx, 0, max(n_frames - 1 - stack * gap, 0))  # (N, T)
+    first = start[:, :, None] + gap * np.arange(stack)  # (N, T, 1) + (L,) -> (N, T, L)
+    pairs = np.stack([first, first + gap], axis=-1)  # (N, T, L) -> (N, T, L, 2)
     return np.minimum(pairs, n_frames - 1).reshape(n, t * stack, 2)  # -> (N, T*L, 2)
 
 
@@ -419,8 +429,8 @@ def clip_flow_stack(
     """Network-ready flow stacks of every clip, each distinct frame pair computed once.
 
     Args:
-        decoded: frames decoded with ``flow_frame_indices(indices, settings.stack, ...)``
-            among the frame indices.
+        decoded: frames decoded with ``flow_frame_indices(indices, settings.stack, ...,
+            gap=settings.gap)`` among the frame indices.
         indices: (N, T) frame numbers of the clips.
         settings: algorithm, bound, size, stack.
         n_frames: frames in the video (the value given to ``flow_frame_indices``).
@@ -431,13 +441,15 @@ def clip_flow_stack(
         (N, 2, T * L, h, w) float32 in [-1, 1]: x then y, clipped to ``bound`` and divided
         by it; ``(h, w)`` is the decoded size or the ``settings.size`` resize.
     """
-    pairs = flow_frame_indices(indices, settings.stack, n_frames=n_frames)  # (N, T', 2)
+    pairs = flow_frame_indices(indices, settings.stack, n_frames=n_frames, gap=settings.gap)  # (N, T', 2)
     n, t_out = pairs.shape[:2]
     uniq, inverse = np.unique(pairs.reshape(-1, 2), axis=0, return_inverse=True)  # (P, 2)
     numbers = np.unique(uniq)  # (F,) frames the flow needs
     with _cv2_threads(threads):
         backend = flow_backend(device, settings.algorithm)
         flows = _flows(decoded.take(numbers), np.searchsorted(numbers, uniq), settings, backend)  # (P, h, w, 2)
+    if settings.gap > 1:
+        flows /= np.float32(settings.gap)  # pixels per gap -> pixels per frame
     stacked = flows[inverse.reshape(-1)].reshape(n, t_out, *flows.shape[1:])  # (N, T', h, w, 2)
     return flow_to_input(stacked, settings.bound)  # -> (N, 2, T', h, w)
 

@@ -80,8 +80,8 @@ class _Videos:
 
 #: The recipe fields that decoded training material depends on (the clip cache's key).
 DATA_FIELDS = ("backbone", "modality", "crop", "short_side", "scale", "frames", "stride", "train_segments",
-               "eval_clips", "every", "fps", "max_clips", "flow_algorithm", "flow_bound", "decode_every", "epochs",
-               "decoder")
+               "eval_clips", "every", "fps", "max_clips", "flow_algorithm", "flow_bound", "flow_params",
+               "decode_every", "epochs", "decoder")
 
 
 def open_cache(root: str | Path | None, inputs: ModalityInputs, paths: Sequence[str], role: str,

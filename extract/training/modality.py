@@ -41,7 +41,7 @@ from extract.backbones import Backbone, BackboneInfo
 from extract.dump.makers import RGBClips
 from extract.media.audio import AudioSettings, audio_windows, log_mel
 from extract.media.decode import DecodeError, decode_video
-from extract.media.flow import FlowSettings, clip_flow_stack, flow_frame_indices, flow_views, paper_flow
+from extract.media.flow import FlowSettings, clip_flow_stack, flow_frame_indices, flow_views
 from extract.media.raft import RAFT_MODELS, raft_weights_file
 from extract.media.sampling import (
     ClipSampling,
@@ -165,19 +165,16 @@ class FlowInputs(ModalityInputs):
             raise ValueError(f"flow training needs a 2-channel backbone (in_channels=2), got {info.in_channels}")
         settings = recipe.extract_settings()
         # flow is made in the DataLoader's CPU workers: ``paper`` resolves as on a CPU (TV-L1 fast)
-        algorithm, preset = (recipe.flow_algorithm, "default")
-        if algorithm == "paper":
-            algorithm, preset, _ = paper_flow("cpu")
-        self.flow = FlowSettings(algorithm=algorithm, bound=recipe.flow_bound, preset=preset)
-        if algorithm in RAFT_MODELS:
-            raft_weights_file(algorithm)  # missing weights: one error now, not one per data worker
+        self.flow: FlowSettings = settings.flow_settings("cpu")[0]
+        if self.flow.algorithm in RAFT_MODELS:
+            raft_weights_file(self.flow.algorithm)  # missing weights: one error now, not one per data worker
         self.sampling = _picture_sampling(recipe)
         self.augment = ClipAugment(recipe.short_side, recipe.scale, recipe.crop, recipe.flip)
         self.eval_sampling: ClipSampling = settings.clip_sampling(info)
         self.eval_view: ViewSpec = settings.view_spec(info)
 
     def _stack(self, video: VideoMeta, idx: np.ndarray, size: int) -> np.ndarray:
-        pairs = flow_frame_indices(idx, self.flow.stack, n_frames=video.n_frames)  # (N, T, 2)
+        pairs = flow_frame_indices(idx, self.flow.stack, n_frames=video.n_frames, gap=self.flow.gap)  # (N, T, 2)
         decoded = decode_video(video.path, union_frame_indices(idx, pairs), size, timeout_s=self.timeout_s,
                                decoder=self.recipe.decoder)
         return clip_flow_stack(decoded, idx, self.flow, n_frames=video.n_frames, device="cpu")  # (N, 2, T, h, w)

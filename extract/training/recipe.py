@@ -102,6 +102,8 @@ class TrainRecipe:
             (flow modality). Training computes flow in its CPU data workers, so ``paper`` is TV-L1
             with the ``fast`` preset here (:func:`extract.media.flow.paper_flow` on ``cpu``).
         flow_bound: flows are clipped to this many pixels per frame (flow modality).
+        flow_params: ``(FlowSettings field, value)`` pairs over the algorithm's defaults, as
+            ``extract.run``'s (e.g. ``(("gap", 6), ("fb_winsize", 7))``); extraction must use the same.
         decode_every: each training video is decoded once per this many epochs: one decode
             gives the clips of all of them (kept in the clip cache between epochs), at one
             random short side (``scale``) drawn per video and per such generation; clip
@@ -150,6 +152,7 @@ class TrainRecipe:
     max_clips: int | None = None
     flow_algorithm: str = "farneback"
     flow_bound: float = 20.0
+    flow_params: tuple[tuple[str, float], ...] = ()
     decode_every: int = 16
     decoder: str = "pyav"
     seed: int = 0
@@ -159,6 +162,7 @@ class TrainRecipe:
     def __post_init__(self) -> None:
         object.__setattr__(self, "loss_kwargs", dict(self.loss_kwargs))
         object.__setattr__(self, "scale", tuple(float(s) for s in self.scale))
+        object.__setattr__(self, "flow_params", tuple(sorted((str(k), v) for k, v in self.flow_params)))
         self._check_choices()
         self._check_numbers()
 
@@ -212,7 +216,9 @@ class TrainRecipe:
         """The ``extract.run`` settings whose clips and views this recipe evaluates on."""
         return ExtractSettings(backbone=self.backbone, clips=self.eval_clips, frames=self.frames,
                                stride=self.stride, crop=self.crop, short_side=self.short_side,
-                               every=self.every, fps=self.fps, max_clips=self.max_clips, decoder=self.decoder)
+                               every=self.every, fps=self.fps, max_clips=self.max_clips, decoder=self.decoder,
+                               flow_algorithm=self.flow_algorithm, flow_bound=self.flow_bound,
+                               flow_params=self.flow_params)
 
     def resolve(self, info: BackboneInfo) -> TrainRecipe:
         """A copy with every ``None`` that depends on the backbone filled in.
@@ -254,6 +260,7 @@ class TrainRecipe:
     def to_dict(self) -> dict[str, Any]:
         d = dataclasses.asdict(self)
         d["scale"] = list(self.scale)
+        d["flow_params"] = [list(kv) for kv in self.flow_params]
         d["loss_kwargs"] = dict(self.loss_kwargs)
         return d
 

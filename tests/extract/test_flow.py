@@ -106,6 +106,21 @@ def test_flow_frame_indices_by_hand():
     assert flow_frame_indices(np.array([[0, 0]]), n_frames=1).tolist() == [[[0, 0], [0, 0]]]
 
 
+def test_flow_frame_indices_with_a_gap_by_hand():
+    # gap 3: each pair spans 3 frames; a run that would pass the last frame ends on it
+    assert flow_frame_indices(np.array([[0, 3, 8]]), n_frames=10, gap=3).tolist() == [
+        [[0, 3], [3, 6], [6, 9]]
+    ]
+    assert flow_frame_indices(np.array([[1], [7]]), stack=2, n_frames=10, gap=2).tolist() == [
+        [[1, 3], [3, 5]],
+        [[5, 7], [7, 9]],
+    ]
+    # a video shorter than the gap: clamped to its frames
+    assert flow_frame_indices(np.array([[0]]), n_frames=3, gap=5).tolist() == [[[0, 2]]]
+    with pytest.raises(ValueError, match="gap"):
+        flow_frame_indices(np.array([[0]]), n_frames=3, gap=0)
+
+
 def test_decode_union_is_clip_plus_next_frame():
     idx, _ = clip_frame_indices(40, ClipSampling(num_clips=2, frames_per_clip=8))
     union = union_frame_indices(idx, flow_frame_indices(idx, n_frames=40))
@@ -136,6 +151,24 @@ def test_clip_flow_stack_from_one_decode(moving_video):
             a, b = pairs[i, t]
             ref = compute_flow(frames[[a, b]], settings)
             np.testing.assert_array_equal(stack[i, :, t], flow_to_input(ref, 10.0)[:, 0])
+    inner = stack[..., MARGIN:-MARGIN, MARGIN:-MARGIN].mean(axis=(0, 2, 3, 4))
+    np.testing.assert_allclose(inner, [0.2, -0.1], atol=0.03)
+
+
+def test_clip_flow_stack_with_a_gap_is_pixels_per_frame(moving_video):
+    path, frames = moving_video
+    n = len(frames)
+    idx, _ = clip_frame_indices(n, ClipSampling(num_clips=2, frames_per_clip=3, stride=2))
+    settings = FlowSettings(bound=10.0, gap=2)
+    pairs = flow_frame_indices(idx, n_frames=n, gap=2)
+    assert (pairs[..., 1] - pairs[..., 0] == 2).all()
+    video = decode_video(path, union_frame_indices(idx, pairs))
+    stack = clip_flow_stack(video, idx, settings, n_frames=n)
+    for i in range(2):  # each flow is compute_flow over its pair 2 frames apart, divided by 2
+        for t in range(3):
+            ref = compute_flow(frames[pairs[i, t]], settings)
+            np.testing.assert_allclose(stack[i, :, t], flow_to_input(ref / 2, 10.0)[:, 0], rtol=1e-6, atol=1e-7)
+    # the texture moves (2, -1) px per frame: (4, -2) px per pair, still 0.2, -0.1 of the bound per frame
     inner = stack[..., MARGIN:-MARGIN, MARGIN:-MARGIN].mean(axis=(0, 2, 3, 4))
     np.testing.assert_allclose(inner, [0.2, -0.1], atol=0.03)
 
@@ -199,6 +232,8 @@ def test_settings_round_trip_and_validation():
         FlowSettings(bound=-1.0)
     with pytest.raises(ValueError, match="stack"):
         FlowSettings(stack=0)
+    with pytest.raises(ValueError, match="gap"):
+        FlowSettings(gap=0)
     with pytest.raises(ValueError, match="fb_pyr_scale"):
         FlowSettings(fb_pyr_scale=1.5)
 

@@ -183,6 +183,14 @@ def test_run_paper_flow_records_which(tiny_demo, tmp_path):
     assert attrs["flow"]["tvl1_warps"] == 2 and "fast preset on the CPU" in attrs["flow_choice"]
 
 
+def test_run_flow_gap_and_window_reach_the_set(tiny_demo, tmp_path):
+    store = tmp_path / "s.zarr"
+    argv = ["--videos", str(tiny_demo.videos_csv), "--store", str(store), "--flow-gap", "3", "--fb-winsize", "7"]
+    assert main([*argv, *RUN]) == 0
+    flow = FeatureStore.open(store).feature_set("flow_resnet_tiny").spec.extra["flow"]
+    assert (flow["algorithm"], flow["gap"], flow["fb_winsize"], flow["stack"]) == ("farneback", 3, 7, 1)
+
+
 def test_run_raft_records_its_weights(tiny_demo, tmp_path, raft_home):
     store = tmp_path / "s.zarr"
     argv = ["--videos", str(tiny_demo.videos_csv), "--store", str(store), "--flow", "raft_small", "--device", "cpu"]

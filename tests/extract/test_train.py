@@ -279,6 +279,17 @@ def test_checkpoint_loads_into_extract_run(data, demo, tmp_path):
 
 
 # ---------------------------------------------------------------------------- the command
+def test_cli_flow_flags_go_into_the_recipes_flow_params():
+    from extract.train import _parser, _recipe
+
+    args = _parser().parse_args(["--modality", "flow", "--flow-gap", "3", "--fb-winsize", "7"])
+    recipe = _recipe(args, {"flow_params": [["fb_winsize", 9], ["fb_levels", 2]]}, None, demo=True)
+    assert recipe.flow_params == (("fb_levels", 2), ("fb_winsize", 7), ("gap", 3))  # the flags win over the file
+    assert recipe.extract_settings().flow_settings("cpu")[0].gap == 3
+    assert TrainRecipe.from_dict(json.loads(json.dumps(recipe.to_dict()))) == recipe
+    assert _recipe(_parser().parse_args([]), {}, None, demo=True).flow_params == ()
+
+
 def test_cli_trains_resumes_and_refuses(demo, tmp_path, capsys):
     cfg = tmp_path / "recipe.toml"
     cfg.write_text('loss = "focal"\nloss_kwargs = {gamma = 1.5}\nscale = [1.0, 1.2]\nepochs = 1\n')
