@@ -140,8 +140,8 @@ def test_rgb_and_audio_train_with_their_own_epochs_and_audio_with_its_own_batch_
     config = pipeline.PipelineConfig()
     audio, rgb, flow = (config.recipe(m) for m in ("audio", "rgb", "flow"))
     assert (audio.epochs, audio.batch_size) == (config.audio_epochs, config.audio_batch_size) == (30, 16)
-    assert (rgb.epochs, rgb.batch_size) == (config.rgb_epochs, config.batch_size) == (30, 8)
-    assert (flow.epochs, flow.batch_size) == (config.epochs, config.batch_size) == (20, 8)  # the shared counts
+    assert (rgb.epochs, rgb.batch_size) == (config.rgb_epochs, config.batch_size) == (75, 8)
+    assert (flow.epochs, flow.batch_size) == (config.epochs, config.batch_size) == (60, 8)  # the shared counts
     assert {(TINY.recipe(m).epochs, TINY.recipe(m).batch_size) for m in MODALITIES} == {(TINY.epochs, TINY.batch_size)}
     # --epochs sets every backbone's, audio's included
     typed = pipeline.job.config_from_args(pipeline.job._parser().parse_args(["--epochs", "7"]))
