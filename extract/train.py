@@ -41,7 +41,7 @@ from extract.dump.settings import BackboneChoice
 from extract.errors import DemoError, ExtractError
 from extract.inputs import TRIM_COLUMNS, VideoList, add_list_arguments
 from extract.media.decode import DECODERS
-from extract.media.flow import FLOW_CHOICES
+from extract.media.flow import FLOW_CHOICES, FlowSettings
 from extract.training.recipe import CLASS_WEIGHTS, MODALITIES, OPTIMIZERS, SCHEDULES, TrainRecipe
 from store.cli import non_negative_int, positive_float, positive_int, run_command
 from store.errors import SettingsError
@@ -157,7 +157,8 @@ def _recipe_flags(p: argparse.ArgumentParser) -> None:
                    help="flow from each clip frame to the frame N on, divided by N, as extract.run --flow-gap "
                         "(default: 1, the next frame)")
     g.add_argument("--fb-winsize", dest="fb_winsize", type=positive_int, default=S, metavar="PX",
-                   help="Farneback's averaging window, as extract.run --fb-winsize (default: 15)")
+                   help=f"Farneback's averaging window, as extract.run --fb-winsize "
+                        f"(default: {FlowSettings().fb_winsize})")
     g.add_argument("--decode-every", dest="decode_every", type=positive_int, default=S, metavar="N",
                    help="decode each training video once per N epochs: one decode gives the clips of all N "
                         "(kept in --clip-cache), at one random short side per video and N epochs; positions, "

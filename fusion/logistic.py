@@ -214,10 +214,14 @@ class LogisticFusion(Fuser):
     def margin(self, x: StackInputs) -> np.ndarray:
         """``(n, C)`` log-odds, computed a row block at a time."""
         self._check(x)
-        blocks = self._map_blocks(  # (b, C, F) -> (b, C)
-            x, lambda f: (np.einsum("ncf,cf->nc", (f - self.mu_) / self.sd_, self.coef_) + self.intercept_
-                          ).astype(np.float32))
-        return np.concatenate([np.empty((0, x.n_classes), np.float32), *blocks])
+        out = np.empty((len(x), x.n_classes), np.float32)
+
+        def block(rows: slice) -> None:  # each block owns its rows of out
+            z = (self._features(x, rows) - self.mu_) / self.sd_
+            out[rows] = np.einsum("ncf,cf->nc", z, self.coef_) + self.intercept_  # (b, C, F) -> (b, C)
+
+        list(thread_map(block, self._rows(x), self._threads()))
+        return out
 
     def predict(self, x: StackInputs) -> np.ndarray:
         return expit(self.margin(x)).astype(np.float32)

@@ -39,7 +39,6 @@ import json
 import logging
 import sys
 from collections.abc import Callable, Iterator
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
@@ -53,7 +52,7 @@ from fusion.logistic import LogisticFusion, LogisticSettings, out_of_fold_margin
 from fusion.registry import Fuser, register_fusion
 from store.cli import setting_name
 from store.device import resolve_device
-from store.threads import SAMPLE_S, current_threads, free_cores
+from store.threads import SAMPLE_S, current_threads, free_cores, thread_map
 
 log = logging.getLogger(__name__)
 DEVICES = ("auto", "cpu", "cuda")
@@ -271,10 +270,7 @@ class XGBoostFusion(Fuser):
             best = booster.best_iteration + 1
             return booster[:best], best
 
-        if workers == 1:
-            return [one(c) for c in range(labels.shape[1])]
-        with ThreadPoolExecutor(max_workers=workers) as pool:
-            return list(pool.map(one, range(labels.shape[1])))
+        return list(thread_map(one, range(labels.shape[1]), workers))
 
     def _gain_per_model(self, booster: xgb.Booster | None, m: int, n_classes: int, c: int) -> np.ndarray:
         gain = np.zeros(m)
@@ -308,12 +304,7 @@ class XGBoostFusion(Fuser):
         """Run ``fn(c)`` for every class with a booster, spread over ``n_jobs`` threads (one XGBoost thread each)."""
         classes = [c for c, b in enumerate(self.boosters_) if b is not None]
         workers = 1 if self.device_ == "cuda" else min(self.n_jobs_, max(1, len(classes)))
-        if workers == 1:
-            for c in classes:
-                fn(c)
-            return
-        with ThreadPoolExecutor(max_workers=workers) as pool:
-            list(pool.map(fn, classes))
+        list(thread_map(fn, classes, workers))
 
     def margin(self, x: StackInputs) -> np.ndarray:
         """``(n, C)`` fused log-odds, computed a row block at a time."""
