@@ -38,3 +38,17 @@ def raise_malloc_thresholds() -> bool:
     log.debug("malloc thresholds: mmap %d MiB, trim %d MiB (%s)", MMAP_THRESHOLD >> 20, TRIM_THRESHOLD >> 20,
               "set" if ok else "refused")
     return ok
+
+
+def release_free_memory() -> bool:
+    """Hand the heap's free pages back to the OS (glibc's ``malloc_trim(0)``), so that the resident
+    size measured next is what the process holds, not what an earlier stage freed.
+
+    Returns:
+        Whether memory was released (False where the C library is not glibc, or nothing was free).
+    """
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+    except OSError:
+        return False
+    return bool(libc.malloc_trim(0))

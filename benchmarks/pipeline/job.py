@@ -58,11 +58,11 @@ log = logging.getLogger(__name__)
 #: ``--size`` presets: overrides of :class:`PipelineConfig`'s defaults (which are ``small``).
 SIZES: dict[str, dict[str, Any]] = {
     "tiny": {"videos": 24, "size": 48, "seconds": 1.0, "crop": 32, "clips": 4, "epochs": 1, "batch_size": 4,
-             "rgb_epochs": None, "audio_epochs": None, "audio_batch_size": None, "head_epochs": 3, "folds": 2,
-             "knn_k": 5, "workers": 0},
+             "rgb_epochs": None, "audio_epochs": None, "audio_batch_size": None, "rgb_crop": None, "head_epochs": 3,
+             "folds": 2, "knn_k": 5, "workers": 0},
     "small": {},
-    "full": {"videos": 3000, "size": 112, "crop": 96, "epochs": 40, "rgb_epochs": None, "audio_epochs": None,
-             "head_epochs": 40},
+    "full": {"videos": 3000, "size": 112, "crop": 96, "rgb_crop": None, "epochs": 40, "rgb_epochs": None,
+             "audio_epochs": None, "head_epochs": 40},
 }
 FAMILIES = ("appearance", "motion", "sound")
 #: Keywords of the sweep's heads, sized for a few hundred videos of 64-dim clip features.
@@ -98,15 +98,19 @@ class PipelineConfig:
         audio_backbone: log-mel audio backbone.
         crop: square crop the video backbones see (decoded at ``crop * 8/7``: 56 decodes the 64-px demo at
             its own size, so 1-px stripes and checks are not resampled away).
+        rgb_crop: the RGB backbone's crop, training and extraction (None: ``crop``). 112: the 64-px demo
+            decoded at 128 px, twice its size, so the small net's stride-2 stages subsample the 10-px objects
+            after they have been filtered at two samples per pixel: the test appearance AP of its classifier
+            (30 epochs) 86.2 at 56 px, 94.4 at 112 px; the colour-shape and texture-edge conjunctions the
+            distractors test gain most (``yellow_cross`` 71.7 -> 97.5; issue 19, benchmarks/README.md).
         frames: frames per clip.
         stride: frame step inside a clip.
         clips: clips per video in the feature sets (K).
         epochs: training epochs of the flow backbone, and of the others where theirs is None. 60: the
             best flow head's motion AP 71.2 after 20 epochs, 81.7 after 60 (test, main job on a quiet machine).
         batch_size: training clips per step of the RGB and flow backbones.
-        rgb_epochs: training epochs of the RGB backbone (None: ``epochs``). 75: val / test appearance AP of
-            its classifier 91.8 / 82.6 after 20 epochs, 95.4 / 86.2 after 30 (issue 19, benchmarks/README.md);
-            the best RGB head's test class mAP 46.8 after 30 epochs, 55.7 after 75 (appearance 84.5 -> 86.3).
+        rgb_epochs: training epochs of the RGB backbone (None: ``epochs``). 30: at 112 px the best RGB
+            head's test appearance AP is 88.0 after 20 epochs, 90.9 after 30 (56 px took 75 epochs to 86.3).
         audio_epochs: training epochs of the audio backbone (None: ``epochs``). Audio has its own: its
             sound AP fell from 96.8 to 92.8 when it shared the pictures' 20 epochs of batch 8 (issue 19).
         audio_batch_size: training clips per step of the audio backbone (None: ``batch_size``).
@@ -133,12 +137,13 @@ class PipelineConfig:
     flow_backbone: str = "tsm_small"
     audio_backbone: str = "resnet_audio_tiny"
     crop: int = 56
+    rgb_crop: int | None = 112
     frames: int = 4
     stride: int = 6
     clips: int = 8
     epochs: int = 60
     batch_size: int = 8
-    rgb_epochs: int | None = 75
+    rgb_epochs: int | None = 30
     audio_epochs: int | None = 30
     audio_batch_size: int | None = 16
     lr: float = 3e-3
@@ -161,7 +166,7 @@ class PipelineConfig:
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < low:
                 raise SettingsError(f"{_setting(name)} must be a whole number >= {low}, got {value!r}")
-        for name, low in (("rgb_epochs", 1), ("audio_epochs", 1), ("audio_batch_size", 2)):
+        for name, low in (("rgb_epochs", 1), ("audio_epochs", 1), ("audio_batch_size", 2), ("rgb_crop", 8)):
             value = getattr(self, name)
             if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < low):
                 raise SettingsError(f"{_setting(name)} must be a whole number >= {low} (or left out), got {value!r}")
@@ -195,6 +200,10 @@ class PipelineConfig:
     def backbone(self, modality: str) -> str:
         return getattr(self, f"{modality}_backbone")
 
+    def picture_crop(self, modality: str) -> int:
+        """The square crop a picture modality's backbone sees (``rgb_crop`` for RGB, else ``crop``)."""
+        return self.rgb_crop if modality == "rgb" and self.rgb_crop is not None else self.crop
+
     def set_name(self, modality: str) -> str:
         """The feature set of a modality: ``<modality>_<backbone>_trained``."""
         return f"{modality}_{self.backbone(modality)}_trained"
@@ -210,7 +219,7 @@ class PipelineConfig:
 
     def recipe(self, modality: str) -> TrainRecipe:
         """The backbone training recipe of a modality (clips and crops as the extraction's)."""
-        picture = {} if modality == "audio" else {"crop": self.crop, "frames": self.frames}
+        picture = {} if modality == "audio" else {"crop": self.picture_crop(modality), "frames": self.frames}
         if modality == "flow":
             picture |= self.flow_settings()
         # No flips: a mirrored clip of "moves_right" or "rotates_cw" would carry the opposite label.
@@ -278,7 +287,8 @@ def build_stages(ctx: Context) -> list[Stage]:
         *(train(m) for m in MODALITIES),
         Stage("extract", ("demo", *(f"train_{m}" for m in MODALITIES)),
               {"sets": [c.set_name(m) for m in MODALITIES], "clips": c.clips, "frames": c.frames,
-               "stride": c.stride, "crop": c.crop, "seed": c.seed, **c.flow_settings()},
+               "stride": c.stride, "crop": c.crop, "rgb_crop": c.picture_crop("rgb"), "seed": c.seed,
+               **c.flow_settings()},
               bound(steps.extract_step), bound(steps.store_is_intact)),
         Stage("sweep", ("demo", "extract"), [h.config_hash() for h in c.head_configs()],
               bound(steps.sweep_step), bound(steps.runs_are_intact)),
@@ -325,6 +335,12 @@ def _plural(n: int, word: str) -> str:
     return f"{n} {word}{'' if n == 1 else 's'}"
 
 
+def _crops(cfg: dict[str, Any]) -> str:
+    """``56 px`` or ``56 px (RGB 112)``: the crops the picture backbones saw."""
+    rgb = cfg.get("rgb_crop")  # summaries written before rgb_crop have none
+    return f"{cfg['crop']} px" + ("" if rgb in (None, cfg["crop"]) else f" (RGB {rgb})")
+
+
 def _epochs(results: dict[str, Any]) -> str:
     """``20 epochs each`` or ``20 epochs (audio 30)``: what the training stages ran."""
     runs = {m: results[f"train_{m}"]["epochs"] for m in MODALITIES}
@@ -346,7 +362,7 @@ def format_summary(summary: dict[str, Any]) -> str:
              (f"{demo['videos']} demo videos ({splits}), {cfg['size']} px, {cfg['seconds']:g} s, "
               f"{len(demo['classes'])} classes ({', '.join(f'{n} {f}' for f, n in counts.items())}); "
               f"store `{store}`. Backbones ({backbones}) trained {_epochs(res)}, "
-              f"{cfg['clips']} clips of {cfg['frames']} frames at {cfg['crop']} px per video; heads and kNN "
+              f"{cfg['clips']} clips of {cfg['frames']} frames at {_crops(cfg)} per video; heads and kNN "
               f"with {cfg['folds']} folds."), "",
              "## Class mAP (%) per modality and head", "",
              ("val and test: all classes; the family columns: test AP averaged over that family's classes "

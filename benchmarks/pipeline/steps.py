@@ -10,6 +10,7 @@ reproduces the same summary. :mod:`benchmarks.pipeline.job` decides which stages
 from __future__ import annotations
 
 import contextlib
+import gc
 import hashlib
 import json
 import logging
@@ -309,7 +310,8 @@ def _open_store(ctx: Context, mode: str = "r") -> Any:
 
 
 def extract_step(ctx: Context, fresh: bool) -> dict[str, Any]:
-    """Stage 3: RGB, flow and audio features from one decode per video (``extract.dump.pipeline.extract``)."""
+    """Stage 3: RGB, flow and audio features (``extract.dump.pipeline.extract``): one decode per video, or
+    two when the RGB net sees a larger crop than the flow net (``rgb_crop``)."""
     from extract.demo import load_demo
     from extract.dump.settings import BackboneChoice
 
@@ -318,10 +320,15 @@ def extract_step(ctx: Context, fresh: bool) -> dict[str, Any]:
     check_store(ctx, demo)
     weights = {m: str(ctx.work.root / ctx.results[f"train_{m}"]["weights"]) for m in MODALITIES}
     choices = {m: BackboneChoice(cfg.backbone(m), m, weights=weights[m], set_name=cfg.set_name(m)) for m in MODALITIES}
-    sets = extract_sets(demo, ctx.work.store, tuple(choices.values()),
-                        {"seed": cfg.seed, "clips": cfg.clips, "frames": cfg.frames, "stride": cfg.stride,
-                         "crop": cfg.crop, **cfg.flow_settings()},
-                        par=cfg, progress=ctx.progress, fresh=fresh, desc="extract rgb+flow+audio")
+    by_crop: dict[int, list[str]] = {}  # one pass (one decode per video) per crop: RGB may see a larger one
+    for m in MODALITIES:
+        by_crop.setdefault(cfg.picture_crop(m) if m != "audio" else cfg.crop, []).append(m)
+    sets: dict[str, dict[str, Any]] = {}
+    for crop, group in by_crop.items():
+        sets |= extract_sets(demo, ctx.work.store, tuple(choices[m] for m in group),
+                             {"seed": cfg.seed, "clips": cfg.clips, "frames": cfg.frames, "stride": cfg.stride,
+                              "crop": crop, **cfg.flow_settings()},
+                             par=cfg, progress=ctx.progress, fresh=fresh, desc=f"extract {'+'.join(group)}")
     fs = _open_store(ctx)
     return {"rows": fs.n_videos, "sets": {m: sets[c.set_name] for m, c in choices.items()}}
 
@@ -338,6 +345,7 @@ def extract_sets(demo: Any, store: Path, choices: tuple[Any, ...], settings: dic
     from extract.dump import pipeline as xp
     from extract.dump.settings import ExtractSettings
     from store import FeatureStore
+    from store.malloc import release_free_memory
 
     if (store / "zarr.json").is_file():
         fs = FeatureStore.open(store, "a")
@@ -346,6 +354,10 @@ def extract_sets(demo: Any, store: Path, choices: tuple[Any, ...], settings: dic
                 log.info("%s: the backbone changed; extracting %s again", store, c.set_name)
                 fs.delete_feature_set(c.set_name)
     _, workers, threads = parallelism(par)
+    if par.workers is None:  # extract.run's planner fits workers and threads to its costs and memory budget
+        workers = threads = None
+    gc.collect()  # the budget counts the process as it is: not what training freed (the stages share it)
+    release_free_memory()
     xs = ExtractSettings(backbones=choices, device=par.device, workers=workers, threads=threads, **settings)
     bar = tqdm(desc=desc, unit="video", disable=not progress, leave=False)
 

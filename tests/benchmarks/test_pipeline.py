@@ -120,6 +120,21 @@ def test_a_changed_setting_reruns_only_what_depends_on_it(first, tmp_path):
     assert changed["results"]["fusion"] == summary["results"]["fusion"]  # same inputs, same fused scores
 
 
+def test_the_rgb_net_sees_its_own_crop_in_training_and_extraction(first, tmp_path):
+    """rgb_crop: the RGB recipe and the RGB set take it (a pass of its own), flow keeps ``crop``."""
+    work = shutil.copytree(first[0], tmp_path / "work")
+    changed = pipeline.run_pipeline(dataclasses.replace(TINY, rgb_crop=40), work)
+    assert _status(changed) == dict.fromkeys(STAGES, "cached") | dict.fromkeys(
+        ["train_rgb", "extract", "sweep", "knn", "fusion"], "ran")
+    assert changed["results"]["train_rgb"]["recipe"]["crop"] == 40
+    assert changed["results"]["train_flow"]["recipe"]["crop"] == TINY.crop == 32
+    fs = FeatureStore.open(work / "demo.zarr")
+    crops = {m: fs.feature_set(TINY.set_name(m)).spec.sampling["views"]["crop"] for m in ("rgb", "flow")}
+    assert crops == {"rgb": 40, "flow": 32} and verify_store(work / "demo.zarr").ok
+    assert all(fs.feature_set(TINY.set_name(m)).done().all() for m in MODALITIES)
+    assert "at 32 px (RGB 40) per video" in (work / "pipeline_summary.md").read_text()
+
+
 def test_user_errors_are_one_line_and_exit_2(tmp_path, capsys):
     make_demo(tmp_path / "demo", DemoConfig(videos=21, size=48, seconds=1.0), progress=False)
     assert pipeline.main(["--tiny", "--workdir", str(tmp_path), "-q"]) == 2
@@ -140,12 +155,14 @@ def test_rgb_and_audio_train_with_their_own_epochs_and_audio_with_its_own_batch_
     config = pipeline.PipelineConfig()
     audio, rgb, flow = (config.recipe(m) for m in ("audio", "rgb", "flow"))
     assert (audio.epochs, audio.batch_size) == (config.audio_epochs, config.audio_batch_size) == (30, 16)
-    assert (rgb.epochs, rgb.batch_size) == (config.rgb_epochs, config.batch_size) == (75, 8)
+    assert (rgb.epochs, rgb.batch_size) == (config.rgb_epochs, config.batch_size) == (30, 8)
+    assert (rgb.crop, flow.crop) == (config.rgb_crop, config.crop) == (112, 56)  # RGB: the 64-px demo at 2x
+    assert {TINY.recipe(m).crop for m in ("rgb", "flow")} == {TINY.crop}  # rgb_crop None: the shared crop
     assert (flow.epochs, flow.batch_size) == (config.epochs, config.batch_size) == (60, 8)  # the shared counts
     assert {(TINY.recipe(m).epochs, TINY.recipe(m).batch_size) for m in MODALITIES} == {(TINY.epochs, TINY.batch_size)}
     # --epochs sets every backbone's, audio's included
     typed = pipeline.job.config_from_args(pipeline.job._parser().parse_args(["--epochs", "7"]))
     assert {typed.recipe(m).epochs for m in MODALITIES} == {7}
-    for name in ("rgb_epochs", "audio_epochs"):
+    for name in ("rgb_epochs", "audio_epochs", "rgb_crop"):
         with pytest.raises(SettingsError, match=name):
             pipeline.PipelineConfig(**{name: 0})

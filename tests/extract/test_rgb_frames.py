@@ -117,11 +117,12 @@ def test_training_examples_are_the_rendered_frames_at_the_drawn_scale_and_crop(d
 
 
 def test_training_examples_show_the_frames_at_the_extraction_scale(rgb_inputs):
-    """Training decodes RGB at the extraction's short side, the demo's own size: only the crop moves (issue 19).
+    """Training decodes RGB at the extraction's short side, twice the demo's size: only the crop moves (issue 19).
 
-    A random zoom (decoding at up to 1.25x that side) upsampled the 64-px frames, blurring the 2-px stripes and
-    checks, showed every object larger than extraction does, and its crop could cut a labelled object out.
+    A random zoom (decoding at up to 1.25x that side) resampled the 2-px stripes and checks to another period
+    in every example, showed every object larger than extraction does, and its crop could cut a labelled object
+    out. The fixed 2x (``rgb_crop`` 112 of 128) is the same for training and extraction.
     """
     inputs, _ = rgb_inputs
     sides = {inputs.draw_size(np.random.default_rng(seed)) for seed in range(50)}
-    assert sides == {inputs.eval_maker.view.decode_short_side} == {DEMO.size}
+    assert sides == {inputs.eval_maker.view.decode_short_side} == {2 * DEMO.size}
