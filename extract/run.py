@@ -46,11 +46,12 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from extract._config import read_toml_config
+from extract._flow_flags import add_flow_param_arguments, flow_param_flags
 from extract.dump.settings import AMP_DTYPES, DEVICES, MODALITIES, BackboneChoice, ExtractSettings, parse_shard
 from extract.errors import DemoError, ExtractError
 from extract.inputs import add_list_arguments
 from extract.media.decode import DECODERS
-from extract.media.flow import FLOW_CHOICES, TVL1_PARAMS, TVL1_PRESETS, FlowSettings
+from extract.media.flow import FLOW_CHOICES, TVL1_PARAMS, TVL1_PRESETS
 from store.cli import non_negative_int, positive_float, positive_int, run_command
 from store.cluster import CLUSTERS, check_choice
 from store.errors import SettingsError
@@ -278,20 +279,7 @@ def _parser() -> argparse.ArgumentParser:
         help=f"clip flows to +-this many pixels per frame, then scale to [-1, 1] (default: "
         f"{_D.flow_bound:g})",
     )
-    g.add_argument(
-        "--flow-gap",
-        type=positive_int,
-        metavar="N",
-        help="flow from each clip frame to the frame N on, divided by N (still pixels per frame; default: 1, the "
-        "next frame): a larger N shows slow motion that one frame step hides under the flow's noise",
-    )
-    g.add_argument(
-        "--fb-winsize",
-        type=positive_int,
-        metavar="PX",
-        help=f"Farneback's averaging window (default: {FlowSettings().fb_winsize}, OpenCV's sample; smaller "
-        "keeps the motion of small objects apart from their background)",
-    )
+    add_flow_param_arguments(g)
     g.add_argument(
         "--flow-preset",
         choices=tuple(TVL1_PRESETS),
@@ -499,11 +487,8 @@ def _settings(args: argparse.Namespace, demo: bool) -> ExtractSettings:
         flow_algorithm=args.flow_algorithm,
         flow_bound=args.flow_bound,
         flow_preset=args.flow_preset,
-        flow_params=tuple(
-            (name, getattr(args, dest))
-            for name, dest in (("gap", "flow_gap"), ("fb_winsize", "fb_winsize"),
-                               *((f"tvl1_{n}", f"tvl1_{n}") for n in TVL1_PARAMS))
-            if getattr(args, dest) is not None
+        flow_params=tuple(flow_param_flags(args).items()) + tuple(
+            (f"tvl1_{n}", getattr(args, f"tvl1_{n}")) for n in TVL1_PARAMS if getattr(args, f"tvl1_{n}") is not None
         ),
         head_logits=args.head_logits,
         decoder=args.decoder,

@@ -36,12 +36,13 @@ from pathlib import Path
 from typing import Any
 
 from extract._config import read_toml_config
+from extract._flow_flags import add_flow_param_arguments, flow_param_flags
 from extract.backbones import RANDOM
 from extract.dump.settings import BackboneChoice
 from extract.errors import DemoError, ExtractError
 from extract.inputs import TRIM_COLUMNS, VideoList, add_list_arguments
 from extract.media.decode import DECODERS
-from extract.media.flow import FLOW_CHOICES, FlowSettings
+from extract.media.flow import FLOW_CHOICES
 from extract.training.recipe import CLASS_WEIGHTS, MODALITIES, OPTIMIZERS, SCHEDULES, TrainRecipe
 from store.cli import non_negative_int, positive_float, positive_int, run_command
 from store.errors import SettingsError
@@ -153,12 +154,7 @@ def _recipe_flags(p: argparse.ArgumentParser) -> None:
                         "in the CPU data workers)")
     g.add_argument("--flow-bound", dest="flow_bound", type=positive_float, default=S,
                    help=f"clip flow to +-N px/frame (default: {_R.flow_bound})")
-    g.add_argument("--flow-gap", dest="flow_gap", type=positive_int, default=S, metavar="N",
-                   help="flow from each clip frame to the frame N on, divided by N, as extract.run --flow-gap "
-                        "(default: 1, the next frame)")
-    g.add_argument("--fb-winsize", dest="fb_winsize", type=positive_int, default=S, metavar="PX",
-                   help=f"Farneback's averaging window, as extract.run --fb-winsize "
-                        f"(default: {FlowSettings().fb_winsize})")
+    add_flow_param_arguments(g, default=S)  # as extract.run's: the feature set's flow is the trained one's
     g.add_argument("--decode-every", dest="decode_every", type=positive_int, default=S, metavar="N",
                    help="decode each training video once per N epochs: one decode gives the clips of all N "
                         "(kept in --clip-cache), at one random short side per video and N epochs; positions, "
@@ -218,8 +214,6 @@ def _parser() -> argparse.ArgumentParser:
 
 
 _RECIPE_FIELDS = set(TrainRecipe.__dataclass_fields__)
-#: (FlowSettings field, flag dest): flags that go into the recipe's ``flow_params``.
-_FLOW_PARAM_FLAGS = (("gap", "flow_gap"), ("fb_winsize", "fb_winsize"))
 
 
 def parser_default(key: str) -> Any:
@@ -240,7 +234,7 @@ def _recipe(args: argparse.Namespace, config: dict[str, Any], saved: dict[str, A
     values = dict(saved or {})
     values.update(config)
     given = {k: v for k, v in vars(args).items() if k in _RECIPE_FIELDS}
-    flow_flags = {name: getattr(args, dest) for name, dest in _FLOW_PARAM_FLAGS if hasattr(args, dest)}
+    flow_flags = flow_param_flags(args)
     if flow_flags:
         given["flow_params"] = tuple({**dict(given.get("flow_params", values.get("flow_params", ()))),
                                       **flow_flags}.items())
