@@ -1,4 +1,5 @@
-"""glibc's malloc thresholds for commands that churn through large NumPy temporaries.
+"""glibc's malloc thresholds for commands that churn through large NumPy temporaries, and handing
+freed heap pages back to the OS before a step that plans by the resident size.
 
 glibc returns freed memory to the OS once the free space at the top of a heap passes
 ``M_TRIM_THRESHOLD`` (128 KiB until its adaptive rule raises it, which it does for the main
