@@ -24,6 +24,14 @@ MMAP_THRESHOLD = 32 << 20
 TRIM_THRESHOLD = 64 << 20
 
 
+def _glibc() -> ctypes.CDLL | None:
+    """The C library, where it is glibc (None elsewhere: musl, macOS)."""
+    try:
+        return ctypes.CDLL("libc.so.6")
+    except OSError:
+        return None
+
+
 def raise_malloc_thresholds() -> bool:
     """Set glibc's mmap threshold to :data:`MMAP_THRESHOLD` and its trim threshold to
     :data:`TRIM_THRESHOLD` for this process (every thread's heap).
@@ -31,9 +39,8 @@ def raise_malloc_thresholds() -> bool:
     Returns:
         Whether they were set (False where the C library is not glibc).
     """
-    try:
-        libc = ctypes.CDLL("libc.so.6")
-    except OSError:  # not glibc: its thresholds do not exist there
+    libc = _glibc()
+    if libc is None:  # not glibc: its thresholds do not exist there
         return False
     ok = libc.mallopt(_M_MMAP_THRESHOLD, MMAP_THRESHOLD) == 1 and libc.mallopt(_M_TRIM_THRESHOLD, TRIM_THRESHOLD) == 1
     log.debug("malloc thresholds: mmap %d MiB, trim %d MiB (%s)", MMAP_THRESHOLD >> 20, TRIM_THRESHOLD >> 20,
@@ -48,8 +55,5 @@ def release_free_memory() -> bool:
     Returns:
         Whether memory was released (False where the C library is not glibc, or nothing was free).
     """
-    try:
-        libc = ctypes.CDLL("libc.so.6")
-    except OSError:
-        return False
-    return bool(libc.malloc_trim(0))
+    libc = _glibc()
+    return libc is not None and bool(libc.malloc_trim(0))

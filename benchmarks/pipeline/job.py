@@ -201,7 +201,8 @@ class PipelineConfig:
         return getattr(self, f"{modality}_backbone")
 
     def picture_crop(self, modality: str) -> int:
-        """The square crop a picture modality's backbone sees (``rgb_crop`` for RGB, else ``crop``)."""
+        """The square crop a modality's backbone sees: ``rgb_crop`` for RGB, else ``crop`` (audio has none: its
+        feature set is extracted in the ``crop`` pass)."""
         return self.rgb_crop if modality == "rgb" and self.rgb_crop is not None else self.crop
 
     def set_name(self, modality: str) -> str:

@@ -10,7 +10,6 @@ reproduces the same summary. :mod:`benchmarks.pipeline.job` decides which stages
 from __future__ import annotations
 
 import contextlib
-import gc
 import hashlib
 import json
 import logging
@@ -322,7 +321,7 @@ def extract_step(ctx: Context, fresh: bool) -> dict[str, Any]:
     choices = {m: BackboneChoice(cfg.backbone(m), m, weights=weights[m], set_name=cfg.set_name(m)) for m in MODALITIES}
     by_crop: dict[int, list[str]] = {}  # one pass (one decode per video) per crop: RGB may see a larger one
     for m in MODALITIES:
-        by_crop.setdefault(cfg.picture_crop(m) if m != "audio" else cfg.crop, []).append(m)
+        by_crop.setdefault(cfg.picture_crop(m), []).append(m)
     sets: dict[str, dict[str, Any]] = {}
     for crop, group in by_crop.items():
         sets |= extract_sets(demo, ctx.work.store, tuple(choices[m] for m in group),
@@ -345,7 +344,6 @@ def extract_sets(demo: Any, store: Path, choices: tuple[Any, ...], settings: dic
     from extract.dump import pipeline as xp
     from extract.dump.settings import ExtractSettings
     from store import FeatureStore
-    from store.malloc import release_free_memory
 
     if (store / "zarr.json").is_file():
         fs = FeatureStore.open(store, "a")
@@ -353,11 +351,9 @@ def extract_sets(demo: Any, store: Path, choices: tuple[Any, ...], settings: dic
             if fresh and c.set_name in fs.feature_sets():
                 log.info("%s: the backbone changed; extracting %s again", store, c.set_name)
                 fs.delete_feature_set(c.set_name)
-    _, workers, threads = parallelism(par)
-    if par.workers is None:  # extract.run's planner fits workers and threads to its costs and memory budget
-        workers = threads = None
-    gc.collect()  # the budget counts the process as it is: not what training freed (the stages share it)
-    release_free_memory()
+    # --workers given: it and the threads by machine, as training; else extract.run's planner fits both to
+    # the measured costs and the memory budget
+    workers, threads = (None, None) if par.workers is None else parallelism(par)[1:]
     xs = ExtractSettings(backbones=choices, device=par.device, workers=workers, threads=threads, **settings)
     bar = tqdm(desc=desc, unit="video", disable=not progress, leave=False)
 

@@ -18,6 +18,7 @@ from __future__ import annotations
 import collections
 import contextlib
 import datetime
+import gc
 import itertools
 import logging
 import time
@@ -36,6 +37,7 @@ from extract.dump.resources import MemoryBudget, ResourcePlan, WorkCosts, choose
 from extract.dump.worker import DecodePool, DecodeResult, DecodeTask, process_task, stop_fork_server
 from extract.inputs import TRIM_COLUMNS
 from store import FeatureSetSpec, FeatureStore, FeatureWriter
+from store.malloc import release_free_memory
 from store.threads import OtherLoad, available_cores, set_threads
 
 if TYPE_CHECKING:
@@ -407,6 +409,8 @@ def extract_rows(
                 costs = calibrate(first, [job.job.producer for job in plan.jobs], measure, loop.run_clips,
                                   load.busy_cores, one_thread=settings.threads is None)
                 cores = load.free_cores()
+                gc.collect()  # the budget counts what the process holds, not what it freed (a training before
+                release_free_memory()  # it in the same process, a long test session)
                 budget = MemoryBudget(int(settings.max_memory_gb * 2**30), psutil.Process().memory_info().rss)
                 chosen = choose_plan(costs, cores, budget, max_batch=settings.batch_size, device=stats.device,
                                      workers=settings.workers, threads=settings.threads)

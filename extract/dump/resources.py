@@ -27,7 +27,7 @@ plan's ``reason`` says what it was chosen over. On the 2-core machines this give
 model both cores and in-process decoding (decode ~20 ms, model seconds per video), and a
 cheap model with a slow decode a decode process.
 
-The budget bounds the run's resident memory: the process as it is (interpreter, torch,
+The budget bounds the run's resident memory: the process as it is (freed heap handed back first; interpreter, torch,
 weights), plus a second copy of the weights (oneDNN reorders them per batch shape), plus
 ``w`` decode processes and their fork server (:data:`WORKER_BYTES` each), plus the batch
 (``batch_size x clip_bytes``), plus the decoded inputs of that batch and of the videos
